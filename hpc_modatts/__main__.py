@@ -1,0 +1,5 @@
+import sys
+
+from hpc_modatts.cli import main
+
+sys.exit(main())

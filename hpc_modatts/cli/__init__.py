@@ -1,0 +1,78 @@
+"""The ``hpc-modatts`` command: thin argparse wrappers around API functions.
+
+Each command group lives in its own module (``data``, ``train``, ``infer``, ``pipeline``) and
+exposes ``register(subparsers)``; every subcommand sets ``func`` to a wrapper that calls one
+API function. Errors that are the user's (bad input, bad config) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# group modules, imported lazily so `hpc-modatts --help` stays fast
+GROUPS = ("data", "train", "infer", "pipeline")
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line, exit code 2."""
+
+
+def _user_error_types() -> tuple[type, ...]:
+    from hpc_modatts.config import ConfigError
+
+    types_: list[type] = [UserError, ConfigError]
+    for mod, name in (("hpc_modatts.data.errors", "DataError"),):
+        try:
+            types_.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types_)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpc-modatts",
+        description="Cross-modality tumour segmentation (MoDATTS) on SLURM GPU clusters.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in GROUPS:
+        try:
+            mod = importlib.import_module(f"hpc_modatts.cli.{group}")
+        except ModuleNotFoundError as e:
+            if e.name == f"hpc_modatts.cli.{group}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.local_rank is not None:  # the deepspeed launcher appends --local_rank=N
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+    errors = _user_error_types()
+    try:
+        rc = args.func(args)
+    except errors as e:
+        print(f"hpc-modatts {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hpc-modatts {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

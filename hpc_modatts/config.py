@@ -1,0 +1,502 @@
+"""Typed experiment configuration: dataclasses, YAML loading, dotted overrides.
+
+Every field has a docstring (the string literal under it) and every section checks its
+values in ``__post_init__``. A config is loaded from YAML (``load_config``), then overridden
+on the command line with ``key.sub=value`` (``apply_overrides``); a wrong key or value fails
+with a ``ConfigError`` naming the key and what is allowed. ``save_config`` writes the resolved
+config beside every output (see ``hpc_modatts.runs``).
+
+Numbers follow the thesis, section 5.5.1 (settings of MoDATTS) and ``method.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key."""
+
+
+MODALITIES = ("t1", "t1ce", "t2", "flair", "ceT1", "hrT2", "ct")
+
+
+def _check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass
+class DataConfig:
+    store: str = ""
+    """Path of the converted zarr store (``hpc-modatts convert``)."""
+    split: str = ""
+    """Path of the split JSON (``hpc-modatts split``): which case plays source/target, folds."""
+    source: str = "t1"
+    """Annotated source modality name as stored (e.g. t1, t1ce, ceT1)."""
+    target: str = "t2"
+    """Target modality to segment (e.g. t2, flair, hrT2)."""
+    fold: int = 0
+    """Cross-validation fold of the segmentation stage (index into the split's folds)."""
+    slice_size: tuple[int, int] = (240, 240)
+    """Stage 1: 2D axial slices are padded/cropped to this (H, W)."""
+    patch_size: tuple[int, int, int] = (96, 160, 64)
+    """Stage 2: 3D patch (X, Y, Z) of a half-brain, the paper's 96x160x64."""
+    half_volumes: bool = True
+    """Stage 2 works on hemispheres (left/right halves) carrying A/P weak labels."""
+    augment: bool = True
+    """On-the-fly MONAI augmentation (2D for stage 1, nnU-Net-style 3D for stage 2)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (fork-safe, stores are reopened lazily)."""
+    min_tumour_fraction: float = 0.01
+    """2D slice weak labels: diseased if tumour covers >= this fraction of the brain area."""
+
+    def __post_init__(self) -> None:
+        self.slice_size = tuple(int(v) for v in self.slice_size)
+        self.patch_size = tuple(int(v) for v in self.patch_size)
+        if len(self.slice_size) != 2:
+            raise ConfigError(f"data.slice_size={list(self.slice_size)} must have 2 values (H, W)")
+        if len(self.patch_size) != 3:
+            raise ConfigError(f"data.patch_size={list(self.patch_size)} must have 3 values (X, Y, Z)")
+        for k, v in (("data.slice_size", self.slice_size), ("data.patch_size", self.patch_size)):
+            if min(v) < 8:
+                raise ConfigError(f"{k}={list(v)}: every side must be >= 8")
+        _check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        _check_positive("data.fold", self.fold, allow_zero=True)
+        if self.source == self.target and self.source:
+            raise ConfigError(f"data.source and data.target are both {self.source!r}; they must differ")
+
+
+@dataclass
+class ModelConfig:
+    translator_size: Literal["tiny", "full"] = "full"
+    """Stage 1 TransUNet generator size: full = R50-ViT-B/16, tiny = for tests / CPU demo."""
+    segmenter_size: Literal["tiny", "small", "semi8m", "full"] = "full"
+    """Stage 2 MedFormer size: full ~38 M, semi8m = the paper's reduced 8 M, small/tiny for CPU."""
+    common_fraction: float = 0.75
+    """GenSeg: fraction of bottleneck channels forming the common code c (rest is unique u)."""
+    separate_seg_decoder: bool = False
+    """Ablation: a separate segmentation decoder instead of the shared residual/seg decoder."""
+    pretrained: str = ""
+    """Local file with ImageNet R50-ViT-B/16 weights for the translator encoder (never downloaded)."""
+    checkpointing: list[str] = field(default_factory=list)
+    """Activation checkpointing policy: block kinds to recompute (bmdh, conv, vit)."""
+    disc_scales: int = 3
+    """Number of scales of the multi-scale discriminators."""
+    disc_channels: tuple[int, ...] = (60, 120, 240, 480)
+    """Discriminator widths per downsampling layer (Table 5.1)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.translator_size", self.translator_size, ("tiny", "full"))
+        _check_choice("model.segmenter_size", self.segmenter_size, ("tiny", "small", "semi8m", "full"))
+        if not 0.0 < self.common_fraction < 1.0:
+            raise ConfigError(f"model.common_fraction={self.common_fraction} must be in (0, 1)")
+        for p in self.checkpointing:
+            _check_choice("model.checkpointing", p, ("bmdh", "conv", "vit", "decoder"))
+        self.disc_channels = tuple(int(c) for c in self.disc_channels)
+        _check_positive("model.disc_scales", self.disc_scales)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """Learning rate (thesis 5.5.1: 1e-4)."""
+    betas: tuple[float, float] = (0.5, 0.999)
+    """Adam betas (thesis 5.5.1: 0.5, 0.999)."""
+    amsgrad: bool = True
+    """AMSGrad variant of Adam, the paper's optimiser."""
+    weight_decay: float = 0.0
+    """L2 weight decay."""
+    grad_clip: float = 0.0
+    """Gradient-norm clipping; 0 disables (DeepSpeed's default of 1.0 is overridden)."""
+
+    def __post_init__(self) -> None:
+        _check_positive("optim.lr", self.lr)
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must be two values in [0, 1)")
+        _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("optim.grad_clip", self.grad_clip, allow_zero=True)
+
+
+@dataclass
+class DistributedConfig:
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3 (partition optimiser state / gradients / parameters)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto = bf16 on CUDA, fp32 on CPU (bf16 is ~6x slower on CPU, fp16 refused)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend; auto = nccl on CUDA, gloo on CPU."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload of the optimiser state to CPU memory (stages 1-3)."""
+    threads_per_rank: int = 0
+    """torch intra-op threads per rank; 0 = cores / local ranks."""
+
+    def __post_init__(self) -> None:
+        _check_choice("distributed.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _check_choice("distributed.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_choice("distributed.backend", self.backend, ("auto", "nccl", "gloo"))
+        _check_positive("distributed.threads_per_rank", self.threads_per_rank, allow_zero=True)
+
+
+@dataclass
+class LossWeights:
+    """Raw loss weights; the trainer normalises the active ones to sum 1 (thesis 5.5.1)."""
+
+    adv: float = 1.0
+    """Adversarial (hinge) weight. Stage 1: 1. Stage 2 GenSeg: 5 (BraTS and CrossMoDA)."""
+    seg: float = 1.0
+    """Stage 1 Dice on annotated source slices and on their translations: 1."""
+    cyc: float = 10.0
+    """Stage 1 cycle-consistency L1: 10."""
+    rec: float = 50.0
+    """Stage 2 GenSeg image reconstruction L1: 50 BraTS, 75 CrossMoDA."""
+    lat: float = 5.0
+    """Stage 2 GenSeg latent reconstruction L1: 5 BraTS, 10 CrossMoDA."""
+    seg_pt: float = -1.0
+    """lambda_seg^pT, Dice on pseudo-target volumes; -1 = from the source-annotation fraction
+    (100 at 100 %, 50/25/1/0.1 at 70/40/10/1 %)."""
+    st: float = -1.0
+    """lambda_st, self-training Dice on pseudo-labels; -1 = equal to lambda_seg^pT."""
+    seg_t: float = 100.0
+    """Dice on annotated real target volumes (target-labeled fraction > 0 / upper bound)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("seg_pt", "st") and v == -1.0:
+                continue
+            _check_positive(f"train.weights.{f.name}", v, allow_zero=True)
+
+
+def lambda_seg_pt_for_fraction(fraction: float) -> float:
+    """lambda_seg^pT from the source-annotation fraction (thesis 5.5.1): interpolate the table."""
+    table = [(0.01, 0.1), (0.10, 1.0), (0.40, 25.0), (0.70, 50.0), (1.00, 100.0)]
+    if fraction <= table[0][0]:
+        return table[0][1]
+    for (f0, w0), (f1, w1) in zip(table, table[1:]):
+        if fraction <= f1:
+            return w0 + (w1 - w0) * (fraction - f0) / (f1 - f0)
+    return table[-1][1]
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["translate", "synthesize", "segment", "self-train"] = "segment"
+    """Which stage this config trains."""
+    variant: Literal["self-supervised", "semi-supervised", "source-supervised", "target-supervised"] = "self-supervised"
+    """Stage 2 variant: MoDATTS self-/semi-supervised, or the lower/upper bounds."""
+    epochs: int = 300
+    """Epochs (stage 1: 200, stage 2: 300, each self-training round: 150)."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = run all epochs). Used by tests and the demo."""
+    steps_per_epoch: int = 0
+    """Samples drawn per epoch = steps_per_epoch x global batch (0 = one pass over the data)."""
+    batch_size: int = 2
+    """Global batch size (stage 1: 15, stage 2: 2), split over ranks."""
+    val_every: int = 0
+    """Validate every N steps (0 = at the end of every epoch)."""
+    val_cases: int = 0
+    """Cap on validation cases per validation (0 = all)."""
+    log_every: int = 10
+    """Write metrics.jsonl every N steps."""
+    seed: int = 0
+    """Seed of weights, sampling and augmentation."""
+    weights: LossWeights = field(default_factory=LossWeights)
+    """Loss weights before normalisation."""
+    rounds: int = 3
+    """Self-training rounds k (thesis: 3 rounds of 150 epochs)."""
+    alpha: float = 0.6
+    """Self-training pseudo-label threshold on probabilities."""
+    init_from: str = ""
+    """Run folder whose best model initialises this run (self-training rounds)."""
+    translator_run: str = ""
+    """Stage 1 run folder used by synthesis."""
+    pseudo_target_store: str = ""
+    """Store of synthesised pseudo-target volumes (default: <translator_run>/synth.zarr)."""
+    pseudo_labels: str = ""
+    """Store of pseudo-labels for self-training (written by the previous round)."""
+    resume: bool = True
+    """Resume from the run folder's latest checkpoint when one exists."""
+
+    def __post_init__(self) -> None:
+        _check_choice("train.stage", self.stage, ("translate", "synthesize", "segment", "self-train"))
+        _check_choice("train.variant", self.variant,
+                      ("self-supervised", "semi-supervised", "source-supervised", "target-supervised"))
+        for k in ("epochs", "batch_size", "rounds"):
+            _check_positive(f"train.{k}", getattr(self, k))
+        for k in ("max_steps", "steps_per_epoch", "val_every", "val_cases", "seed"):
+            _check_positive(f"train.{k}", getattr(self, k), allow_zero=True)
+        _check_positive("train.log_every", self.log_every)
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"train.alpha={self.alpha} must be in (0, 1)")
+        if isinstance(self.weights, dict):
+            self.weights = _build(LossWeights, self.weights, "train.weights")
+
+
+@dataclass
+class PipelineConfig:
+    executor: Literal["local", "debug", "slurm"] = "local"
+    """submitit executor: slurm (afterok chains), local (subprocesses, in order), debug (in-process)."""
+    cluster: str = ""
+    """Cluster preset: a name in launchers/ or a YAML path (partition, gpus, time...)."""
+    folds: int = 1
+    """Folds of the segmentation stage run in parallel; prediction ensembles them."""
+    variants: list[str] = field(default_factory=lambda: ["self-supervised"])
+    """Stage 2 variants the pipeline trains (and evaluates side by side)."""
+    self_training_rounds: int = 0
+    """Self-training rounds after segmentation (0 = none)."""
+    gpus_per_node: int = 0
+    """GPUs (= SLURM tasks = ranks) per training job; 0 = one CPU task."""
+    nodes: int = 1
+    """Nodes per training job."""
+    timeout_min: int = 60
+    """Per-job time limit (minutes); jobs are requeued from their checkpoint on timeout."""
+    cpus_per_task: int = 2
+    """CPU cores per task."""
+    mem_gb: int = 0
+    """Memory per node in GB (0 = the cluster default)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("pipeline.executor", self.executor, ("local", "debug", "slurm"))
+        for k in ("folds", "nodes", "timeout_min", "cpus_per_task"):
+            _check_positive(f"pipeline.{k}", getattr(self, k))
+        for k in ("self_training_rounds", "gpus_per_node", "mem_gb"):
+            _check_positive(f"pipeline.{k}", getattr(self, k), allow_zero=True)
+        for v in self.variants:
+            _check_choice("pipeline.variants", v,
+                          ("self-supervised", "semi-supervised", "source-supervised", "target-supervised"))
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    """Experiment name (folder name under run_root)."""
+    run_root: str = "runs"
+    """Where run folders are created: <run_root>/<name>/<stage>[/fold_k][/round_i]."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data: store, split, modalities, patch sizes."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architectures and sizes."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser (client torch Adam with AMSGrad)."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """DeepSpeed: ZeRO stage, precision, backend."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Stage, variant, schedule, loss weights."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Executor and stage graph."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                setattr(self, f.name, _build(_resolve_type(ExperimentConfig, f), v, f.name))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run_root) / self.name
+
+
+# ----------------------------------------------------------------------------- building
+def _resolve_type(cls: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {[f.name for f in dataclasses.fields(tp)]}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}={value!r} matches none of {get_args(tp)}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}={list(value)} must have {len(args)} values")
+            return tuple(_coerce(f"{key}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+        inner = args[0] if args else Any
+        out = [_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} must be an integer") from None
+        if f != int(f):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return "" if value is None else str(value)
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _coerce(key, _resolve_type(cls, names[k]), v)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def config_from_dict(data: dict | None) -> ExperimentConfig:
+    """Build and check an ExperimentConfig from a (nested) dict."""
+    return _build(ExperimentConfig, dict(data or {}))
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict (lists instead of tuples) of a config, suitable for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> ExperimentConfig:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) and re-check everything."""
+    if not overrides:
+        return cfg
+    data = config_to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _check_path(key)
+        _set_dotted(data, key, value)
+    return config_from_dict(data)
+
+
+def _check_path(dotted: str) -> None:
+    """Fail early, naming the allowed keys, when a dotted key does not exist."""
+    cls: Any = ExperimentConfig
+    parts = dotted.split(".")
+    for i, p in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"unknown key {dotted}: {'.'.join(parts[:i])} is not a section")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        if p not in names:
+            where = ".".join(parts[:i])
+            raise ConfigError(f"unknown key {dotted}; allowed keys{' in ' + where if where else ''}: {sorted(names)}")
+        cls = _resolve_type(cls, names[p])
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            builtin = Path(__file__).parent / "configs" / p.name
+            if not builtin.is_file() and not p.suffix:
+                builtin = Path(__file__).parent / "configs" / f"{p.name}.yaml"
+            if not builtin.is_file():
+                raise ConfigError(f"config file {p} does not exist")
+            p = builtin
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML atomically (temp name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return path
