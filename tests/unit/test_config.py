@@ -1,0 +1,86 @@
+"""Typed configs: YAML loading, dotted overrides, errors naming the key, resolved-config dump."""
+
+import pytest
+import yaml
+
+from hpc_modatts.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_to_dict,
+    lambda_seg_pt_for_fraction,
+    load_config,
+    save_config,
+)
+
+
+def test_defaults_follow_the_paper():
+    cfg = ExperimentConfig()
+    assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.5, 0.999) and cfg.optim.amsgrad
+    assert cfg.train.alpha == 0.6 and cfg.train.rounds == 3
+    assert cfg.data.patch_size == (96, 160, 64)
+    assert cfg.model.common_fraction == 0.75
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "train": {"epochs": 7, "weights": {"rec": 75}}}))
+    cfg = load_config(p, ["train.batch_size=4", "data.patch_size=[32,32,16]", "model.checkpointing=bmdh,conv"])
+    assert cfg.name == "x" and cfg.train.epochs == 7 and cfg.train.weights.rec == 75.0
+    assert cfg.train.batch_size == 4 and cfg.data.patch_size == (32, 32, 16)
+    assert cfg.model.checkpointing == ["bmdh", "conv"]
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.epoks=3", "train.epoks"),
+        ("nope=1", "nope"),
+        ("train.weights.foo=1", "train.weights.foo"),
+        ("distributed.zero_stage=5", "distributed.zero_stage"),
+        ("model.segmenter_size=huge", "model.segmenter_size"),
+        ("train.batch_size=two", "train.batch_size"),
+        ("train.alpha=1.5", "train.alpha"),
+        ("pipeline.executor=kubernetes", "pipeline.executor"),
+        ("data.patch_size=[32,32]", "data.patch_size"),
+    ],
+)
+def test_wrong_key_or_value_names_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(ExperimentConfig(), [override])
+    assert needle in str(e.value)
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epoks: 3\n")
+    with pytest.raises(ConfigError, match=r"allowed keys: .*'epochs'"):
+        load_config(p)
+
+
+def test_allowed_values_are_listed():
+    with pytest.raises(ConfigError, match=r"choose one of \['local', 'debug', 'slurm'\]"):
+        apply_overrides(ExperimentConfig(), ["pipeline.executor=k8s"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_save_roundtrip(tmp_path):
+    cfg = apply_overrides(ExperimentConfig(), ["train.variant=semi-supervised", "distributed.zero_stage=3"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(path)
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert not list(path.parent.glob(".*tmp*"))
+
+
+def test_lambda_seg_pt_table():
+    # thesis 5.5.1: 100 at 100 %, 50 / 25 / 1 / 0.1 at 70 / 40 / 10 / 1 %
+    for frac, w in [(1.0, 100), (0.7, 50), (0.4, 25), (0.1, 1), (0.01, 0.1)]:
+        assert lambda_seg_pt_for_fraction(frac) == pytest.approx(w)
