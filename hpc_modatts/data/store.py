@@ -1,0 +1,350 @@
+"""The zarr v3 store: one store holds every modality of every case (see docs/interfaces.md).
+
+Layout on disk (local file system only: atomic case writes rely on ``os.replace`` of folders)::
+
+    STORE.zarr/                     root group, attrs {"hpc_modatts": {"format": 1, "kind": ..., "layout": {...}, ...}}
+        cases/                      group
+            <case>/                 group, attrs = case attributes (``complete: true`` set last)
+                image_<modality>    (X, Y, Z) float32 (or float16), [-1, 1], background -1
+                mask                (X, Y, Z) uint8 {0, 1} whole tumour (optional)
+                labels              (X, Y, Z) uint8 original label values (optional)
+                brain               (X, Y, Z) uint8 {0, 1} (optional)
+                <extra name>        any other named array ("pseudo_label", "prob", ...)
+            .tmp-<case>-<pid>/      a case being written; renamed to <case> when complete
+
+Arrays are in canonical RAS orientation, index order (X, Y, Z).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from hpc_modatts.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+KINDS = ("dataset", "synthetic", "pseudo_labels")
+IMAGE_PREFIX = "image_"
+CASES = "cases"
+TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
+
+# --- storage layout (chosen by benchmarks/loader.py) -----------------------------------------
+# Only this block may be tuned by the loader benchmark; everything else reads these constants.
+IMAGE_DTYPE = "float32"          # default image dtype; Store.create(dtype="float16") halves the bytes
+IMAGE_CHUNKS = (64, 64, 64)      # (X, Y, Z) chunk of image arrays, clipped to the array shape
+LABEL_CHUNKS = (64, 64, 64)      # chunk of mask / labels / brain / extra uint8 arrays
+IMAGE_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
+LABEL_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
+SHARDED = False                  # True: one zarr v3 shard per array (few files on cluster file systems)
+# --- end of storage layout -------------------------------------------------------------------
+
+
+def _ours(root_attrs: Mapping[str, Any]) -> bool:
+    meta = root_attrs.get("hpc_modatts")
+    return isinstance(meta, Mapping) and meta.get("format") == FORMAT
+
+
+def _check_case_id(case: str) -> str:
+    if not case or "/" in case or "\\" in case or case.startswith(".") or case != case.strip():
+        raise DataError(f"case id {case!r} is not usable as a folder name (no '/', no leading '.')")
+    return case
+
+
+def _chunks_for(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(max(1, min(int(s), int(c))) for s, c in zip(shape, chunks))
+
+
+def _shards_for(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """One shard covering the whole array, as a multiple of the chunk shape (zarr v3 requires it)."""
+    return tuple(c * math.ceil(s / c) for s, c in zip(shape, chunks))
+
+
+def _json_safe(obj: Any) -> Any:
+    """Attributes go to JSON: convert numpy scalars/arrays and tuples."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+class Store:
+    """A converted dataset (or synthetic / pseudo-label volumes) in one zarr v3 store."""
+
+    def __init__(self, path: Path, root: zarr.Group) -> None:
+        self.path = Path(path)
+        self._root = root
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Store":
+        """Open an existing store; DataError if it is missing or not an hpc-modatts store."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise DataError(f"{path}: no hpc-modatts store here (missing or not a zarr v3 group)")
+        try:
+            root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        except Exception as e:  # zarr raises several types for foreign/corrupt metadata
+            raise DataError(f"{path}: cannot open as a zarr v3 group ({type(e).__name__}: {e})") from None
+        if not _ours(root.attrs):
+            raise DataError(f"{path}: a zarr store, but not an hpc-modatts store (no 'hpc_modatts' root attribute)")
+        return cls(path, root)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, kind: str = "dataset", dtype: str = IMAGE_DTYPE,
+               sharded: bool = SHARDED, **root_attrs: Any) -> "Store":
+        """Create a store, or reopen ours of the same kind (resumable writers).
+
+        DataError if ``path`` exists and is not an (empty folder or) hpc-modatts store of ``kind``.
+        Stale temporary case groups left by a killed writer are removed.
+        """
+        path = Path(path)
+        if kind not in KINDS:
+            raise DataError(f"{path}: store kind {kind!r} is not one of {', '.join(KINDS)}")
+        if dtype not in ("float32", "float16"):
+            raise DataError(f"{path}: image dtype {dtype!r} must be float32 or float16")
+        if path.exists():
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            else:
+                store = cls.open(path)  # raises DataError when not ours
+                have = store.root_attrs.get("kind")
+                if have != kind:
+                    raise DataError(f"{path}: existing store has kind {have!r}, not {kind!r}")
+                store.remove_stale()
+                return store
+        path.parent.mkdir(parents=True, exist_ok=True)
+        root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        layout = {"image_dtype": dtype, "image_chunks": list(IMAGE_CHUNKS), "label_chunks": list(LABEL_CHUNKS),
+                  "image_codec": IMAGE_CODEC, "label_codec": LABEL_CODEC, "sharded": bool(sharded)}
+        root.create_group(CASES)
+        root.attrs["hpc_modatts"] = _json_safe({"format": FORMAT, "kind": kind, "layout": layout, **root_attrs})
+        return cls(path, root)
+
+    @property
+    def root_attrs(self) -> dict:
+        """The store-level attributes (format, kind, layout and whatever the writer added)."""
+        return dict(self._root.attrs["hpc_modatts"])
+
+    def update_root_attrs(self, **attrs: Any) -> None:
+        meta = self.root_attrs
+        meta.update(_json_safe(attrs))
+        self._root.attrs["hpc_modatts"] = meta
+
+    @property
+    def _cases_dir(self) -> Path:
+        return self.path / CASES
+
+    def remove_stale(self) -> list[str]:
+        """Delete temporary / replaced case folders left by killed writers. Returns their names.
+
+        Call it from the single driver process before starting parallel writers.
+        """
+        removed = []
+        if self._cases_dir.is_dir():
+            for d in self._cases_dir.iterdir():
+                if d.name.startswith((TMP_PREFIX, OLD_PREFIX)):
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d.name)
+        if removed:
+            log.info("%s: removed %d stale temporary case group(s)", self.path, len(removed))
+        return removed
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def case_ids(self) -> list[str]:
+        """Complete cases only, sorted."""
+        if not self._cases_dir.is_dir():
+            return []
+        return sorted(d.name for d in self._cases_dir.iterdir()
+                      if d.is_dir() and not d.name.startswith(".") and self.is_complete(d.name))
+
+    def all_case_dirs(self) -> list[str]:
+        """Every non-temporary case folder, complete or not (for verify)."""
+        if not self._cases_dir.is_dir():
+            return []
+        return sorted(d.name for d in self._cases_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+    def is_complete(self, case: str) -> bool:
+        try:
+            return bool(self._group(case).attrs.get("complete", False))
+        except DataError:
+            return False
+
+    def __contains__(self, case: str) -> bool:
+        return self.is_complete(case)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def _group(self, case: str) -> zarr.Group:
+        if not (self._cases_dir / case / "zarr.json").is_file():
+            raise DataError(f"{self.path}: no case {case!r} in the store")
+        return zarr.open_group(str(self._cases_dir / case), mode="r", zarr_format=3)
+
+    def array_names(self, case: str) -> list[str]:
+        return sorted(self._group(case).array_keys())
+
+    def modalities(self, case: str) -> list[str]:
+        return [n[len(IMAGE_PREFIX):] for n in self.array_names(case) if n.startswith(IMAGE_PREFIX)]
+
+    def attrs(self, case: str) -> dict:
+        return dict(self._group(case).attrs)
+
+    def array(self, case: str, name: str) -> zarr.Array:
+        """A named array of a case, lazy (slice it)."""
+        p = self._cases_dir / case / name
+        if not (p / "zarr.json").is_file():
+            self._group(case)  # raises for a missing case
+            raise DataError(f"{self.path}: case {case!r} has no array {name!r} (has {self.array_names(case)})")
+        return zarr.open_array(str(p), mode="r", zarr_format=3)
+
+    def image(self, case: str, modality: str) -> zarr.Array:
+        """The (X, Y, Z) image of one modality, lazy."""
+        if not (self._cases_dir / case / f"{IMAGE_PREFIX}{modality}").is_dir():
+            self._group(case)
+            raise DataError(f"{self.path}: case {case!r} has no modality {modality!r} (has {self.modalities(case)})")
+        return self.array(case, f"{IMAGE_PREFIX}{modality}")
+
+    def mask(self, case: str) -> zarr.Array | None:
+        """Whole-tumour mask {0, 1}, or None when the case has none."""
+        return self._optional(case, "mask")
+
+    def _optional(self, case: str, name: str) -> zarr.Array | None:
+        if (self._cases_dir / case / name / "zarr.json").is_file():
+            return self.array(case, name)
+        self._group(case)
+        return None
+
+    @staticmethod
+    def _read(arr: zarr.Array, region: tuple[slice, ...] | None) -> np.ndarray:
+        return np.asarray(arr[region if region is not None else ...])
+
+    def read_image(self, case: str, modality: str, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        return self._read(self.image(case, modality), region).astype(np.float32, copy=False)
+
+    def read_mask(self, case: str, region: tuple[slice, ...] | None = None) -> np.ndarray | None:
+        arr = self.mask(case)
+        return None if arr is None else self._read(arr, region).astype(np.uint8, copy=False)
+
+    def read_labels(self, case: str, region: tuple[slice, ...] | None = None) -> np.ndarray | None:
+        arr = self._optional(case, "labels")
+        return None if arr is None else self._read(arr, region).astype(np.uint8, copy=False)
+
+    def read_brain(self, case: str, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Brain (foreground) mask; derived from the images (> -1) when not stored."""
+        arr = self._optional(case, "brain")
+        if arr is not None:
+            return self._read(arr, region).astype(np.uint8, copy=False)
+        brain = None
+        for mod in self.modalities(case):
+            fg = self.read_image(case, mod, region) > -1.0
+            brain = fg if brain is None else brain | fg
+        if brain is None:
+            raise DataError(f"{self.path}: case {case!r} has neither a brain mask nor images")
+        return brain.astype(np.uint8)
+
+    def read_array(self, case: str, name: str, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        return self._read(self.array(case, name), region)
+
+    def dask(self, case: str, name: str):
+        """A named array ("image_t1", "mask", ...) or a modality name, as a dask array."""
+        import dask.array as da
+
+        if not (self._cases_dir / case / name).is_dir() and (self._cases_dir / case / f"{IMAGE_PREFIX}{name}").is_dir():
+            name = f"{IMAGE_PREFIX}{name}"
+        return da.from_zarr(self.array(case, name))
+
+    # ------------------------------------------------------------------ writing
+    def _create_array(self, group: zarr.Group, name: str, data: np.ndarray, image: bool) -> None:
+        layout = self.root_attrs["layout"]
+        shape = tuple(int(s) for s in data.shape)
+        chunks = _chunks_for(shape, tuple(layout["image_chunks" if image else "label_chunks"]))
+        codec = BloscCodec(**(layout["image_codec"] if image else layout["label_codec"]))
+        shards = _shards_for(shape, chunks) if layout.get("sharded") else None
+        arr = group.create_array(name, shape=shape, dtype=data.dtype, chunks=chunks, shards=shards,
+                                 compressors=codec, fill_value=0)
+        arr[...] = data
+
+    def write_case(self, case: str, images: Mapping[str, np.ndarray], mask: np.ndarray | None = None,
+                   labels: np.ndarray | None = None, brain: np.ndarray | None = None,
+                   extra: Mapping[str, np.ndarray] | None = None, attrs: Mapping[str, Any] | None = None) -> None:
+        """Write (or replace) one case atomically: a temp group renamed into place when complete."""
+        _check_case_id(case)
+        arrays = self._validate_case_arrays(case, images, mask, labels, brain, extra)
+        self._cases_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._cases_dir / f"{TMP_PREFIX}{case}-{os.getpid()}-{os.urandom(3).hex()}"
+        try:
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            for name, (data, is_image) in arrays.items():
+                self._create_array(group, name, data, is_image)
+            meta = _json_safe(dict(attrs or {}))
+            meta.setdefault("shape", list(next(iter(arrays.values()))[0].shape))
+            meta["has_mask"] = mask is not None
+            meta["complete"] = False
+            group.attrs.update(meta)
+            group.attrs["complete"] = True  # set last
+            self._swap_into_place(tmp, self._cases_dir / case)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _validate_case_arrays(self, case, images, mask, labels, brain, extra) -> dict[str, tuple[np.ndarray, bool]]:
+        dtype = np.dtype(self.root_attrs["layout"]["image_dtype"])
+        arrays: dict[str, tuple[np.ndarray, bool]] = {}
+        for mod, img in images.items():
+            if not mod or "/" in mod:
+                raise DataError(f"case {case!r}: modality name {mod!r} is not usable")
+            arrays[f"{IMAGE_PREFIX}{mod}"] = (np.asarray(img, dtype=dtype), True)
+        for name, arr in (("mask", mask), ("labels", labels), ("brain", brain)):
+            if arr is not None:
+                arrays[name] = (np.asarray(arr, dtype=np.uint8), False)
+        for name, arr in (extra or {}).items():
+            if name in arrays or name.startswith((IMAGE_PREFIX, ".")) or "/" in name:
+                raise DataError(f"case {case!r}: extra array name {name!r} clashes with the store layout")
+            arr = np.asarray(arr)
+            arrays[name] = (arr, arr.dtype.kind == "f")
+        if not arrays:
+            raise DataError(f"case {case!r}: nothing to write (no images, masks or arrays)")
+        shapes = {name: a.shape for name, (a, _) in arrays.items()}
+        if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 3:
+            raise DataError(f"case {case!r}: arrays must share one 3D (X, Y, Z) shape, got {shapes}")
+        return arrays
+
+    @staticmethod
+    def _swap_into_place(tmp: Path, final: Path) -> None:
+        """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted."""
+        old = None
+        if final.exists():
+            old = final.with_name(f"{OLD_PREFIX}{final.name}-{os.getpid()}-{os.urandom(3).hex()}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def delete_case(self, case: str) -> None:
+        d = self._cases_dir / _check_case_id(case)
+        if d.exists():
+            old = d.with_name(f"{OLD_PREFIX}{case}-{os.getpid()}")
+            os.replace(d, old)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, kind={self.root_attrs.get('kind')!r}, cases={len(self)})"
