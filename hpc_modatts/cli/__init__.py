@@ -14,7 +14,7 @@ import os
 import sys
 
 # group modules, imported lazily so `hpc-modatts --help` stays fast
-GROUPS = ("data", "train", "infer", "pipeline")
+GROUPS = ("data", "train", "infer", "pipeline", "demo")
 
 
 class UserError(Exception):
