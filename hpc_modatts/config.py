@@ -220,6 +220,9 @@ class TrainConfig:
     """Loss weights before normalisation."""
     rounds: int = 3
     """Self-training rounds k (thesis: 3 rounds of 150 epochs)."""
+    round: int = 0
+    """Self-training: run only this round (1..rounds; the pipeline's one job per round);
+    0 = run rounds 1..rounds in turn, skipping finished ones."""
     alpha: float = 0.6
     """Self-training pseudo-label threshold on probabilities."""
     init_from: str = ""
@@ -232,20 +235,40 @@ class TrainConfig:
     """Store of pseudo-labels for self-training (written by the previous round)."""
     resume: bool = True
     """Resume from the run folder's latest checkpoint when one exists."""
+    stage_overrides: dict[str, dict] = field(default_factory=dict)
+    """Per-stage values of ``train.*`` keys, merged over this section when a stage runs, e.g.
+    ``{translate: {epochs: 200, batch_size: 15, weights: {adv: 1}}, self-train: {epochs: 150}}``
+    (thesis 5.5.1: stage 1 200 epochs batch 15; stage 2 300 epochs batch 2; rounds 150 epochs).
+    Applied by ``hpc_modatts.train.common.stage_config`` (command-line overrides win)."""
 
     def __post_init__(self) -> None:
         _check_choice("train.stage", self.stage, ("translate", "synthesize", "segment", "self-train"))
+        self._check_stage_overrides()
         _check_choice("train.variant", self.variant,
                       ("self-supervised", "semi-supervised", "source-supervised", "target-supervised"))
         for k in ("epochs", "batch_size", "rounds"):
             _check_positive(f"train.{k}", getattr(self, k))
-        for k in ("max_steps", "steps_per_epoch", "val_every", "val_cases", "seed"):
+        for k in ("max_steps", "steps_per_epoch", "val_every", "val_cases", "seed", "round"):
             _check_positive(f"train.{k}", getattr(self, k), allow_zero=True)
         _check_positive("train.log_every", self.log_every)
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"train.alpha={self.alpha} must be in (0, 1)")
         if isinstance(self.weights, dict):
             self.weights = _build(LossWeights, self.weights, "train.weights")
+
+    def _check_stage_overrides(self) -> None:
+        """Every per-stage block names a stage and holds valid ``train.*`` keys and values."""
+        if not isinstance(self.stage_overrides, dict):
+            raise ConfigError(f"train.stage_overrides={self.stage_overrides!r} must be a mapping stage -> keys")
+        for stage, values in self.stage_overrides.items():
+            _check_choice("train.stage_overrides", stage, ("translate", "synthesize", "segment", "self-train"))
+            key = f"train.stage_overrides.{stage}"
+            if not isinstance(values, dict):
+                raise ConfigError(f"{key}={values!r} must be a mapping of train keys")
+            for bad in ("stage", "stage_overrides"):
+                if bad in values:
+                    raise ConfigError(f"{key}.{bad} cannot be set per stage")
+            _build(TrainConfig, values, key)  # checks names and values, naming the key
 
 
 @dataclass
@@ -270,6 +293,11 @@ class PipelineConfig:
     """CPU cores per task."""
     mem_gb: int = 0
     """Memory per node in GB (0 = the cluster default)."""
+    source_dir: str = ""
+    """NIfTI dataset folder converted into ``data.store`` by the pipeline's convert node when
+    the store does not exist yet ("" = the store must already exist)."""
+    layout: str = "brats"
+    """Layout of ``source_dir`` for the convert node (see ``hpc_modatts.data.layouts``)."""
 
     def __post_init__(self) -> None:
         _check_choice("pipeline.executor", self.executor, ("local", "debug", "slurm"))

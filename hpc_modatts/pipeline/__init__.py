@@ -1,0 +1,25 @@
+"""The experiment pipeline: the stage DAG (``dag``), its submission (``submit``), ``status``.
+
+``run(cfg)`` is the stage-style entry point (``hpc_modatts.pipeline.run``): submit the whole
+DAG of ``cfg`` with ``cfg.pipeline.executor`` and return the ``pipeline.json`` path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpc_modatts.config import ExperimentConfig
+
+
+def run(cfg: ExperimentConfig) -> Path:
+    """Submit (slurm) or run (local/debug) every pending node of ``cfg``'s DAG."""
+    from hpc_modatts.pipeline.submit import run_pipeline
+
+    return run_pipeline(cfg)
+
+
+def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: str | None = None, **kw) -> Path:
+    """See ``hpc_modatts.pipeline.submit.run_pipeline``."""
+    from hpc_modatts.pipeline.submit import run_pipeline as _run
+
+    return _run(cfg, executor=executor, cluster=cluster, **kw)

@@ -1,0 +1,228 @@
+"""Evaluate predicted masks against references: Dice, HD95 and ASSD (mm) per case.
+
+``hpc-modatts evaluate --pred DIR --ref DIR [--target-supervised DIR|JSON] [--images DIR] -o OUT``
+
+Folders hold one NIfTI per case, ``<case>.nii.gz`` (or ``.nii``); ``<case>_prob.nii.gz``
+probability maps in the prediction folder are ignored. Masks are binarised (> 0, whole
+tumour). Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
+``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
+distances are in mm (method.md, "Evaluation"; thesis 5.5.2).
+
+Empty masks (MONAI returns nan/inf with a warning for them), our convention:
+* both empty: Dice 1, HD95 0, ASSD 0 (a perfect answer), note ``both empty``;
+* one empty: Dice 0, HD95 and ASSD nan (no surface to measure from), note ``empty prediction``
+  or ``empty reference``; summaries are nan-aware means/stds and report how many cases count.
+
+Outputs in OUT: ``metrics.csv``, ``metrics.json`` (per case + mean/std, and "% of
+target-supervised" = mean Dice / the target-supervised run's mean Dice), ``panels/<case>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
+from rich.console import Console
+from rich.table import Table
+
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.runs import atomic_write_json, atomic_write_text, mark_done
+
+log = logging.getLogger(__name__)
+
+METRICS = ("dice", "hd95", "assd")
+IMAGE_NAMES = ("pseudo_target", "healthy", "residual")
+"""Optional extra images in ``--images``: ``<case>_<name>.nii.gz`` (``<case>.nii.gz`` = target)."""
+
+
+# ----------------------------------------------------------------------------- metrics
+def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict:
+    """Dice, HD95 (mm), ASSD (mm) of two binary (X, Y, Z) masks; see the module doc for empties."""
+    p, r = pred > 0, ref > 0
+    if not p.any() and not r.any():
+        return {"dice": 1.0, "hd95": 0.0, "assd": 0.0, "note": "both empty"}
+    pt = torch.from_numpy(p)[None, None].float()  # (B=1, C=1, X, Y, Z)
+    rt = torch.from_numpy(r)[None, None].float()
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pt, rt).item()
+    if not p.any() or not r.any():
+        return {"dice": dice, "hd95": float("nan"), "assd": float("nan"),
+                "note": "empty prediction" if not p.any() else "empty reference"}
+    sp = [float(s) for s in spacing]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pt, rt, spacing=sp)
+        assd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(pt, rt, spacing=sp)
+    return {"dice": dice, "hd95": hd.item(), "assd": assd.item(), "note": ""}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean/std (nan-aware) and the number of cases counted, per metric."""
+    out = {}
+    for m in METRICS:
+        v = np.array([r[m] for r in rows], float)
+        ok = v[~np.isnan(v)]
+        out[m] = {"mean": float(ok.mean()) if ok.size else float("nan"),
+                  "std": float(ok.std()) if ok.size else float("nan"), "n": int(ok.size)}
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs
+def nifti_cases(folder: str | os.PathLike, what: str) -> dict[str, Path]:
+    """``{case: path}`` of the ``<case>.nii[.gz]`` files of a folder (not ``*_prob``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} does not exist")
+    cases = {}
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else None
+        if stem and not stem.endswith("_prob") and not stem.startswith("."):
+            cases[stem] = p
+    if not cases:
+        raise DataError(f"{what} folder {folder} holds no <case>.nii.gz files")
+    return cases
+
+
+def check_pairs(pred: dict[str, Path], ref: dict[str, Path]) -> list[str]:
+    """Same case sets and the same grid (shape, affine) per case; DataError naming a case."""
+    only_pred, only_ref = sorted(set(pred) - set(ref)), sorted(set(ref) - set(pred))
+    if only_pred or only_ref:
+        case, where = (only_pred[0], "prediction only") if only_pred else (only_ref[0], "reference only")
+        raise DataError(f"case {case}: present in the {where} ({len(only_pred)} prediction-only, "
+                        f"{len(only_ref)} reference-only cases)")
+    for case in sorted(pred):
+        a, b = _header(pred[case]), _header(ref[case])
+        if a.shape[:3] != b.shape[:3]:
+            raise DataError(f"case {case}: prediction shape {a.shape[:3]} != reference shape {b.shape[:3]}")
+        if not np.allclose(a.affine, b.affine, atol=1e-3):
+            raise DataError(f"case {case}: prediction and reference affines differ ({pred[case].name})")
+    return sorted(pred)
+
+
+def _header(path: Path) -> nib.Nifti1Image:
+    try:
+        return nib.load(path)
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for a bad file
+        raise DataError(f"{path}: not a readable NIfTI ({e})") from None
+
+
+def target_supervised_dice(path: str | os.PathLike) -> float:
+    """Mean Dice of a target-supervised evaluation (its metrics.json, or the folder holding it)."""
+    p = Path(path)
+    p = p / "metrics.json" if p.is_dir() else p
+    try:
+        return float(json.loads(p.read_text())["summary"]["dice"]["mean"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{p}: not an evaluation metrics.json with summary.dice.mean") from None
+
+
+# ----------------------------------------------------------------------------- API
+def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.PathLike,
+             target_supervised: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+             panels: bool = True, console: Console | None = None) -> Path:
+    """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``."""
+    pred_cases, ref_cases = nifti_cases(pred, "prediction"), nifti_cases(ref, "reference")
+    cases = check_pairs(pred_cases, ref_cases)
+    ts_dice = target_supervised_dice(target_supervised) if target_supervised else None
+    out = Path(out)
+    rows = []
+    for case in cases:
+        p_img, r_img = nib.load(pred_cases[case]), nib.load(ref_cases[case])
+        p = np.asanyarray(p_img.dataobj) > 0  # (X, Y, Z) in the file's own voxel order
+        r = np.asanyarray(r_img.dataobj) > 0
+        spacing = tuple(float(s) for s in r_img.header.get_zooms()[:3])
+        rows.append({"case": case, **case_metrics(p, r, spacing)})
+        if panels:
+            from hpc_modatts.infer.panels import save_panel
+
+            extra = _case_images(images, case, p.shape) if images else {}
+            save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
+    summary = summarise(rows)
+    result = {"pred": str(pred), "ref": str(ref), "cases": rows, "summary": summary}
+    if ts_dice:
+        result["percent_of_target_supervised"] = 100.0 * summary["dice"]["mean"] / ts_dice
+    atomic_write_text(out / "metrics.csv", _csv(rows, summary))
+    atomic_write_json(out / "metrics.json", result)
+    print_table(result, console)
+    return out
+
+
+def _case_images(folder: str | os.PathLike, case: str, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    found = {}
+    for name, fname in [("target", f"{case}")] + [(n, f"{case}_{n}") for n in IMAGE_NAMES]:
+        for ext in (".nii.gz", ".nii"):
+            p = Path(folder) / f"{fname}{ext}"
+            if p.is_file():
+                vol = np.asanyarray(nib.load(p).dataobj).astype(np.float32)
+                if vol.shape[:3] == shape:
+                    found[name] = vol
+                else:
+                    log.warning("%s: shape %s differs from the mask's %s; not drawn", p, vol.shape, shape)
+                break
+    return found
+
+
+def _csv(rows: list[dict], summary: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["case", *METRICS, "note"])
+    for r in rows:
+        w.writerow([r["case"], *(f"{r[m]:.6g}" for m in METRICS), r["note"]])
+    for stat in ("mean", "std"):
+        w.writerow([stat, *(f"{summary[m][stat]:.6g}" for m in METRICS), ""])
+    return buf.getvalue()
+
+
+def print_table(result: dict, console: Console | None = None) -> None:
+    table = Table(title=f"evaluation of {result['pred']}")
+    for col in ("case", "Dice", "HD95 (mm)", "ASSD (mm)", "note"):
+        table.add_column(col)
+    for r in result["cases"]:
+        table.add_row(r["case"], *(f"{r[m]:.4f}" for m in METRICS), r["note"])
+    s = result["summary"]
+    table.add_row("[bold]mean ± std", *(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in METRICS),
+                  f"n = {s['dice']['n']}")
+    (console or Console()).print(table)
+    if "percent_of_target_supervised" in result:
+        (console or Console()).print(f"Dice = {result['percent_of_target_supervised']:.1f} % of target-supervised")
+
+
+def run(cfg) -> Path:
+    """Pipeline node: evaluate ``predict-<variant>`` on the split's test cases (target modality)."""
+    from hpc_modatts.data.preprocess import to_original_geometry
+    from hpc_modatts.data.splits import Split
+    from hpc_modatts.data.store import Store
+    from hpc_modatts.runs import stage_dir
+
+    v = cfg.train.variant
+    out = stage_dir(cfg.run_dir, "evaluate", v)
+    store, split = Store.open(cfg.data.store), Split.load(cfg.data.split)
+    for case in split.test:  # references and target images on the predictions' (original) grid
+        attrs, mask = store.attrs(case), store.read_mask(case)
+        if mask is None:
+            raise DataError(f"case {case}: test case without a mask in {cfg.data.store}")
+        _save(to_original_geometry(mask, attrs, order=0), out / "reference" / f"{case}.nii.gz")
+        _save(to_original_geometry(store.read_image(case, cfg.data.target), attrs, order=1, fill=-1.0),
+              out / "images" / f"{case}.nii.gz")
+    ts = stage_dir(cfg.run_dir, "evaluate", "target-supervised") / "metrics.json"
+    use_ts = v != "target-supervised" and ts.is_file()
+    evaluate(stage_dir(cfg.run_dir, "predict", v), out / "reference", out,
+             target_supervised=ts if use_ts else None, images=out / "images")
+    mark_done(out)
+    return out
+
+
+def _save(img: nib.Nifti1Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    nib.save(img, tmp)
+    os.replace(tmp, path)

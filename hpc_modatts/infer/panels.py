@@ -1,0 +1,60 @@
+"""PNG panels per case: the images that exist, and predicted vs reference contours.
+
+One row of axial slices (the slice with the largest reference area, else prediction, else the
+middle): target image, pseudo-target, P->A healthy image, residual (each only when given),
+then the target (or a blank) with the reference contour (green) and the prediction (red).
+Arrays are (X, Y, Z) in RAS; a slice ``vol[:, :, z]`` is drawn transposed, origin lower.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+TITLES = {"target": "target image", "pseudo_target": "pseudo-target", "healthy": "P->A healthy",
+          "residual": "residual"}
+
+
+def best_slice(ref: np.ndarray, pred: np.ndarray) -> int:
+    """Axial index with the largest reference area (prediction area if the reference is empty)."""
+    for m in (ref, pred):
+        area = m.reshape(-1, m.shape[2]).sum(0)
+        if area.max() > 0:
+            return int(area.argmax())
+    return ref.shape[2] // 2
+
+
+def save_panel(path: str | os.PathLike, case: str, images: dict[str, np.ndarray], pred: np.ndarray,
+               ref: np.ndarray) -> Path:
+    """Draw the panel of one case into ``path`` (PNG, written atomically)."""
+    z = best_slice(ref, pred)
+    names = [n for n in TITLES if n in images]
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3 * (len(names) + 1), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        cmap = "RdBu_r" if name == "residual" else "gray"
+        ax.imshow(images[name][:, :, z].T, origin="lower", cmap=cmap)
+        ax.set_title(TITLES[name], fontsize=9)
+    ax = axes[0][-1]
+    base = images.get("target", np.zeros(ref.shape, np.float32))
+    ax.imshow(base[:, :, z].T, origin="lower", cmap="gray")
+    for mask, colour in ((ref, "lime"), (pred, "red")):
+        sl = mask[:, :, z].T.astype(float)
+        if sl.any() and not sl.all():
+            ax.contour(sl, levels=[0.5], colors=colour, linewidths=1)
+    ax.set_title("reference (green) / prediction (red)", fontsize=8)
+    for a in axes[0]:
+        a.axis("off")
+    fig.suptitle(f"{case}  z={z}", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,167 @@
+"""Predict tumour masks: sliding-window inference, fold ensembling, NIfTI in the original geometry.
+
+``hpc-modatts predict --run RUN [--run RUN2 ...] --input NIFTI_DIR|STORE --out DIR``
+
+* The best model of every run (``best_model.pt``, ``hpc_modatts.train.checkpoint``) is loaded;
+  several runs (the folds) form an ensemble: the mean of their sigmoid probabilities.
+* Each whole stored volume (canonical RAS, normalised) goes through MONAI
+  ``sliding_window_inference`` with the training patch as ROI, overlap 0.5 and gaussian
+  blending. Models trained on half volumes (hemispheres, ``data.half_volumes``) see windows of
+  their training size that tile the *whole* brain, so both hemispheres are predicted and
+  blended into one seamless volume (no left/right split and re-assembly needed).
+* Masks = probability >= 0.5 (method.md), written as uint8 NIfTI in each input's ORIGINAL grid
+  (``to_original_geometry``); ``--probabilities`` adds float32 ``<case>_prob.nii.gz``.
+* A NIfTI folder is first converted into a temporary store with the preprocessing recorded in
+  the training store (layout, spacing, crop), so the model sees what it was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.runs import is_done, mark_done
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = 0.5
+OVERLAP = 0.5
+
+
+def check_runs(runs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Every run must be finished (DONE) and hold ``best_model.pt``; DataError naming the first bad one."""
+    if not runs:
+        raise DataError("no --run given: name at least one finished training run folder")
+    out = []
+    for r in runs:
+        r = Path(r)
+        if not is_done(r) or not (r / "best_model.pt").is_file():
+            raise DataError(f"run {r} has no finished model (needs DONE and best_model.pt)")
+        out.append(r)
+    return out
+
+
+def load_models(runs: list[Path], device: torch.device) -> tuple[list[torch.nn.Module], object]:
+    """The runs' best models (eval mode, on ``device``) and the first run's config."""
+    from hpc_modatts.train.checkpoint import load_best_model
+
+    models, cfgs = [], []
+    for r in runs:
+        model, cfg = load_best_model(r, "gen")
+        models.append(model.to(device).eval())
+        cfgs.append(cfg)
+    patches = {tuple(c.data.patch_size) for c in cfgs}
+    if len(patches) > 1:
+        raise DataError(f"runs {[str(r) for r in runs]} were trained with different patch sizes {sorted(patches)}")
+    return models, cfgs[0]
+
+
+@torch.no_grad()
+def predict_volume(models: list[torch.nn.Module], image: np.ndarray, roi: Sequence[int],
+                   overlap: float = OVERLAP) -> np.ndarray:
+    """Mean sigmoid probability of the ensemble over a whole (X, Y, Z) volume -> (X, Y, Z) float32."""
+    device = next(models[0].parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device)  # (1, 1, X, Y, Z)
+    total = torch.zeros_like(x)
+    for model in models:
+        total += sliding_window_inference(x, roi_size=tuple(roi), sw_batch_size=1,
+                                          predictor=lambda t, m=model: torch.sigmoid(m(t)),
+                                          overlap=overlap, mode="gaussian", padding_mode="constant", cval=-1.0)
+    return (total / len(models))[0, 0].float().cpu().numpy()
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+def _training_preprocessing(cfg) -> dict:
+    """Preprocessing options recorded in the training store (defaults when it is not reachable)."""
+    from hpc_modatts.data.store import Store
+
+    try:
+        return dict(Store.open(cfg.data.store).root_attrs.get("preprocessing") or {})
+    except DataError:
+        log.warning("training store %s not readable: converting with default preprocessing", cfg.data.store)
+        return {}
+
+
+def open_input(input_: Path, work: Path, cfg, layout: str | None, modality: str):
+    """The input as a Store: opened as is, or a NIfTI folder converted into ``work``."""
+    from hpc_modatts.data.store import Store
+
+    if not input_.exists():
+        raise DataError(f"input {input_} does not exist")
+    if _is_store(input_):
+        return Store.open(input_)
+    from hpc_modatts.data.convert import convert
+
+    pre = _training_preprocessing(cfg)
+    path = convert(input_, work / "input.zarr", layout=layout or pre.get("layout") or "brats",
+                   spacing=pre.get("spacing"), crop=pre.get("crop"), crop_margin=pre.get("crop_margin", 2),
+                   modalities=[modality], progress=False)
+    return Store.open(path)
+
+
+def _save_nifti(img: nib.Nifti1Image, path: Path) -> None:
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    nib.save(img, tmp)
+    os.replace(tmp, path)
+
+
+def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: str | os.PathLike,
+            probabilities: bool = False, layout: str | None = None, modality: str | None = None,
+            cases: Sequence[str] | None = None) -> Path:
+    """Predict every case (or ``cases``) of ``input`` with the ensemble of ``runs``; returns ``out``."""
+    from hpc_modatts.data.preprocess import to_original_geometry
+
+    run_dirs = check_runs(runs)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models, cfg = load_models(run_dirs, device)
+    modality = modality or cfg.data.target
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".predict-", dir=out))
+    try:
+        store = open_input(Path(input), work, cfg, layout, modality)
+        todo = list(cases) if cases is not None else store.case_ids
+        for case in todo:  # check everything before the first (slow) inference
+            if case not in store.case_ids:
+                raise DataError(f"case {case} is not in {store.path}")
+            if modality not in store.modalities(case):
+                raise DataError(f"case {case}: no {modality} image in {store.path} (has {store.modalities(case)})")
+        for case in todo:
+            attrs = store.attrs(case)
+            prob = predict_volume(models, store.read_image(case, modality), cfg.data.patch_size)
+            mask = (prob >= THRESHOLD).astype(np.uint8)
+            _save_nifti(to_original_geometry(mask, attrs, order=0), out / f"{case}.nii.gz")
+            if probabilities:
+                img = to_original_geometry(prob.astype(np.float32), attrs, order=1)
+                _save_nifti(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), out / f"{case}_prob.nii.gz")
+            log.info("predicted %s (%d tumour voxels)", case, int(mask.sum()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def run(cfg) -> Path:
+    """Pipeline node: ensemble of the variant's fold models on the split's test cases."""
+    from hpc_modatts.data.splits import Split
+    from hpc_modatts.pipeline.dag import final_model_dirs
+    from hpc_modatts.runs import stage_dir
+
+    out = stage_dir(cfg.run_dir, "predict", cfg.train.variant)
+    split = Split.load(cfg.data.split)
+    predict(final_model_dirs(cfg, cfg.train.variant), cfg.data.store, out, modality=cfg.data.target,
+            cases=split.test)
+    mark_done(out)
+    return out

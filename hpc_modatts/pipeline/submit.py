@@ -1,0 +1,306 @@
+"""Submit a whole experiment DAG through submitit: ``slurm``, ``local`` or ``debug``.
+
+* **slurm**: every pending node is submitted at once, each with
+  ``--dependency=afterok:<ids of its pending parents>``, ``--requeue`` and
+  ``--kill-on-invalid-dep=yes``; no driver process stays alive. Cluster shape and sbatch
+  options come from a preset YAML (``launchers/clusters/<name>.yaml`` or a path).
+* **local** (real subprocesses) / **debug** (in-process): submitit ignores ``slurm_*`` options
+  and has no dependencies (docs/environment.md), so the nodes run in topological waves and
+  each wave waits for its jobs' results before its dependents are submitted.
+
+Every job is a ``StageJob``: a ``submitit.helpers.Checkpointable`` that runs the stage API
+(which resumes from its own latest checkpoint) and, on preemption or timeout, is requeued as
+itself. Multi-GPU nodes run one task per GPU; each task exports the torch.distributed
+rendezvous (``TorchDistributedEnvironment``) and then takes the same path as under the
+deepspeed launcher (``hpc_modatts.distributed.init_distributed``).
+Every submission is recorded in ``<run_root>/<name>/pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+import yaml
+
+from hpc_modatts.config import ConfigError, ExperimentConfig, PipelineConfig
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.pipeline.dag import Dag, Node, build_dag, needs_convert, node_config
+from hpc_modatts.runs import atomic_write_json, is_done, mark_done, stage_dir
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("slurm", "local", "debug")
+PRESETS_DIR = Path(os.environ.get("HPC_MODATTS_PRESETS", Path(__file__).resolve().parents[2] / "launchers" / "clusters"))
+"""Where cluster presets are looked up by name (override with $HPC_MODATTS_PRESETS)."""
+PRESET_KEYS = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
+               "timeout_min", "nodes", "signal_delay_s", "setup", "additional", "description"}
+"""Keys a preset YAML may hold (``additional``: extra ``#SBATCH --key=value`` options)."""
+SHAPE_KEYS = ("gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes")
+"""Preset keys that fill the pipeline.* fields a config leaves at their defaults."""
+
+
+# ----------------------------------------------------------------------------- presets
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) if PRESETS_DIR.is_dir() else []
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """A cluster preset by name (in ``PRESETS_DIR``) or YAML path; ConfigError if unknown/bad."""
+    p = Path(name_or_path)
+    if not p.is_file():
+        p = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not p.is_file():
+        raise ConfigError(f"pipeline.cluster={name_or_path!r}: no such preset; available: "
+                          f"{available_presets()} (in {PRESETS_DIR}) or a YAML path")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"cluster preset {p}: top level must be a mapping")
+    unknown = sorted(set(data) - PRESET_KEYS)
+    if unknown:
+        raise ConfigError(f"cluster preset {p}: unknown key {unknown[0]}; allowed: {sorted(PRESET_KEYS)}")
+    return data
+
+
+def apply_preset(cfg: ExperimentConfig, preset: dict[str, Any]) -> ExperimentConfig:
+    """Fill the pipeline.* shape fields that ``cfg`` leaves at their defaults from the preset."""
+    from hpc_modatts.config import apply_overrides
+
+    defaults = PipelineConfig()
+    items = [f"pipeline.{k}={int(preset[k])}" for k in SHAPE_KEYS
+             if k in preset and getattr(cfg.pipeline, k) == getattr(defaults, k)]
+    return apply_overrides(cfg, items)
+
+
+# ----------------------------------------------------------------------------- the job
+def resolve_callable(path: str) -> Callable[[ExperimentConfig], Any]:
+    """``"package.module:function"`` -> the function."""
+    mod, _, fn = path.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """One pipeline node as a requeueable submitit job."""
+
+    def __init__(self, node: Node, cfg: ExperimentConfig):
+        self.node = node
+        self.cfg = cfg
+
+    def __call__(self) -> str:
+        _export_distributed_env()
+        if self.node.done:  # requeued after it had finished, or re-run: nothing to do
+            return str(self.node.run_dir)
+        fn = resolve_callable(self.node.fn)
+        return str(fn(node_config(self.cfg, self.node)))
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Preemption / timeout: requeue the same job; the stage resumes from its checkpoint."""
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _export_distributed_env() -> None:
+    """In a multi-task submitit job, export RANK/WORLD_SIZE/MASTER_* for torch.distributed."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (e.g. called directly)
+        return
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def convert_stage(cfg: ExperimentConfig) -> Path:
+    """Pipeline node: NIfTI ``pipeline.source_dir`` -> ``data.store`` (then DONE)."""
+    from hpc_modatts.data.convert import convert
+
+    convert(cfg.pipeline.source_dir, cfg.data.store, layout=cfg.pipeline.layout)
+    out = stage_dir(cfg.run_dir, "convert")
+    mark_done(out, store=str(cfg.data.store))
+    return out
+
+
+# ----------------------------------------------------------------------------- checks
+def check_inputs(cfg: ExperimentConfig, executor: str) -> None:
+    """Fail with one line, before anything is submitted, on bad executor/store/split/run folder."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"pipeline.executor={executor!r} is not allowed; choose one of {list(EXECUTORS)}")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("pipeline.executor=slurm needs `sbatch` on PATH (use local or debug here)")
+    store = Path(cfg.data.store) if cfg.data.store else None
+    if store is None:
+        raise ConfigError("data.store is empty: give the converted store (or pipeline.source_dir to convert)")
+    if needs_convert(cfg):
+        if not Path(cfg.pipeline.source_dir).is_dir():
+            raise DataError(f"pipeline.source_dir {cfg.pipeline.source_dir} does not exist")
+    elif not store.exists():
+        raise DataError(f"data.store {store} does not exist (run `hpc-modatts convert` or set pipeline.source_dir)")
+    else:
+        from hpc_modatts.data.store import Store
+
+        Store.open(store)  # DataError if it is not one of ours
+    if not cfg.data.split or not Path(cfg.data.split).is_file():
+        raise DataError(f"data.split {cfg.data.split or '(empty)'} does not exist (run `hpc-modatts split`)")
+    _check_folds(cfg)
+    for key in ("translator_run", "init_from"):
+        run = getattr(cfg.train, key)
+        if run and not is_done(run):
+            raise DataError(f"train.{key} {run} is not a finished run folder (no DONE marker)")
+
+
+def _check_folds(cfg: ExperimentConfig) -> None:
+    from hpc_modatts.data.splits import Split
+
+    split = Split.load(cfg.data.split)
+    if cfg.pipeline.folds > 1 and len(split.folds) < cfg.pipeline.folds:
+        raise DataError(f"data.split {cfg.data.split} has {len(split.folds)} folds; "
+                        f"pipeline.folds={cfg.pipeline.folds}")
+
+
+# ----------------------------------------------------------------------------- submission
+def node_parameters(node: Node, cfg: ExperimentConfig, preset: dict[str, Any] | None,
+                    dependency_ids: list[str]) -> dict[str, Any]:
+    """submitit ``update_parameters`` keywords for one node (generic + ``slurm_*``)."""
+    r = node.resources
+    params: dict[str, Any] = {
+        "name": f"{cfg.name}:{node.name}", "timeout_min": cfg.pipeline.timeout_min, "nodes": r.nodes,
+        "tasks_per_node": r.tasks_per_node, "cpus_per_task": r.cpus_per_task,
+    }
+    if r.gpus_per_node:  # --gpus-per-node=0 is refused by clusters without GPU GRES
+        params["gpus_per_node"] = r.gpus_per_node
+    if cfg.pipeline.mem_gb:
+        params["mem_gb"] = cfg.pipeline.mem_gb
+    preset = preset or {}
+    for key in ("partition", "account", "qos", "constraint", "signal_delay_s", "setup"):
+        if preset.get(key):
+            params[f"slurm_{key}"] = preset[key]
+    extra = {"requeue": True, "kill-on-invalid-dep": "yes", **(preset.get("additional") or {})}
+    params["slurm_additional_parameters"] = extra
+    if dependency_ids:
+        params["slurm_dependency"] = "afterok:" + ":".join(dependency_ids)
+    return params
+
+
+def make_executor(folder: Path, executor: str, params: dict[str, Any]) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder=folder, cluster=executor)
+    if executor != "slurm":  # local/debug ignore slurm_* anyway; keep their warnings quiet
+        params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+    ex.update_parameters(**params)
+    return ex
+
+
+def sbatch_script(params: dict[str, Any], folder: str | os.PathLike, command: str) -> str:
+    """The sbatch text submitit generates for ``params`` (``node_parameters`` output).
+
+    Uses submitit's own renaming (generic -> sbatch names, ``slurm_*`` win) and template
+    (``_make_sbatch_string``), without the ``srun`` check of ``SlurmExecutor()``: for golden
+    tests and ``--dry-run`` on a machine without SLURM.
+    """
+    from submitit.slurm import slurm
+
+    equivalent = slurm.SlurmExecutor._equivalence_dict()
+    generic = {equivalent[k]: (slurm._convert_mem(v) if k == "mem_gb" else v)
+               for k, v in params.items() if k in equivalent}
+    specific = {k[len("slurm_"):]: v for k, v in params.items() if k.startswith("slurm_")}
+    return slurm._make_sbatch_string(command=command, folder=folder, **{**generic, **specific})
+
+
+class Recorder:
+    """``pipeline.json``: the DAG's nodes and every submitted job, rewritten atomically."""
+
+    def __init__(self, path: Path, cfg: ExperimentConfig, executor: str, dag: Dag):
+        self.path = path
+        old = _read_json(path)
+        self.data = {"name": cfg.name, "executor": executor, "cluster": cfg.pipeline.cluster,
+                     "nodes": [{"name": n.name, "run_dir": str(n.run_dir), "marker": n.marker, "deps": list(n.deps)}
+                               for n in dag.topological()],
+                     "jobs": old.get("jobs", [])}
+        self.save()
+
+    def add(self, node: Node, job: Any, folder: Path, executor: str) -> None:
+        self.data["jobs"].append({"node": node.name, "job_id": str(job.job_id), "executor": executor,
+                                  "folder": str(folder), "run_dir": str(node.run_dir),
+                                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: str | None = None,
+                 dag: Dag | None = None, check: bool = True, wait: bool = False) -> Path:
+    """Submit every pending node of ``cfg``'s DAG; returns the ``pipeline.json`` path.
+
+    ``executor``/``cluster`` default to ``cfg.pipeline``. On SLURM this returns right after
+    submission (``wait=True`` blocks until the last jobs end); local/debug run to the end.
+    ``dag`` replaces ``build_dag(cfg)`` (tests use light callables); ``check=False`` skips
+    the store/split checks (for such DAGs only).
+    """
+    executor = executor or cfg.pipeline.executor
+    cluster = cluster if cluster is not None else cfg.pipeline.cluster
+    if executor not in EXECUTORS:
+        raise ConfigError(f"pipeline.executor={executor!r} is not allowed; choose one of {list(EXECUTORS)}")
+    preset = load_preset(cluster) if cluster else None
+    if preset:
+        cfg = apply_preset(cfg, preset)
+    if check:
+        check_inputs(cfg, executor)
+    dag = dag or build_dag(cfg)
+    pending = dag.pending()
+    root = cfg.run_dir
+    root.mkdir(parents=True, exist_ok=True)
+    rec = Recorder(root / "pipeline.json", cfg, executor, dag)
+    log.info("pipeline %s: %d nodes, %d pending, executor %s", cfg.name, len(dag), len(pending), executor)
+    folder = root / "submitit"
+    if executor == "slurm":
+        jobs = _submit_slurm(pending, cfg, preset, folder, rec)
+        if wait:
+            for j in jobs.values():
+                j.result()
+    else:
+        _run_in_waves(pending, cfg, executor, folder, rec)
+    return rec.path
+
+
+def _submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | None, folder: Path,
+                  rec: Recorder) -> dict[str, Any]:
+    jobs: dict[str, Any] = {}
+    for node in pending:  # topological: parents already have ids
+        params = node_parameters(node, cfg, preset, [str(jobs[d].job_id) for d in node.deps])
+        job = make_executor(folder, "slurm", params).submit(StageJob(node, cfg))
+        jobs[node.name] = job
+        rec.add(node, job, folder, "slurm")
+        log.info("submitted %s as job %s", node.name, job.job_id)
+    return jobs
+
+
+def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
+                  rec: Recorder) -> None:
+    """Emulate afterok: submit every node whose parents finished, wait for the wave, repeat."""
+    finished: set[str] = set()
+    left = list(pending)
+    while left:
+        wave = [n for n in left if all(d in finished for d in n.deps)]
+        submitted = []
+        for node in wave:
+            job = make_executor(folder, executor, node_parameters(node, cfg, None, [])).submit(StageJob(node, cfg))
+            rec.add(node, job, folder, executor)
+            submitted.append((node, job))
+        for node, job in submitted:
+            job.results()  # raises the stage's error (all tasks of a multi-task job)
+            finished.add(node.name)
+            log.info("finished %s", node.name)
+        left = [n for n in left if n.name not in finished]

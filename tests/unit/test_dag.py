@@ -1,0 +1,168 @@
+"""The experiment DAG: fan-out, topological order, skipping, submission through real submitit
+executors (debug in-process, local subprocesses), pipeline.json, status, input errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.pipeline.dag import SYNTH_MARKER, Dag, Node, build_dag, node_config
+from hpc_modatts.pipeline.status import pipeline_status, print_status
+from hpc_modatts.pipeline.submit import StageJob, available_presets, run_pipeline
+from hpc_modatts.runs import is_done, mark_done
+
+
+def make_cfg(tmp_path: Path, **pipeline) -> ExperimentConfig:
+    return config_from_dict({"name": "exp", "run_root": str(tmp_path / "runs"),
+                             "data": {"store": str(tmp_path / "store.zarr"), "split": str(tmp_path / "split.json")},
+                             "pipeline": pipeline})
+
+
+# ----------------------------------------------------------------------------- light stages
+def record_stage(cfg: ExperimentConfig) -> Path:
+    """A light stage: appends its folder name to order.log, then writes DONE there."""
+    out = Path(cfg.train.pseudo_labels)
+    with open(out.parent / "order.log", "a") as f:
+        f.write(f"{out.name} {time.time():.6f}\n")
+    mark_done(out)
+    return out
+
+
+def failing_stage(cfg: ExperimentConfig) -> Path:
+    raise RuntimeError("stage exploded")
+
+
+def chain_dag(root: Path, fn: str = "tests.unit.test_dag:record_stage", n: int = 3) -> Dag:
+    nodes = []
+    for i in range(n):
+        d = root / f"n{i}"
+        nodes.append(Node(f"n{i}", fn, {"train.pseudo_labels": str(d)}, d, (f"n{i - 1}",) if i else ()))
+    return Dag(nodes)
+
+
+# ----------------------------------------------------------------------------- structure
+def test_fan_out_per_variant_fold_round_in_topological_order(tmp_path):
+    cfg = make_cfg(tmp_path, folds=2, self_training_rounds=2, variants=["self-supervised", "target-supervised"])
+    dag = build_dag(cfg)
+    names = [n.name for n in dag.topological()]
+    assert len(names) == len(set(names)) == 14
+    pos = {n: i for i, n in enumerate(names)}
+    for n in dag.topological():
+        assert all(pos[d] < pos[n.name] for d in n.deps), n.name
+    for k in (0, 1):
+        r2 = dag[f"segment/self-supervised/fold_{k}/round_2"]
+        assert r2.deps == (f"segment/self-supervised/fold_{k}/round_1",)
+        assert r2.overrides["train.init_from"] == str(dag[f"segment/self-supervised/fold_{k}/round_1"].run_dir)
+        assert r2.overrides["data.fold"] == k
+        assert dag[f"segment/self-supervised/fold_{k}"].deps == ("synthesize",)
+        assert dag[f"segment/target-supervised/fold_{k}"].deps == ()  # bounds skip translation
+    assert "segment/target-supervised/fold_0/round_1" not in dag.nodes  # bounds are not self-trained
+    assert dag["predict/self-supervised"].deps == ("segment/self-supervised/fold_0/round_2",
+                                                   "segment/self-supervised/fold_1/round_2")
+    assert "evaluate/target-supervised" in dag["evaluate/self-supervised"].deps
+    assert dag["synthesize"].marker == SYNTH_MARKER and dag["synthesize"].deps == ("translate",)
+
+
+def test_convert_node_when_store_missing_and_training_resources(tmp_path):
+    cfg = make_cfg(tmp_path, source_dir=str(tmp_path), variants=["source-supervised"], gpus_per_node=4)
+    dag = build_dag(cfg)
+    assert [n.name for n in dag.topological()] == ["convert", "segment/source-supervised/fold_0",
+                                                   "predict/source-supervised", "evaluate/source-supervised"]
+    seg = dag["segment/source-supervised/fold_0"]
+    assert seg.deps == ("convert",)
+    assert (seg.resources.tasks_per_node, seg.resources.gpus_per_node) == (4, 4)
+    assert dag["evaluate/source-supervised"].resources.tasks_per_node == 1
+    assert dag["evaluate/source-supervised"].resources.gpus_per_node == 0
+
+
+def test_done_nodes_are_skipped_and_dependents_released(tmp_path):
+    cfg = make_cfg(tmp_path)
+    dag = build_dag(cfg)
+    mark_done(dag["translate"].run_dir)
+    assert [n.name for n in dag.pending()][0] == "synthesize"
+    mark_done(dag["translate"].run_dir, SYNTH_MARKER)
+    pending = dag.pending()
+    assert pending[0].name == "segment/self-supervised/fold_0" and pending[0].deps == ()
+
+
+def test_node_config_applies_overrides(tmp_path):
+    from hpc_modatts.config import apply_overrides
+
+    cfg = apply_overrides(make_cfg(tmp_path, self_training_rounds=1), ["train.stage_overrides={self-train: {max_steps: 4}}"])
+    node = build_dag(cfg)["segment/self-supervised/fold_0/round_1"]
+    ncfg = node_config(cfg, node)
+    assert ncfg.train.stage == "self-train" and ncfg.train.init_from.endswith("fold_0")
+    assert (ncfg.train.round, ncfg.train.rounds, ncfg.data.fold) == (1, 1, 0)
+    assert ncfg.train.max_steps == 4  # the stage's overrides block, as under `hpc-modatts train`
+    assert cfg.train.init_from == ""  # the experiment config is untouched
+
+
+def test_stage_job_checkpoint_requeues_itself(tmp_path):
+    job = StageJob(chain_dag(tmp_path)["n0"], make_cfg(tmp_path))
+    delayed = job.checkpoint()
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and delayed.function is job
+
+
+# ----------------------------------------------------------------------------- submission
+def test_debug_executor_runs_in_order_records_and_is_idempotent(tmp_path):
+    cfg = make_cfg(tmp_path)
+    root = tmp_path / "runs" / "exp"
+    record = run_pipeline(cfg, executor="debug", dag=chain_dag(root), check=False)
+    order = [line.split()[0] for line in (root / "order.log").read_text().splitlines()]
+    assert order == ["n0", "n1", "n2"]
+    data = json.loads(record.read_text())
+    assert [j["node"] for j in data["jobs"]] == ["n0", "n1", "n2"]
+    assert all(r["state"] == "DONE" for r in pipeline_status(root))
+    run_pipeline(cfg, executor="debug", dag=chain_dag(root), check=False)  # all done: nothing runs
+    assert len(json.loads(record.read_text())["jobs"]) == 3
+    assert len((root / "order.log").read_text().splitlines()) == 3
+
+
+def test_local_executor_real_subprocesses_and_failure(tmp_path):
+    cfg = make_cfg(tmp_path, timeout_min=2)
+    root = tmp_path / "runs" / "exp"
+    run_pipeline(cfg, executor="local", dag=chain_dag(root, n=2), check=False)
+    stamps = [float(line.split()[1]) for line in (root / "order.log").read_text().splitlines()]
+    assert len(stamps) == 2 and stamps[0] < stamps[1] and is_done(root / "n1")
+    bad = Dag([Node("boom", "tests.unit.test_dag:failing_stage", {}, root / "boom")])
+    with pytest.raises(Exception, match="stage exploded"):
+        run_pipeline(cfg, executor="local", dag=bad, check=False)
+    states = {r["node"]: r["state"] for r in print_status(root)}
+    assert states == {"boom": "FAILED"}
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_executor_and_unknown_preset_fail_before_submission(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(ConfigError, match="executor='pbs'"):
+        run_pipeline(cfg, executor="pbs")
+    with pytest.raises(ConfigError, match="no such preset") as e:
+        run_pipeline(cfg, executor="local", cluster="nope")
+    assert "local_test" in str(e.value) and "local_test" in available_presets()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_store_split_or_run_folder_fail_before_submission(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(DataError, match="store.zarr does not exist"):
+        run_pipeline(cfg, executor="debug")
+    from hpc_modatts.data.store import Store
+
+    Store.create(tmp_path / "store.zarr")
+    with pytest.raises(DataError, match="split.json does not exist"):
+        run_pipeline(cfg, executor="debug")
+    from hpc_modatts.data.splits import Split
+
+    Split("t1", "t2", [], [], [], [], [], []).save(tmp_path / "split.json")
+    from hpc_modatts.config import apply_overrides
+
+    cfg = apply_overrides(cfg, [f"train.translator_run={tmp_path / 'nowhere'}"])
+    with pytest.raises(DataError, match="nowhere is not a finished run folder"):
+        run_pipeline(cfg, executor="debug")
+    assert not (tmp_path / "runs").exists()

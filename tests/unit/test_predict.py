@@ -1,0 +1,112 @@
+"""Prediction: sliding windows tile whole volumes seamlessly, fold ensembles average
+probabilities, masks land in the original geometry, unfinished runs fail before any work."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from hpc_modatts.config import config_from_dict, config_to_dict
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.store import Store
+from hpc_modatts.infer.predict import predict, predict_volume
+from hpc_modatts.runs import mark_done
+
+SHAPE = (20, 16, 12)   # (X, Y, Z) stored, canonical RAS
+ROI = (8, 16, 8)       # a "half-volume" patch: X is less than half of the volume
+
+
+def pointwise_model(weight: float = 4.0, bias: float = 0.0) -> torch.nn.Module:
+    """logits = weight * x + bias per voxel: its output depends only on the voxel's own value."""
+    conv = torch.nn.Conv3d(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(weight)
+        conv.bias.fill_(bias)
+    return conv
+
+
+def make_run(path, weight: float, bias: float):
+    cfg = config_from_dict({"data": {"patch_size": list(ROI), "target": "t2", "store": "/nonexistent"}})
+    model = pointwise_model(weight, bias)
+    path.mkdir(parents=True)
+    torch.save({"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg),
+                "factories": {"gen": ("tests.unit.test_predict:pointwise_model", {"weight": weight, "bias": bias})}},
+               path / "best_model.pt")
+    mark_done(path)
+    return path
+
+
+def ramp() -> np.ndarray:
+    """Values that differ at every position: a seam anywhere would change some voxel."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
+    return (0.6 * x + 0.3 * np.sin(3 * y) - 0.2 * z).astype(np.float32)
+
+
+def make_store(path, image: np.ndarray) -> Store:
+    # original file in LPS orientation: the stored (RAS) array is flipped along X and Y
+    orig_affine = np.array([[-2.0, 0, 0, 38], [0, -2.0, 0, 30], [0, 0, 2.0, -11], [0, 0, 0, 1]])
+    ras_affine = np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, -11], [0, 0, 0, 1]])
+    st = Store.create(path)
+    st.write_case("c1", {"t2": image}, brain=np.ones(SHAPE, np.uint8), attrs={
+        "affine": ras_affine.tolist(), "spacing": [2.0, 2.0, 2.0], "shape": list(SHAPE),
+        "original_shape": list(SHAPE), "original_affine": orig_affine.tolist(),
+        "original_orientation": ["L", "P", "S"], "crop_box": None, "resampled_shape": None})
+    return st
+
+
+def test_sliding_window_over_half_volume_patches_is_seamless():
+    image = ramp()
+    model = pointwise_model(4.0, 0.5)
+    prob = predict_volume([model], image, ROI)
+    direct = torch.sigmoid(4.0 * torch.from_numpy(image) + 0.5).numpy()
+    assert prob.shape == SHAPE
+    np.testing.assert_allclose(prob, direct, atol=1e-5)  # both hemispheres, no seam at window edges
+
+
+def test_ensemble_mean_probabilities_threshold_and_original_geometry(tmp_path):
+    image = ramp()
+    runs = [make_run(tmp_path / "fold_0", 4.0, 1.0), make_run(tmp_path / "fold_1", 2.0, -1.0)]
+    store = make_store(tmp_path / "in.zarr", image)
+    out = predict(runs, store.path, tmp_path / "out", probabilities=True)
+    expected = (torch.sigmoid(4.0 * torch.from_numpy(image) + 1) + torch.sigmoid(2.0 * torch.from_numpy(image) - 1)) / 2
+    expected = expected.numpy()[::-1, ::-1, :]  # RAS -> the original LPS grid
+    mask_img, prob_img = nib.load(out / "c1.nii.gz"), nib.load(out / "c1_prob.nii.gz")
+    orig_affine = np.asarray(store.attrs("c1")["original_affine"])
+    for img in (mask_img, prob_img):
+        assert img.shape == SHAPE and np.allclose(img.affine, orig_affine)
+    assert prob_img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(prob_img.get_fdata(), expected, atol=1e-5)
+    mask = np.asarray(mask_img.dataobj)
+    assert mask.dtype == np.uint8 and 0 < mask.sum() < mask.size
+    np.testing.assert_array_equal(mask, (expected >= 0.5).astype(np.uint8))
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # temp folder removed
+
+
+def test_unfinished_run_fails_before_any_work(tmp_path):
+    good = make_run(tmp_path / "fold_0", 1.0, 0.0)
+    bad = tmp_path / "fold_1"
+    bad.mkdir()
+    (bad / "best_model.pt").write_bytes(b"")
+    with pytest.raises(DataError, match=f"run {bad} has no finished model"):
+        predict([good, bad], tmp_path / "missing-input", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="input .*missing-input does not exist"):
+        predict([good], tmp_path / "missing-input", tmp_path / "out")
+
+
+def test_nifti_folder_is_converted_and_masks_match_the_source_grid(tmp_path):
+    shape = (24, 20, 16)
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    brain = (x**2 + y**2 + z**2) < 0.8
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # LAS source file
+    case = tmp_path / "src" / "case1"
+    case.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.where(brain, 100 + 50 * x, 0).astype(np.float32), affine), case / "case1_t2.nii.gz")
+    out = predict([make_run(tmp_path / "fold_0", 4.0, 0.0)], tmp_path / "src", tmp_path / "out", layout="brats")
+    mask_img = nib.load(out / "case1.nii.gz")
+    assert mask_img.shape == shape and np.allclose(mask_img.affine, affine)
+    mask = np.asarray(mask_img.dataobj)
+    assert mask.any() and not mask[~brain].any()  # background is -1 after normalisation: never tumour
+    assert sorted(p.name for p in out.iterdir()) == ["case1.nii.gz"]  # the temporary store is gone
