@@ -1,0 +1,385 @@
+"""Lazy datasets over a zarr store, a resumable rank-aware sampler and the DataLoader factory.
+
+- ``SliceDataset`` (stage 1): 2D axial slices ``vol[:, :, z]`` of one modality, with masks where
+  the case is annotated and a per-slice weak label (M-GenSeg, thesis 4.4.1: diseased if
+  the tumour covers >= ``min_tumour_fraction`` of the brain area, healthy if it has no tumour;
+  slices in between are ambiguous and left out).
+- ``VolumeDataset`` (stage 2): 3D patches of half-volumes (hemispheres, thesis 5.5.1: split at the
+  case attribute ``hemisphere_split``) or of whole volumes, with the A/P weak label, the mask when
+  annotated, or a stored pseudo-label array (self-training) as the mask.
+- ``RankSampler``: deterministic from (seed, epoch, rank), disjoint equal shares per rank, and a
+  ``state_dict`` holding (epoch, position) so a resumed run sees exactly the remaining samples.
+- ``make_loader``: a DataLoader that keeps the sampler's position in step with the batches
+  actually handed to the training loop (workers prefetch ahead) and passes the epoch to the
+  dataset, so augmentation is deterministic from (seed, epoch, index).
+
+Laziness: a dataset holds only the store *path* and small per-case metadata; every process
+(DataLoader workers, fork or spawn) opens the store itself on first use. The per-sample hot path
+reads the needed region straight from zarr (environment.md: dask's per-read graph overhead halves
+throughput); ``lazy_volumes`` gives the dask view for whole-dataset statistics. Crops happen at
+read time, augmentation afterwards on the small slice/patch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hpc_modatts.config import ConfigError
+from hpc_modatts.data import augment as aug
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.store import CASES, IMAGE_PREFIX, Store
+
+Range = tuple[int, int]  # [lo, hi) along one axis
+
+
+# ---------------------------------------------------------------------------- store access
+class _LazyStore:
+    """Opens a store once per process (after fork or in a spawned worker) and caches its arrays."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self._pid: int | None = None
+        self._store: Store | None = None
+        self._arrays: dict[tuple[str, str], zarr.Array | None] = {}
+
+    @property
+    def store(self) -> Store:
+        if self._pid != os.getpid():
+            self._store, self._arrays, self._pid = Store.open(self.path), {}, os.getpid()
+        return self._store
+
+    def array(self, case: str, name: str) -> zarr.Array | None:
+        """The named zarr array of a case, or None when the case (or the array) is absent."""
+        store = self.store
+        key = (case, name)
+        if key not in self._arrays:
+            ok = (store.path / CASES / case / name / "zarr.json").is_file() and case in store
+            self._arrays[key] = store.array(case, name) if ok else None
+        return self._arrays[key]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_pid": None, "_store": None, "_arrays": {}}
+
+
+def read_window(arr: zarr.Array, valid: Sequence[Range], start: Sequence[int], size: Sequence[int],
+                fill: float, dtype, index_tail: tuple = ()) -> np.ndarray:
+    """Read ``arr[start : start + size]`` restricted to ``valid`` ranges; the rest is ``fill``.
+
+    Only the intersection is read from zarr (a region read); the window may stick out of the
+    array (padding) or be smaller than it (cropping). ``index_tail`` indexes trailing axes
+    (e.g. ``(z,)`` for an axial slice).
+    """
+    out = np.full(tuple(size), fill, dtype=dtype)
+    src, dst = [], []
+    for (lo, hi), s, n in zip(valid, start, size):
+        a, b = max(lo, s), min(hi, s + n)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[tuple(dst)] = arr[tuple(src) + index_tail]
+    return out
+
+
+def lazy_volumes(store: Store | str | os.PathLike, cases: Sequence[str], name: str):
+    """A dask array (N, X, Y, Z) of one named array (modality, "mask", "brain", ...) over ``cases``.
+
+    For whole-dataset statistics and views; not for the per-sample training path.
+    """
+    import dask.array as da
+
+    store = store if isinstance(store, Store) else Store.open(store)
+    arrays = [store.dask(c, name) for c in cases]
+    shapes = {c: a.shape for c, a in zip(cases, arrays)}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"{store.path}: {name!r} shapes differ across cases, cannot stack: "
+                        f"{dict(list(shapes.items())[:4])}")
+    return da.stack(arrays)
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> tuple[int, int, int]:
+    return (int(seed), int(epoch), int(index))
+
+
+class _EpochDataset(Dataset):
+    """Common part: lazy store, epoch for deterministic augmentation."""
+
+    def __init__(self, store_path, cases: Sequence[str], modality: str, annotated, augment: bool, seed: int):
+        self.handle = _LazyStore(store_path)
+        self.cases, self.modality = list(cases), modality
+        self.image_name = f"{IMAGE_PREFIX}{modality}"
+        self.annotated = frozenset(annotated or ())
+        self.seed, self.epoch = int(seed), 0
+        self.augment = bool(augment)
+        store = self.handle.store
+        missing = [c for c in self.cases if c not in store]
+        if missing:
+            raise DataError(f"{store.path}: {len(missing)} case(s) not in the store: {missing[:5]}")
+        for c in self.cases:
+            if self.handle.array(c, self.image_name) is None:
+                raise DataError(f"{store.path}: case {c!r} has no modality {modality!r} (has {store.modalities(c)})")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation (and random crops) are a function of (seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def _augment(self, chain, sample: dict, index: int) -> dict:
+        return aug.apply(aug.seed_chain(chain, _item_seed(self.seed, self.epoch, index)), sample)
+
+
+# ---------------------------------------------------------------------------- stage 1: slices
+class SliceDataset(_EpochDataset):
+    """2D axial slices of one modality: item {"image", "mask", "has_mask", "weak", "case", "z"}.
+
+    ``weak`` is 1 (diseased), 0 (healthy), or -1 when the case has no stored mask (unknown).
+    Slices whose brain covers < ``min_brain_fraction`` of the slice area are skipped.
+    """
+
+    def __init__(self, store_path, cases: Sequence[str], modality: str, annotated=frozenset(),
+                 size: tuple[int, int] = (240, 240), augment: bool = False, seed: int = 0,
+                 min_tumour_fraction: float = 0.01, min_brain_fraction: float = 0.01) -> None:
+        super().__init__(store_path, cases, modality, annotated, augment, seed)
+        self.size = tuple(int(s) for s in size)
+        self.chain = aug.augment_2d() if augment else None
+        self.index: list[tuple[str, int, int]] = []  # (case, z, weak)
+        for case in self.cases:
+            self.index += self._case_slices(case, min_tumour_fraction, min_brain_fraction)
+        if not self.index:
+            raise DataError(f"{self.handle.path}: no usable {modality} slices in {len(self.cases)} case(s)")
+
+    def _case_slices(self, case: str, min_tumour: float, min_brain: float) -> list[tuple[str, int, int]]:
+        store = self.handle.store
+        brain_area = store.read_brain(case).sum(axis=(0, 1), dtype=np.int64)  # (Z,)
+        shape = self.handle.array(case, self.image_name).shape
+        mask = store.read_mask(case)
+        tumour = mask.sum(axis=(0, 1), dtype=np.int64) if mask is not None else None
+        out = []
+        for z in range(shape[2]):
+            if brain_area[z] < min_brain * shape[0] * shape[1] or brain_area[z] == 0:
+                continue
+            if tumour is None:
+                weak = -1
+            elif tumour[z] == 0:
+                weak = 0
+            elif tumour[z] >= min_tumour * brain_area[z]:
+                weak = 1
+            else:
+                continue  # a little tumour: neither healthy nor diseased (thesis 4.4.1)
+            out.append((case, z, weak))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        case, z, weak = self.index[i]
+        arr = self.handle.array(case, self.image_name)
+        X, Y = arr.shape[:2]
+        start = ((X - self.size[0]) // 2, (Y - self.size[1]) // 2)  # centred crop / pad
+        valid = ((0, X), (0, Y))
+        image = read_window(arr, valid, start, self.size, -1.0, np.float32, (z,))  # (H, W)
+        mask_arr = self.handle.array(case, "mask") if case in self.annotated else None
+        has_mask = mask_arr is not None
+        mask = (read_window(mask_arr, valid, start, self.size, 0, np.float32, (z,)) if has_mask
+                else np.zeros(self.size, np.float32))
+        sample = {"image": torch.from_numpy(image)[None], "mask": torch.from_numpy(mask)[None]}  # (1, H, W)
+        if self.chain is not None:
+            sample = self._augment(self.chain, sample, i)
+        return {**sample, "has_mask": torch.tensor(has_mask), "weak": weak, "case": case, "z": z}
+
+
+# ---------------------------------------------------------------------------- stage 2: volumes
+def _brain_box(brain: np.ndarray, offset: Sequence[int]) -> list[Range]:
+    """Bounding box [lo, hi) per axis of the nonzero voxels (whole array when empty)."""
+    if not brain.any():
+        return [(o, o + s) for o, s in zip(offset, brain.shape)]
+    box = []
+    for ax in range(brain.ndim):
+        nz = np.flatnonzero(brain.any(axis=tuple(a for a in range(brain.ndim) if a != ax)))
+        box.append((offset[ax] + int(nz[0]), offset[ax] + int(nz[-1]) + 1))
+    return box
+
+
+class VolumeDataset(_EpochDataset):
+    """3D patches of hemispheres (``half=True``) or whole volumes.
+
+    item {"image": (1, X, Y, Z), "mask": (1, X, Y, Z), "has_mask", "weak": 0 (A) | 1 (P),
+    "case", "side": "left" | "right" | "whole"}. The patch covers the brain of the half: centred
+    on the brain's bounding box, padded with -1 (images) / 0 (masks) where the half is smaller,
+    at a random offset (from seed/epoch/index; centred when ``augment`` is off) where larger.
+    Voxels of the other hemisphere are never shown (they are padding). ``extra_mask`` names a
+    stored array (e.g. "pseudo_label") used as the mask for the cases that have it, read from
+    ``extra_store`` (default: the same store).
+    """
+
+    def __init__(self, store_path, cases: Sequence[str], modality: str,
+                 patch_size: tuple[int, int, int] = (96, 160, 64), half: bool = True, annotated=frozenset(),
+                 augment: bool = False, seed: int = 0, extra_mask: str | None = None,
+                 extra_store: str | os.PathLike | None = None) -> None:
+        super().__init__(store_path, cases, modality, annotated, augment, seed)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        if len(self.patch_size) != 3:
+            raise ConfigError(f"patch_size={list(patch_size)} must have 3 values (X, Y, Z)")
+        self.extra_mask = extra_mask
+        self.extra = _LazyStore(extra_store) if extra_store else self.handle
+        self.chain = aug.augment_3d() if augment else None
+        # (case, side, valid ranges, brain box, weak label from the attributes)
+        self.index: list[tuple[str, str, list[Range], list[Range], int]] = []
+        for case in self.cases:
+            self.index += self._case_items(case, half)
+
+    def _case_items(self, case: str, half: bool) -> list:
+        store = self.handle.store
+        attrs = store.attrs(case)
+        X, Y, Z = self.handle.array(case, self.image_name).shape
+        weak = attrs.get("weak_labels") or {}
+        if half:
+            split = attrs.get("hemisphere_split")
+            if not isinstance(split, int) or not 0 < split < X:
+                raise DataError(f"{store.path}: case {case!r}: attribute hemisphere_split={split!r} "
+                                f"must be an X index in (0, {X})")
+            parts = [("left", (0, split)), ("right", (split, X))]
+        else:
+            parts = [("whole", (0, X))]
+        items = []
+        for side, (x0, x1) in parts:
+            valid = [(x0, x1), (0, Y), (0, Z)]
+            box = _brain_box(store.read_brain(case, (slice(x0, x1), slice(None), slice(None))), (x0, 0, 0))
+            items.append((case, side, valid, box, self._attr_weak(case, side, weak)))
+        return items
+
+    def _attr_weak(self, case: str, side: str, weak: dict) -> int:
+        """Weak label from the case attributes (used when the case has no stored mask; -1 if absent)."""
+        sides = ("left", "right") if side == "whole" else (side,)
+        if all(s in weak for s in sides):
+            return int(any(weak[s] == "P" for s in sides))
+        if self.handle.array(case, "mask") is None:
+            raise DataError(f"{self.handle.path}: case {case!r} has neither weak_labels[{side!r}] nor a mask")
+        return -1
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _window_start(self, box: list[Range], index: int) -> list[int]:
+        rng = np.random.default_rng(_item_seed(self.seed, self.epoch, index)) if self.augment else None
+        start = []
+        for (lo, hi), n in zip(box, self.patch_size):
+            if hi - lo > n and rng is not None:
+                start.append(int(rng.integers(lo, hi - n + 1)))
+            else:
+                start.append((lo + hi) // 2 - n // 2)
+        return start
+
+    def _mask(self, case: str, valid, start) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(mask shown to the model or None, true mask of the window for the weak label or None)."""
+        true = self.handle.array(case, "mask")
+        true_win = read_window(true, valid, start, self.patch_size, 0, np.uint8) if true is not None else None
+        if self.extra_mask:
+            extra = self.extra.array(case, self.extra_mask)
+            if extra is not None:
+                shown = read_window(extra, valid, start, self.patch_size, 0, np.float32)
+                return (shown >= 0.5).astype(np.float32), true_win
+        if case in self.annotated and true_win is not None:
+            return true_win.astype(np.float32), true_win
+        return None, true_win
+
+    def __getitem__(self, i: int) -> dict:
+        case, side, valid, box, weak = self.index[i]
+        start = self._window_start(box, i)
+        image = read_window(self.handle.array(case, self.image_name), valid, start, self.patch_size,
+                            -1.0, np.float32)  # (X, Y, Z)
+        shown, true_win = self._mask(case, valid, start)
+        if true_win is not None:  # a stored mask: is there tumour in the window actually shown?
+            weak = int(true_win.any())
+        mask = shown if shown is not None else np.zeros(self.patch_size, np.float32)
+        sample = {"image": torch.from_numpy(image)[None], "mask": torch.from_numpy(mask)[None]}  # (1, X, Y, Z)
+        if self.chain is not None:
+            sample = self._augment(self.chain, sample, i)
+        return {**sample, "has_mask": torch.tensor(shown is not None), "weak": weak, "case": case, "side": side}
+
+
+# ---------------------------------------------------------------------------- sampling
+class RankSampler(Sampler[int]):
+    """This rank's disjoint, equal share of a seeded per-epoch permutation; resumable.
+
+    Each epoch draws ``num_samples`` (default: the dataset length; more = oversampling by
+    concatenated permutations) indices from ``default_rng([seed, epoch])`` (the same on every
+    rank); rank r takes positions r, r + W, r + 2W, ... ; the remainder beyond a multiple of
+    ``world_size`` is dropped so every rank gets the same count. ``position`` counts the samples
+    of the current epoch already delivered (kept up to date by ``make_loader``'s loader).
+    """
+
+    def __init__(self, dataset_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, num_samples: int | None = None) -> None:
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.dataset_len, self.seed, self.rank, self.world_size = int(dataset_len), int(seed), rank, world_size
+        self.shuffle = shuffle
+        self.total = int(num_samples if num_samples is not None else dataset_len)
+        self.per_rank = self.total // world_size
+        if self.dataset_len < 1 or self.per_rank < 1:
+            raise DataError(f"{self.total} sample(s) per epoch cannot feed {world_size} rank(s) "
+                            f"(dataset of {dataset_len}); use fewer ranks or more data")
+        self.epoch, self.position = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first sample (a no-op on the epoch resumed into)."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def indices(self) -> list[int]:
+        """This rank's full list of indices for the current epoch."""
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            reps = -(-self.total // self.dataset_len)
+            order = np.concatenate([rng.permutation(self.dataset_len) for _ in range(reps)])
+        else:
+            order = np.arange(self.total) % self.dataset_len
+        return order[: self.per_rank * self.world_size][self.rank::self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.position:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.position
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "world_size": self.world_size, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at (epoch, position); the seed, world size and epoch size must match."""
+        for key in ("seed", "world_size", "total"):
+            if key in state and state[key] != getattr(self, key):
+                raise DataError(f"sampler state has {key}={state[key]}, this run has {getattr(self, key)}: "
+                                f"cannot resume the same sample order")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class RankLoader(DataLoader):
+    """A DataLoader that advances its RankSampler's position by the batches actually yielded."""
+
+    def __iter__(self):
+        sampler, bs = self.sampler, self.batch_size
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(sampler.epoch)  # before workers are created (they copy the dataset)
+        start = sampler.position
+        for n, batch in enumerate(super().__iter__(), start=1):
+            sampler.position = min(start + n * bs, sampler.per_rank)
+            yield batch
+
+
+def make_loader(dataset: Dataset, batch_size_per_rank: int, sampler: RankSampler, num_workers: int = 0,
+                drop_last: bool = False) -> RankLoader:
+    """A torch DataLoader over ``dataset`` driven by ``sampler`` (``sampler.set_epoch`` per epoch)."""
+    if batch_size_per_rank < 1:
+        raise ConfigError(f"batch_size_per_rank={batch_size_per_rank} must be >= 1")
+    return RankLoader(dataset, batch_size=batch_size_per_rank, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)
