@@ -1,0 +1,401 @@
+"""3D MedFormer (Gao et al., "A data-scalable transformer for medical image segmentation").
+
+MONAI has no MedFormer (docs environment.md), so the blocks are our own code, written from the
+published design (docs method.md "Architecture details"; thesis 5.4.2 and Table 5.2). Library
+building blocks are used where they fit: MONAI's `ChannelSELayer` (squeeze-excite in MBConv),
+torch's `TransformerEncoderLayer` (semantic-map fusion), `InstanceNorm3d`, trilinear
+`F.interpolate` (up-sampling) and einops (space-to-depth, head split).
+
+Layout (total stride 16, five resolutions): stem at full resolution -> 4 down stages
+(conv, then 3 B-MDH stages that also emit semantic maps) -> semantic-map fusion -> 2 B-MDH up
+stages -> 2 conv up stages -> 1x1x1 head.
+
+Down-sampling: Table 5.2 says "2x down-scaling with tri-linear interpolation"; we use patch
+merging (2x2x2 space-to-depth + norm + depthwise-separable projection), as the reference MedFormer
+class the authors ran does. It is lossless before the learned projection (trilinear
+down-sampling throws away high frequencies before any weight sees them) and it reproduces the
+published parameter counts. Up-sampling is trilinear x2 as in the thesis.
+
+Inputs whose spatial shape is not a multiple of 16 are padded at the far end of each axis (by
+default with the constant -1, the background value of our images, so padding looks like more
+background; `pad_mode="reflect"` mirrors instead) and every output is cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from monai.networks.blocks import ChannelSELayer
+from torch import nn
+
+Norm = Callable[[int], nn.Module]
+STRIDE = 16  # four 2x down stages
+
+
+def instance_norm(channels: int) -> nn.Module:
+    """Default normalisation: InstanceNorm3d with affine parameters."""
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+@dataclass(frozen=True)
+class MedFormerConfig:
+    """Widths and depths of the 8 stages: [down1, down2, down3, down4, up1, up2, up3, up4].
+
+    down1/up3/up4 are convolution stages; down2-4 and up1-2 are B-MDH (transformer) stages.
+    """
+
+    base_channels: int = 32
+    """Width of the full-resolution stem."""
+    channels: tuple[int, ...] = (64, 128, 256, 320, 256, 128, 64, 32)
+    """Output width of each stage; channels[3] is the bottleneck width."""
+    conv_blocks: tuple[int, ...] = (2, 0, 0, 0, 0, 0, 2, 2)
+    """Residual BasicBlocks per stage."""
+    bmdh_blocks: tuple[int, ...] = (0, 2, 4, 6, 4, 2, 0, 0)
+    """B-MDH blocks per stage (only stages 1-5 may have them; up stages 4-5 need >= 1)."""
+    heads: tuple[int, ...] = (1, 2, 8, 10, 8, 4, 1, 1)
+    """Attention heads per stage (thesis Table 5.2)."""
+    map_size: tuple[int, int, int] = (3, 3, 3)
+    """Semantic-map grid: tokens each B-MDH stage attends to."""
+    fusion_dim: int = 320
+    """Token width inside the semantic-map fusion transformer."""
+    fusion_depth: int = 2
+    """Layers of the fusion transformer."""
+    fusion_heads: int = 10
+    """Heads of the fusion transformer."""
+    expansion: int = 4
+    """MBConv expansion in the B-MDH feed-forward."""
+    pad_mode: str = "constant"
+    """How inputs are padded to a multiple of 16: constant (pad_value), reflect or replicate."""
+    pad_value: float = -1.0
+    """Constant used by pad_mode="constant" (-1 = image background)."""
+
+    def __post_init__(self):
+        for name in ("channels", "conv_blocks", "bmdh_blocks", "heads"):
+            if len(getattr(self, name)) != 8:
+                raise ValueError(f"MedFormerConfig.{name} needs 8 values, got {getattr(self, name)}")
+        for i in (0, 6, 7):
+            if self.bmdh_blocks[i]:
+                raise ValueError(f"MedFormerConfig.bmdh_blocks[{i}] must be 0 (convolution stage)")
+        for i in (4, 5):
+            if self.bmdh_blocks[i] < 1:
+                raise ValueError(f"MedFormerConfig.bmdh_blocks[{i}] must be >= 1 (B-MDH up stage)")
+        for i in (6, 7):
+            if self.conv_blocks[i] < 1:
+                raise ValueError(f"MedFormerConfig.conv_blocks[{i}] must be >= 1 (convolution up stage)")
+        for i in range(1, 6):
+            if self.channels[i] % self.heads[i]:
+                raise ValueError(f"MedFormerConfig: channels[{i}]={self.channels[i]} not divisible by heads[{i}]={self.heads[i]}")
+        if self.fusion_dim % self.fusion_heads:
+            raise ValueError(f"MedFormerConfig: fusion_dim={self.fusion_dim} not divisible by fusion_heads={self.fusion_heads}")
+        if len(self.map_size) != 3 or math.prod(self.map_size) < 2:
+            raise ValueError(f"MedFormerConfig.map_size={self.map_size} needs 3 values and >= 2 tokens")
+        if self.pad_mode not in ("constant", "reflect", "replicate"):
+            raise ValueError(f"MedFormerConfig.pad_mode={self.pad_mode!r} must be constant, reflect or replicate")
+
+
+def conv3(cin: int, cout: int, groups: int = 1) -> nn.Conv3d:
+    """3x3x3 convolution, same padding, no bias (a norm follows)."""
+    return nn.Conv3d(cin, cout, 3, padding=1, groups=groups, bias=False)
+
+
+def conv1(cin: int, cout: int, bias: bool = False) -> nn.Conv3d:
+    """1x1x1 convolution."""
+    return nn.Conv3d(cin, cout, 1, bias=bias)
+
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """Depthwise 3x3x3 then pointwise 1x1x1 (two lines; MONAI has no 3D depthwise-separable block)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(conv3(cin, cin, groups=cin), conv1(cin, cout))
+
+
+class ConvBlock(nn.Module):
+    """Pre-activation residual BasicBlock: (norm -> GELU -> conv3) x 2 + shortcut."""
+
+    checkpoint_kind = "conv"
+
+    def __init__(self, cin: int, cout: int, norm: Norm):
+        super().__init__()
+        self.body = nn.Sequential(norm(cin), nn.GELU(), conv3(cin, cout), norm(cout), nn.GELU(), conv3(cout, cout))
+        self.shortcut = nn.Identity() if cin == cout else nn.Sequential(norm(cin), nn.GELU(), conv1(cin, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, X, Y, Z) -> (B, cout, X, Y, Z)
+        return self.body(x) + self.shortcut(x)
+
+
+class MBConv(nn.Module):
+    """Residual inverted bottleneck: 1x1 expand, depthwise 3x3x3, squeeze-excite, 1x1 project."""
+
+    def __init__(self, channels: int, expansion: int, norm: Norm):
+        super().__init__()
+        wide = channels * expansion
+        self.body = nn.Sequential(
+            norm(channels), nn.GELU(), conv1(channels, wide),
+            norm(wide), nn.GELU(), conv3(wide, wide, groups=wide),
+            ChannelSELayer(3, wide, r=4),
+            norm(wide), conv1(wide, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, heads*d, X, Y, Z) -> (B, heads, XYZ, d)."""
+    return rearrange(t, "b (h d) x y z -> b h (x y z) d", h=heads)
+
+
+def merge_heads(t: torch.Tensor, shape) -> torch.Tensor:
+    """(B, heads, XYZ, d) -> (B, heads*d, X, Y, Z)."""
+    return rearrange(t, "b h (x y z) d -> b (h d) x y z", x=shape[0], y=shape[1], z=shape[2])
+
+
+class BMDHBlock(nn.Module):
+    """Bidirectional multi-head attention between a feature map and its semantic map.
+
+    ONE attention matrix A = q_feat . q_map^T (B, heads, N voxels, M tokens) serves both ways:
+    features <- softmax over tokens (A) . v_map; map <- softmax over voxels (A)^T . v_feat.
+    Cost is linear in N. Then residual + MBConv on features, residual on the map.
+    `update_map=False` (last decoder B-MDH block, whose map nothing reads) builds no map output,
+    so every parameter gets a gradient.
+    """
+
+    checkpoint_kind = "bmdh"
+
+    def __init__(self, feat_dim: int, map_dim: int, out_dim: int, heads: int, expansion: int,
+                 norm: Norm, update_map: bool = True):
+        super().__init__()
+        self.heads, self.scale = heads, (out_dim // heads) ** -0.5
+        self.n_feat_proj = 2 if update_map else 1  # q (and v when the map is updated)
+        self.feat_norm, self.map_norm = norm(feat_dim), norm(map_dim)
+        self.feat_qv = DepthwiseSeparableConv(feat_dim, out_dim * self.n_feat_proj)
+        self.map_qv = conv1(map_dim, 2 * out_dim)
+        self.feat_out = DepthwiseSeparableConv(out_dim, out_dim)
+        self.map_out = conv1(out_dim, map_dim) if update_map else None
+        self.shortcut = nn.Identity() if feat_dim == out_dim else nn.Sequential(norm(feat_dim), nn.GELU(), conv1(feat_dim, out_dim))
+        self.feedforward = MBConv(out_dim, expansion, norm)
+
+    def forward(self, feat: torch.Tensor, smap: torch.Tensor):
+        # feat (B, Cf, X, Y, Z); smap (B, Cm, mx, my, mz)
+        feat_proj = self.feat_qv(self.feat_norm(feat)).chunk(self.n_feat_proj, dim=1)
+        map_q, map_v = self.map_qv(self.map_norm(smap)).chunk(2, dim=1)
+        q_feat = split_heads(feat_proj[0], self.heads)  # (B, h, N, d)
+        q_map, v_map = split_heads(map_q, self.heads), split_heads(map_v, self.heads)  # (B, h, M, d)
+        attn = q_feat @ q_map.transpose(-1, -2) * self.scale  # (B, h, N, M), shared by both directions
+        feat_out = merge_heads(attn.softmax(dim=-1) @ v_map, feat.shape[2:])  # (B, C, X, Y, Z)
+        out = self.feedforward(self.feat_out(feat_out) + self.shortcut(feat))
+        if self.map_out is None:
+            return out, smap
+        v_feat = split_heads(feat_proj[1], self.heads)  # (B, h, N, d)
+        map_out = attn.softmax(dim=-2).transpose(-1, -2) @ v_feat  # (B, h, M, d)
+        return out, smap + self.map_out(merge_heads(map_out, smap.shape[2:]))
+
+
+class PatchMerging(nn.Module):
+    """2x down-sampling: 2x2x2 space-to-depth, norm, depthwise-separable projection."""
+
+    checkpoint_kind = "conv"
+
+    def __init__(self, cin: int, cout: int, norm: Norm):
+        super().__init__()
+        self.norm, self.proj = norm(8 * cin), DepthwiseSeparableConv(8 * cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 2X, 2Y, 2Z) -> (B, cout, X, Y, Z)
+        x = rearrange(x, "b c (x i) (y j) (z k) -> b (i j k c) x y z", i=2, j=2, k=2)
+        return self.proj(self.norm(x))
+
+
+class SemanticMapGeneration(nn.Module):
+    """Pools features into a fixed grid of map tokens with a learned softmax-over-space weighting."""
+
+    checkpoint_kind = "bmdh"  # part of the B-MDH machinery; its two 3x3x3 convs hold stage-sized activations
+
+    def __init__(self, channels: int, map_dim: int, map_size: tuple[int, int, int]):
+        super().__init__()
+        self.map_size = tuple(map_size)
+        self.values, self.weights = conv3(channels, map_dim), conv3(channels, math.prod(map_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, X, Y, Z) -> (B, map_dim, *map_size)
+        values = self.values(x).flatten(2)  # (B, Cm, N)
+        weights = self.weights(x).flatten(2).softmax(dim=-1)  # (B, M, N), softmax over space
+        return (values @ weights.transpose(1, 2)).unflatten(2, self.map_size)
+
+
+class SemanticMapFusion(nn.Module):
+    """Projects every stage's map to fusion_dim, mixes all tokens with a small transformer, splits back."""
+
+    def __init__(self, dims: tuple[int, ...], fusion_dim: int, depth: int, heads: int):
+        super().__init__()
+        self.in_proj = nn.ModuleList(conv1(d, fusion_dim) for d in dims)
+        self.out_proj = nn.ModuleList(conv1(fusion_dim, d) for d in dims)
+        layer = nn.TransformerEncoderLayer(fusion_dim, heads, dim_feedforward=fusion_dim, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        grid = maps[0].shape[2:]
+        tokens = [p(m).flatten(2).transpose(1, 2) for p, m in zip(self.in_proj, maps)]  # (B, M, D) each
+        mixed = self.transformer(torch.cat(tokens, dim=1)).chunk(len(maps), dim=1)
+        return [p(t.transpose(1, 2).unflatten(2, grid)) for p, t in zip(self.out_proj, mixed)]
+
+
+class ConvDownStage(nn.Module):
+    """Patch merging + conv blocks (no semantic map)."""
+
+    def __init__(self, cin: int, cout: int, n_conv: int, norm: Norm):
+        super().__init__()
+        self.merge = PatchMerging(cin, cout, norm)
+        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm) for _ in range(n_conv)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.merge(x))
+
+
+class TransformerDownStage(nn.Module):
+    """Patch merging + conv blocks + semantic map generation + B-MDH blocks."""
+
+    def __init__(self, cin: int, cout: int, n_conv: int, n_bmdh: int, heads: int, cfg: MedFormerConfig, norm: Norm):
+        super().__init__()
+        self.merge = PatchMerging(cin, cout, norm)
+        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm) for _ in range(n_conv)))
+        self.map_gen = SemanticMapGeneration(cout, cout, cfg.map_size)
+        self.blocks = nn.ModuleList(BMDHBlock(cout, cout, cout, heads, cfg.expansion, norm) for _ in range(n_bmdh))
+
+    def forward(self, x: torch.Tensor):
+        x = self.convs(self.merge(x))
+        smap = self.map_gen(x)
+        for block in self.blocks:
+            x, smap = block(x, smap)
+        return x, smap
+
+
+class TransformerUpStage(nn.Module):
+    """Trilinear x2 up-sampling, concat the long skip, fuse maps (1x1x1), B-MDH blocks, conv blocks."""
+
+    checkpoint_kind = "decoder"
+
+    def __init__(self, cin: int, cskip: int, cout: int, map_in: int, skip_map: int, n_conv: int, n_bmdh: int,
+                 heads: int, cfg: MedFormerConfig, norm: Norm, last_updates_map: bool):
+        super().__init__()
+        self.map_reduction = conv1(map_in + skip_map, cout)
+        dims = [cin + cskip] + [cout] * (n_bmdh - 1)
+        updates = [True] * (n_bmdh - 1) + [last_updates_map]
+        self.blocks = nn.ModuleList(BMDHBlock(d, cout, cout, heads, cfg.expansion, norm, u) for d, u in zip(dims, updates))
+        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm) for _ in range(n_conv)))
+
+    def forward(self, x, skip, smap, skip_map):
+        x = torch.cat([F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False), skip], dim=1)
+        smap = self.map_reduction(torch.cat([smap, skip_map], dim=1))
+        for block in self.blocks:
+            x, smap = block(x, smap)
+        return self.convs(x), smap
+
+
+class ConvUpStage(nn.Module):
+    """Trilinear x2 up-sampling, concat the long skip, conv blocks."""
+
+    checkpoint_kind = "decoder"
+
+    def __init__(self, cin: int, cskip: int, cout: int, n_conv: int, norm: Norm):
+        super().__init__()
+        widths = [cin + cskip] + [cout] * n_conv
+        self.convs = nn.Sequential(*(ConvBlock(a, b, norm) for a, b in zip(widths[:-1], widths[1:])))
+
+    def forward(self, x, skip):
+        x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+class EncoderSkips(NamedTuple):
+    """What the encoder hands every decoder besides the bottleneck."""
+
+    features: tuple  # x0 (full res, base) .. x3 (1/8), the long skips
+    maps: tuple  # fused semantic maps of down stages 2, 3, 4
+    shape: tuple  # spatial shape of the unpadded input, outputs are cropped to it
+
+
+def pad_to_stride(x: torch.Tensor, cfg: MedFormerConfig, in_channels: int) -> torch.Tensor:
+    """Validate (B, C, X, Y, Z) and pad the far end of each axis up to a multiple of 16."""
+    if x.dim() != 5 or x.shape[1] != in_channels:
+        raise ValueError(f"MedFormer expects input (B, {in_channels}, X, Y, Z), got shape {tuple(x.shape)}")
+    shape = tuple(x.shape[2:])
+    padded = [math.ceil(s / STRIDE) * STRIDE for s in shape]
+    if min(shape) < STRIDE or math.prod(padded) < 2 * STRIDE**3:
+        raise ValueError(f"MedFormer input spatial shape {shape} is too small: each axis needs >= {STRIDE} voxels "
+                         f"and at least one axis > {STRIDE} (the 1/16 bottleneck needs > 1 voxel)")
+    pads = [v for s, p in zip(reversed(shape), reversed(padded)) for v in (0, p - s)]
+    if not any(pads):
+        return x
+    if cfg.pad_mode == "constant":
+        return F.pad(x, pads, mode="constant", value=cfg.pad_value)
+    return F.pad(x, pads, mode=cfg.pad_mode)
+
+
+def crop(x: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Undo `pad_to_stride`: (B, C, X', Y', Z') -> (B, C, *shape)."""
+    return x[:, :, : shape[0], : shape[1], : shape[2]]
+
+
+class MedFormerEncoder(nn.Module):
+    """Stem, 4 down stages, semantic-map fusion. forward(x) -> (bottleneck (B, channels[3], X/16, ..), skips)."""
+
+    def __init__(self, cfg: MedFormerConfig, in_channels: int = 1, norm: Norm = instance_norm):
+        super().__init__()
+        self.cfg, self.in_channels = cfg, in_channels
+        ch, base = cfg.channels, cfg.base_channels
+        self.stem = nn.Sequential(conv3(in_channels, base), ConvBlock(base, base, norm))
+        self.down1 = ConvDownStage(base, ch[0], cfg.conv_blocks[0], norm)
+        self.down = nn.ModuleList(
+            TransformerDownStage(ch[i - 1], ch[i], cfg.conv_blocks[i], cfg.bmdh_blocks[i], cfg.heads[i], cfg, norm)
+            for i in (1, 2, 3))
+        self.fusion = SemanticMapFusion(ch[1:4], cfg.fusion_dim, cfg.fusion_depth, cfg.fusion_heads)
+
+    def forward(self, x: torch.Tensor):
+        shape = tuple(x.shape[2:])
+        x0 = self.stem(pad_to_stride(x, self.cfg, self.in_channels))  # (B, base, X, Y, Z)
+        features, maps = [x0, self.down1(x0)], []  # x1: (B, ch0, X/2, ..)
+        for stage in self.down:
+            h, smap = stage(features[-1])
+            features.append(h)
+            maps.append(smap)
+        return features[-1], EncoderSkips(tuple(features[:-1]), tuple(self.fusion(maps)), shape)
+
+
+class MedFormerDecoder(nn.Module):
+    """2 B-MDH up stages + 2 conv up stages. forward(bottleneck, skips) -> (B, channels[7], padded X, Y, Z)."""
+
+    def __init__(self, cfg: MedFormerConfig, norm: Norm = instance_norm):
+        super().__init__()
+        ch, base, nc, nb, hd = cfg.channels, cfg.base_channels, cfg.conv_blocks, cfg.bmdh_blocks, cfg.heads
+        self.up1 = TransformerUpStage(ch[3], ch[2], ch[4], ch[3], ch[2], nc[4], nb[4], hd[4], cfg, norm, True)
+        self.up2 = TransformerUpStage(ch[4], ch[1], ch[5], ch[4], ch[1], nc[5], nb[5], hd[5], cfg, norm, False)
+        self.up3 = ConvUpStage(ch[5], ch[0], ch[6], nc[6], norm)
+        self.up4 = ConvUpStage(ch[6], base, ch[7], nc[7], norm)
+
+    def forward(self, bottleneck: torch.Tensor, skips: EncoderSkips) -> torch.Tensor:
+        x0, x1, x2, x3 = skips.features
+        map2, map3, map4 = skips.maps
+        h, smap = self.up1(bottleneck, x3, map4, map3)
+        h, _ = self.up2(h, x2, smap, map2)
+        return self.up4(self.up3(h, x1), x0)
+
+
+class MedFormer(nn.Module):
+    """Plain segmenter: forward(x (B, in_channels, X, Y, Z)) -> logits (B, out_channels, X, Y, Z)."""
+
+    def __init__(self, cfg: MedFormerConfig | None = None, in_channels: int = 1, out_channels: int = 1):
+        super().__init__()
+        self.cfg = cfg or MedFormerConfig()
+        self.encoder = MedFormerEncoder(self.cfg, in_channels)
+        self.decoder = MedFormerDecoder(self.cfg)
+        self.head = conv1(self.cfg.channels[7], out_channels, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bottleneck, skips = self.encoder(x)
+        return self.head(crop(self.decoder(bottleneck, skips), skips.shape))
