@@ -1,0 +1,28 @@
+"""Networks: 3D MedFormer (+ GenSeg wiring), 2D TransUNet translator, multi-scale discriminators.
+
+Names are resolved lazily so importing one model does not import the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_segmenter": "hpc_modatts.models.sizes",
+    "SEGMENTER_SIZES": "hpc_modatts.models.sizes",
+    "MedFormer": "hpc_modatts.models.medformer",
+    "GenSegMedFormer": "hpc_modatts.models.genseg",
+    "build_translator": "hpc_modatts.models.transunet",
+    "TransUNetTranslator": "hpc_modatts.models.transunet",
+    "MultiScaleDiscriminator": "hpc_modatts.models.discriminator",
+    "apply_activation_checkpointing": "hpc_modatts.models.checkpointing",
+    "count_parameters": "hpc_modatts.models.checkpointing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hpc_modatts.models' has no attribute {name!r}")
