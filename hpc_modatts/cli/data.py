@@ -87,8 +87,13 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel cases (local dask scheduler)")
     p.add_argument("--scheduler", default=None,
                    help="sync|threads|processes, or ADDRESS of a running dask.distributed scheduler")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored image dtype")
-    p.add_argument("--sharded", action="store_true", help="one zarr v3 shard per array (fewer files)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default=None,
+                   help="stored image dtype (default float16 for a new store, max error 2.4e-4; a resumed store keeps its own)")
+    shard = p.add_mutually_exclusive_group()
+    shard.add_argument("--no-shard", dest="sharded", action="store_false", default=None,
+                       help="one file per chunk instead of one zarr v3 shard per array (the default)")
+    shard.add_argument("--sharded", dest="sharded", action="store_true", default=None,
+                       help="one zarr v3 shard per array (the default; kept for old scripts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_convert)
 

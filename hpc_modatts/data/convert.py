@@ -17,7 +17,7 @@ from typing import Sequence
 
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.layouts import LABEL_SCHEMES, CaseSpec, find_cases
-from hpc_modatts.data.store import Store
+from hpc_modatts.data.store import DATASET_DTYPE, SHARDED, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,21 @@ def _normalise_options(spacing, crop) -> tuple[list[float] | None, list[int] | s
     return spacing, crop
 
 
-def _open_store(store_path: Path, dtype: str, sharded: bool, preprocessing: dict) -> tuple[Store, bool]:
-    """Create the store, or reopen ours when its preprocessing matches. Returns (store, created)."""
+def _open_store(store_path: Path, dtype: str | None, sharded: bool | None,
+                preprocessing: dict) -> tuple[Store, bool]:
+    """Create the store, or reopen ours when its preprocessing matches. Returns (store, created).
+
+    ``dtype`` / ``sharded`` None: the defaults (DATASET_DTYPE, SHARDED) for a new store, the
+    existing store's own layout when resuming.
+    """
     created = not store_path.exists() or (store_path.is_dir() and not any(store_path.iterdir()))
-    store = Store.create(store_path, kind="dataset", dtype=dtype, sharded=sharded, preprocessing=preprocessing)
+    store = Store.create(store_path, kind="dataset", dtype=dtype or DATASET_DTYPE,
+                         sharded=SHARDED if sharded is None else sharded, preprocessing=preprocessing)
     if not created:
         have = store.root_attrs.get("preprocessing")
         if have != preprocessing:
             raise DataError(f"{store_path}: store was converted with {have}, not {preprocessing}; use a new store path")
-        if store.root_attrs["layout"]["image_dtype"] != dtype:
+        if dtype is not None and store.root_attrs["layout"]["image_dtype"] != dtype:
             raise DataError(f"{store_path}: store holds {store.root_attrs['layout']['image_dtype']} images, not {dtype}")
     return store, created
 
@@ -138,9 +144,13 @@ def _run_distributed(tasks: list, address: str, bar, task_id) -> list[dict]:
 
 def convert(src: str | Path, store: str | Path, layout: str = "brats", spacing: Sequence[float] | None = None,
             crop: Sequence[int] | str | None = None, missing: str = "fail", workers: int = 1,
-            scheduler: str | None = None, dtype: str = "float32", modalities: Sequence[str] | None = None,
-            crop_margin: int = 2, sharded: bool = False, progress: bool = True) -> Path:
+            scheduler: str | None = None, dtype: str | None = None, modalities: Sequence[str] | None = None,
+            crop_margin: int = 2, sharded: bool | None = None, progress: bool = True) -> Path:
     """Convert a NIfTI dataset (``layout`` brats|crossmoda|manifest) into one zarr store; returns its path.
+
+    ``dtype`` ("float16" | "float32") and ``sharded``: the image dtype and zarr v3 sharding of a
+    new store; None = float16 images and sharding on (store.py's layout block gives the measured
+    round-off and sizes); a store being resumed keeps its own layout.
 
     ``scheduler``: None (threads when ``workers`` > 1, else in-process), "sync", "threads",
     "processes", or the address of a running dask.distributed scheduler ("tcp://host:8786").

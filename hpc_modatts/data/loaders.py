@@ -16,12 +16,14 @@
 Laziness: a dataset holds only the store *path* and small per-case metadata; every process
 (DataLoader workers, fork or spawn) opens the store itself on first use. The per-sample hot path
 reads the needed region straight from zarr (environment.md: dask's per-read graph overhead halves
-throughput); ``lazy_volumes`` gives the dask view for whole-dataset statistics. Crops happen at
-read time, augmentation afterwards on the small slice/patch.
+throughput), or from a ``VolumeCache`` of whole decoded arrays (``cache_bytes`` per dataset and
+process) once a case has been read; ``lazy_volumes`` gives the dask view for whole-dataset
+statistics. Crops happen at read time, augmentation afterwards on the small slice/patch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterator, Sequence
 
@@ -36,14 +38,65 @@ from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.store import CASES, IMAGE_PREFIX, Store
 
 Range = tuple[int, int]  # [lo, hi) along one axis
+DEFAULT_CACHE_BYTES = 2 << 30  # decoded arrays held per dataset and process (0: read every sample from zarr)
 
 
 # ---------------------------------------------------------------------------- store access
-class _LazyStore:
-    """Opens a store once per process (after fork or in a spawned worker) and caches its arrays."""
+class VolumeCache:
+    """Whole arrays decoded once (one zarr read of the whole array, in its stored dtype, e.g.
+    float16), then served from memory: a repeated slice or patch read is a memory copy.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    Filled on first touch until ``max_bytes`` are held, then it never evicts. The samplers shuffle
+    every epoch, so an LRU smaller than the working set would hit with about the same probability
+    (capacity / cases) while each of its misses decodes a whole volume (benchmarks/loader.py,
+    240x240x155 float16: ~14 ms, ~30 ms Z-major) where a miss here decodes only the region read
+    (~10 ms a 128^3 patch, ~1.3 ms a slice). Hand-written: zarr 3 has no decoded-chunk cache and
+    MONAI's CacheDataset caches whole items, not arrays to crop many items from. Fork: a worker
+    inherits the parent's entries (copy-on-write) and fills its own, which lasts as long as the
+    worker (``make_loader``'s workers live one epoch; with ``num_workers=0`` the cache lives as
+    long as the dataset); pickling (spawn) drops them.
+
+    ``axial``: hold 3D arrays Z-major (a (X, Y, Z) view of a contiguous (Z, X, Y) array), so an
+    axial slice ``[:, :, z]`` is one contiguous block: ~7x faster slice copies, ~4x slower 128^3
+    patch copies (measured), so SliceDataset uses it and VolumeDataset does not.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, axial: bool = False) -> None:
+        if max_bytes < 0:
+            raise ConfigError(f"cache_bytes={max_bytes} must be >= 0")
+        self.max_bytes, self.used, self.axial = int(max_bytes), 0, bool(axial)
+        self._arrays: dict[tuple[str, str, str], np.ndarray] = {}
+
+    def get(self, key: tuple[str, str, str], arr: zarr.Array) -> np.ndarray | zarr.Array:
+        """The decoded array for ``key``: cached (read whole on first use while there is room), or ``arr`` itself."""
+        hit = self._arrays.get(key)
+        if hit is not None:
+            return hit
+        if self.used + math.prod(arr.shape) * arr.dtype.itemsize > self.max_bytes:
+            return arr  # full: read only the region from zarr
+        whole = np.asarray(arr[...])
+        if self.axial and whole.ndim == 3:
+            whole = np.ascontiguousarray(whole.transpose(2, 0, 1)).transpose(1, 2, 0)  # (X, Y, Z) view, Z-major
+        self._arrays[key] = whole
+        self.used += whole.nbytes
+        return whole
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __getstate__(self) -> dict:
+        return {"max_bytes": self.max_bytes, "used": 0, "axial": self.axial, "_arrays": {}}
+
+
+class _LazyStore:
+    """Opens a store once per process (after fork or in a spawned worker) and caches its arrays.
+
+    ``cache``: a VolumeCache shared by the handles of one dataset, or None (always read from zarr).
+    """
+
+    def __init__(self, path: str | os.PathLike, cache: VolumeCache | None = None) -> None:
         self.path = str(path)
+        self.cache = cache
         self._pid: int | None = None
         self._store: Store | None = None
         self._arrays: dict[tuple[str, str], zarr.Array | None] = {}
@@ -63,17 +116,33 @@ class _LazyStore:
             self._arrays[key] = store.array(case, name) if ok else None
         return self._arrays[key]
 
+    def source(self, case: str, name: str) -> np.ndarray | zarr.Array | None:
+        """What to read a region of ``name`` from: the cached decoded array, else the zarr array (or None)."""
+        arr = self.array(case, name)
+        if arr is None or self.cache is None or self.cache.max_bytes == 0:
+            return arr
+        return self.cache.get((self.path, case, name), arr)
+
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_pid": None, "_store": None, "_arrays": {}}
+        return {"path": self.path, "cache": self.cache, "_pid": None, "_store": None, "_arrays": {}}
+
+
+def _copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` with dtype conversion. float16 goes through torch: numpy's float16 ->
+    float32 cast is ~10x slower (2.9 ms vs 0.23 ms for a 128^3 patch, one thread)."""
+    if src.dtype == np.float16 and dst.dtype in (np.float32, np.float16):
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+    else:
+        dst[...] = src
 
 
 def read_window(arr: zarr.Array, valid: Sequence[Range], start: Sequence[int], size: Sequence[int],
                 fill: float, dtype, index_tail: tuple = ()) -> np.ndarray:
     """Read ``arr[start : start + size]`` restricted to ``valid`` ranges; the rest is ``fill``.
 
-    Only the intersection is read from zarr (a region read); the window may stick out of the
-    array (padding) or be smaller than it (cropping). ``index_tail`` indexes trailing axes
-    (e.g. ``(z,)`` for an axial slice).
+    ``arr`` is a zarr array (only the intersection is decoded: a region read) or a decoded
+    numpy array (a memory copy). The window may stick out of the array (padding) or be smaller
+    than it (cropping). ``index_tail`` indexes trailing axes (e.g. ``(z,)`` for an axial slice).
     """
     out = np.full(tuple(size), fill, dtype=dtype)
     src, dst = [], []
@@ -83,7 +152,7 @@ def read_window(arr: zarr.Array, valid: Sequence[Range], start: Sequence[int], s
             return out
         src.append(slice(a, b))
         dst.append(slice(a - s, b - s))
-    out[tuple(dst)] = arr[tuple(src) + index_tail]
+    _copy_into(out[tuple(dst)], np.asarray(arr[tuple(src) + index_tail]))
     return out
 
 
@@ -108,10 +177,12 @@ def _item_seed(seed: int, epoch: int, index: int) -> tuple[int, int, int]:
 
 
 class _EpochDataset(Dataset):
-    """Common part: lazy store, epoch for deterministic augmentation."""
+    """Common part: lazy store with its decoded-array cache, epoch for deterministic augmentation."""
 
-    def __init__(self, store_path, cases: Sequence[str], modality: str, annotated, augment: bool, seed: int):
-        self.handle = _LazyStore(store_path)
+    def __init__(self, store_path, cases: Sequence[str], modality: str, annotated, augment: bool, seed: int,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, axial_cache: bool = False):
+        self.cache = VolumeCache(cache_bytes, axial=axial_cache)
+        self.handle = _LazyStore(store_path, self.cache)
         self.cases, self.modality = list(cases), modality
         self.image_name = f"{IMAGE_PREFIX}{modality}"
         self.annotated = frozenset(annotated or ())
@@ -139,12 +210,14 @@ class SliceDataset(_EpochDataset):
 
     ``weak`` is 1 (diseased), 0 (healthy), or -1 when the case has no stored mask (unknown).
     Slices whose brain covers < ``min_brain_fraction`` of the slice area are skipped.
+    ``cache_bytes``: decoded image/mask arrays kept in memory per process (``VolumeCache``; 0 = off).
     """
 
     def __init__(self, store_path, cases: Sequence[str], modality: str, annotated=frozenset(),
                  size: tuple[int, int] = (240, 240), augment: bool = False, seed: int = 0,
-                 min_tumour_fraction: float = 0.01, min_brain_fraction: float = 0.01) -> None:
-        super().__init__(store_path, cases, modality, annotated, augment, seed)
+                 min_tumour_fraction: float = 0.01, min_brain_fraction: float = 0.01,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes, axial_cache=True)
         self.size = tuple(int(s) for s in size)
         self.chain = aug.augment_2d() if augment else None
         self.index: list[tuple[str, int, int]] = []  # (case, z, weak)
@@ -179,12 +252,12 @@ class SliceDataset(_EpochDataset):
 
     def __getitem__(self, i: int) -> dict:
         case, z, weak = self.index[i]
-        arr = self.handle.array(case, self.image_name)
+        arr = self.handle.source(case, self.image_name)
         X, Y = arr.shape[:2]
         start = ((X - self.size[0]) // 2, (Y - self.size[1]) // 2)  # centred crop / pad
         valid = ((0, X), (0, Y))
         image = read_window(arr, valid, start, self.size, -1.0, np.float32, (z,))  # (H, W)
-        mask_arr = self.handle.array(case, "mask") if case in self.annotated else None
+        mask_arr = self.handle.source(case, "mask") if case in self.annotated else None
         has_mask = mask_arr is not None
         mask = (read_window(mask_arr, valid, start, self.size, 0, np.float32, (z,)) if has_mask
                 else np.zeros(self.size, np.float32))
@@ -215,19 +288,20 @@ class VolumeDataset(_EpochDataset):
     at a random offset (from seed/epoch/index; centred when ``augment`` is off) where larger.
     Voxels of the other hemisphere are never shown (they are padding). ``extra_mask`` names a
     stored array (e.g. "pseudo_label") used as the mask for the cases that have it, read from
-    ``extra_store`` (default: the same store).
+    ``extra_store`` (default: the same store). ``cache_bytes``: decoded arrays kept in memory per
+    process (``VolumeCache``, shared with the extra store; 0 = every patch read from zarr).
     """
 
     def __init__(self, store_path, cases: Sequence[str], modality: str,
                  patch_size: tuple[int, int, int] = (96, 160, 64), half: bool = True, annotated=frozenset(),
                  augment: bool = False, seed: int = 0, extra_mask: str | None = None,
-                 extra_store: str | os.PathLike | None = None) -> None:
-        super().__init__(store_path, cases, modality, annotated, augment, seed)
+                 extra_store: str | os.PathLike | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes)
         self.patch_size = tuple(int(s) for s in patch_size)
         if len(self.patch_size) != 3:
             raise ConfigError(f"patch_size={list(patch_size)} must have 3 values (X, Y, Z)")
         self.extra_mask = extra_mask
-        self.extra = _LazyStore(extra_store) if extra_store else self.handle
+        self.extra = _LazyStore(extra_store, self.cache) if extra_store else self.handle
         self.chain = aug.augment_3d() if augment else None
         # (case, side, valid ranges, brain box, weak label from the attributes)
         self.index: list[tuple[str, str, list[Range], list[Range], int]] = []
@@ -278,10 +352,10 @@ class VolumeDataset(_EpochDataset):
 
     def _mask(self, case: str, valid, start) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(mask shown to the model or None, true mask of the window for the weak label or None)."""
-        true = self.handle.array(case, "mask")
+        true = self.handle.source(case, "mask")
         true_win = read_window(true, valid, start, self.patch_size, 0, np.uint8) if true is not None else None
         if self.extra_mask:
-            extra = self.extra.array(case, self.extra_mask)
+            extra = self.extra.source(case, self.extra_mask)
             if extra is not None:
                 shown = read_window(extra, valid, start, self.patch_size, 0, np.float32)
                 return (shown >= 0.5).astype(np.float32), true_win
@@ -292,7 +366,7 @@ class VolumeDataset(_EpochDataset):
     def __getitem__(self, i: int) -> dict:
         case, side, valid, box, weak = self.index[i]
         start = self._window_start(box, i)
-        image = read_window(self.handle.array(case, self.image_name), valid, start, self.patch_size,
+        image = read_window(self.handle.source(case, self.image_name), valid, start, self.patch_size,
                             -1.0, np.float32)  # (X, Y, Z)
         shown, true_win = self._mask(case, valid, start)
         if true_win is not None:  # a stored mask: is there tumour in the window actually shown?

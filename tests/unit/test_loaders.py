@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.data.loaders import (RankSampler, SliceDataset, VolumeDataset, lazy_volumes, make_loader,
-                                      read_window)
+from hpc_modatts.data.loaders import (RankSampler, SliceDataset, VolumeCache, VolumeDataset, lazy_volumes,
+                                      make_loader, read_window)
 from hpc_modatts.data.store import Store
 
 SHAPE = (24, 20, 12)  # (X, Y, Z); hemisphere split at X = 12
@@ -208,3 +208,80 @@ def test_lazy_volumes(store_path, tmp_path):
     assert np.allclose(vol[1].compute(), _stored(store_path, "c1", "image_t1"))
     per_case_tumour = lazy_volumes(store_path, ["c0", "c1", "c2"], "mask").sum(axis=(1, 2, 3)).compute()
     assert per_case_tumour.tolist() == [48, 48, 0]
+
+
+@pytest.fixture(scope="module")
+def f16_store_path(tmp_path_factory):
+    """The same cases stored as float16 (convert's default)."""
+    path = tmp_path_factory.mktemp("loaders16") / "s16.zarr"
+    store = Store.create(path, kind="dataset", dtype="float16")
+    rng = np.random.default_rng(0)
+    for i, side in enumerate(["left", "right", None, "left"]):
+        img, mask, brain, attrs = _case(rng, side)
+        store.write_case(f"c{i}", img, mask=mask, brain=brain, attrs=attrs,
+                         extra={"pseudo_label": (img["t2"] > 0.2).astype(np.uint8)})
+    return path
+
+
+def _items(ds):
+    return [ds[i] for i in range(len(ds))]
+
+
+def _same_items(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+        assert x["weak"] == y["weak"] and bool(x["has_mask"]) == bool(y["has_mask"])
+
+
+def test_cached_reads_equal_zarr_reads_float16(f16_store_path):
+    img16 = _stored(f16_store_path, "c1", "image_t2")
+    assert img16.dtype == np.float16
+    cases, ann = ["c0", "c1", "c2"], {"c0", "c1"}
+    cold = VolumeDataset(f16_store_path, cases, "t2", patch_size=(16, 24, 12), annotated=ann, augment=True,
+                         extra_mask="pseudo_label", cache_bytes=0)
+    warm = VolumeDataset(f16_store_path, cases, "t2", patch_size=(16, 24, 12), annotated=ann, augment=True,
+                         extra_mask="pseudo_label")
+    _same_items(_items(cold), _items(warm))
+    _same_items(_items(cold), _items(warm))  # second pass: served from memory
+    assert len(cold.cache) == 0 and len(warm.cache) == 3 * 3  # image, mask, pseudo_label per case
+    whole = VolumeDataset(f16_store_path, ["c1"], "t2", patch_size=SHAPE, half=False)
+    got = whole[0]["image"][0].numpy()
+    assert got.dtype == np.float32 and np.array_equal(got, img16.astype(np.float32))  # exact f16 -> f32
+    s_cold = SliceDataset(f16_store_path, cases, "t1", annotated=ann, size=(16, 24), cache_bytes=0)
+    s_warm = SliceDataset(f16_store_path, cases, "t1", annotated=ann, size=(16, 24))
+    _same_items(_items(s_cold), _items(s_warm))
+    assert len(s_warm.cache) == 3 + 2  # three images, masks of the two annotated cases
+
+
+def test_cache_budget_never_exceeded_and_full_cache_reads_zarr(f16_store_path):
+    one_image = int(np.prod(SHAPE)) * 2  # float16 bytes
+    ds = VolumeDataset(f16_store_path, ["c0", "c1", "c2"], "t1", patch_size=(16, 24, 12),
+                       cache_bytes=one_image + 10)
+    ref = VolumeDataset(f16_store_path, ["c0", "c1", "c2"], "t1", patch_size=(16, 24, 12), cache_bytes=0)
+    _same_items(_items(ds), _items(ref))
+    assert ds.cache.used <= one_image + 10 and len(ds.cache) == 1  # c0's image; the rest read from zarr
+    # c0's uint8 mask (half the bytes) no longer fits after its image: pinned entries are never evicted
+    assert ds.cache.max_bytes - ds.cache.used < int(np.prod(SHAPE))
+    with pytest.raises(Exception, match="cache_bytes"):
+        VolumeCache(-1)
+
+
+def test_cache_is_not_pickled_and_fork_workers_use_it(f16_store_path):
+    import pickle
+
+    ds = VolumeDataset(f16_store_path, ["c0", "c1", "c3"], "t1", patch_size=(12, 16, 8), augment=True, seed=2,
+                       annotated={"c0"})
+    _items(ds)  # fill the parent's cache; forked workers inherit it
+    assert len(ds.cache) > 0
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(clone.cache) == 0 and clone.cache.max_bytes == ds.cache.max_bytes
+    assert clone.handle.cache is clone.cache  # handles still share the dataset's cache
+    _same_items(_items(clone), _items(ds))
+
+    def run(workers):
+        sampler = RankSampler(len(ds), seed=0)
+        return list(make_loader(ds, 2, sampler, num_workers=workers))
+
+    for a, b in zip(run(0), run(2)):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])

@@ -56,7 +56,25 @@ def test_float16_and_sharded(tmp_path):
     assert st.image("c", "t1").dtype == np.float16
     assert st.image("c", "t1").shards is not None
     out = st.read_image("c", "t1")
-    assert out.dtype == np.float32 and np.abs(out - img).max() < 1e-3
+    assert out.dtype == np.float32 and np.abs(out - img).max() <= 2.0 ** -12  # float16 round-off on [-1, 1]
+
+
+def test_defaults_exact_float32_sharded_background_chunks_not_written(tmp_path):
+    img = np.full((40, 40, 32), -1.0, np.float32)  # (120, 120, 16) chunks clip to (40, 40, 16): 2 chunks along Z
+    img[5:30, 5:30, 2:12] = np.random.default_rng(4).uniform(-1, 1, (25, 25, 10))  # only the first Z chunk
+    st = Store.create(tmp_path / "s.zarr")
+    assert st.root_attrs["layout"]["image_dtype"] == "float32" and st.root_attrs["layout"]["sharded"] is True
+    st.write_case("c", {"t1": img}, mask=(img > 0.5).astype(np.uint8))
+    arr = st.image("c", "t1")
+    assert arr.dtype == np.float32 and arr.shards is not None and arr.fill_value == -1
+    assert st.mask("c").fill_value == 0
+    np.testing.assert_array_equal(st.read_image("c", "t1"), img)  # float32: exact
+    plain = Store.create(tmp_path / "plain.zarr", sharded=False)
+    plain.write_case("c", {"t1": img})
+    chunk_files = [p for p in (tmp_path / "plain.zarr" / "cases" / "c" / "image_t1").rglob("*")
+                   if p.is_file() and p.name != "zarr.json"]
+    assert len(chunk_files) == 1  # the all-background chunk is never written...
+    np.testing.assert_array_equal(plain.read_image("c", "t1"), img)  # ...and reads back as -1
 
 
 def test_rewrite_replaces_case_atomically(tmp_path):
