@@ -1,0 +1,135 @@
+"""The Task protocol: what one training stage supplies to THE shared ``Trainer``.
+
+A stage (translate, segment, self-train, ...) is a Task: models, a dataset, the losses and
+the optimiser step of ONE batch, and a validation metric. It never owns a loop; the
+``hpc_modatts.train.trainer.Trainer`` does the epochs, sampling, validation schedule,
+checkpoints, resume, NaN guard, logging and the DONE marker for every stage.
+
+Required members::
+
+    name: str                                         # for logs and the progress bar
+    build(env) -> dict[str, nn.Module]                # e.g. {"gen": G, "disc": D}
+    train_dataset() -> torch.utils.data.Dataset       # items are dicts (see docs/interfaces.md)
+    train_step(batch, engines, step) -> dict[str, float | Tensor]
+    validate(engines, env) -> dict[str, float] | None # must contain "dice"; None = no validation
+
+``train_step`` receives the batch already moved to ``env.device`` and the dict of engines
+(a DeepSpeed engine per optimised model, the plain module for frozen ones). It computes its
+losses, calls ``engine.backward(loss)`` and ``engine.step()`` itself (so a GAN step can update
+the discriminator engine and the generator engine in turn) and returns the loss terms it
+wants logged; the trainer stops the run with ``TrainingDiverged`` when any is NaN/Inf.
+Loss weights are normalised by the task with ``hpc_modatts.losses.normalise_weights``.
+
+``validate`` runs on EVERY rank inside ``torch.no_grad()`` with every model in eval mode
+(ZeRO-3 needs all ranks for a forward). The trainer keeps rank 0's result (broadcast), so
+the best-checkpoint decision is the same on every rank; a task that shards its validation
+cases over ranks reduces them itself (``hpc_modatts.distributed.all_reduce_mean``).
+
+Optional members (defaults in ``TaskDefaults``; a task need not inherit from it)::
+
+    frozen: set[str]                     # models built but not optimised (no engine), eval mode
+    collate(samples) -> batch            # DataLoader collate_fn (default: torch's)
+    batch_ids(batch) -> list[str]        # case names for the NaN message (default: batch["case"])
+    model_factory(name) -> (str, dict) | None
+        # "package.module:function" and kwargs that rebuild model ``name`` for inference;
+        # stored in best_model.pt so ``load_best_model(run_dir, name)`` needs no build_fn.
+    on_epoch_start(epoch) -> None        # e.g. to re-draw pseudo-target pairs
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Task(Protocol):
+    """One training stage: models, data, a step and a metric; the Trainer owns the loop."""
+
+    name: str
+
+    def build(self, env: Any) -> dict[str, nn.Module]:
+        """Build the models (on CPU; the trainer moves them and wraps them in engines)."""
+        ...
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        """The training dataset; the trainer samples it with a deterministic RankSampler."""
+        ...
+
+    def train_step(self, batch: Any, engines: dict[str, Any], step: int) -> dict[str, Any]:
+        """Losses, ``engine.backward`` and ``engine.step`` for one batch; return the loss terms."""
+        ...
+
+    def validate(self, engines: dict[str, Any], env: Any) -> dict[str, float] | None:
+        """Validation metrics containing ``"dice"`` (higher is better), or None to skip."""
+        ...
+
+
+class TaskDefaults:
+    """Defaults of the optional Task members; inherit to get them (not required)."""
+
+    frozen: set[str] = set()
+
+    collate = None
+
+    def batch_ids(self, batch: Any) -> list[str]:
+        return default_batch_ids(batch)
+
+    def model_factory(self, name: str) -> tuple[str, dict] | None:
+        return None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        return None
+
+
+def default_batch_ids(batch: Any) -> list[str]:
+    """Case names of a batch: ``batch["case"]`` (plus ``side``/``z`` when present)."""
+    if not isinstance(batch, dict) or "case" not in batch:
+        return []
+    cases = batch["case"]
+    cases = [cases] if isinstance(cases, str) else list(cases)
+    for extra in ("side", "z"):
+        if extra in batch:
+            vals = batch[extra]
+            vals = vals.tolist() if torch.is_tensor(vals) else list(vals) if isinstance(vals, (list, tuple)) else [vals]
+            if len(vals) == len(cases):
+                cases = [f"{c}:{v}" for c, v in zip(cases, vals)]
+    return [str(c) for c in cases]
+
+
+def task_batch_ids(task: Any, batch: Any) -> list[str]:
+    fn = getattr(task, "batch_ids", None)
+    return list(fn(batch)) if callable(fn) else default_batch_ids(batch)
+
+
+def task_frozen(task: Any) -> set[str]:
+    return set(getattr(task, "frozen", None) or ())
+
+
+def task_collate(task: Any):
+    return getattr(task, "collate", None)
+
+
+def task_model_factory(task: Any, name: str) -> tuple[str, dict] | None:
+    fn = getattr(task, "model_factory", None)
+    return fn(name) if callable(fn) else None
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``; other values are kept."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def loss_value(value: Any) -> float:
+    """A logged loss term as a Python float (tensors are detached)."""
+    if torch.is_tensor(value):
+        return float(value.detach().float().item())
+    return float(value)

@@ -1,0 +1,298 @@
+"""THE training loop shared by every stage (see ``hpc_modatts.train.task`` for the Task side).
+
+``Trainer(cfg, task, run_dir).fit()``:
+
+1. ``init_distributed`` (any launcher), seed, ``task.build(env)``, one DeepSpeed engine per
+   optimised model (models in ``task.frozen`` stay plain modules in eval mode).
+2. Deterministic sampling: ``RankSampler(len, seed, rank, world, num_samples)`` re-drawn per
+   epoch; the micro batch per rank is ``train.batch_size // world_size``.
+3. Each step: ``task.train_step`` (in bf16 autocast when the engines train in bf16), loss terms
+   averaged over ranks, NaN/Inf -> ``TrainingDiverged``, metrics.jsonl/TensorBoard every
+   ``log_every`` steps, rich progress bar on rank 0.
+4. Validation every ``val_every`` steps (0 = each epoch) and at the end, RNG-neutral (the RNG
+   states are restored afterwards, so validation never changes training); then the ``latest``
+   checkpoint, and ``best`` + ``best_model.pt`` when the Dice improved.
+5. Resume: when ``train.resume`` and ``checkpoints/latest`` exists, engines, optimiser, RNG
+   states, counters and the position inside the epoch are restored, so the run continues
+   exactly as if it had never stopped (bit-exact on CPU with ``data.num_workers: 0``; with
+   workers, exact when the dataset seeds its augmentation per sample).
+6. The DONE marker (``hpc_modatts.runs.mark_done``) with the best Dice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.distributed.env import (
+    DistEnv, all_gather_object, all_reduce_mean, barrier, broadcast_object, init_distributed,
+)
+from hpc_modatts.runs import mark_done, prepare_run_dir
+from hpc_modatts.train import checkpoint as ckpt
+from hpc_modatts.train.checkpoint import load_best_model  # noqa: F401  (re-exported)
+from hpc_modatts.train.task import (
+    loss_value, move_to_device, task_batch_ids, task_collate, task_frozen, task_model_factory,
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN/Inf: ``step N: loss term 'X' is nan (cases: a, b)``."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_rank_sampler(n: int, seed: int, env: DistEnv, num_samples: int | None) -> Any:
+    """hpc_modatts' RankSampler: deterministic per (seed, epoch, rank), resumable by position."""
+    from hpc_modatts.data.loaders import RankSampler
+
+    return RankSampler(n, seed, env.rank, env.world_size, shuffle=True, num_samples=num_samples)
+
+
+class Trainer:
+    """One loop for every stage: ``Trainer(cfg, task, run_dir).fit() -> run_dir``."""
+
+    def __init__(self, cfg: ExperimentConfig, task: Any, run_dir: str | Path, env: DistEnv | None = None) -> None:
+        self.cfg, self.task, self.run_dir, self.env = cfg, task, Path(run_dir), env
+        self.engines: dict[str, Any] = {}
+        self.frozen_models: dict[str, torch.nn.Module] = {}
+        self.step = self.epoch = self.pos = 0
+        self.best_dice, self.best_step, self.last_saved = -math.inf, -1, -1
+        self._writer = None
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.env = self.env or init_distributed(cfg.distributed)
+        if cfg.train.batch_size % self.env.world_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                              f"{self.env.world_size} ranks")
+        self.micro = cfg.train.batch_size // self.env.world_size
+        if self.env.is_main:
+            prepare_run_dir(self.run_dir, cfg)
+        barrier()
+        seed_everything(cfg.train.seed)  # identical initial weights on every rank
+        models = self.task.build(self.env)
+        frozen = task_frozen(self.task)
+        from hpc_modatts.distributed.engine import build_engine
+
+        for name, model in models.items():
+            if name in frozen:
+                self.frozen_models[name] = model.to(self.env.device).eval().requires_grad_(False)
+            else:
+                self.engines[name] = build_engine(model, cfg.optim, cfg.distributed, self.env, self.micro, name)
+        if not self.engines:
+            raise ConfigError(f"task {self.task.name}: every model is frozen, nothing to train")
+        self.all_models = {**self.frozen_models, **self.engines}
+        self.bf16 = any(e.torch_autocast_enabled() for e in self.engines.values())
+        seed_everything(cfg.train.seed + 7919 * self.env.rank)  # per-rank noise in steps
+        self.dataset = self.task.train_dataset()
+        n = len(self.dataset)
+        spe = cfg.train.steps_per_epoch
+        self.sampler = make_rank_sampler(n, cfg.train.seed, self.env, spe * cfg.train.batch_size if spe else None)
+        self.steps_per_epoch = self.sampler.per_rank // self.micro
+        if spe:
+            self.steps_per_epoch = min(self.steps_per_epoch, spe)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"task {self.task.name}: {n} training items give no full batch of "
+                              f"{self.micro} per rank on {self.env.world_size} ranks")
+        total = cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+
+    def _loader(self) -> DataLoader:
+        """This epoch's loader on the rank's indices, skipping the batches already trained."""
+        from hpc_modatts.data.loaders import make_loader
+
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.position = self.pos * self.micro  # the trainer's counters are the truth
+        loader = make_loader(self.dataset, self.micro, self.sampler, self.cfg.data.num_workers, drop_last=True)
+        # the loader's worker base seed comes from this generator, not from the global RNG,
+        # so creating the iterator mid-epoch (resume) leaves the training RNG untouched
+        loader.generator = torch.Generator().manual_seed(
+            self.cfg.train.seed * 1_000_003 + self.epoch * 7919 + self.env.rank)
+        collate = task_collate(self.task)
+        if collate is not None:
+            loader.collate_fn = collate
+        return loader
+
+    # ------------------------------------------------------------------ state
+    def _trainer_state(self) -> dict:
+        sampler_state = self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {}
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.pos,
+                "best_dice": self.best_dice if math.isfinite(self.best_dice) else None,
+                "best_step": self.best_step, "sampler": sampler_state, "task": self.task.name}
+
+    def _resume(self) -> None:
+        tag = ckpt.read_pointer(self.run_dir, "latest") if self.cfg.train.resume else None
+        tag = broadcast_object(tag)
+        if self.env.is_main:
+            ckpt.prune_checkpoints(self.run_dir)  # half-written folders of a killed save
+        barrier()
+        if tag is None:
+            return
+        state = ckpt.load_checkpoint(self.run_dir, tag, self.engines, self.env)
+        self.step, self.epoch, self.pos = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_dice = state["best_dice"] if state["best_dice"] is not None else -math.inf
+        self.best_step, self.last_saved = state["best_step"], self.step
+        if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
+        if self.env.is_main:
+            self._truncate_metrics(self.step)
+            self._log({"event": "resume", "step": self.step, "epoch": self.epoch, "tag": tag})
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: dict) -> None:
+        if not self.env.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for k, v in record.items():
+                if k not in ("time", "step", "epoch") and isinstance(v, (int, float)):
+                    self._writer.add_scalar(k, v, record.get("step", self.step))
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines a killed run wrote after the checkpoint we resume from."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            from hpc_modatts.runs import atomic_write_text
+
+            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def _open_tensorboard(self) -> None:
+        if not self.env.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional; metrics.jsonl is always written
+            return
+        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self, batch: Any) -> dict[str, float]:
+        from hpc_modatts.distributed.engine import autocast_context
+
+        device_batch = move_to_device(batch, self.env.device)
+        for e in self.engines.values():
+            e.train()
+        with autocast_context(self.bf16, self.env.device):
+            raw = self.task.train_step(device_batch, {**self.all_models}, self.step)
+        local = {k: loss_value(v) for k, v in raw.items()}
+        mean = all_reduce_mean(local)
+        if not all(math.isfinite(v) for v in mean.values()):
+            self._diverged(local, batch)
+        return mean
+
+    def _diverged(self, local: dict[str, float], batch: Any) -> None:
+        """Raise the same one-line TrainingDiverged on every rank, naming the bad cases."""
+        bad = sorted(k for k, v in local.items() if not math.isfinite(v))
+        report = all_gather_object((bad, [local[k] for k in bad], task_batch_ids(self.task, batch) if bad else []))
+        terms = [(t, v) for b, vals, _ in report for t, v in zip(b, vals)]
+        term, value = terms[0] if terms else ("?", float("nan"))
+        cases = [c for b, _, ids in report if b for c in ids]
+        raise TrainingDiverged(f"step {self.step}: loss term '{term}' is {value} "
+                               f"(cases: {', '.join(dict.fromkeys(cases)) or 'unknown'})")
+
+    # ------------------------------------------------------------------ validation
+    def _validate_and_save(self) -> None:
+        """Validate (RNG-neutral), then write latest (and best) checkpoints."""
+        if self.last_saved == self.step:
+            return
+        metrics = self._validate()
+        improved = metrics is not None and metrics["dice"] > self.best_dice
+        if improved:
+            self.best_dice, self.best_step = metrics["dice"], self.step
+        ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),
+                             self.cfg, self.env, best=improved)
+        if improved:
+            self._save_best_model()
+        self.last_saved = self.step
+
+    def _validate(self) -> dict | None:
+        from hpc_modatts.distributed.engine import autocast_context
+
+        states = ckpt.rng_state()
+        for m in self.all_models.values():
+            m.eval()
+        with torch.no_grad(), autocast_context(self.bf16, self.env.device):
+            metrics = self.task.validate({**self.all_models}, self.env)
+        for e in self.engines.values():
+            e.train()
+        ckpt.set_rng_state(states)
+        metrics = broadcast_object(metrics)
+        if metrics is None:
+            return None
+        if "dice" not in metrics:
+            raise ValueError(f"task {self.task.name}: validate() must return a 'dice' entry, got {sorted(metrics)}")
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self._log({"step": self.step, "epoch": self.epoch, **{f"val/{k}": v for k, v in metrics.items()}})
+        return metrics
+
+    def _save_best_model(self) -> None:
+        factories = {name: task_model_factory(self.task, name) for name in self.engines}
+        ckpt.save_best_model(self.run_dir, self.engines, self.cfg, factories, self.step,
+                             self.best_dice if math.isfinite(self.best_dice) else None, self.task.name)
+
+    # ------------------------------------------------------------------ loop
+    def _finished(self) -> bool:
+        return self.step >= self.total_steps or self.epoch >= self.cfg.train.epochs
+
+    def _run_epoch(self, progress: Any, bar: Any) -> None:
+        val_every, log_every = self.cfg.train.val_every, self.cfg.train.log_every
+        if self.pos == 0 and hasattr(self.task, "on_epoch_start"):
+            self.task.on_epoch_start(self.epoch)
+        for batch in self._loader():
+            if self.pos >= self.steps_per_epoch or self.step >= self.total_steps:
+                break
+            losses = self._train_step(batch)
+            self.step += 1
+            self.pos += 1
+            progress.update(bar, completed=self.step, description=f"{self.task.name} ep {self.epoch}")
+            if self.step % log_every == 0:
+                self._log({"step": self.step, "epoch": self.epoch, **{f"train/{k}": v for k, v in losses.items()}})
+            if val_every and self.step % val_every == 0:
+                self._validate_and_save()
+            if self.pos >= self.steps_per_epoch or self.step >= self.total_steps:
+                break
+        if self.step < self.total_steps or self.pos >= self.steps_per_epoch:  # epoch consumed
+            self.epoch, self.pos = self.epoch + 1, 0
+            if not val_every:
+                self._validate_and_save()
+
+    def fit(self) -> Path:
+        """Train (or resume) to the end of the schedule; return the run folder."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._setup()
+        self._resume()
+        self._open_tensorboard()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, disable=not self.env.is_main) as progress:
+            bar = progress.add_task(self.task.name, total=self.total_steps, completed=self.step)
+            while not self._finished():
+                self._run_epoch(progress, bar)
+        self._validate_and_save()  # the final state, when the schedule ended between validations
+        if self.best_step < 0:  # a task without validation: the final model is the one to use
+            self.best_step = self.step
+            self._save_best_model()
+        if self._writer is not None:
+            self._writer.close()
+        if self.env.is_main:
+            mark_done(self.run_dir, task=self.task.name, steps=self.step, best_step=self.best_step,
+                      best_dice=self.best_dice if math.isfinite(self.best_dice) else None)
+        barrier()
+        return self.run_dir

@@ -1,0 +1,156 @@
+"""The shared Trainer with a real DeepSpeed engine (world of 1, gloo, CPU) and a toy Task."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from _zero_worker import ToyTask, toy_net  # noqa: E402
+
+from hpc_modatts.config import ExperimentConfig, config_from_dict  # noqa: E402
+from hpc_modatts.data.errors import DataError  # noqa: E402
+from hpc_modatts.train.checkpoint import load_best_model, read_pointer  # noqa: E402
+from hpc_modatts.train.task import Task  # noqa: E402
+from hpc_modatts.train.trainer import Trainer, TrainingDiverged  # noqa: E402
+
+
+def make_cfg(run_dir: Path, **train) -> ExperimentConfig:
+    base = {"epochs": 2, "batch_size": 2, "val_every": 3, "log_every": 1, "seed": 3}
+    return config_from_dict({"name": run_dir.name, "run_root": str(run_dir.parent),
+                             "optim": {"lr": 1e-2}, "train": {**base, **train}})
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.engines["gen"].module.state_dict().items()}
+
+
+def test_toy_task_satisfies_protocol():
+    assert isinstance(ToyTask(), Task)
+
+
+def test_fit_writes_checkpoints_metrics_best_model_and_done(tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(make_cfg(run), ToyTask(), run)
+    assert trainer.fit() == run
+    assert trainer.step == 8  # 8 items / batch 2 = 4 steps per epoch, 2 epochs
+    assert (run / "config.yaml").is_file()
+    latest, best = read_pointer(run, "latest"), read_pointer(run, "best")
+    assert latest == "step_00000008" and best is not None
+    assert (run / "checkpoints" / latest / "gen").is_dir()
+    assert (run / "checkpoints" / latest / "config.yaml").is_file()
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert kept == sorted({latest, best})  # older tags were pruned
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/dice" in r] == list(range(1, 9))
+    val = [r for r in records if "val/dice" in r]
+    assert [r["step"] for r in val] == [3, 6, 8]
+    done = json.loads((run / "DONE").read_text())
+    assert done["best_dice"] == pytest.approx(max(r["val/dice"] for r in val))
+    model, cfg = load_best_model(run, "gen")  # through the factory the task recorded
+    assert cfg.train.seed == 3
+    payload = torch.load(run / "best_model.pt", weights_only=False)
+    assert payload["step"] == done["best_step"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, payload["models"]["gen"][k])
+    model2, _ = load_best_model(run, build_fn=lambda c: toy_net())
+    assert not model2.training
+
+
+def test_load_best_model_without_finished_run_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no best_model.pt"):
+        load_best_model(tmp_path, "gen", build_fn=lambda c: toy_net())
+
+
+def test_kill_and_resume_is_bit_exact(tmp_path):
+    full = Trainer(make_cfg(tmp_path / "full"), ToyTask(), tmp_path / "full")
+    full.fit()
+    run = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # killed during step 5; latest = step 3 (mid-epoch 0)
+        Trainer(make_cfg(run), ToyTask(fail_at_step=5), run).fit()
+    assert read_pointer(run, "latest") == "step_00000003"
+    assert not (run / "DONE").exists()
+    resumed = Trainer(make_cfg(run), ToyTask(), run)
+    resumed.fit()
+    assert resumed.step == 8
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics of the killed attempt after step 3 were dropped, then re-logged once
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+             if "train/dice" in x]
+    assert steps == list(range(1, 9))
+
+
+def test_resume_after_max_steps_continues_the_schedule(tmp_path):
+    full = Trainer(make_cfg(tmp_path / "full", val_every=0), ToyTask(), tmp_path / "full")
+    full.fit()
+    run = tmp_path / "short"
+    Trainer(make_cfg(run, val_every=0, max_steps=2), ToyTask(), run).fit()
+    resumed = Trainer(make_cfg(run, val_every=0), ToyTask(), run)
+    resumed.fit()
+    a, b = weights(full), weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_with_step_term_and_cases(tmp_path):
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged) as err:
+        Trainer(make_cfg(run, val_every=0), ToyTask(nan_case="case05"), run).fit()
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("step ") and "loss term 'dice' is nan" in msg
+    assert "case05" in msg and msg.endswith(")")
+    step = int(msg.split()[1].rstrip(":"))
+    assert 0 <= step < 4  # case05 is drawn once in the first epoch
+    assert not (run / "DONE").exists()
+
+
+def test_task_without_validation_saves_final_model(tmp_path):
+    run = tmp_path / "noval"
+    Trainer(make_cfg(run, epochs=1), ToyTask(validation=False), run).fit()
+    done = json.loads((run / "DONE").read_text())
+    assert done["best_dice"] is None and done["best_step"] == 4
+    model, _ = load_best_model(run, None, build_fn=lambda c: toy_net())
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_deepspeed_config_always_sets_clipping_and_follows_the_typed_config():
+    from types import SimpleNamespace
+
+    from hpc_modatts.config import DistributedConfig, OptimConfig
+    from hpc_modatts.distributed.engine import deepspeed_config
+
+    cpu = SimpleNamespace(device=torch.device("cpu"), world_size=2)
+    cfg = deepspeed_config(OptimConfig(), DistributedConfig(zero_stage=3, offload_optimizer=True), cpu, 2)
+    assert cfg["gradient_clipping"] == 0.0  # DeepSpeed's default would be 1.0
+    assert cfg["zero_optimization"]["stage"] == 3
+    assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert cfg["train_batch_size"] == 4 and cfg["train_micro_batch_size_per_gpu"] == 2
+    assert "torch_autocast" not in cfg  # auto precision = fp32 on CPU
+    cuda = SimpleNamespace(device=torch.device("cuda", 0), world_size=1)
+    cfg = deepspeed_config(OptimConfig(grad_clip=2.5), DistributedConfig(), cuda, 1)
+    assert cfg["gradient_clipping"] == 2.5 and cfg["torch_autocast"]["dtype"] == "bfloat16"
+    assert "offload_optimizer" not in cfg["zero_optimization"]
+
+
+def test_bf16_autocast_trains_with_fp32_master_weights(tmp_path):
+    run = tmp_path / "bf16"
+    cfg = make_cfg(run, epochs=1, val_every=0)
+    cfg.distributed.precision = "bf16"
+    trainer = Trainer(cfg, ToyTask(), run)
+    torch.manual_seed(3)  # the trainer seeds with train.seed=3 before building: same initial weights
+    before = {k: v.clone() for k, v in toy_net().state_dict().items()}
+    trainer.fit()
+    engine = trainer.engines["gen"]
+    assert engine.torch_autocast_enabled()
+    after = engine.module.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
