@@ -1,0 +1,82 @@
+"""Training commands: ``train translate|segment|self-train`` and ``synthesize`` (thin wrappers).
+
+Each loads CONFIG, merges the stage's ``train.stage_overrides`` block, applies the command
+line's ``key.sub=value`` overrides (they win), and calls the stage's ``run(cfg) -> Path``.
+Works the same under ``deepspeed``/``torchrun`` launchers (every rank runs the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+STAGES = {
+    "translate": ("hpc_modatts.train.translate", "stage 1: tumour-aware 2D CycleGAN translation (source <-> target)"),
+    "segment": ("hpc_modatts.train.segment", "stage 2: 3D MedFormer segmentation on the target modality"),
+    "self-train": ("hpc_modatts.train.self_training", "self-training rounds on thresholded pseudo-labels"),
+}
+
+
+def stage_cfg(args: argparse.Namespace, stage: str):
+    """CONFIG + the stage's overrides block + the command line's overrides and flags."""
+    from hpc_modatts.config import apply_overrides, load_config
+    from hpc_modatts.train.common import stage_config
+
+    cfg = stage_config(load_config(args.config), stage)
+    overrides = list(args.overrides)
+    if getattr(args, "resume", None) is not None:
+        overrides.append(f"train.resume={str(args.resume).lower()}")
+    if getattr(args, "variant", None):
+        overrides.append(f"train.variant={args.variant}")
+    if getattr(args, "rounds", None):
+        overrides.append(f"train.rounds={args.rounds}")
+    if getattr(args, "round", None):
+        overrides.append(f"train.round={args.round}")
+    return apply_overrides(cfg, overrides)
+
+
+def _runner(stage: str, module: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        cfg = stage_cfg(args, stage)
+        out = importlib.import_module(module).run(cfg)
+        log.info("%s done: %s", stage, out)
+        return 0
+
+    return run
+
+
+def _common_args(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    p.add_argument("config", help="experiment YAML (a path, or a built-in name such as demo_cpu)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides, e.g. train.max_steps=10 data.fold=2")
+    if resume:
+        p.add_argument("--resume", dest="resume", action=argparse.BooleanOptionalAction, default=None,
+                       help="resume from the run's latest checkpoint (default: train.resume)")
+
+
+def register(sub) -> None:
+    """Add ``train`` (with translate/segment/self-train) and ``synthesize``."""
+    p = sub.add_parser("train", help="train a stage (translate, segment, self-train)")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE")
+    stages.required = True
+    for stage, (module, text) in STAGES.items():
+        s = stages.add_parser(stage, help=text, description=text)
+        _common_args(s)
+        if stage == "segment":
+            s.add_argument("--variant", choices=["self-supervised", "semi-supervised", "source-supervised",
+                                                 "target-supervised"], help="overrides train.variant")
+        if stage == "self-train":
+            s.add_argument("--variant", choices=["self-supervised", "semi-supervised"],
+                           help="overrides train.variant (which segment run to refine)")
+            s.add_argument("--rounds", type=int, help="overrides train.rounds (k)")
+            s.add_argument("--round", type=int, help="run only this round (train.round)")
+        s.set_defaults(func=_runner(stage, module))
+
+    p = sub.add_parser("synthesize", help="translate every source training volume into a pseudo-target store",
+                       description="Stage 1 -> 2 hand-off: pseudo-target volumes from the last translator state.")
+    _common_args(p, resume=False)
+    p.set_defaults(func=_runner("synthesize", "hpc_modatts.train.synthesize"))

@@ -1,0 +1,131 @@
+"""Self-training rounds after the segmentation stage (thesis 5.4.2 "Self-training", 5.5.1).
+
+Round i (1..k, k = ``train.rounds``, 3 rounds of 150 epochs in the paper):
+
+1. predict tumour probabilities on every unannotated target training volume with the best
+   model of the previous step (round 1: ``train.init_from`` or the segment run of the same
+   variant/fold; round i > 1: round i-1) and threshold them at ``train.alpha`` (0.6) into
+   pseudo-labels Y_pl^{i-1}, written to ``<round dir>/pseudo_labels.zarr`` (array
+   ``pseudo_label`` per case, Store kind ``pseudo_labels``; sharded over ranks, resumable);
+2. fine-tune that model with L_ST = L_init + lambda_st * Dice(Y_pl^{i-1}, prediction)
+   (Eq. 5.13; lambda_st = lambda_seg^pT when ``train.weights.st`` is -1).
+
+Every round has its own run folder ``segment-<variant>/fold_<k>/round_<i>`` and DONE marker;
+finished rounds are skipped. ``train.round = i`` runs only round i (one pipeline job per round).
+Target cases with real masks (``split.target_labeled``) keep them (weight ``seg_t``) and get no
+pseudo-labels. ``hpc-modatts train self-train CONFIG [train.rounds=K]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.train import common
+
+log = logging.getLogger(__name__)
+
+PSEUDO_LABEL = "pseudo_label"
+_DROP_ATTRS = ("complete", "has_mask", "shape")
+
+
+def round_dir(cfg: ExperimentConfig, i: int) -> Path:
+    from hpc_modatts.runs import stage_dir
+
+    return stage_dir(cfg.run_dir, "self-train", cfg.train.variant, cfg.data.fold, round_=i)
+
+
+def init_dir(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
+    """The run whose best model round ``i`` starts from (and predicts pseudo-labels with)."""
+    from hpc_modatts.runs import stage_dir
+
+    if explicit and cfg.train.init_from:
+        return Path(cfg.train.init_from)
+    if i == 1:
+        return stage_dir(cfg.run_dir, "segment", cfg.train.variant, cfg.data.fold)
+    return round_dir(cfg, i - 1)
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+def pseudo_label_case(model: torch.nn.Module, store: Any, case: str, modality: str,
+                      patch_size: tuple[int, int, int], alpha: float, device: torch.device) -> np.ndarray:
+    """(X, Y, Z) uint8 pseudo-label: sliding-window probabilities > alpha, inside the brain."""
+    prob = common.predict_volume(model, store.read_image(case, modality), patch_size, device)
+    return ((prob > alpha) & (store.read_brain(case) > 0)).astype(np.uint8)
+
+
+def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path, out_path: Path,
+                       env: Any) -> Path:
+    """Predict + threshold every case into a ``pseudo_labels`` store; skips complete cases."""
+    from hpc_modatts.data.store import Store
+    from hpc_modatts.distributed.engine import autocast_context, use_bf16
+    from hpc_modatts.train.checkpoint import load_best_model
+
+    src = common.open_store(cfg.data.store)
+    if env.is_main:
+        Store.create(out_path, kind="pseudo_labels", alpha=cfg.train.alpha, model_run=str(model_dir),
+                     modality=cfg.data.target)
+    common.barrier()
+    out = Store.open(out_path)
+    todo = [c for c in common.shard(cases, env.rank, env.world_size) if c not in set(out.case_ids)]
+    if todo:
+        model, _ = load_best_model(model_dir, "gen")
+        model.to(env.device)
+        with torch.no_grad(), autocast_context(use_bf16(cfg.distributed, env.device), env.device):
+            for case in todo:
+                label = pseudo_label_case(model, src, case, cfg.data.target, cfg.data.patch_size,
+                                          cfg.train.alpha, env.device)
+                attrs = {k: v for k, v in src.attrs(case).items() if k not in _DROP_ATTRS}
+                attrs["pseudo_label"] = {"alpha": cfg.train.alpha, "model_run": str(model_dir),
+                                         "foreground_voxels": int(label.sum())}
+                out.write_case(case, images={}, extra={PSEUDO_LABEL: label}, attrs=attrs)
+    common.barrier()
+    missing = sorted(set(cases) - set(Store.open(out_path).case_ids))
+    if missing:
+        raise DataError(f"{out_path}: pseudo-labels missing for {len(missing)} case(s): {missing[:5]}")
+    return out_path
+
+
+# ----------------------------------------------------------------------------- rounds
+def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
+    """Self-training round ``i``: pseudo-labels from the previous model, then fine-tuning."""
+    from hpc_modatts.distributed.env import init_distributed
+    from hpc_modatts.runs import is_done
+    from hpc_modatts.train.checkpoint import BEST_MODEL
+    from hpc_modatts.train.segment import make_task
+    from hpc_modatts.train.trainer import Trainer
+
+    run_dir = round_dir(cfg, i)
+    if is_done(run_dir):
+        log.info("self-train: round %d %s is DONE, skipping", i, run_dir)
+        return run_dir
+    prev = common.require_done(init_dir(cfg, i, explicit), f"round {i}: model to start from")
+    if not (prev / BEST_MODEL).is_file():
+        raise ConfigError(f"round {i}: {prev} has no {BEST_MODEL} to start from")
+    pl_path = Path(cfg.train.pseudo_labels) if (explicit and cfg.train.pseudo_labels) else run_dir / "pseudo_labels.zarr"
+    cfg_i = common.replace_cfg(cfg, round=i, init_from=str(prev), pseudo_labels=str(pl_path))
+    task = make_task(cfg_i, run_dir, init_from=prev, pseudo_labels=pl_path)
+    unannotated = [c for c in task.split.target_train if c not in task.target_labeled]
+    if not unannotated:
+        raise ConfigError("self-training needs unannotated target cases; every target_train case is annotated")
+    env = init_distributed(cfg.distributed)
+    make_pseudo_labels(cfg_i, unannotated, prev, pl_path, env)
+    return Trainer(cfg_i, task, run_dir, env=env).fit()
+
+
+def run(cfg: ExperimentConfig) -> Path:
+    """Run the self-training rounds (all of them, or only ``train.round``); returns the last round's folder."""
+    cfg = common.stage_config(cfg, "self-train")
+    single = cfg.train.round > 0
+    rounds = [cfg.train.round] if single else list(range(1, cfg.train.rounds + 1))
+    last = None
+    for i in rounds:
+        # an explicit init_from / pseudo_labels applies to the first round run here only
+        last = run_round(cfg, i, explicit=(i == rounds[0]))
+    return last

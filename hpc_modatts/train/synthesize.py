@@ -1,0 +1,175 @@
+"""Synthesis: pseudo-target 3D volumes from the source training volumes (thesis 5.5.1).
+
+"Once the translation model was trained, 2D source slices were augmented into pseudo-target
+images using the LAST state of the translation model. The latter were then assembled back to
+constitute the synthetic target 3D volumes." So the final checkpoint of stage 1 is used (not
+the best-validation one): ``checkpoints/latest``, read with DeepSpeed's offline tools.
+
+Every axial slice of every ``split.source_train`` case is translated S->T (G_T(E_S(x))),
+restacked into an (X, Y, Z) volume (background outside the brain kept at exactly -1) and
+written to a Store of kind ``synthetic`` under the TARGET modality name, with the case's
+attributes (geometry, hemisphere split, weak labels) and, for ``split.source_labeled`` cases
+only, the source mask and labels (the annotated fraction stays what the split says).
+
+Output: ``train.pseudo_target_store`` (default ``<translator_run>/synth.zarr``); marker
+``DONE_synthesize`` in the translator run folder (``hpc_modatts.pipeline.dag.SYNTH_MARKER``),
+recording the store path. Sharded over ranks (rank r translates cases r, r + world, ...); each
+case is written atomically by ``Store.write_case`` and complete cases are skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpc_modatts.config import ConfigError, ExperimentConfig, load_config
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.train import common
+
+log = logging.getLogger(__name__)
+
+MARKER = "DONE_synthesize"
+_DROP_ATTRS = ("complete", "has_mask", "shape")
+
+
+# ----------------------------------------------------------------------------- last model
+def load_last_model(run_dir: str | Path, name: str = "gen") -> tuple[nn.Module, ExperimentConfig, int]:
+    """The LAST checkpointed state of model ``name`` of a run, as a plain module in eval mode.
+
+    ZeRO 1-3 checkpoints are consolidated with DeepSpeed's ``zero_to_fp32``; a ZeRO-0
+    checkpoint holds the full module state in ``mp_rank_00_model_states.pt``. Returns
+    (model, the run's config, the checkpoint step).
+    """
+    from hpc_modatts.train.checkpoint import CKPT_DIR, read_pointer
+
+    run_dir = Path(run_dir)
+    tag = read_pointer(run_dir, "latest")
+    if tag is None:
+        raise DataError(f"{run_dir}: no complete checkpoint (checkpoints/latest); train the translator first")
+    folder = run_dir / CKPT_DIR / tag
+    cfg = load_config(folder / "config.yaml")
+    if cfg.distributed.zero_stage == 0:
+        state = torch.load(folder / name / "mp_rank_00_model_states.pt", map_location="cpu",
+                           weights_only=False)["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=name)
+    from hpc_modatts.train.translate import build_cycle_translators
+
+    model = build_cycle_translators(cfg.model.translator_size, pretrained="")  # weights come next
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval(), cfg, int(tag.split("_")[-1])
+
+
+# ----------------------------------------------------------------------------- one case
+def translate_volume(model: nn.Module, image: np.ndarray, brain: np.ndarray, size: tuple[int, int],
+                     device: torch.device, batch: int = 16) -> np.ndarray:
+    """(X, Y, Z) source volume -> (X, Y, Z) pseudo-target volume, -1 outside the brain."""
+    slices = common.fit_slices(image, size, fill=-1.0)                        # (Z, H, W)
+    translated = common.map_slices(model.to_target, slices, device, batch)    # (Z, H, W)
+    volume = common.unfit_slices(translated, image.shape, fill=-1.0)          # (X, Y, Z)
+    volume = np.clip(volume, -1.0, 1.0)
+    volume[brain == 0] = -1.0
+    return volume.astype(np.float32)
+
+
+def synthesize_case(model: nn.Module, src: Any, out: Any, case: str, source: str, target: str,
+                    annotated: bool, size: tuple[int, int], device: torch.device, info: dict) -> None:
+    """Translate one source case and write it (atomically) into the synthetic store."""
+    image = src.read_image(case, source)
+    brain = src.read_brain(case)
+    pseudo = translate_volume(model, image, brain, size, device)
+    mask = src.read_mask(case) if annotated else None
+    if annotated and mask is None:
+        raise DataError(f"{src.path}: case {case!r} is in split.source_labeled but has no mask")
+    labels = src.read_labels(case) if annotated else None
+    attrs = {k: v for k, v in src.attrs(case).items() if k not in _DROP_ATTRS}
+    attrs["synthetic"] = {"from": source, "to": target, **info}
+    out.write_case(case, images={target: pseudo}, mask=mask, labels=labels, brain=brain, attrs=attrs)
+
+
+# ----------------------------------------------------------------------------- stage
+def paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
+    """(translator run folder, synthetic store) of ``cfg``."""
+    from hpc_modatts.runs import stage_dir
+
+    translator_run = Path(cfg.train.translator_run or stage_dir(cfg.run_dir, "translate"))
+    store = Path(cfg.train.pseudo_target_store or translator_run / "synth.zarr")
+    return translator_run, store
+
+
+def is_synthesized(cfg: ExperimentConfig) -> bool:
+    """True when ``DONE_synthesize`` exists and names this config's synthetic store."""
+    import json
+
+    translator_run, store = paths(cfg)
+    marker = translator_run / MARKER
+    if not marker.is_file():
+        return False
+    return Path(json.loads(marker.read_text()).get("store", "")).resolve() == store.resolve()
+
+
+def run(cfg: ExperimentConfig) -> Path:
+    """Write the pseudo-target store; returns its path (skips when already DONE)."""
+    from hpc_modatts.config import save_config
+    from hpc_modatts.data.store import Store
+    from hpc_modatts.distributed.engine import autocast_context, use_bf16
+    from hpc_modatts.distributed.env import init_distributed
+    from hpc_modatts.runs import mark_done
+
+    cfg = common.stage_config(cfg, "synthesize")
+    translator_run, out_path = paths(cfg)
+    if is_synthesized(cfg):
+        log.info("synthesize: %s is DONE, skipping", out_path)
+        return out_path
+    src = common.open_store(cfg.data.store)
+    split = common.load_split(cfg, use_fold=False)  # every source_train case, for every fold
+    common.require_done(translator_run, "translator run (train.translator_run)")
+    env = init_distributed(cfg.distributed)
+    model, tcfg, step = load_last_model(translator_run, "gen")
+    if tuple(tcfg.data.slice_size) != tuple(cfg.data.slice_size):
+        log.warning("synthesize: translator trained on %s slices, synthesising with %s",
+                    tcfg.data.slice_size, cfg.data.slice_size)
+    model.to(env.device)
+    if env.is_main:  # one creator (removes stale temporary cases), then everyone opens it
+        save_config(cfg, translator_run / "synthesize.yaml")
+        Store.create(out_path, kind="synthetic", source=split.source, target=split.target,
+                     source_store=str(cfg.data.store), translator_run=str(translator_run))
+    common.barrier()
+    out = Store.open(out_path)
+    done = set(out.case_ids)
+    labeled = set(split.source_labeled)
+    info = {"translator_run": str(translator_run), "translator_step": step}
+    todo = [c for c in common.shard(split.source_train, env.rank, env.world_size) if c not in done]
+    log.info("synthesize: rank %d translates %d case(s) %s->%s", env.rank, len(todo), split.source, split.target)
+    with torch.no_grad(), autocast_context(use_bf16(cfg.distributed, env.device), env.device):
+        for case in todo:
+            synthesize_case(model, src, out, case, split.source, split.target, case in labeled,
+                            cfg.data.slice_size, env.device, info)
+    common.barrier()
+    if env.is_main:
+        missing = sorted(set(split.source_train) - set(out.case_ids))
+        if missing:
+            raise DataError(f"{out_path}: {len(missing)} case(s) were not written: {missing[:5]}")
+        mark_done(translator_run, MARKER, store=str(out_path), cases=len(split.source_train),
+                  translator_step=step)
+    common.barrier()
+    return out_path
+
+
+def pseudo_target_store(cfg: ExperimentConfig) -> Path:
+    """The synthetic store the segmentation stage reads; ConfigError when synthesis has not run."""
+    translator_run, store = paths(cfg)
+    if not (store / "zarr.json").is_file():
+        raise ConfigError(f"pseudo-target store {store} does not exist: run `hpc-modatts synthesize` first "
+                          f"(or set train.pseudo_target_store)")
+    if not is_synthesized(cfg):
+        raise ConfigError(f"pseudo-target store {store} is incomplete ({translator_run / MARKER} missing or "
+                          f"naming another store): rerun `hpc-modatts synthesize` (it resumes)")
+    return store

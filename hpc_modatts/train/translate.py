@@ -1,0 +1,239 @@
+"""Stage 1: tumour-aware cross-modality translation on 2D axial slices (thesis 5.4.1, 5.5.1).
+
+CycleGAN between the source modality S and the target modality T with two TransUNet
+generators sharing each encoder between a translation decoder and a segmentation decoder:
+
+* ``s2t`` = E_S + G_T (translation S->T) + G_seg^S (segments source images),
+* ``t2s`` = E_T + G_S (translation T->S) + G_seg^T (segments target-like images),
+
+and one 2D multi-scale discriminator per modality. Losses (Eq. 5.1-5.4): hinge adversarial per
+modality (real X_m vs translated), cycle L1 ||X_S - X_S''|| + ||X_T - X_T''||, soft Dice on the
+annotated source slices for G_seg^S(E_S(X_S)) and G_seg^T(E_T(X_S')); weights adv 1, seg 1,
+cyc 10 normalised to sum 1. ``hpc-modatts train translate CONFIG``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpc_modatts.config import ExperimentConfig
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.distributed.engine import unwrap
+from hpc_modatts.train import common
+from hpc_modatts.train.task import TaskDefaults
+
+log = logging.getLogger(__name__)
+
+SOURCE, TARGET = "source", "target"
+
+
+# ----------------------------------------------------------------------------- models
+class CycleTranslators(nn.Module):
+    """Both stage-1 generators; ``forward`` runs the two cycles in one call (ZeRO-3 friendly)."""
+
+    def __init__(self, size: str = "full", pretrained: str = "") -> None:
+        super().__init__()
+        from hpc_modatts.models import build_translator
+
+        self.s2t = build_translator(size, pretrained=pretrained)  # E_S, G_T, G_seg^S
+        self.t2s = build_translator(size, pretrained=pretrained)  # E_T, G_S, G_seg^T
+
+    def forward(self, x_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both cycles; every tensor (B, 1, H, W)."""
+        f_s = self.s2t.encode(x_s)
+        s_to_t = self.s2t.translate(f_s)                 # X_S'  = G_T(E_S(X_S))
+        f_s1 = self.t2s.encode(s_to_t)
+        f_t = self.t2s.encode(x_t)
+        t_to_s = self.t2s.translate(f_t)                 # X_T'  = G_S(E_T(X_T))
+        return {
+            "s_to_t": s_to_t,
+            "s_cycled": self.t2s.translate(f_s1),        # X_S'' = G_S(E_T(X_S'))
+            "seg_s": self.s2t.segment(f_s),              # G_seg^S(E_S(X_S))
+            "seg_s_translated": self.t2s.segment(f_s1),  # G_seg^T(E_T(X_S'))
+            "t_to_s": t_to_s,
+            "t_cycled": self.s2t.translate(self.s2t.encode(t_to_s)),  # X_T'' = G_T(E_S(X_T'))
+        }
+
+    @torch.no_grad()
+    def to_target(self, x_s: torch.Tensor) -> torch.Tensor:
+        """Synthesis: X_S' = G_T(E_S(X_S)), (B, 1, H, W) in [-1, 1]."""
+        return self.s2t.translate(self.s2t.encode(x_s))
+
+    def segment_source(self, x_s: torch.Tensor) -> torch.Tensor:
+        return self.s2t.segment(self.s2t.encode(x_s))
+
+    def segment_target(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.t2s.segment(self.t2s.encode(x_t))
+
+
+class DiscriminatorPair(nn.Module):
+    """One multi-scale discriminator per domain; ``forward(domain, x)`` -> list of logit maps."""
+
+    def __init__(self, domains: tuple[str, str], spatial_dims: int, channels: tuple[int, ...],
+                 scales: int) -> None:
+        super().__init__()
+        from hpc_modatts.models import MultiScaleDiscriminator
+
+        self.nets = nn.ModuleDict({d: MultiScaleDiscriminator(spatial_dims=spatial_dims, in_channels=1,
+                                                              channels=tuple(channels), scales=scales)
+                                   for d in domains})
+
+    def forward(self, domain: str, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.nets[domain](x)
+
+
+def build_cycle_translators(size: str = "full", pretrained: str = "") -> CycleTranslators:
+    """Factory recorded in best_model.pt (``load_best_model(run, "gen")``)."""
+    return CycleTranslators(size, pretrained)
+
+
+def build_discriminators(domains: list[str], spatial_dims: int, channels: list[int], scales: int) -> DiscriminatorPair:
+    return DiscriminatorPair(tuple(domains), spatial_dims, tuple(channels), scales)
+
+
+# ----------------------------------------------------------------------------- task
+class TranslateTask(TaskDefaults):
+    """The stage-1 Task: data, losses and the generator/discriminator steps."""
+
+    name = "translate"
+
+    def __init__(self, cfg: ExperimentConfig, split: Any, run_dir: Path) -> None:
+        from hpc_modatts.losses import normalise_weights
+
+        self.cfg, self.split, self.run_dir = cfg, split, Path(run_dir)
+        w = cfg.train.weights
+        self.weights = normalise_weights({"adv": w.adv, "seg": w.seg, "cyc": w.cyc})
+        self.val_cases = common.val_case_list(split.val, cfg.train.val_cases)
+        self._step = 0
+        self.batch_ids = common.paired_batch_ids
+
+    def model_factory(self, name: str) -> tuple[str, dict] | None:
+        m = self.cfg.model
+        if name == "gen":
+            return ("hpc_modatts.train.translate:build_cycle_translators",
+                    {"size": m.translator_size, "pretrained": m.pretrained})
+        return ("hpc_modatts.train.translate:build_discriminators",
+                {"domains": [SOURCE, TARGET], "spatial_dims": 2, "channels": list(m.disc_channels),
+                 "scales": m.disc_scales})
+
+    def build(self, env: Any) -> dict[str, nn.Module]:
+        return {"gen": common.build_from(self.model_factory("gen")),
+                "disc": common.build_from(self.model_factory("disc"))}
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        from hpc_modatts.data.loaders import SliceDataset
+
+        d, s = self.cfg.data, self.split
+        src = SliceDataset(d.store, s.source_train, s.source, annotated=set(s.source_labeled),
+                           size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed)
+        tgt = SliceDataset(d.store, s.target_train, s.target, annotated=set(),
+                           size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed + 1)
+        return common.PairedDataset(src, tgt, SOURCE, TARGET)
+
+    def train_step(self, batch: dict, engines: dict, step: int) -> dict[str, Any]:
+        from hpc_modatts.losses import dice_loss, hinge_d_loss, hinge_g_loss, l1
+
+        self._step = step + 1  # optimiser steps done after this one (the trainer counts from 0)
+        gen, disc = engines["gen"], engines["disc"]
+        x_s, x_t = batch[SOURCE]["image"], batch[TARGET]["image"]          # (B, 1, H, W)
+        mask, has_mask = batch[SOURCE]["mask"], batch[SOURCE]["has_mask"].bool()
+        out = gen(x_s, x_t)
+
+        # generator update: discriminators frozen so their parameters get no gradient, and
+        # called as plain modules (a DeepSpeed engine's forward hooks its outputs' backward to
+        # that engine, which must not run inside the generator's engine.backward)
+        d_net = unwrap(disc)
+        common.set_requires_grad(d_net, False)
+        adv = hinge_g_loss(d_net(TARGET, out["s_to_t"])) + hinge_g_loss(d_net(SOURCE, out["t_to_s"]))
+        cyc = l1(out["s_cycled"], x_s) + l1(out["t_cycled"], x_t)
+        seg = (dice_loss(out["seg_s"].float(), mask, has_mask)
+               + dice_loss(out["seg_s_translated"].float(), mask, has_mask))
+        w = self.weights
+        loss = w["adv"] * adv + w["cyc"] * cyc + w["seg"] * seg
+        gen.backward(loss)
+        gen.step()
+        common.set_requires_grad(d_net, True)
+
+        # discriminator update on detached translations (hinge, Eq. 5.1)
+        d_loss = (hinge_d_loss(disc(TARGET, x_t), disc(TARGET, out["s_to_t"].detach()))
+                  + hinge_d_loss(disc(SOURCE, x_s), disc(SOURCE, out["t_to_s"].detach())))
+        disc.backward(d_loss)
+        disc.step()
+        return {"loss": loss, "adv": adv, "cyc": cyc, "seg": seg, "disc": d_loss}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, engines: dict, env: Any) -> dict[str, float]:
+        """Slice-wise segmentation Dice, restacked per volume, on the validation cases.
+
+        ``dice``: G_seg^T(E_T(X_T)) on the real TARGET slices (by the split contract, val cases
+        have the target modality and masks): the adaptation signal. ``dice_source``:
+        G_seg^S(E_S(X_S)) when the val cases also hold the source modality. A panel
+        (source / translated / cycled / predicted mask) goes to ``panels/step_N.png``.
+        """
+        from hpc_modatts.data.store import Store
+
+        model = unwrap(engines["gen"])
+        store = Store.open(self.cfg.data.store)
+        device = env.device
+        out = {"dice": self._slice_dice(store, model.segment_target, self.split.target, device)}
+        if all(self.split.source in store.modalities(c) for c in self.val_cases):
+            out["dice_source"] = self._slice_dice(store, model.segment_source, self.split.source, device)
+        self._panel(store, model, device, write=env.is_main)  # forwards on every rank (ZeRO-3)
+        return out
+
+    def _slice_dice(self, store: Any, segment: Any, modality: str, device: torch.device) -> float:
+        size = self.cfg.data.slice_size
+        scores = []
+        for case in self.val_cases:
+            mask = store.read_mask(case)
+            if mask is None:
+                continue
+            slices = common.fit_slices(store.read_image(case, modality), size, fill=-1.0)   # (Z, H, W)
+            prob = common.map_slices(lambda x: torch.sigmoid(segment(x).float()), slices, device)
+            truth = common.fit_slices(mask.astype(np.float32), size, fill=0.0)
+            scores.append(common.dice_of(prob > 0.5, truth > 0.5))
+        if not scores:
+            raise DataError(f"{self.cfg.data.store}: no validation case of {self.val_cases[:5]} has a mask")
+        return float(np.mean(scores))
+
+    def _panel(self, store: Any, model: CycleTranslators, device: torch.device, write: bool) -> None:
+        """Source / translated / cycled / predicted mask / true mask of one annotated source slice."""
+        cases = self.split.source_labeled or self.split.source_train
+        case = cases[0]
+        image, mask = store.read_image(case, self.split.source), store.read_mask(case)
+        z = int(np.argmax(mask.sum(axis=(0, 1)))) if mask is not None else image.shape[2] // 2
+        size = self.cfg.data.slice_size
+        x = torch.from_numpy(common.fit_slices(image[:, :, z:z + 1], size, -1.0)[:, None]).to(device)
+        translated = model.to_target(x)
+        cycled = model.t2s.translate(model.t2s.encode(translated))
+        pred = torch.sigmoid(model.segment_source(x).float())
+        cols = {"source": x, "translated": translated, "cycled": cycled, "predicted mask": pred}
+        cols = {k: v.float()[0, 0].cpu().numpy() for k, v in cols.items()}
+        if mask is not None:
+            cols["true mask"] = common.fit_slices(mask[:, :, z:z + 1].astype(np.float32), size, 0.0)[0]
+        if write:
+            common.write_panel(self.run_dir / "panels" / f"step_{self._step:08d}.png", cols,
+                               title=f"{case} z={z} ({self.split.source}->{self.split.target})")
+
+
+# ----------------------------------------------------------------------------- stage
+def run(cfg: ExperimentConfig) -> Path:
+    """Train the translator; returns ``<run_root>/<name>/translate`` (skips when DONE)."""
+    from hpc_modatts.runs import is_done, stage_dir
+
+    cfg = common.stage_config(cfg, "translate")
+    run_dir = stage_dir(cfg.run_dir, "translate")
+    if is_done(run_dir):
+        log.info("translate: %s is DONE, skipping", run_dir)
+        return run_dir
+    common.open_store(cfg.data.store)
+    split = common.load_split(cfg, use_fold=False)  # one translator for every fold
+    from hpc_modatts.train.trainer import Trainer
+
+    return Trainer(cfg, TranslateTask(cfg, split, run_dir), run_dir).fit()

@@ -1,0 +1,269 @@
+"""The training stages end to end on a tiny phantom, on CPU, with real DeepSpeed engines and zarr.
+
+translate -> synthesize -> segment (self-supervised) -> self-train (1 round) run once per module
+(a few optimiser steps each, 32x32 slices, 32x32x16 patches); every test then checks what a
+stage wrote for the next one, idempotency, resumability and the one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hpc_modatts.config import ConfigError, apply_overrides, config_to_dict, load_config
+from hpc_modatts.data.store import Store
+from hpc_modatts.runs import stage_dir
+from hpc_modatts.train import common, segment, self_training, synthesize, translate
+from tests.fixtures import make_phantom_store
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
+
+
+def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:
+    return [f"data.store={store}", f"data.split={split}", f"run_root={root / 'runs'}", "name=t",
+            "data.slice_size=[32,32]", "data.patch_size=[32,32,16]", "train.max_steps=2",
+            "train.batch_size=2", "train.val_cases=1", "train.log_every=1",
+            "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Run translate -> synthesize -> segment -> self-train once; return (cfg, split, paths)."""
+    from hpc_modatts.data.splits import make_split
+
+    root = tmp_path_factory.mktemp("stages")
+    _, store = make_phantom_store(root, cases=6, seed=0, size="small")
+    split = make_split(store, "t1", "t2", source_labeled=0.5, target_labeled=0.5, val=0.2, test=0.0, seed=0)
+    split.save(root / "split.json")
+    cfg = load_config(DEMO, tiny_overrides(root, store, root / "split.json"))
+    out = {"translate": translate.run(cfg), "synth": synthesize.run(cfg), "segment": segment.run(cfg)}
+    out["round_1"] = self_training.run(apply_overrides(cfg, ["train.rounds=1"]))
+    return cfg, split, out
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+# ----------------------------------------------------------------------------- stage 1
+def test_translate_writes_done_checkpoints_metrics_and_panel(chain):
+    cfg, _, out = chain
+    run = out["translate"]
+    assert run == stage_dir(cfg.run_dir, "translate") and (run / "DONE").is_file()
+    assert (run / "checkpoints" / "latest").is_file() and (run / "best_model.pt").is_file()
+    rows = _metrics(run)
+    train = [r for r in rows if "train/loss" in r]
+    assert len(train) == 2 and all(np.isfinite(r["train/cyc"]) and r["train/disc"] > 0 for r in train)
+    val = [r for r in rows if "val/dice" in r]
+    assert val and 0.0 <= val[-1]["val/dice"] <= 1.0 and "val/dice_source" in val[-1]
+    assert (run / "panels" / "step_00000002.png").stat().st_size > 1000
+    saved = load_config(run / "config.yaml")
+    assert saved.train.stage == "translate" and saved.train.stage_overrides == {}
+
+
+def test_translate_weights_are_normalised():
+    from hpc_modatts.data.splits import Split
+
+    split = Split("t1", "t2", ["a"], ["a"], ["b"], [], ["c"], [])
+    task = translate.TranslateTask(common.stage_config(load_config(DEMO), "translate"), split, Path("."))
+    assert task.weights == pytest.approx({"adv": 1 / 12, "seg": 1 / 12, "cyc": 10 / 12})
+
+
+# ----------------------------------------------------------------------------- synthesis
+def test_synthesis_keeps_geometry_weak_labels_and_only_annotated_masks(chain):
+    cfg, split, out = chain
+    synth, src = Store.open(out["synth"]), Store.open(cfg.data.store)
+    assert synth.root_attrs["kind"] == "synthetic" and synth.case_ids == sorted(split.source_train)
+    done = json.loads((out["translate"] / synthesize.MARKER).read_text())
+    last_step = json.loads((out["translate"] / "DONE").read_text())["steps"]
+    assert done["translator_step"] == last_step  # the LAST translator state (thesis 5.5.1)
+    for case in synth.case_ids:
+        assert synth.modalities(case) == ["t2"]
+        img, brain = synth.read_image(case, "t2"), src.read_brain(case)
+        assert img.shape == src.read_image(case, "t1").shape
+        assert np.all(img[brain == 0] == -1.0) and img.min() >= -1.0 and img.max() <= 1.0
+        assert not np.allclose(img[brain > 0], src.read_image(case, "t1")[brain > 0])
+        a, sa = synth.attrs(case), src.attrs(case)
+        for key in ("affine", "spacing", "hemisphere_split", "weak_labels"):
+            assert a[key] == sa[key]
+        if case in split.source_labeled:
+            assert np.array_equal(synth.read_mask(case), src.read_mask(case))
+        else:
+            assert synth.mask(case) is None  # the annotated fraction stays what the split says
+    assert set(split.source_train) - set(split.source_labeled), "the test needs an unannotated source case"
+
+
+def test_synthesis_resumes_only_missing_cases(chain):
+    cfg, split, out = chain
+    store = Store.open(out["synth"])
+    kept, removed = store.case_ids[0], store.case_ids[-1]
+    stamp = (out["synth"] / "cases" / kept / "zarr.json").stat().st_mtime_ns
+    store.delete_case(removed)
+    (out["translate"] / synthesize.MARKER).unlink()
+    synthesize.run(cfg)
+    assert Store.open(out["synth"]).case_ids == sorted(split.source_train)
+    assert (out["synth"] / "cases" / kept / "zarr.json").stat().st_mtime_ns == stamp
+    assert synthesize.is_synthesized(cfg)
+
+
+def test_fit_and_unfit_slices_round_trip():
+    vol = np.random.default_rng(0).uniform(-1, 1, (20, 40, 5)).astype(np.float32)
+    slices = common.fit_slices(vol, (32, 32), fill=-1.0)  # X padded, Y cropped
+    assert slices.shape == (5, 32, 32) and np.all(slices[:, :6] == -1.0)
+    back = common.unfit_slices(slices, vol.shape, fill=-1.0)
+    assert np.array_equal(back[:, 4:36], vol[:, 4:36]) and np.all(back[:, :4] == -1.0)
+
+
+# ----------------------------------------------------------------------------- stage 2
+def test_segment_self_supervised_trains_on_pseudo_targets_and_validates(chain):
+    cfg, split, out = chain
+    run = out["segment"]
+    assert run == stage_dir(cfg.run_dir, "segment", "self-supervised", 0) and (run / "DONE").is_file()
+    rows = _metrics(run)
+    assert {"train/seg_pt", "train/seg_t"} <= set(rows[0])  # target_labeled is not empty
+    assert any("val/dice" in r for r in rows)
+    from hpc_modatts.train.checkpoint import load_best_model
+
+    model, saved = load_best_model(run, "gen")
+    assert saved.train.variant == "self-supervised"
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 32, 32, 16)).shape == (1, 1, 32, 32, 16)
+
+
+def test_self_training_round_pseudo_labels_are_thresholded_predictions(chain):
+    cfg, split, out = chain
+    run = out["round_1"]
+    assert run == stage_dir(cfg.run_dir, "self-train", "self-supervised", 0, round_=1) and (run / "DONE").is_file()
+    labels = Store.open(run / "pseudo_labels.zarr")
+    unannotated = sorted(set(split.target_train) - set(split.target_labeled))
+    assert labels.root_attrs["kind"] == "pseudo_labels" and labels.case_ids == unannotated
+    from hpc_modatts.train.checkpoint import load_best_model
+
+    model, _ = load_best_model(out["segment"], "gen")
+    src, case = Store.open(cfg.data.store), unannotated[0]
+    with torch.no_grad():
+        prob = common.predict_volume(model, src.read_image(case, "t2"), cfg.data.patch_size, torch.device("cpu"))
+    expected = (prob > 0.6) & (src.read_brain(case) > 0)
+    assert np.array_equal(labels.read_array(case, "pseudo_label").astype(bool), expected)
+    rows = _metrics(run)
+    assert {"train/st", "train/seg_pt", "train/seg_t"} <= set(rows[0])
+
+
+def test_self_training_starts_from_the_previous_best(chain):
+    cfg, split, out = chain
+    task = segment.SegmentTask(cfg, split, out["round_1"], out["synth"], init_from=out["segment"],
+                               pseudo_labels=out["round_1"] / "pseudo_labels.zarr")
+    model = task.build(None)["gen"]
+    best = torch.load(out["segment"] / "best_model.pt", weights_only=False)["models"]["gen"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k]), k
+    # lambda_st = lambda_seg^pT (thesis Eq. 5.13) when train.weights.st == -1
+    assert task.weights["st"] == pytest.approx(task.weights["seg_pt"])
+
+
+def test_round_i_starts_from_round_i_minus_1_unless_told():
+    cfg = load_config(DEMO, ["run_root=/r", "name=e", "train.variant=semi-supervised", "data.fold=2"])
+    assert self_training.init_dir(cfg, 1, explicit=True) == Path("/r/e/segment-semi-supervised/fold_2")
+    assert self_training.init_dir(cfg, 3, explicit=True) == Path("/r/e/segment-semi-supervised/fold_2/round_2")
+    told = apply_overrides(cfg, ["train.init_from=/elsewhere"])
+    assert self_training.init_dir(told, 3, explicit=True) == Path("/elsewhere")
+    assert self_training.init_dir(told, 3, explicit=False) == Path("/r/e/segment-semi-supervised/fold_2/round_2")
+
+
+def test_finished_stages_return_immediately(chain):
+    cfg, _, out = chain
+    before = {k: (p / "DONE").stat().st_mtime_ns for k, p in out.items() if k != "synth"}
+    assert translate.run(cfg) == out["translate"]
+    assert synthesize.run(cfg) == out["synth"]
+    assert segment.run(cfg) == out["segment"]
+    assert self_training.run(apply_overrides(cfg, ["train.rounds=1"])) == out["round_1"]
+    assert before == {k: (p / "DONE").stat().st_mtime_ns for k, p in out.items() if k != "synth"}
+
+
+@pytest.mark.parametrize("variant", ["semi-supervised", "source-supervised", "target-supervised"])
+def test_other_variants_train_a_few_steps(chain, variant):
+    cfg, _, out = chain
+    run = segment.run(apply_overrides(cfg, [f"train.variant={variant}"]))
+    assert run == stage_dir(cfg.run_dir, "segment", variant, 0) and (run / "DONE").is_file()
+    rows = _metrics(run)
+    train = [r for r in rows if "train/loss" in r]
+    assert len(train) == 2 and all(np.isfinite(v) for r in train for v in r.values())
+    if variant == "semi-supervised":
+        assert {"train/adv", "train/rec", "train/lat", "train/disc", "train/seg_pt"} <= set(train[0])
+        best = torch.load(run / "best_model.pt", weights_only=False)
+        assert set(best["models"]) == {"gen", "disc"}
+    else:
+        assert set(train[0]) - {"time", "step", "epoch"} == {"train/loss", "train/seg"}
+    assert any("val/dice" in r for r in rows)
+
+
+def test_masked_l1_without_samples_is_a_zero_with_a_graph():
+    a = torch.ones(2, 1, 4, 4, 4, requires_grad=True)
+    z = segment._masked_l1(a, torch.zeros_like(a), torch.tensor([False, False]))
+    z.backward()
+    assert z.item() == 0.0 and a.grad is not None
+    assert segment._masked_l1(a, torch.zeros_like(a), torch.tensor([True, False])).item() == 1.0
+
+
+# ----------------------------------------------------------------------------- errors and CLI
+def test_missing_inputs_are_one_line_config_errors(chain, tmp_path):
+    cfg, _, _ = chain
+    other = apply_overrides(cfg, [f"run_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="translator run .* has not finished"):
+        synthesize.run(other)
+    with pytest.raises(ConfigError, match="pseudo-target store .* does not exist"):
+        segment.run(other)
+    with pytest.raises(ConfigError, match="round 1: model to start from .* has not finished"):
+        self_training.run(apply_overrides(other, ["train.rounds=1"]))
+    with pytest.raises(ConfigError, match="data.split is not set"):
+        translate.run(apply_overrides(other, ["data.split="]))
+
+
+def test_cli_runs_a_stage_and_reports_errors_in_one_line(chain, tmp_path, capsys):
+    from hpc_modatts.cli import main
+
+    cfg, _, _ = chain
+    data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}"]))
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["train", "segment", str(path), "--variant", "source-supervised", "--no-resume"]) == 0
+    run = stage_dir(tmp_path / "t", "segment", "source-supervised", 0)
+    saved = load_config(run / "config.yaml")
+    assert (run / "DONE").is_file() and saved.train.resume is False and saved.train.stage == "segment"
+    assert main(["synthesize", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has not finished" in err[0]
+    assert main(["train", "translate", str(path), "train.epochz=1"]) == 2
+    assert "train.epochz" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_ranks_zero3_translate_synthesize_semi_supervised(chain, tmp_path):
+    """2 gloo ranks under torchrun, ZeRO-3: every rank runs the same forwards (validation panel,
+    GenSeg on mixed A/P batches), synthesis shards cases over ranks without collisions."""
+    import os
+    import subprocess
+    import sys
+
+    cfg, split, _ = chain
+    data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=3",
+                                                "train.batch_size=4",
+                                                "train.stage_overrides={translate: {batch_size: 4}}"]))
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for cmd in (["train", "translate"], ["synthesize"], ["train", "segment", "--variant", "semi-supervised"]):
+        proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "hpc_modatts", *cmd, str(path)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{cmd}: {proc.stderr[-2000:]}"
+    root = tmp_path / "t"
+    assert Store.open(root / "translate" / "synth.zarr").case_ids == sorted(split.source_train)
+    assert (root / "translate" / synthesize.MARKER).is_file()
+    assert (stage_dir(root, "segment", "semi-supervised", 0) / "DONE").is_file()
