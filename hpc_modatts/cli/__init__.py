@@ -55,7 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key.sub=value` overrides may come after options (`pipeline CFG --executor slurm k=v`):
+    # argparse leaves those late positionals unparsed, so hand them to the command here.
+    if extra:
+        late = [a for a in extra if "=" in a and not a.startswith("-")]
+        if len(late) != len(extra) or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in late) or ' '.join(extra)}")
+        args.overrides = list(args.overrides or []) + late
     if args.local_rank is not None:  # the deepspeed launcher appends --local_rank=N
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from rich.logging import RichHandler
