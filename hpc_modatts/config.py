@@ -284,7 +284,10 @@ class PipelineConfig:
     self_training_rounds: int = 0
     """Self-training rounds after segmentation (0 = none)."""
     gpus_per_node: int = 0
-    """GPUs (= SLURM tasks = ranks) per training job; 0 = one CPU task."""
+    """GPUs (= SLURM tasks = ranks) per training job; 0 = CPU tasks (see tasks_per_node)."""
+    tasks_per_node: int = 1
+    """Ranks (SLURM tasks) per node of a training job when gpus_per_node is 0, for CPU tests and
+    CPU clusters; with GPUs there is always one task per GPU and this is ignored."""
     nodes: int = 1
     """Nodes per training job."""
     timeout_min: int = 60
@@ -301,7 +304,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _check_choice("pipeline.executor", self.executor, ("local", "debug", "slurm"))
-        for k in ("folds", "nodes", "timeout_min", "cpus_per_task"):
+        for k in ("folds", "nodes", "timeout_min", "cpus_per_task", "tasks_per_node"):
             _check_positive(f"pipeline.{k}", getattr(self, k))
         for k in ("self_training_rounds", "gpus_per_node", "mem_gb"):
             _check_positive(f"pipeline.{k}", getattr(self, k), allow_zero=True)

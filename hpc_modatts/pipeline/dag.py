@@ -138,7 +138,8 @@ def final_model_dirs(cfg: ExperimentConfig, variant: str) -> list[Path]:
 
 def _training_resources(cfg: ExperimentConfig) -> Resources:
     p = cfg.pipeline
-    return Resources(nodes=p.nodes, tasks_per_node=max(1, p.gpus_per_node),
+    tasks = p.gpus_per_node or p.tasks_per_node  # one rank per GPU; CPU ranks as configured
+    return Resources(nodes=p.nodes, tasks_per_node=tasks,
                      gpus_per_node=p.gpus_per_node, cpus_per_task=p.cpus_per_task)
 
 

@@ -269,7 +269,7 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
         jobs = _submit_slurm(pending, cfg, preset, folder, rec)
         if wait:
             for j in jobs.values():
-                j.result()
+                j.results()  # every task of a multi-task job (``result()`` refuses those)
     else:
         _run_in_waves(pending, cfg, executor, folder, rec)
     return rec.path
@@ -288,19 +288,33 @@ def _submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | Non
 
 
 def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
-                  rec: Recorder) -> None:
-    """Emulate afterok: submit every node whose parents finished, wait for the wave, repeat."""
+                  rec: Recorder, poll_s: float = 0.5) -> None:
+    """Emulate afterok: submit every node whose parents finished; as soon as ANY running job
+    ends, submit what it unblocked (no barrier between waves, so a short branch of the graph
+    never waits for a long sibling). ``debug`` jobs run in-process inside ``results()``, one
+    at a time in submission order."""
     finished: set[str] = set()
+    running: dict[str, tuple[Node, Any]] = {}
     left = list(pending)
-    while left:
-        wave = [n for n in left if all(d in finished for d in n.deps)]
-        submitted = []
-        for node in wave:
+    while left or running:
+        for node in [n for n in left if all(d in finished for d in n.deps)]:
             job = make_executor(folder, executor, node_parameters(node, cfg, None, [])).submit(StageJob(node, cfg))
             rec.add(node, job, folder, executor)
-            submitted.append((node, job))
-        for node, job in submitted:
-            job.results()  # raises the stage's error (all tasks of a multi-task job)
-            finished.add(node.name)
-            log.info("finished %s", node.name)
-        left = [n for n in left if n.name not in finished]
+            running[node.name] = (node, job)
+            left.remove(node)
+        name = _first_done(running, executor, poll_s)
+        node, job = running.pop(name)
+        job.results()  # raises the stage's error (all tasks of a multi-task job)
+        finished.add(name)
+        log.info("finished %s", name)
+
+
+def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float) -> str:
+    """Name of a running job that has ended (the oldest one for ``debug``, which runs on demand)."""
+    if executor == "debug":
+        return next(iter(running))
+    while True:
+        for name, (_, job) in running.items():
+            if job.done():
+                return name
+        time.sleep(poll_s)
