@@ -30,6 +30,7 @@ from hpc_modatts.config import ConfigError, DistributedConfig
 
 _RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _ENV: "DistEnv | None" = None
+_REND_CACHE: dict[str, str] = {}  # MASTER_ADDR/PORT of the live process group
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,9 @@ def init_distributed(dcfg: DistributedConfig | None = None, argv: list[str] | No
     """Detect the launcher, initialise torch.distributed through DeepSpeed, pick the device."""
     global _ENV
     if _ENV is not None and dist.is_available() and dist.is_initialized():
+        # Another in-process job (submitit's debug executor) may have reset os.environ since:
+        # DeepSpeed reads the rendezvous variables again when it builds an engine.
+        _restore_rendezvous(_ENV)
         return _ENV
     dcfg = dcfg or DistributedConfig()
     launcher = _export_rendezvous(argv)
@@ -150,9 +154,20 @@ def init_distributed(dcfg: DistributedConfig | None = None, argv: list[str] | No
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    _REND_CACHE.update({k: os.environ[k] for k in ("MASTER_ADDR", "MASTER_PORT") if k in os.environ})
     _ENV = DistEnv(rank=rank, local_rank=local_rank, world_size=world, local_world_size=local_world,
                    device=device, backend=backend, launcher=launcher, threads=threads)
     return _ENV
+
+
+def _restore_rendezvous(env: DistEnv) -> None:
+    os.environ.setdefault("RANK", str(env.rank))
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    os.environ.setdefault("WORLD_SIZE", str(env.world_size))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(env.local_world_size))
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ and key in _REND_CACHE:
+            os.environ[key] = _REND_CACHE[key]
 
 
 def shutdown_distributed() -> None:

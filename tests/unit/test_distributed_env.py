@@ -20,6 +20,10 @@ from hpc_modatts.distributed import init_distributed, all_reduce_mean, broadcast
 import os, torch, torch.distributed as dist
 e = init_distributed(DistributedConfig(threads_per_rank=int(sys.argv[1])))
 assert init_distributed() is e  # idempotent
+port = os.environ["MASTER_PORT"]
+for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    del os.environ[k]  # what submitit's debug executor does between in-process jobs
+assert init_distributed() is e and os.environ["LOCAL_RANK"] == "0" and os.environ["MASTER_PORT"] == port
 print(json.dumps({"rank": e.rank, "world": e.world_size, "local_rank": e.local_rank,
     "launcher": e.launcher, "backend": e.backend, "device": str(e.device), "threads": e.threads,
     "torch_threads": torch.get_num_threads(), "port": os.environ["MASTER_PORT"],
