@@ -5,8 +5,17 @@
   refused; docs/environment.md). bf16 uses DeepSpeed's ``torch_autocast`` mode: weights and
   optimiser state stay fp32, convolutions/linears run in bf16 inside ``torch.autocast``. Unlike
   the ``bf16`` mode (weights cast to bf16), tasks can call sub-methods of a model
-  (``.encode``, ``.decode_common``...) with fp32 inputs; the Trainer wraps every step in
-  ``autocast_context``.
+  (``.encode``, ``.decode_common``...) with fp32 inputs; the Trainer wraps every step
+  (forward, backward and optimiser step) in ``autocast_context``. DeepSpeed's settings here are
+  right: fp32 master weights and optimiser state, fp32 gradient buffers, a static loss scale of
+  1 (no dynamic scaler for bf16), bf16 only as the all-reduce dtype of conv/linear gradients.
+* bf16 on CPU runs WITHOUT oneDNN (``autocast_context``): oneDNN 3.12 in torch 2.13 computes
+  wrong bf16 Conv3d weight gradients (huge finite values or NaN, every call) for a 3x3x3 padded
+  kernel when the input's first spatial dim is 2 and it has >= 16 channels -- exactly
+  MedFormer's deepest stage on 32^3 patches. ZeRO-1/2 caught them ("OVERFLOW! Skipping step",
+  skipped steps), ZeRO-0/3 applied them silently; plain ``torch.autocast`` diverges to NaN in
+  ~20 steps. PyTorch's native CPU kernels are right, ~5x slower than oneDNN bf16 on the tiny
+  segmenter (CPU default is fp32 anyway). CUDA (cuDNN) is not affected.
 * ``gradient_clipping`` is always written (DeepSpeed 0.19.8 defaults it to 1.0; ours 0 = off).
 * Client optimiser: ``torch.optim.Adam(amsgrad=True)`` (thesis 5.5.1: Adam, lr 1e-4, betas
   (0.5, 0.999), AMSGrad); DeepSpeed's fused Adam has no AMSGrad and needs a JIT compile.
@@ -156,10 +165,33 @@ def _persistent_names(module: nn.Module) -> set[str]:
     return names
 
 
+@contextlib.contextmanager
+def onednn_disabled():
+    """Run the block without oneDNN (mkldnn) kernels; the previous setting is restored.
+
+    Sets ``torch.backends.mkldnn.enabled`` itself: ``torch.backends.mkldnn.flags`` also sets
+    the TF32 flag, which warns on every call on CPU-only builds.
+    """
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+@contextlib.contextmanager
 def autocast_context(engine_or_bf16: Any, device: torch.device):
-    """``torch.autocast`` in bf16 when the engine trains in bf16; a no-op context otherwise."""
+    """``torch.autocast`` in bf16 when the engine trains in bf16; a no-op context otherwise.
+
+    Wrap the backward pass too: on CPU the block also runs without oneDNN, whose bf16 Conv3d
+    weight gradients are wrong for small inputs (see the module docstring).
+    """
     bf16 = engine_or_bf16 if isinstance(engine_or_bf16, bool) else bool(
         getattr(engine_or_bf16, "torch_autocast_enabled", lambda: False)())
     if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        yield
+        return
+    cpu_fix = onednn_disabled() if device.type == "cpu" else contextlib.nullcontext()
+    with cpu_fix, torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        yield

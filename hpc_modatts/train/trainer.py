@@ -6,9 +6,10 @@
    optimised model (models in ``task.frozen`` stay plain modules in eval mode).
 2. Deterministic sampling: ``RankSampler(len, seed, rank, world, num_samples)`` re-drawn per
    epoch; the micro batch per rank is ``train.batch_size // world_size``.
-3. Each step: ``task.train_step`` (in bf16 autocast when the engines train in bf16), loss terms
-   averaged over ranks, NaN/Inf -> ``TrainingDiverged``, metrics.jsonl/TensorBoard every
-   ``log_every`` steps, rich progress bar on rank 0.
+3. Each step: ``task.train_step`` (forward, backward and step inside ``autocast_context`` when
+   the engines train in bf16), loss terms averaged over ranks, NaN/Inf -> ``TrainingDiverged``,
+   steps DeepSpeed skipped on non-finite gradients -> a warning and ``train/skipped_steps``,
+   metrics.jsonl/TensorBoard every ``log_every`` steps, rich progress bar on rank 0.
 4. Validation every ``val_every`` steps (0 = each epoch) and at the end, RNG-neutral (the RNG
    states are restored afterwards, so validation never changes training); then the ``latest``
    checkpoint, and ``best`` + ``best_model.pt`` when the Dice improved.
@@ -22,6 +23,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -42,6 +44,9 @@ from hpc_modatts.train.checkpoint import load_best_model  # noqa: F401  (re-expo
 from hpc_modatts.train.task import (
     loss_value, move_to_device, task_batch_ids, task_collate, task_frozen, task_model_factory,
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,6 +75,7 @@ class Trainer:
         self.frozen_models: dict[str, torch.nn.Module] = {}
         self.step = self.epoch = self.pos = 0
         self.best_dice, self.best_step, self.last_saved = -math.inf, -1, -1
+        self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
         self._writer = None
 
     # ------------------------------------------------------------------ set-up
@@ -195,7 +201,20 @@ class Trainer:
         mean = all_reduce_mean(local)
         if not all(math.isfinite(v) for v in mean.values()):
             self._diverged(local, batch)
+        self._check_skipped_steps()
         return mean
+
+    def _check_skipped_steps(self) -> None:
+        """Warn when DeepSpeed skipped an optimiser step (non-finite gradients, ZeRO 1-2).
+
+        The losses can stay finite while a step is skipped, so this is the only trace of it;
+        the running count goes to metrics.jsonl as ``train/skipped_steps``.
+        """
+        total = sum(int(getattr(e, "skipped_steps", 0)) for e in self.engines.values())
+        if total > self.skipped_steps:
+            log.warning("step %d: DeepSpeed skipped %d optimiser step(s) on non-finite gradients "
+                        "(%d in total)", self.step, total - self.skipped_steps, total)
+        self.skipped_steps = total
 
     def _diverged(self, local: dict[str, float], batch: Any) -> None:
         """Raise the same one-line TrainingDiverged on every rank, naming the bad cases."""
@@ -263,7 +282,8 @@ class Trainer:
             self.pos += 1
             progress.update(bar, completed=self.step, description=f"{self.task.name} ep {self.epoch}")
             if self.step % log_every == 0:
-                self._log({"step": self.step, "epoch": self.epoch, **{f"train/{k}": v for k, v in losses.items()}})
+                self._log({"step": self.step, "epoch": self.epoch, **{f"train/{k}": v for k, v in losses.items()},
+                           **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {})})
             if val_every and self.step % val_every == 0:
                 self._validate_and_save()
             if self.pos >= self.steps_per_epoch or self.step >= self.total_steps:
@@ -279,6 +299,7 @@ class Trainer:
 
         self._setup()
         self._resume()
+        self.skipped_steps = sum(int(getattr(e, "skipped_steps", 0)) for e in self.engines.values())  # restored
         self._open_tensorboard()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not self.env.is_main) as progress:
