@@ -6,6 +6,7 @@ import torch
 
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.models import TransUNetTranslator, build_translator
+from hpc_modatts.models import pretrained as pt
 from hpc_modatts.models import transunet as tu
 
 
@@ -129,7 +130,7 @@ def test_encoder_only_file_keeps_decoder_init(tmp_path):
     torch.save({"state_dict": {f"encoder.{k}": v for k, v in source.encoder.state_dict().items()}}, path)
     target = _tiny(seed=2)
     decoder_before = target.segmentation_decoder.head.weight.clone()
-    report = tu.load_pretrained(target, str(path))
+    report = pt.load_pretrained(target, str(path))
     assert torch.equal(target.encoder.pos_embed, source.encoder.pos_embed)
     assert torch.equal(target.segmentation_decoder.head.weight, decoder_before)
     assert report["not_in_file"] and all("decoder" in k for k in report["not_in_file"])
@@ -183,7 +184,7 @@ def test_original_npz_layout_round_trip(tmp_path):
     heads = tu.SIZES["tiny"].heads
     arrays = {}
     for key, value in source.encoder.state_dict().items():
-        npz_key, kind = tu._npz_key(key)
+        npz_key, kind = pt._npz_key(key)
         arrays[npz_key] = _to_flax(value, kind, heads)
     pos = arrays["Transformer/posembed_input/pos_embedding"]
     arrays["Transformer/posembed_input/pos_embedding"] = np.concatenate([np.zeros_like(pos[:, :1]), pos], 1)
@@ -192,7 +193,7 @@ def test_original_npz_layout_round_trip(tmp_path):
     assert "block1/unit1/conv_proj/kernel" in arrays and "conv_root/kernel" in arrays
     np.savez(tmp_path / "R50+ViT-B_16.npz", **arrays)
     target = _tiny(seed=2).eval()
-    report = tu.load_pretrained(target, str(tmp_path / "R50+ViT-B_16.npz"))
+    report = pt.load_pretrained(target, str(tmp_path / "R50+ViT-B_16.npz"))
     assert report["ignored"] == ["cls", "head/kernel"]
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
@@ -200,7 +201,7 @@ def test_original_npz_layout_round_trip(tmp_path):
     arrays["Transformer/unknown/kernel"] = np.zeros(1, np.float32)
     np.savez(tmp_path / "foreign.npz", **arrays)
     with pytest.raises(DataError, match="unexpected npz keys.*Transformer/unknown/kernel"):
-        tu.load_pretrained(target, str(tmp_path / "foreign.npz"))
+        pt.load_pretrained(target, str(tmp_path / "foreign.npz"))
 
 
 def test_position_embedding_is_resized_from_another_grid(tmp_path):
