@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run the whole MoDATTS pipeline with tiny models on the embedded phantom "
                                    "and print the target-test Dice of four methods side by side.")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--cases", type=int, default=16, help="phantom cases (default: 16)")
+    p.add_argument("--cases", type=int, default=24, help="phantom cases (default: 24)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spacing", type=int, default=4, choices=(2, 4), help="phantom voxel size in mm (default 4)")
     p.add_argument("--config", default="demo_cpu", help="config name in configs/ or a YAML path")

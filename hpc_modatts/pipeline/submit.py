@@ -296,17 +296,22 @@ def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, fol
     finished: set[str] = set()
     running: dict[str, tuple[Node, Any]] = {}
     left = list(pending)
-    while left or running:
-        for node in [n for n in left if all(d in finished for d in n.deps)]:
-            job = make_executor(folder, executor, node_parameters(node, cfg, None, [])).submit(StageJob(node, cfg))
-            rec.add(node, job, folder, executor)
-            running[node.name] = (node, job)
-            left.remove(node)
-        name = _first_done(running, executor, poll_s)
-        node, job = running.pop(name)
-        job.results()  # raises the stage's error (all tasks of a multi-task job)
-        finished.add(name)
-        log.info("finished %s", name)
+    try:
+        while left or running:
+            for node in [n for n in left if all(d in finished for d in n.deps)]:
+                job = make_executor(folder, executor, node_parameters(node, cfg, None, [])).submit(StageJob(node, cfg))
+                rec.add(node, job, folder, executor)
+                running[node.name] = (node, job)
+                left.remove(node)
+            name = _first_done(running, executor, poll_s)
+            node, job = running.pop(name)
+            job.results()  # raises the stage's error (all tasks of a multi-task job)
+            finished.add(name)
+            log.info("finished %s", name)
+    except BaseException:  # a failed stage or Ctrl-C: leave no job running behind us
+        for _, job in running.values():
+            job.cancel(check=False)
+        raise
 
 
 def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float) -> str:
