@@ -3,7 +3,8 @@
 ``hpc-modatts evaluate --pred DIR --ref DIR [--target-supervised DIR|JSON] [--images DIR] -o OUT``
 
 Folders hold one NIfTI per case, ``<case>.nii.gz`` (or ``.nii``); ``<case>_prob.nii.gz``
-probability maps in the prediction folder are ignored. Masks are binarised (> 0, whole
+probability maps and ``<case>_healthy`` / ``_residual`` / ``_pseudo_target`` images (written by
+``predict --extras``) in the prediction folder are not cases. Masks are binarised (> 0, whole
 tumour). Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
 ``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
 distances are in mm (method.md, "Evaluation"; thesis 5.5.2).
@@ -15,6 +16,11 @@ Empty masks (MONAI returns nan/inf with a warning for them), our convention:
 
 Outputs in OUT: ``metrics.csv``, ``metrics.json`` (per case + mean/std, and "% of
 target-supervised" = mean Dice / the target-supervised run's mean Dice), ``panels/<case>.png``.
+
+Pipeline node (``run``): ``images/`` holds each test case's target image, its pseudo-target (the
+case's SOURCE image translated by the experiment's translator, when that run is DONE and the
+store has the source modality for the case, as BraTS-like stores do) and links to the predict
+folder's GenSeg extras (P->A healthy image, residual), so every panel shows what exists.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import io
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -42,6 +50,8 @@ log = logging.getLogger(__name__)
 METRICS = ("dice", "hd95", "assd")
 IMAGE_NAMES = ("pseudo_target", "healthy", "residual")
 """Optional extra images in ``--images``: ``<case>_<name>.nii.gz`` (``<case>.nii.gz`` = target)."""
+NOT_CASES = ("_prob",) + tuple(f"_{n}" for n in IMAGE_NAMES)
+"""Stems ending like this in a prediction/reference folder are per-case extras, not cases."""
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -77,7 +87,7 @@ def summarise(rows: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- inputs
 def nifti_cases(folder: str | os.PathLike, what: str) -> dict[str, Path]:
-    """``{case: path}`` of the ``<case>.nii[.gz]`` files of a folder (not ``*_prob``)."""
+    """``{case: path}`` of the ``<case>.nii[.gz]`` files of a folder (not ``*_prob`` or extras)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{what} folder {folder} does not exist")
@@ -85,7 +95,7 @@ def nifti_cases(folder: str | os.PathLike, what: str) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         name = p.name
         stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else None
-        if stem and not stem.endswith("_prob") and not stem.startswith("."):
+        if stem and not stem.endswith(NOT_CASES) and not stem.startswith("."):
             cases[stem] = p
     if not cases:
         raise DataError(f"{what} folder {folder} holds no <case>.nii.gz files")
@@ -127,9 +137,14 @@ def target_supervised_dice(path: str | os.PathLike) -> float:
 
 # ----------------------------------------------------------------------------- API
 def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.PathLike,
-             target_supervised: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+             target_supervised: str | os.PathLike | None = None,
+             images: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              panels: bool = True, console: Console | None = None) -> Path:
-    """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``."""
+    """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``.
+
+    ``images``: folder(s) searched in order for ``<case>.nii.gz`` (target) and ``<case>_<name>``
+    (``IMAGE_NAMES``); the first folder holding a file wins.
+    """
     pred_cases, ref_cases = nifti_cases(pred, "prediction"), nifti_cases(ref, "reference")
     cases = check_pairs(pred_cases, ref_cases)
     ts_dice = target_supervised_dice(target_supervised) if target_supervised else None
@@ -144,7 +159,7 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
         if panels:
             from hpc_modatts.infer.panels import save_panel
 
-            extra = _case_images(images, case, p.shape) if images else {}
+            extra = _case_images(_folders(images), case, p.shape)
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
     result = {"pred": str(pred), "ref": str(ref), "cases": rows, "summary": summary}
@@ -156,11 +171,18 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
     return out
 
 
-def _case_images(folder: str | os.PathLike, case: str, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+def _folders(images) -> list[Path]:
+    if not images:
+        return []
+    return [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(f) for f in images]
+
+
+def _case_images(folders: list[Path], case: str, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``{name: (X, Y, Z) float32}`` of the images of ``case`` found in ``folders`` (first hit wins)."""
     found = {}
     for name, fname in [("target", f"{case}")] + [(n, f"{case}_{n}") for n in IMAGE_NAMES]:
-        for ext in (".nii.gz", ".nii"):
-            p = Path(folder) / f"{fname}{ext}"
+        hits = [f / f"{fname}{ext}" for f in folders for ext in (".nii.gz", ".nii")]
+        for p in hits:
             if p.is_file():
                 vol = np.asanyarray(nib.load(p).dataobj).astype(np.float32)
                 if vol.shape[:3] == shape:
@@ -213,12 +235,69 @@ def run(cfg) -> Path:
         _save(to_original_geometry(mask, attrs, order=0), out / "reference" / f"{case}.nii.gz")
         _save(to_original_geometry(store.read_image(case, cfg.data.target), attrs, order=1, fill=-1.0),
               out / "images" / f"{case}.nii.gz")
+    pred = stage_dir(cfg.run_dir, "predict", v)
+    write_pseudo_targets(cfg, store, split.source, split.test, out / "images")
+    link_extras(pred, split.test, out / "images")
     ts = stage_dir(cfg.run_dir, "evaluate", "target-supervised") / "metrics.json"
     use_ts = v != "target-supervised" and ts.is_file()
-    evaluate(stage_dir(cfg.run_dir, "predict", v), out / "reference", out,
-             target_supervised=ts if use_ts else None, images=out / "images")
+    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images")
     mark_done(out)
     return out
+
+
+def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: Path) -> list[str]:
+    """Translate each case's ``source`` image with the experiment's translator (its LAST state, as
+    synthesis does: thesis 5.5.1) into ``folder/<case>_pseudo_target.nii.gz``, original geometry.
+
+    Skipped (logged) when the translator run is not DONE or no case holds ``source``; returns the
+    cases written.
+    """
+    from hpc_modatts.data.preprocess import to_original_geometry
+    from hpc_modatts.runs import is_done
+    from hpc_modatts.train.synthesize import load_last_model, paths, translate_volume
+
+    translator_run, _ = paths(cfg)
+    if not is_done(translator_run):
+        log.info("evaluate: no finished translator run at %s; panels without pseudo-targets", translator_run)
+        return []
+    todo = [c for c in cases if source in store.modalities(c)]
+    if not todo:
+        log.info("evaluate: no test case holds the source modality %r; panels without pseudo-targets", source)
+        return []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _, step = load_last_model(translator_run, "gen")
+    model.to(device)
+    with torch.no_grad():
+        for case in todo:
+            pseudo = translate_volume(model, store.read_image(case, source), store.read_brain(case),
+                                      tuple(cfg.data.slice_size), device)  # (X, Y, Z), -1 outside the brain
+            _save(to_original_geometry(pseudo, store.attrs(case), order=1, fill=-1.0),
+                  folder / f"{case}_pseudo_target.nii.gz")
+    log.info("evaluate: %d pseudo-target(s) from %s (step %d)", len(todo), translator_run, step)
+    return todo
+
+
+def link_extras(pred: Path, cases: Sequence[str], folder: Path) -> int:
+    """Hard-link (copy across file systems) the predict folder's ``<case>_healthy/_residual`` into
+    ``folder``; returns how many files were placed."""
+    from hpc_modatts.infer.predict import EXTRAS
+
+    n = 0
+    for case in cases:
+        for name in EXTRAS:
+            src, dst = pred / f"{case}_{name}.nii.gz", folder / f"{case}_{name}.nii.gz"
+            if not src.is_file():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".tmp{os.getpid()}-{dst.name}")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            n += 1
+    return n
 
 
 def _save(img: nib.Nifti1Image, path: Path) -> None:

@@ -2,7 +2,8 @@
 
 One row of axial slices (the slice with the largest reference area, else prediction, else the
 middle): target image, pseudo-target, P->A healthy image, residual (each only when given),
-then the target (or a blank) with the reference contour (green) and the prediction (red).
+then the target (or a blank) with the reference contour (green) and the prediction (red). The
+residual uses a diverging colormap centred at 0 (symmetric limits) with a colour bar.
 Arrays are (X, Y, Z) in RAS; a slice ``vol[:, :, z]`` is drawn transposed, origin lower.
 """
 
@@ -37,8 +38,13 @@ def save_panel(path: str | os.PathLike, case: str, images: dict[str, np.ndarray]
     names = [n for n in TITLES if n in images]
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3 * (len(names) + 1), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
-        cmap = "RdBu_r" if name == "residual" else "gray"
-        ax.imshow(images[name][:, :, z].T, origin="lower", cmap=cmap)
+        sl = images[name][:, :, z].T
+        if name == "residual":  # diverging colormap centred at 0: red adds signal, blue removes it
+            lim = max(float(np.abs(sl).max()), 1e-6)
+            im = ax.imshow(sl, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        else:
+            ax.imshow(sl, origin="lower", cmap="gray")
         ax.set_title(TITLES[name], fontsize=9)
     ax = axes[0][-1]
     base = images.get("target", np.zeros(ref.shape, np.float32))

@@ -11,6 +11,12 @@
   blended into one seamless volume (no left/right split and re-assembly needed).
 * Masks = probability >= 0.5 (method.md), written as uint8 NIfTI in each input's ORIGINAL grid
   (``to_original_geometry``); ``--probabilities`` adds float32 ``<case>_prob.nii.gz``.
+* ``--extras`` (GenSeg runs, on in the pipeline): per case also the P->A healthy image
+  X_PA = G_com(c) (``<case>_healthy.nii.gz``) and the tumour residual G_res(c, u)
+  (``<case>_residual.nii.gz``), the ensemble mean of the same sliding windows as the masks
+  (thesis 5.4.2: x = G_com(c) + G_res(c, u)); float32 in the original geometry, outside the
+  stored crop -1 for the image and 0 for the residual. Plain models have no such decoders:
+  the extras are skipped (logged once).
 * A NIfTI folder is first converted into a temporary store with the preprocessing recorded in
   the training store (layout, spacing, crop), so the model sees what it was trained on.
 """
@@ -66,18 +72,55 @@ def load_models(runs: list[Path], device: torch.device) -> tuple[list[torch.nn.M
     return models, cfgs[0]
 
 
+EXTRAS = ("healthy", "residual")
+"""Extra GenSeg outputs written by ``predict(..., extras=True)``: ``<case>_<name>.nii.gz``."""
+EXTRA_FILL = {"healthy": -1.0, "residual": 0.0}  # outside the stored crop: image background / no residual
+
+
+def is_genseg(model: torch.nn.Module) -> bool:
+    """True for GenSeg-wired models (``hpc_modatts.models.genseg``): encode + common/residual decoders."""
+    return all(callable(getattr(model, a, None)) for a in ("encode", "decode_common", "decode_residual",
+                                                            "decode_segmentation"))
+
+
+def genseg_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x (B, 1, X, Y, Z) -> (B, 3, X, Y, Z): sigmoid probability, healthy G_com(c), residual G_res(c, u).
+
+    One encoding feeds the three decoders (thesis 5.4.2), so a window costs one encoder pass.
+    """
+    c, u, skips = model.encode(x)
+    prob = torch.sigmoid(model.decode_segmentation(c, u, skips))  # (B, 1, X, Y, Z)
+    healthy = model.decode_common(c, skips)                         # (B, 1, X, Y, Z) in [-1, 1]
+    residual = model.decode_residual(c, u, skips)                   # (B, 1, X, Y, Z) in [-1, 1]
+    return torch.cat([prob, healthy, residual], dim=1)
+
+
 @torch.no_grad()
+def ensemble_windows(models: list[torch.nn.Module], image: np.ndarray, roi: Sequence[int], predictor,
+                     overlap: float = OVERLAP) -> np.ndarray:
+    """Mean over ``models`` of MONAI sliding-window ``predictor(model, window)``: (X, Y, Z) -> (C, X, Y, Z)."""
+    device = next(models[0].parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device)  # (1, 1, X, Y, Z)
+    total = None
+    for model in models:
+        out = sliding_window_inference(x, roi_size=tuple(roi), sw_batch_size=1,
+                                       predictor=lambda t, m=model: predictor(m, t),
+                                       overlap=overlap, mode="gaussian", padding_mode="constant", cval=-1.0)
+        total = out if total is None else total + out  # (1, C, X, Y, Z)
+    return (total / len(models))[0].float().cpu().numpy()
+
+
 def predict_volume(models: list[torch.nn.Module], image: np.ndarray, roi: Sequence[int],
                    overlap: float = OVERLAP) -> np.ndarray:
     """Mean sigmoid probability of the ensemble over a whole (X, Y, Z) volume -> (X, Y, Z) float32."""
-    device = next(models[0].parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device)  # (1, 1, X, Y, Z)
-    total = torch.zeros_like(x)
-    for model in models:
-        total += sliding_window_inference(x, roi_size=tuple(roi), sw_batch_size=1,
-                                          predictor=lambda t, m=model: torch.sigmoid(m(t)),
-                                          overlap=overlap, mode="gaussian", padding_mode="constant", cval=-1.0)
-    return (total / len(models))[0, 0].float().cpu().numpy()
+    return ensemble_windows(models, image, roi, lambda m, t: torch.sigmoid(m(t)), overlap)[0]
+
+
+def predict_volume_extras(models: list[torch.nn.Module], image: np.ndarray, roi: Sequence[int],
+                          overlap: float = OVERLAP) -> dict[str, np.ndarray]:
+    """GenSeg ensemble over a whole volume: {"prob", "healthy", "residual"}, each (X, Y, Z) float32."""
+    out = ensemble_windows(models, image, roi, genseg_outputs, overlap)  # (3, X, Y, Z)
+    return {"prob": out[0], "healthy": out[1], "residual": out[2]}
 
 
 def _is_store(path: Path) -> bool:
@@ -118,15 +161,29 @@ def _save_nifti(img: nib.Nifti1Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _save_float(volume: np.ndarray, attrs: dict, path: Path, fill: float = 0.0) -> None:
+    """A float (X, Y, Z) stored-grid volume as float32 NIfTI in the original geometry (linear interpolation)."""
+    from hpc_modatts.data.preprocess import to_original_geometry
+
+    img = to_original_geometry(volume.astype(np.float32), attrs, order=1, fill=fill)
+    _save_nifti(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), path)
+
+
 def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: str | os.PathLike,
             probabilities: bool = False, layout: str | None = None, modality: str | None = None,
-            cases: Sequence[str] | None = None) -> Path:
-    """Predict every case (or ``cases``) of ``input`` with the ensemble of ``runs``; returns ``out``."""
+            cases: Sequence[str] | None = None, extras: bool = False) -> Path:
+    """Predict every case (or ``cases``) of ``input`` with the ensemble of ``runs``; returns ``out``.
+
+    ``extras``: also write ``<case>_healthy`` / ``<case>_residual`` (GenSeg runs only; see module doc).
+    """
     from hpc_modatts.data.preprocess import to_original_geometry
 
     run_dirs = check_runs(runs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, cfg = load_models(run_dirs, device)
+    if extras and not all(is_genseg(m) for m in models):
+        log.info("predict: --extras skipped, the runs are not GenSeg models (no healthy/residual decoders)")
+        extras = False
     modality = modality or cfg.data.target
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,12 +198,18 @@ def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: st
                 raise DataError(f"case {case}: no {modality} image in {store.path} (has {store.modalities(case)})")
         for case in todo:
             attrs = store.attrs(case)
-            prob = predict_volume(models, store.read_image(case, modality), cfg.data.patch_size)
+            image = store.read_image(case, modality)
+            if extras:
+                outputs = predict_volume_extras(models, image, cfg.data.patch_size)
+                prob = outputs["prob"]
+                for name in EXTRAS:
+                    _save_float(outputs[name], attrs, out / f"{case}_{name}.nii.gz", fill=EXTRA_FILL[name])
+            else:
+                prob = predict_volume(models, image, cfg.data.patch_size)
             mask = (prob >= THRESHOLD).astype(np.uint8)
             _save_nifti(to_original_geometry(mask, attrs, order=0), out / f"{case}.nii.gz")
             if probabilities:
-                img = to_original_geometry(prob.astype(np.float32), attrs, order=1)
-                _save_nifti(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), out / f"{case}_prob.nii.gz")
+                _save_float(prob, attrs, out / f"{case}_prob.nii.gz")
             log.info("predicted %s (%d tumour voxels)", case, int(mask.sum()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -154,7 +217,7 @@ def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: st
 
 
 def run(cfg) -> Path:
-    """Pipeline node: ensemble of the variant's fold models on the split's test cases."""
+    """Pipeline node: ensemble of the variant's fold models on the split's test cases (+ GenSeg extras)."""
     from hpc_modatts.data.splits import Split
     from hpc_modatts.pipeline.dag import final_model_dirs
     from hpc_modatts.runs import stage_dir
@@ -162,6 +225,6 @@ def run(cfg) -> Path:
     out = stage_dir(cfg.run_dir, "predict", cfg.train.variant)
     split = Split.load(cfg.data.split)
     predict(final_model_dirs(cfg, cfg.train.variant), cfg.data.store, out, modality=cfg.data.target,
-            cases=split.test)
+            cases=split.test, extras=True)
     mark_done(out)
     return out

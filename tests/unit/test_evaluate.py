@@ -91,3 +91,127 @@ def test_case_set_and_geometry_mismatch_fail_before_any_work(tmp_path):
     with pytest.raises(DataError, match=r"case b: prediction shape \(20, 16, 16\)"):
         evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def png_width(path) -> int:
+    """Pixel width from the PNG IHDR chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big")
+
+
+def test_panel_shows_every_extra_image_and_extras_in_the_prediction_folder_are_not_cases(tmp_path):
+    """Target + pseudo-target + healthy + residual + contours = 5 columns; the predict folder's
+    ``<case>_healthy/_residual`` files are read as images, never as cases."""
+    rng = np.random.default_rng(0)
+    shape = (24, 16, 16)
+    save(tmp_path / "ref" / "a.nii.gz", cube())
+    save(tmp_path / "pred" / "a.nii.gz", cube(start=(5, 3, 3)))
+    save(tmp_path / "pred" / "a_healthy.nii.gz", rng.uniform(-1, 1, shape).astype(np.float32))
+    save(tmp_path / "pred" / "a_residual.nii.gz", rng.normal(0, 0.2, shape).astype(np.float32))
+    save(tmp_path / "img" / "a.nii.gz", rng.uniform(-1, 1, shape).astype(np.float32))
+    save(tmp_path / "img" / "a_pseudo_target.nii.gz", rng.uniform(-1, 1, shape).astype(np.float32))
+    evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "contours")  # no images: contours only
+    full = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "full", images=[tmp_path / "img", tmp_path / "pred"])
+    res = json.loads((full / "metrics.json").read_text())
+    assert [c["case"] for c in res["cases"]] == ["a"]
+    narrow = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "narrow", images=tmp_path / "img")
+    w_one = png_width(tmp_path / "contours" / "panels" / "a.png")
+    w_three, w_five = png_width(narrow / "panels" / "a.png"), png_width(full / "panels" / "a.png")
+    print("panel widths (1, 3, 5 columns):", w_one, w_three, w_five)
+    assert 2.5 * w_one < w_three < w_five  # contours < target+pseudo+contours < all 5 columns
+    assert w_five > 4.5 * w_one
+
+
+def test_panel_columns_follow_the_images_given(tmp_path):
+    from hpc_modatts.infer.panels import save_panel
+
+    shape = (24, 16, 16)
+    imgs = {n: np.random.default_rng(1).normal(size=shape).astype(np.float32)
+            for n in ("target", "pseudo_target", "healthy", "residual")}
+    m = cube()
+    widths = [png_width(save_panel(tmp_path / f"{k}.png", "a", dict(list(imgs.items())[:k]), m, m))
+              for k in range(5)]
+    assert widths == sorted(widths) and len(set(widths)) == 5
+
+
+# ----------------------------------------------------------------------------- pipeline node
+def _translator_run(run_dir, cfg):
+    """A finished translator run with a ZeRO-0 'latest' checkpoint, laid out as the trainer writes it."""
+    import torch
+
+    from hpc_modatts.config import save_config
+    from hpc_modatts.runs import mark_done
+    from hpc_modatts.train.translate import build_cycle_translators
+
+    torch.manual_seed(0)
+    model = build_cycle_translators("tiny")
+    tag = "step_00000003"
+    folder = run_dir / "checkpoints" / tag
+    (folder / "gen").mkdir(parents=True)
+    torch.save({"module": model.state_dict()}, folder / "gen" / "mp_rank_00_model_states.pt")
+    (folder / "trainer.json").write_text("{}")
+    save_config(cfg, folder / "config.yaml")
+    (run_dir / "checkpoints" / "latest").write_text(tag)
+    mark_done(run_dir)
+    return model.eval()
+
+
+def test_pipeline_node_draws_pseudo_target_and_genseg_extras(tmp_path):
+    """evaluate.run translates the test case's source image with the translator's last state and
+    links the predict folder's healthy/residual next to the target image: a 5-column panel."""
+    import torch
+
+    from hpc_modatts.config import config_from_dict
+    from hpc_modatts.data.splits import Split
+    from hpc_modatts.data.store import Store
+    from hpc_modatts.infer.evaluate import run
+    from hpc_modatts.infer.panels import save_panel
+    from hpc_modatts.runs import stage_dir
+    from hpc_modatts.train.synthesize import translate_volume
+
+    shape = (24, 20, 16)
+    rng = np.random.default_rng(0)
+    cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path / "runs"),
+                            "data": {"store": str(tmp_path / "s.zarr"), "split": str(tmp_path / "split.json"),
+                                     "source": "t1", "target": "t2", "slice_size": [32, 32]},
+                            "model": {"translator_size": "tiny"}, "train": {"variant": "semi-supervised"}})
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # original file LAS: stored RAS array is flipped along X
+    ras = np.diag([2.0, 2.0, 2.0, 1.0])
+    ras[0, 3] = -2.0 * (shape[0] - 1)
+    brain = np.ones(shape, np.uint8)
+    t1, t2 = (rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2))
+    Store.create(tmp_path / "s.zarr").write_case("c1", {"t1": t1, "t2": t2}, mask=cube(shape, (6, 5, 4), 8),
+                                                  brain=brain, attrs={
+        "affine": ras.tolist(), "spacing": [2.0] * 3, "shape": list(shape), "original_shape": list(shape),
+        "original_affine": affine.tolist(), "original_orientation": ["L", "A", "S"], "crop_box": None,
+        "resampled_shape": None})
+    Split("t1", "t2", [], [], [], [], [], ["c1"]).save(tmp_path / "split.json")
+    translator = _translator_run(stage_dir(cfg.run_dir, "translate"), cfg)
+    pred = stage_dir(cfg.run_dir, "predict", "semi-supervised")
+    nib.save(nib.Nifti1Image(cube(shape, (7, 5, 4), 8)[::-1], affine), _mkdir(pred) / "c1.nii.gz")
+    for name in ("healthy", "residual"):
+        nib.save(nib.Nifti1Image(rng.uniform(-1, 1, shape).astype(np.float32), affine), pred / f"c1_{name}.nii.gz")
+
+    out = run(cfg)
+    pseudo = nib.load(out / "images" / "c1_pseudo_target.nii.gz")
+    assert pseudo.shape == shape and np.allclose(pseudo.affine, affine)
+    with torch.no_grad():
+        expected = translate_volume(translator, t1, brain, (32, 32), torch.device("cpu"))[::-1]  # RAS -> LAS
+    np.testing.assert_allclose(pseudo.get_fdata(), expected, atol=1e-5)
+    for name in ("healthy", "residual"):
+        assert (out / "images" / f"c1_{name}.nii.gz").read_bytes() == (pred / f"c1_{name}.nii.gz").read_bytes()
+    assert [c["case"] for c in json.loads((out / "metrics.json").read_text())["cases"]] == ["c1"]
+    five = {n: t2 for n in ("target", "pseudo_target", "healthy", "residual")}
+    w_ref = png_width(save_panel(tmp_path / "ref5.png", "c1", five, t2 > 0, t2 > 0))
+    assert abs(png_width(out / "panels" / "c1.png") - w_ref) < 0.05 * w_ref
+
+    (stage_dir(cfg.run_dir, "translate") / "DONE").unlink()  # no finished translator: no pseudo-target, no error
+    (out / "images" / "c1_pseudo_target.nii.gz").unlink()
+    run(cfg)
+    assert not (out / "images" / "c1_pseudo_target.nii.gz").exists() and (out / "panels" / "c1.png").is_file()
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

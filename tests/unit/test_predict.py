@@ -45,13 +45,15 @@ def ramp() -> np.ndarray:
 
 
 def make_store(path, image: np.ndarray) -> Store:
+    shape = image.shape
     # original file in LPS orientation: the stored (RAS) array is flipped along X and Y
-    orig_affine = np.array([[-2.0, 0, 0, 38], [0, -2.0, 0, 30], [0, 0, 2.0, -11], [0, 0, 0, 1]])
+    orig_affine = np.array([[-2.0, 0, 0, 2 * shape[0] - 2], [0, -2.0, 0, 2 * shape[1] - 2], [0, 0, 2.0, -11],
+                            [0, 0, 0, 1]])
     ras_affine = np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, -11], [0, 0, 0, 1]])
     st = Store.create(path)
-    st.write_case("c1", {"t2": image}, brain=np.ones(SHAPE, np.uint8), attrs={
-        "affine": ras_affine.tolist(), "spacing": [2.0, 2.0, 2.0], "shape": list(SHAPE),
-        "original_shape": list(SHAPE), "original_affine": orig_affine.tolist(),
+    st.write_case("c1", {"t2": image}, brain=np.ones(shape, np.uint8), attrs={
+        "affine": ras_affine.tolist(), "spacing": [2.0, 2.0, 2.0], "shape": list(shape),
+        "original_shape": list(shape), "original_affine": orig_affine.tolist(),
         "original_orientation": ["L", "P", "S"], "crop_box": None, "resampled_shape": None})
     return st
 
@@ -110,3 +112,71 @@ def test_nifti_folder_is_converted_and_masks_match_the_source_grid(tmp_path):
     mask = np.asarray(mask_img.dataobj)
     assert mask.any() and not mask[~brain].any()  # background is -1 after normalisation: never tumour
     assert sorted(p.name for p in out.iterdir()) == ["case1.nii.gz"]  # the temporary store is gone
+
+
+# ----------------------------------------------------------------------------- GenSeg extras
+GENSEG_ROI = (32, 16, 16)   # MedFormer: every axis >= 16, one > 16
+GENSEG_SHAPE = (40, 20, 16)  # several windows along X and Y
+GENSEG_FACTORY = ("hpc_modatts.models:build_segmenter", {"size": "tiny", "genseg": True})
+
+
+def make_genseg_run(path, seed: int = 0):
+    """A finished run holding a tiny (untrained, seeded) GenSeg MedFormer, saved like the trainer does."""
+    from hpc_modatts.train.common import build_from
+
+    torch.manual_seed(seed)
+    model = build_from(GENSEG_FACTORY)
+    cfg = config_from_dict({"data": {"patch_size": list(GENSEG_ROI), "target": "t2", "store": "/nonexistent"}})
+    path.mkdir(parents=True)
+    torch.save({"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg),
+                "factories": {"gen": GENSEG_FACTORY}}, path / "best_model.pt")
+    mark_done(path)
+    return path
+
+
+def test_genseg_window_outputs_are_probability_healthy_and_residual():
+    from hpc_modatts.infer.predict import predict_volume_extras
+    from hpc_modatts.train.common import build_from
+
+    torch.manual_seed(0)
+    model = build_from(GENSEG_FACTORY).eval()
+    image = np.random.default_rng(0).uniform(-1, 1, GENSEG_ROI).astype(np.float32)
+    out = predict_volume_extras([model], image, GENSEG_ROI)  # one window = the whole volume
+    with torch.no_grad():
+        c, u, skips = model.encode(torch.from_numpy(image)[None, None])
+        direct = {"prob": torch.sigmoid(model.decode_segmentation(c, u, skips)),
+                  "healthy": model.decode_common(c, skips), "residual": model.decode_residual(c, u, skips)}
+    for name, ref in direct.items():
+        np.testing.assert_allclose(out[name], ref[0, 0].numpy(), atol=1e-5, err_msg=name)
+    assert not np.allclose(out["healthy"], out["residual"])
+
+
+def test_predict_extras_write_healthy_and_residual_in_the_original_geometry(tmp_path):
+    from hpc_modatts.infer.predict import load_models, predict_volume_extras
+
+    image = np.random.default_rng(1).uniform(-1, 1, GENSEG_SHAPE).astype(np.float32)
+    runs = [make_genseg_run(tmp_path / "fold_0", 0), make_genseg_run(tmp_path / "fold_1", 1)]
+    store = make_store(tmp_path / "in.zarr", image)
+    out = predict(runs, store.path, tmp_path / "out", probabilities=True, extras=True)
+    assert sorted(p.name for p in out.iterdir()) == ["c1.nii.gz", "c1_healthy.nii.gz", "c1_prob.nii.gz",
+                                                     "c1_residual.nii.gz"]
+    models, _ = load_models(runs, torch.device("cpu"))
+    expected = predict_volume_extras(models, image, GENSEG_ROI)  # ensemble mean, stored (RAS) grid
+    orig_affine = np.asarray(store.attrs("c1")["original_affine"])
+    for name in ("healthy", "residual", "prob"):
+        img = nib.load(out / f"c1_{name}.nii.gz")
+        assert img.shape == GENSEG_SHAPE and np.allclose(img.affine, orig_affine)
+        assert img.get_data_dtype() == np.float32
+        np.testing.assert_allclose(img.get_fdata(), expected[name][::-1, ::-1, :], atol=1e-5, err_msg=name)
+    single = predict_volume_extras(models[:1], image, GENSEG_ROI)["healthy"]
+    assert not np.allclose(single, expected["healthy"], atol=1e-4)  # really the mean of both folds
+    mask = np.asarray(nib.load(out / "c1.nii.gz").dataobj)
+    np.testing.assert_array_equal(mask, (expected["prob"][::-1, ::-1, :] >= 0.5).astype(np.uint8))
+
+
+def test_plain_model_extras_are_skipped_without_error(tmp_path, caplog):
+    store = make_store(tmp_path / "in.zarr", ramp())
+    with caplog.at_level("INFO", logger="hpc_modatts.infer.predict"):
+        out = predict([make_run(tmp_path / "fold_0", 4.0, 0.0)], store.path, tmp_path / "out", extras=True)
+    assert sorted(p.name for p in out.iterdir()) == ["c1.nii.gz"]
+    assert sum("not GenSeg" in r.message for r in caplog.records) == 1
