@@ -222,7 +222,7 @@ def _variant_nodes(cfg: ExperimentConfig, v: str, translator_run: str, data_deps
     nodes.append(Node(f"predict/{v}", STAGE_FN["predict"], dict(base), stage_dir(root, "predict", v),
                       tuple(finals), _single_task(cfg, gpu=True)))
     nodes.append(Node(f"evaluate/{v}", STAGE_FN["evaluate"], dict(base), stage_dir(root, "evaluate", v),
-                      (f"predict/{v}", *evaluate_after), _single_task(cfg)))
+                      (f"predict/{v}", *evaluate_after), _single_task(cfg, gpu=True)))  # translates pseudo-targets
     return nodes
 
 

@@ -77,8 +77,10 @@ def test_convert_node_when_store_missing_and_training_resources(tmp_path):
     seg = dag["segment/source-supervised/fold_0"]
     assert seg.deps == ("convert",)
     assert (seg.resources.tasks_per_node, seg.resources.gpus_per_node) == (4, 4)
-    assert dag["evaluate/source-supervised"].resources.tasks_per_node == 1
-    assert dag["evaluate/source-supervised"].resources.gpus_per_node == 0
+    # predict and evaluate (which translates the test cases' pseudo-targets) take one task, one GPU
+    for name in ("predict/source-supervised", "evaluate/source-supervised"):
+        assert (dag[name].resources.tasks_per_node, dag[name].resources.gpus_per_node) == (1, 1)
+    assert dag["convert"].resources.gpus_per_node == 0
 
 
 def test_done_nodes_are_skipped_and_dependents_released(tmp_path):
