@@ -53,9 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pop_local_rank(argv: list[str]) -> tuple[list[str], int | None]:
+    """Remove ``--local_rank=N`` / ``--local-rank N`` wherever it is: the deepspeed launcher
+    appends it after the subcommand's own arguments, where argparse would reject it."""
+    out, rank, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, val = a.partition("=")
+        if name in ("--local_rank", "--local-rank"):
+            if not eq:
+                i += 1
+                val = argv[i] if i < len(argv) else ""
+            try:
+                rank = int(val)
+            except ValueError:
+                raise SystemExit(f"hpc-modatts: error: {name} needs an integer, got {val!r}") from None
+        else:
+            out.append(a)
+        i += 1
+    return out, rank
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, local_rank = _pop_local_rank(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
+    if local_rank is not None:
+        args.local_rank = local_rank
     # `key.sub=value` overrides may come after options (`pipeline CFG --executor slurm k=v`):
     # argparse leaves those late positionals unparsed, so hand them to the command here.
     if extra:

@@ -40,3 +40,20 @@ def test_config_error_is_one_line_exit_2(capsys, tmp_path):
     rc = main(["train", "segment", "demo_cpu", "train.epoks=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "train.epoks" in err[0]
+
+
+def test_deepspeed_launcher_local_rank_anywhere(monkeypatch):
+    """`deepspeed` appends --local_rank=N after the subcommand's own arguments."""
+    seen = {}
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sub.choices["pipeline"].set_defaults(func=lambda args: seen.update(o=args.overrides) or 0)
+    monkeypatch.setattr("hpc_modatts.cli.build_parser", lambda: parser)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert main(["pipeline", "demo_cpu", "train.max_steps=2", "--local_rank=1"]) == 0
+    assert seen["o"] == ["train.max_steps=2"]
+    import os
+
+    assert os.environ.pop("LOCAL_RANK") == "1"
+    assert main(["pipeline", "demo_cpu", "--local-rank", "0"]) == 0
+    assert os.environ.pop("LOCAL_RANK") == "0"
