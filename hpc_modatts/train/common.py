@@ -251,6 +251,31 @@ def val_case_list(cases: Sequence[str], cap: int) -> list[str]:
     return list(cases[:cap] if cap else cases)
 
 
+# ----------------------------------------------------------------------------- losses
+def pooled_dice_loss(logits: torch.Tensor, target: torch.Tensor, has_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice of the annotated samples of a batch pooled into ONE region (nnU-Net's "batch Dice").
+
+    logits, target: (B, C, *spatial); has_mask: (B,) bool or None (all annotated). Per-sample
+    soft Dice (``losses.dice_loss``) is ~1 with a vanishing gradient on a tumour-free sample
+    (MONAI's 1e-5 smoothing: d/dp of 1 - e/(sum p + e) is e/(sum p + e)^2), so the healthy
+    hemispheres (half of every stage-2 batch) taught nothing and false positives there were
+    never penalised: the 3D segmenters over-segmented whole volumes. Pooled, every false
+    positive in the batch lowers the one Dice. Stage 2 only: on stage-1 slice batches (~4 in 5
+    tumour-free, some batches with no tumour at all) a demo trial's slice decoders collapsed to
+    empty masks with it. A graph-keeping 0 when no sample is annotated (same backward on every rank).
+    """
+    from hpc_modatts.losses import dice_loss
+
+    if has_mask is not None:
+        sel = torch.as_tensor(has_mask, device=logits.device).reshape(-1).bool()
+        if not sel.any():
+            return logits.sum() * 0.0
+        logits, target = logits[sel], target[sel]
+    c = logits.shape[1]
+    pooled = logits.movedim(1, 0).reshape(1, c, -1)                     # (1, C, B * prod(spatial))
+    return dice_loss(pooled, target.to(logits.dtype).movedim(1, 0).reshape(1, c, -1))
+
+
 # ----------------------------------------------------------------------------- panels
 def write_panel(path: str | os.PathLike, columns: dict[str, np.ndarray], title: str = "") -> Path:
     """One row of 2D images (title -> (H, W) array) as a PNG, written atomically."""

@@ -187,8 +187,7 @@ class SegmentTask(TaskDefaults):
 
     # ------------------------------------------------------------------ step
     def train_step(self, batch: dict, engines: dict, step: int) -> dict[str, Any]:
-        from hpc_modatts.losses import dice_loss
-
+        dice_loss = common.pooled_dice_loss  # healthy hemispheres count (see its docstring)
         gen = engines["gen"]
         if "sup" in batch:
             loss = dice_loss(gen(batch["sup"]["image"]).float(), batch["sup"]["mask"], batch["sup"]["has_mask"])
@@ -217,7 +216,7 @@ class SegmentTask(TaskDefaults):
 
     def _real_dice_terms(self, real: dict, logits: torch.Tensor, terms: dict) -> None:
         """Dice on real target volumes: true masks (seg_t) and pseudo-labels (st) apart."""
-        from hpc_modatts.losses import dice_loss
+        dice_loss = common.pooled_dice_loss
 
         has = real["has_mask"].bool().reshape(-1)
         true = torch.tensor([c in self.target_labeled for c in real["case"]], device=has.device)

@@ -69,13 +69,20 @@ def load_last_model(run_dir: str | Path, name: str = "gen") -> tuple[nn.Module, 
 
 # ----------------------------------------------------------------------------- one case
 def translate_volume(model: nn.Module, image: np.ndarray, brain: np.ndarray, size: tuple[int, int],
-                     device: torch.device, batch: int = 16) -> np.ndarray:
-    """(X, Y, Z) source volume -> (X, Y, Z) pseudo-target volume, -1 outside the brain."""
+                     device: torch.device, batch: int = 16, where: str = "pseudo-target") -> np.ndarray:
+    """(X, Y, Z) source volume -> (X, Y, Z) pseudo-target volume, -1 outside the brain.
+
+    The restacked tanh outputs are normalised like every real volume of a store
+    (``data.preprocess.normalise``: (v - mean) / (5 std) over the brain, clipped to [-1, 1]):
+    stage 2 is validated and tested on real target volumes in that convention, and raw
+    translations are not in it (demo translator: brain mean 0.04, std 0.30 vs 0.00, 0.20).
+    """
+    from hpc_modatts.data.preprocess import normalise
+
     slices = common.fit_slices(image, size, fill=-1.0)                        # (Z, H, W)
     translated = common.map_slices(model.to_target, slices, device, batch)    # (Z, H, W)
     volume = common.unfit_slices(translated, image.shape, fill=-1.0)          # (X, Y, Z)
-    volume = np.clip(volume, -1.0, 1.0)
-    volume[brain == 0] = -1.0
+    volume, _ = normalise(volume, brain > 0, where)                           # -1 outside the brain
     return volume.astype(np.float32)
 
 
@@ -84,7 +91,7 @@ def synthesize_case(model: nn.Module, src: Any, out: Any, case: str, source: str
     """Translate one source case and write it (atomically) into the synthetic store."""
     image = src.read_image(case, source)
     brain = src.read_brain(case)
-    pseudo = translate_volume(model, image, brain, size, device)
+    pseudo = translate_volume(model, image, brain, size, device, where=f"{out.path}: case {case!r}")
     mask = src.read_mask(case) if annotated else None
     if annotated and mask is None:
         raise DataError(f"{src.path}: case {case!r} is in split.source_labeled but has no mask")

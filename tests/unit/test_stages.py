@@ -87,6 +87,8 @@ def test_synthesis_keeps_geometry_weak_labels_and_only_annotated_masks(chain):
         img, brain = synth.read_image(case, "t2"), src.read_brain(case)
         assert img.shape == src.read_image(case, "t1").shape
         assert np.all(img[brain == 0] == -1.0) and img.min() >= -1.0 and img.max() <= 1.0
+        # normalised like the real volumes: (v - mean) / (5 std) over the brain, clipped
+        assert abs(img[brain > 0].mean()) < 0.03 and 0.15 < img[brain > 0].std() <= 0.201
         assert not np.allclose(img[brain > 0], src.read_image(case, "t1")[brain > 0])
         a, sa = synth.attrs(case), src.attrs(case)
         for key in ("affine", "spacing", "hemisphere_split", "weak_labels"):
@@ -208,6 +210,31 @@ def test_masked_l1_without_samples_is_a_zero_with_a_graph():
     z.backward()
     assert z.item() == 0.0 and a.grad is not None
     assert segment._masked_l1(a, torch.zeros_like(a), torch.tensor([True, False])).item() == 1.0
+
+
+def test_pooled_dice_penalises_false_positives_on_tumour_free_samples():
+    """Per-sample soft Dice gives a tumour-free sample ~1 and ~no gradient whatever it predicts;
+    the pooled Dice the stages train with must push its false positives down."""
+    from hpc_modatts.losses import dice_loss
+
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, 2:5, 2:5] = 1.0                      # sample 0 has a tumour, sample 1 none
+    logits = torch.full((2, 1, 8, 8), -8.0)
+    logits[0, 0, 2:5, 2:5] = 8.0                      # sample 0 perfect
+    logits[1, 0, 0:4, 0:4] = 2.0                      # sample 1: 16 false positives (p 0.88)
+    logits.requires_grad_(True)
+    has = torch.tensor([True, True])
+    pooled = common.pooled_dice_loss(logits, target, has)
+    assert 0.4 < pooled.item() < 0.5                  # 1 - 2*9 / (9 + 9 + 16*0.88): the FPs count
+    pooled.backward()
+    assert logits.grad[1, 0, 0:4, 0:4].min() > 1e-4   # and are pushed down
+    per_sample = torch.autograd.grad(dice_loss(logits, target, has), logits)[0]
+    assert per_sample[1].abs().max() < 1e-6           # what the per-sample Dice gave them
+    # only the annotated samples are pooled; none annotated: a zero that keeps the graph
+    only_0 = common.pooled_dice_loss(logits, target, torch.tensor([True, False]))
+    assert only_0.item() < 0.01
+    zero = common.pooled_dice_loss(logits, target, torch.tensor([False, False]))
+    assert zero.item() == 0.0 and zero.requires_grad
 
 
 # ----------------------------------------------------------------------------- errors and CLI
