@@ -212,6 +212,9 @@ class TrainConfig:
     """Validate every N steps (0 = at the end of every epoch)."""
     val_cases: int = 0
     """Cap on validation cases per validation (0 = all)."""
+    checkpoint_every: int = 0
+    """Also write the latest checkpoint every N steps without validating (0 = only when
+    validating): bounds the work a preempted or timed-out SLURM job loses on requeue."""
     log_every: int = 10
     """Write metrics.jsonl every N steps."""
     seed: int = 0
@@ -248,7 +251,7 @@ class TrainConfig:
                       ("self-supervised", "semi-supervised", "source-supervised", "target-supervised"))
         for k in ("epochs", "batch_size", "rounds"):
             _check_positive(f"train.{k}", getattr(self, k))
-        for k in ("max_steps", "steps_per_epoch", "val_every", "val_cases", "seed", "round"):
+        for k in ("max_steps", "steps_per_epoch", "val_every", "val_cases", "seed", "round", "checkpoint_every"):
             _check_positive(f"train.{k}", getattr(self, k), allow_zero=True)
         _check_positive("train.log_every", self.log_every)
         if not 0.0 < self.alpha < 1.0:

@@ -102,6 +102,14 @@ def save_checkpoint(run_dir: Path, step: int, engines: dict[str, Any], trainer_s
     return tag
 
 
+def point_best(run_dir: Path, step: int, env: Any) -> None:
+    """Point ``best`` at the existing checkpoint of ``step`` (written without validation)."""
+    barrier()
+    if env.is_main:
+        atomic_write_text(Path(run_dir) / CKPT_DIR / "best", tag_for(step) + "\n")
+    barrier()
+
+
 def _referenced(run_dir: Path) -> set[str]:
     return {t for t in (read_pointer(run_dir, "latest"), read_pointer(run_dir, "best")) if t}
 

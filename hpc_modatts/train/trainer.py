@@ -75,6 +75,7 @@ class Trainer:
         self.frozen_models: dict[str, torch.nn.Module] = {}
         self.step = self.epoch = self.pos = 0
         self.best_dice, self.best_step, self.last_saved = -math.inf, -1, -1
+        self.last_validated = -1  # checkpoint_every saves without validating
         self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
         self._writer = None
 
@@ -138,7 +139,8 @@ class Trainer:
         sampler_state = self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {}
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.pos,
                 "best_dice": self.best_dice if math.isfinite(self.best_dice) else None,
-                "best_step": self.best_step, "sampler": sampler_state, "task": self.task.name}
+                "best_step": self.best_step, "sampler": sampler_state, "task": self.task.name,
+                "validated": self.last_validated == self.step}
 
     def _resume(self) -> None:
         tag = ckpt.read_pointer(self.run_dir, "latest") if self.cfg.train.resume else None
@@ -152,6 +154,7 @@ class Trainer:
         self.step, self.epoch, self.pos = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_dice = state["best_dice"] if state["best_dice"] is not None else -math.inf
         self.best_step, self.last_saved = state["best_step"], self.step
+        self.last_validated = self.step if state.get("validated", True) else -1
         if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
         if self.env.is_main:
@@ -229,16 +232,28 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     def _validate_and_save(self) -> None:
         """Validate (RNG-neutral), then write latest (and best) checkpoints."""
-        if self.last_saved == self.step:
+        if self.last_validated == self.step:
             return
         metrics = self._validate()
+        self.last_validated = self.step
         improved = metrics is not None and metrics["dice"] > self.best_dice
         if improved:
             self.best_dice, self.best_step = metrics["dice"], self.step
-        ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),
-                             self.cfg, self.env, best=improved)
+        if self.last_saved != self.step:
+            ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),
+                                 self.cfg, self.env, best=improved)
+        elif improved:  # this step's checkpoint exists already (checkpoint_every): never rewrite it
+            ckpt.point_best(self.run_dir, self.step, self.env)
         if improved:
             self._save_best_model()
+        self.last_saved = self.step
+
+    def _save_latest(self) -> None:
+        """Write the latest checkpoint without validating (``train.checkpoint_every``)."""
+        if self.last_saved == self.step:
+            return
+        ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),
+                             self.cfg, self.env, best=False)
         self.last_saved = self.step
 
     def _validate(self) -> dict | None:
@@ -272,6 +287,7 @@ class Trainer:
 
     def _run_epoch(self, progress: Any, bar: Any) -> None:
         val_every, log_every = self.cfg.train.val_every, self.cfg.train.log_every
+        ckpt_every = self.cfg.train.checkpoint_every
         if self.pos == 0 and hasattr(self.task, "on_epoch_start"):
             self.task.on_epoch_start(self.epoch)
         for batch in self._loader():
@@ -286,6 +302,8 @@ class Trainer:
                            **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {})})
             if val_every and self.step % val_every == 0:
                 self._validate_and_save()
+            elif ckpt_every and self.step % ckpt_every == 0:
+                self._save_latest()
             if self.pos >= self.steps_per_epoch or self.step >= self.total_steps:
                 break
         if self.step < self.total_steps or self.pos >= self.steps_per_epoch:  # epoch consumed

@@ -154,3 +154,20 @@ def test_bf16_autocast_trains_with_fp32_master_weights(tmp_path):
     after = engine.module.state_dict()
     assert all(v.dtype == torch.float32 for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_every_bounds_lost_work_and_resume_stays_exact(tmp_path):
+    """A preempted job resumes from the last checkpoint_every step, not the last validation."""
+    full = Trainer(make_cfg(tmp_path / "full", val_every=0), ToyTask(), tmp_path / "full")
+    full.fit()
+    run = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # killed during step 3; no validation yet (per epoch of 4)
+        Trainer(make_cfg(run, val_every=0, checkpoint_every=2), ToyTask(fail_at_step=3), run).fit()
+    assert read_pointer(run, "latest") == "step_00000002" and read_pointer(run, "best") is None
+    resumed = Trainer(make_cfg(run, val_every=0, checkpoint_every=2), ToyTask(), run)
+    resumed.fit()
+    assert resumed.step == 8 and read_pointer(run, "best") is not None
+    a, b = weights(full), weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((run / "DONE").read_text())["best_dice"] == json.loads((tmp_path / "full" / "DONE").read_text())["best_dice"]
