@@ -76,6 +76,7 @@ def _pop_local_rank(argv: list[str]) -> tuple[list[str], int | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    process_entry = argv is None
     argv, local_rank = _pop_local_rank(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if local_rank is not None:
@@ -95,14 +96,18 @@ def main(argv: list[str] | None = None) -> int:
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
     errors = _user_error_types()
     try:
-        rc = args.func(args)
+        rc = int(args.func(args) or 0)
     except errors as e:
         print(f"hpc-modatts {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         print(f"hpc-modatts {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+        rc = 130
+    if process_entry:  # a real process (console script, launchers): leave a process group cleanly
+        from hpc_modatts.distributed.env import exit_distributed_process
+
+        exit_distributed_process(rc, wait_for_peers=rc == 0)
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ idempotent: a second ``init_distributed`` returns the same ``DistEnv``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -178,6 +179,32 @@ def shutdown_distributed() -> None:
         barrier()
         dist.destroy_process_group()
     _ENV = None
+
+
+def exit_distributed_process(rc: int, wait_for_peers: bool = True) -> None:
+    """End a process that joined a process group without tearing the group down.
+
+    Tearing gloo down at interpreter exit (or right after a peer already closed its sockets)
+    sometimes aborts a rank with "terminate called without an active exception" (SIGABRT,
+    exit 134) AFTER all its work is done, which a launcher or SLURM then reports as a failed
+    job (breaking ``afterok`` chains). Every output of ours is written atomically before this
+    point, so: wait for the peers (on success), flush, and leave with ``os._exit``.
+    Does nothing when no process group was initialised.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait_for_peers:
+        try:
+            barrier()
+        except Exception:  # a peer died: exit with our own status anyway
+            pass
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(rc)
 
 
 def current_env() -> DistEnv | None:

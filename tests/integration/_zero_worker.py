@@ -167,10 +167,10 @@ if __name__ == "__main__":
     ap.add_argument("--fit", type=Path, default=None, help="run the Trainer into this run folder")
     ap.add_argument("--epochs", type=int, default=1)
     args, _ = ap.parse_known_args(sys.argv[1:])
-    from hpc_modatts.distributed import shutdown_distributed
+    from hpc_modatts.distributed import exit_distributed_process
 
     if args.fit is not None:
         _fit(args.out, args.stage, args.fit, args.epochs)
     else:
         _run(args.out, args.stage, args.steps)
-    shutdown_distributed()
+    exit_distributed_process(0)  # no gloo teardown at exit (see its docstring)
