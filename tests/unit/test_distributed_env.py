@@ -100,3 +100,17 @@ def test_nccl_backend_on_cpu_is_refused():
     with pytest.raises(ConfigError, match="nccl needs CUDA"):
         denv._backend(DistributedConfig(backend="nccl"), torch.device("cpu"))
     assert denv._backend(DistributedConfig(), torch.device("cpu")) == "gloo"
+
+
+def test_exit_distributed_process_keeps_the_status_and_skips_teardown():
+    code = ("from hpc_modatts.distributed import init_distributed, exit_distributed_process\n"
+            "init_distributed(); print('done', flush=True); exit_distributed_process(3)\n"
+            "print('not reached')\n")
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3 and "done" in out.stdout and "not reached" not in out.stdout
+    # without a process group it is a no-op (the CLI calls it after every command)
+    plain = subprocess.run([sys.executable, "-c", "from hpc_modatts.distributed import exit_distributed_process\n"
+                            "exit_distributed_process(3); print('still here')"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert plain.returncode == 0 and "still here" in plain.stdout
