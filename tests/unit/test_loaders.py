@@ -28,16 +28,20 @@ def _case(rng, tumour_side):
     return img, mask, brain, {"hemisphere_split": 12, "weak_labels": weak}
 
 
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("loaders") / "s.zarr"
-    store = Store.create(path, kind="dataset")
+def _build_store(path, **create_kwargs):
+    """Four cases (tumour left, right, none, left) with a pseudo-label array each."""
+    store = Store.create(path, kind="dataset", **create_kwargs)
     rng = np.random.default_rng(0)
     for i, side in enumerate(["left", "right", None, "left"]):
         img, mask, brain, attrs = _case(rng, side)
         store.write_case(f"c{i}", img, mask=mask, brain=brain, attrs=attrs,
                          extra={"pseudo_label": (img["t2"] > 0.2).astype(np.uint8)})
     return path
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    return _build_store(tmp_path_factory.mktemp("loaders") / "s.zarr")
 
 
 def _stored(store_path, case, name):
@@ -213,14 +217,7 @@ def test_lazy_volumes(store_path, tmp_path):
 @pytest.fixture(scope="module")
 def f16_store_path(tmp_path_factory):
     """The same cases stored as float16 (convert's default)."""
-    path = tmp_path_factory.mktemp("loaders16") / "s16.zarr"
-    store = Store.create(path, kind="dataset", dtype="float16")
-    rng = np.random.default_rng(0)
-    for i, side in enumerate(["left", "right", None, "left"]):
-        img, mask, brain, attrs = _case(rng, side)
-        store.write_case(f"c{i}", img, mask=mask, brain=brain, attrs=attrs,
-                         extra={"pseudo_label": (img["t2"] > 0.2).astype(np.uint8)})
-    return path
+    return _build_store(tmp_path_factory.mktemp("loaders16") / "s16.zarr", dtype="float16")
 
 
 def _items(ds):
