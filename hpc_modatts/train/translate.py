@@ -25,6 +25,7 @@ from torch import nn
 
 from hpc_modatts.config import ExperimentConfig
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
 from hpc_modatts.distributed.engine import unwrap
 from hpc_modatts.train import common, fidelity
 from hpc_modatts.train.synthesize import translate_volume
@@ -39,33 +40,45 @@ SOURCE, TARGET = "source", "target"
 class CycleTranslators(nn.Module):
     """Both stage-1 generators; ``forward`` runs the two cycles in one call (ZeRO-3 friendly)."""
 
-    def __init__(self, size: str = "full", pretrained: str = "") -> None:
+    def __init__(self, size: str = "full", pretrained: str = "", keep_background: bool = False) -> None:
         super().__init__()
         from hpc_modatts.models import build_translator
 
         self.s2t = build_translator(size, pretrained=pretrained)  # E_S, G_T, G_seg^S
         self.t2s = build_translator(size, pretrained=pretrained)  # E_T, G_S, G_seg^T
+        self.keep_background = keep_background
+
+    def _outside_brain(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y`` with the background of ``x`` (voxels at the fill value) copied over (model.keep_background).
+
+        Beyond the thesis: the normaliser clips brain voxels at mean - 5 std (never reached in
+        practice), so only background and padding sit at exactly -1. Without this the
+        discriminators spend themselves on the generators' imperfect background and the stage-1
+        GAN on the demo flipped the tumour contrast for 2 of 5 seeds only (docs/results.md)."""
+        if not self.keep_background:
+            return y
+        return torch.where(x <= BACKGROUND + 1e-3, torch.full_like(y, BACKGROUND), y)
 
     def forward(self, x_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both cycles; every tensor (B, 1, H, W)."""
         f_s = self.s2t.encode(x_s)
-        s_to_t = self.s2t.translate(f_s)                 # X_S'  = G_T(E_S(X_S))
+        s_to_t = self._outside_brain(self.s2t.translate(f_s), x_s)   # X_S'  = G_T(E_S(X_S))
         f_s1 = self.t2s.encode(s_to_t)
         f_t = self.t2s.encode(x_t)
-        t_to_s = self.t2s.translate(f_t)                 # X_T'  = G_S(E_T(X_T))
+        t_to_s = self._outside_brain(self.t2s.translate(f_t), x_t)   # X_T'  = G_S(E_T(X_T))
         return {
             "s_to_t": s_to_t,
-            "s_cycled": self.t2s.translate(f_s1),        # X_S'' = G_S(E_T(X_S'))
+            "s_cycled": self._outside_brain(self.t2s.translate(f_s1), x_s),  # X_S'' = G_S(E_T(X_S'))
             "seg_s": self.s2t.segment(f_s),              # G_seg^S(E_S(X_S))
             "seg_s_translated": self.t2s.segment(f_s1),  # G_seg^T(E_T(X_S'))
             "t_to_s": t_to_s,
-            "t_cycled": self.s2t.translate(self.s2t.encode(t_to_s)),  # X_T'' = G_T(E_S(X_T'))
+            "t_cycled": self._outside_brain(self.s2t.translate(self.s2t.encode(t_to_s)), x_t),  # X_T''
         }
 
     @torch.no_grad()
     def to_target(self, x_s: torch.Tensor) -> torch.Tensor:
         """Synthesis: X_S' = G_T(E_S(X_S)), (B, 1, H, W) in [-1, 1]."""
-        return self.s2t.translate(self.s2t.encode(x_s))
+        return self._outside_brain(self.s2t.translate(self.s2t.encode(x_s)), x_s)
 
     def segment_source(self, x_s: torch.Tensor) -> torch.Tensor:
         return self.s2t.segment(self.s2t.encode(x_s))
@@ -90,9 +103,10 @@ class DiscriminatorPair(nn.Module):
         return self.nets[domain](x)
 
 
-def build_cycle_translators(size: str = "full", pretrained: str = "") -> CycleTranslators:
-    """Factory recorded in best_model.pt (``load_best_model(run, "gen")``)."""
-    return CycleTranslators(size, pretrained)
+def build_cycle_translators(size: str = "full", pretrained: str = "", keep_background: bool = False) -> CycleTranslators:
+    """Factory recorded in best_model.pt (``load_best_model(run, "gen")``); checkpoints written
+    before ``keep_background`` existed load with the old behaviour (False)."""
+    return CycleTranslators(size, pretrained, keep_background)
 
 
 def build_discriminators(domains: list[str], spatial_dims: int, channels: list[int], scales: int) -> DiscriminatorPair:
@@ -122,7 +136,8 @@ class TranslateTask(TaskDefaults):
         m = self.cfg.model
         if name == "gen":
             return ("hpc_modatts.train.translate:build_cycle_translators",
-                    {"size": m.translator_size, "pretrained": m.pretrained})
+                    {"size": m.translator_size, "pretrained": m.pretrained,
+                     "keep_background": m.keep_background})
         return ("hpc_modatts.train.translate:build_discriminators",
                 {"domains": [SOURCE, TARGET], "spatial_dims": 2, "channels": list(m.disc_channels),
                  "scales": m.disc_scales})
