@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     for seed in args.seeds:
         t0 = time.time()
+        if (out / f"seed_{seed}" / "results.json").is_file():  # finished by an earlier invocation
+            per_seed[seed] = seed_summary(out / f"seed_{seed}")
+            continue
         run_demo(out=out / f"seed_{seed}", cases=args.cases or DEMO_CASES, seed=args.data_seed, spacing=spacing,
                  executor=args.executor, overrides=[f"train.seed={seed}", *extra], data_dir=out / "data")
         per_seed[seed] = seed_summary(out / f"seed_{seed}")

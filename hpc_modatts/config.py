@@ -258,7 +258,8 @@ class TrainConfig:
     resume: bool = True
     """Resume from the run folder's latest checkpoint when one exists."""
     stage_overrides: dict[str, dict] = field(default_factory=dict)
-    """Per-stage values of ``train.*`` keys (and of ``optim.*`` keys under ``optim``), merged over
+    """Per-stage values of ``train.*`` keys (and of ``optim.*`` / ``model.*`` keys under ``optim`` /
+    ``model``), merged over
     those sections when a stage runs, e.g. ``{translate: {epochs: 200, batch_size: 15,
     weights: {adv: 1}, optim: {disc_lr: 4e-4}}, self-train: {epochs: 150}}``
     (thesis 5.5.1: stage 1 200 epochs batch 15; stage 2 300 epochs batch 2; rounds 150 epochs).
@@ -294,12 +295,13 @@ class TrainConfig:
             for bad in ("stage", "stage_overrides"):
                 if bad in values:
                     raise ConfigError(f"{key}.{bad} cannot be set per stage")
-            train_keys = {k: v for k, v in values.items() if k != "optim"}
+            train_keys = {k: v for k, v in values.items() if k not in STAGE_SECTIONS}
             _build(TrainConfig, train_keys, key)  # checks names and values, naming the key
-            if "optim" in values:
-                if not isinstance(values["optim"], dict):
-                    raise ConfigError(f"{key}.optim={values['optim']!r} must be a mapping of optim keys")
-                _build(OptimConfig, values["optim"], f"{key}.optim")
+            for section, cls in STAGE_SECTIONS.items():
+                if section in values:
+                    if not isinstance(values[section], dict):
+                        raise ConfigError(f"{key}.{section}={values[section]!r} must be a mapping of {section} keys")
+                    _build(cls, values[section], f"{key}.{section}")
 
 
 @dataclass
@@ -367,6 +369,10 @@ class InferConfig:
         _check_positive("infer.sw_batch_size", self.sw_batch_size)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"infer.threshold={self.threshold} must be in (0, 1)")
+
+
+STAGE_SECTIONS: dict[str, type] = {"optim": OptimConfig, "model": ModelConfig}
+"""Config sections a ``train.stage_overrides.<stage>`` block may also override."""
 
 
 @dataclass

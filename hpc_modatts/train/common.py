@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
+from hpc_modatts.config import STAGE_SECTIONS, ConfigError, ExperimentConfig, config_from_dict, config_to_dict
 from hpc_modatts.config import lambda_seg_pt_for_fraction
 from hpc_modatts.data.errors import DataError
 
@@ -53,7 +53,8 @@ def stage_config(cfg: ExperimentConfig, stage: str) -> ExperimentConfig:
     data = config_to_dict(cfg)
     train = data["train"]
     overrides = copy.deepcopy((train.pop("stage_overrides", None) or {}).get(stage, {}))
-    data["optim"] = _merge(data["optim"], overrides.pop("optim", None) or {})
+    for section in STAGE_SECTIONS:  # optim / model keys of this stage
+        data[section] = _merge(data[section], overrides.pop(section, None) or {})
     train = _merge(train, overrides)
     train["stage"] = stage
     train["stage_overrides"] = {}
