@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.layouts import LABEL_SCHEMES, CaseSpec, LabelScheme
+from hpc_modatts.data.nifti_size import check_nifti_size
 
 AFFINE_ATOL = 1e-3  # mm: image/mask affines must agree to this tolerance
 
@@ -41,6 +42,7 @@ class PreparedCase:
 # ----------------------------------------------------------------------------- loading / checks
 def load_volume(path: Path, what: str) -> nib.Nifti1Image:
     """Load a 3D NIfTI fully (catches corrupt/truncated files); squeeze a trailing singleton 4th dim."""
+    check_nifti_size(path, what)  # before allocating what a forged header claims
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
