@@ -92,7 +92,7 @@ def load_split(cfg: ExperimentConfig, use_fold: bool = True):
 
     if not cfg.data.split:
         raise ConfigError("data.split is not set: make one with `hpc-modatts split`")
-    split = Split.load(cfg.data.split)
+    split = Split.load(cfg.data.split, store=cfg.data.store or None)  # refuses another store's split
     if split.source != cfg.data.source or split.target != cfg.data.target:
         raise ConfigError(f"data.source/target={cfg.data.source}->{cfg.data.target} but split "
                           f"{cfg.data.split} is {split.source}->{split.target}")
@@ -314,9 +314,8 @@ def replace_cfg(cfg: ExperimentConfig, **train: Any) -> ExperimentConfig:
 
 
 def build_from(factory: tuple[str, dict]) -> torch.nn.Module:
-    """Build a model from a ("package.module:function", kwargs) factory (Task.model_factory)."""
-    import importlib
+    """Build a model from a (name, kwargs) factory (Task.model_factory); names are keys of the
+    allow-list ``hpc_modatts.train.checkpoint.MODEL_FACTORIES``."""
+    from hpc_modatts.train.checkpoint import build_model
 
-    target, kwargs = factory
-    module_name, _, fn_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), fn_name)(**kwargs)
+    return build_model(factory)

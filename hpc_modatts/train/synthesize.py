@@ -45,7 +45,7 @@ def load_last_model(run_dir: str | Path, name: str = "gen") -> tuple[nn.Module, 
     checkpoint holds the full module state in ``mp_rank_00_model_states.pt``. Returns
     (model, the run's config, the checkpoint step).
     """
-    from hpc_modatts.train.checkpoint import CKPT_DIR, read_pointer
+    from hpc_modatts.train.checkpoint import CKPT_DIR, check_checkpoint_files, load_weights, read_pointer
 
     run_dir = Path(run_dir)
     tag = read_pointer(run_dir, "latest")
@@ -53,9 +53,9 @@ def load_last_model(run_dir: str | Path, name: str = "gen") -> tuple[nn.Module, 
         raise DataError(f"{run_dir}: no complete checkpoint (checkpoints/latest); train the translator first")
     folder = run_dir / CKPT_DIR / tag
     cfg = load_config(folder / "config.yaml")
+    check_checkpoint_files(folder, [name])  # weights only, before DeepSpeed's own loader reads them
     if cfg.distributed.zero_stage == 0:
-        state = torch.load(folder / name / "mp_rank_00_model_states.pt", map_location="cpu",
-                           weights_only=False)["module"]
+        state = load_weights(folder / name / "mp_rank_00_model_states.pt", deepspeed=True)["module"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
