@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hpc_modatts.runs import atomic_path  # noqa: E402
+
 TITLES = {"target": "target image", "pseudo_target": "pseudo-target", "healthy": "P->A healthy",
           "residual": "residual"}
 
@@ -58,9 +60,9 @@ def save_panel(path: str | os.PathLike, case: str, images: dict[str, np.ndarray]
         a.axis("off")
     fig.suptitle(f"{case}  z={z}", fontsize=10)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
