@@ -81,6 +81,8 @@ def test_start_up_cleanup_removes_only_temp_folders_of_dead_writers(tmp_path):
         shutil.copytree(cases / CASE, d)
     Store.create(store)  # what a second writer does at start-up
     assert live.is_dir() and not dead.exists()
+    warnings = [p.message for p in verify(store, check_sources=False) if p.severity == "warning"]
+    assert any(live.name in w and "still running" in w for w in warnings), warnings
 
 
 def test_case_is_not_published_when_its_temp_folder_lost_its_arrays(tmp_path, monkeypatch):
