@@ -115,6 +115,7 @@ DAMAGE = {
     "brain array deleted": lambda s: shutil.rmtree(s / "cases" / CASE / "brain"),
     "labels array deleted": lambda s: shutil.rmtree(s / "cases" / CASE / "labels"),
     "image zarr.json deleted": lambda s: (s / "cases" / CASE / "image_t2" / "zarr.json").unlink(),
+    "case group zarr.json deleted": lambda s: (s / "cases" / CASE / "zarr.json").unlink(),
     "case folder deleted": lambda s: shutil.rmtree(s / "cases" / CASE),
 }
 
@@ -155,22 +156,25 @@ def test_single_flipped_bytes_in_a_shard_are_caught_or_harmless(tmp_path):
 
 # ----------------------------------------------------------------------------- causes 5, 6, 11: hostile input
 def forged_nifti(path, shape, nifti2: bool = False) -> None:
-    """A tiny .nii.gz whose header claims ``shape`` uint8 voxels (the data is absent)."""
+    """A tiny .nii.gz (or plain .nii) whose header claims ``shape`` uint8 voxels (the data is absent)."""
     hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)()
     hdr.set_data_shape(shape)
     hdr.set_data_dtype(np.uint8)
     hdr["vox_offset"] = len(hdr.binaryblock) + 4
-    with gzip.open(path, "wb") as fh:
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "wb") as fh:
         fh.write(hdr.binaryblock + b"\0" * 4)
 
 
-@pytest.mark.parametrize("shape,nifti2", [((2048, 1024, 1024), False), ((100000, 100000, 100000), True)],
-                         ids=["2GiB-claimed-by-a-tiny-file", "nifti2-100000-cubed"])
-def test_forged_header_is_refused_before_allocating(tmp_path, capsys, shape, nifti2):
+@pytest.mark.parametrize("shape,nifti2,suffix", [((2048, 1024, 1024), False, ".nii.gz"),
+                                                 ((2048, 1024, 1024), False, ".nii"),
+                                                 ((100000, 100000, 100000), True, ".nii.gz")],
+                         ids=["2GiB-claimed-by-a-tiny-file", "2GiB-claimed-by-a-tiny-plain-nii", "nifti2-100000-cubed"])
+def test_forged_header_is_refused_before_allocating(tmp_path, capsys, shape, nifti2, suffix):
     src = make_phantom_nifti(tmp_path, cases=2)
-    f = src / CASE / f"{CASE}_t1.nii.gz"
+    (src / CASE / f"{CASE}_t1.nii.gz").unlink()
+    f = src / CASE / f"{CASE}_t1{suffix}"
     forged_nifti(f, shape, nifti2)
-    assert f.stat().st_size < 200
+    assert f.stat().st_size < 600
     rc, err = cli_convert(capsys, src, tmp_path / "s.zarr", "--workers", "2")
     assert rc == 2 and len(err) == 1, err
     assert str(f) in err[0] and "header claims" in err[0]
@@ -189,6 +193,16 @@ def test_huge_finite_voxel_is_refused_and_no_nan_reaches_the_store(tmp_path, cap
     st = Store.open(tmp_path / "s.zarr")
     assert st.case_ids == ["phantom_000"]
     assert all(np.isfinite(st.read_image("phantom_000", m)).all() for m in st.modalities("phantom_000"))
+
+
+def test_a_run_that_converts_no_case_leaves_no_store_behind(tmp_path, capsys):
+    src = make_phantom_nifti(tmp_path, cases=2)
+    shutil.rmtree(src / "phantom_000")
+    f = src / CASE / f"{CASE}_t1.nii.gz"
+    f.write_bytes(f.read_bytes()[:100])  # the only case cannot be read
+    rc, err = cli_convert(capsys, src, tmp_path / "s.zarr")
+    assert rc == 2 and len(err) == 1 and str(f) in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nifti"]  # no store, no lock file
 
 
 def test_bogus_scheduler_leaves_no_store_behind(tmp_path, capsys):
