@@ -184,7 +184,9 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
     for case in cases:  # read and check every case before the first file is written
         p, _ = read_mask(pred_cases[case], "prediction")  # (X, Y, Z) in the file's own voxel order
         r, spacing = read_mask(ref_cases[case], "reference")
-        rows.append({"case": case, **case_metrics(p, r, spacing)})
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        rows.append({"case": case, **case_metrics(p, r, spacing),
+                     "pred_ml": float(p.sum()) * voxel_ml, "ref_ml": float(r.sum()) * voxel_ml})
     if panels:
         from hpc_modatts.infer.panels import save_panel
 
@@ -193,6 +195,9 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
             extra = _case_images(_folders(images), case, p.shape)
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
+    # predicted vs reference tumour volume (ml): a model that paints the brain shows here first
+    summary["volume_ml"] = {"pred": float(np.mean([r["pred_ml"] for r in rows])),
+                            "ref": float(np.mean([r["ref_ml"] for r in rows]))}
     result = {"pred": str(pred), "ref": str(ref), "cases": rows, "summary": summary}
     if ts_dice:
         result["percent_of_target_supervised"] = 100.0 * summary["dice"]["mean"] / ts_dice
@@ -292,7 +297,7 @@ def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: 
     """
     from hpc_modatts.data.preprocess import to_original_geometry
     from hpc_modatts.runs import is_done
-    from hpc_modatts.train.synthesize import load_last_model, paths, translate_volume
+    from hpc_modatts.train.synthesize import load_translator, paths, translate_volume
 
     translator_run, _ = paths(cfg)
     if not is_done(translator_run):
@@ -303,7 +308,7 @@ def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: 
         log.info("evaluate: no test case holds the source modality %r; panels without pseudo-targets", source)
         return []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _, step = load_last_model(translator_run, "gen")
+    model, _, step = load_translator(translator_run)
     model.to(device)
     with torch.no_grad():
         for case in todo:

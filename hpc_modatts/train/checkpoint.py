@@ -241,8 +241,9 @@ def read_trainer_state(folder: Path) -> dict:
     for key, tp in TRAINER_KEYS.items():
         if not isinstance(state.get(key), tp) or isinstance(state.get(key), bool):
             raise DataError(f"{path}: {key!r} must be an integer, got {state.get(key)!r}")
-    if state.get("best_dice") is not None and not isinstance(state["best_dice"], (int, float)):
-        raise DataError(f"{path}: 'best_dice' must be a number or null")
+    for key in ("best_score", "best_dice"):  # "best_dice": checkpoints written before select_on
+        if state.get(key) is not None and (not isinstance(state[key], (int, float)) or isinstance(state[key], bool)):
+            raise DataError(f"{path}: {key!r} must be a number or null")
     return state
 
 
@@ -418,4 +419,8 @@ def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
     except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys/shapes for the architecture
         raise DataError(f"{path}: model {name!r} does not fit its architecture "
                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"[:400]) from None
+    if cfg.model.channels_last:  # the layout the run trained with (hpc_modatts.models.layout)
+        from hpc_modatts.models.layout import to_channels_last
+
+        to_channels_last(model)
     return model.eval(), cfg

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 
 from hpc_modatts.config import ExperimentConfig, config_to_dict
 from hpc_modatts.data.errors import DataError
@@ -69,17 +68,13 @@ def test_init_from_run_with_pickled_code_is_refused(tmp_path):
 
 
 def test_translator_checkpoint_with_pickled_code_is_refused(tmp_path):
-    from hpc_modatts.train.synthesize import load_last_model
+    from hpc_modatts.train.synthesize import load_translator  # what synthesis and evaluate load
 
     marker = tmp_path / "code-ran"
-    folder = tmp_path / "translate" / "checkpoints" / "step_00000004"
-    (folder / "gen").mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config_to_dict(ExperimentConfig())))
-    (folder / "trainer.json").write_text(json.dumps({"step": 4, "epoch": 0, "batch_in_epoch": 4, "best_step": 4}))
-    torch.save({"module": Exploit(marker)}, folder / "gen" / "mp_rank_00_model_states.pt")
-    (folder.parent / "latest").write_text("step_00000004\n")
-    with pytest.raises(DataError, match="mp_rank_00_model_states.pt: not a loadable weights file"):
-        load_last_model(tmp_path / "translate")
+    run = best_model(tmp_path / "translate", {"gen": Exploit(marker)},
+                     {"gen": ("hpc_modatts.train.translate:build_cycle_translators", {"size": "tiny"})})
+    with pytest.raises(DataError, match="best_model.pt: not a loadable weights file"):
+        load_translator(run)
     assert not marker.exists()
 
 
