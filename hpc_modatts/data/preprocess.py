@@ -138,10 +138,15 @@ def hemisphere_split(brain: np.ndarray) -> int:
 def normalise(vol: np.ndarray, brain: np.ndarray, where: str) -> tuple[np.ndarray, dict[str, float]]:
     """(v - mean) / (5 std) over brain voxels, clipped to [-1, 1]; background -1 (method.md)."""
     v = vol[brain].astype(np.float64)
-    mean, std = float(v.mean()), float(v.std())
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below: one line, not numpy warnings
+        mean, std = float(v.mean()), float(v.std())
+    if not (np.isfinite(mean) and np.isfinite(std)):  # e.g. a 1e300 voxel: its square overflows
+        raise DataError(f"{where}: brain intensities too large to normalise (mean {mean:.3g}, std {std:.3g}: "
+                        "NaN/Inf statistics)")
     if not std > 0:
         raise DataError(f"{where}: constant intensity inside the brain (std 0), cannot normalise")
-    out = np.clip((vol.astype(np.float32) - mean) / (5.0 * std), -1.0, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: clipped here or refused by the caller
+        out = np.clip((vol.astype(np.float32) - mean) / (5.0 * std), -1.0, 1.0)
     out[~brain] = -1.0
     return out.astype(np.float32), {"mean": mean, "std": std}
 

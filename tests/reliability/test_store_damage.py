@@ -181,6 +181,7 @@ def test_forged_header_is_refused_before_allocating(tmp_path, capsys, shape, nif
     assert Store.open(tmp_path / "s.zarr").case_ids == ["phantom_000"]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy overflow warnings would print more lines
 def test_huge_finite_voxel_is_refused_and_no_nan_reaches_the_store(tmp_path, capsys):
     src = make_phantom_nifti(tmp_path, cases=2)
     f = src / CASE / f"{CASE}_t1.nii.gz"
