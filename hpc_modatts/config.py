@@ -12,7 +12,9 @@ Numbers follow the thesis, section 5.5.1 (settings of MoDATTS) and ``method.md``
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+
+from hpc_modatts.runs import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -35,6 +39,8 @@ def _check_choice(key: str, value: Any, allowed: tuple) -> None:
 
 
 def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):  # nan passes both comparisons below
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
@@ -346,6 +352,25 @@ class PipelineConfig:
                           ("self-supervised", "semi-supervised", "source-supervised", "target-supervised"))
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+"""Allowed experiment names: one folder under run_root, safe in an sbatch ``--job-name``."""
+
+
+def check_one_line(key: str, value: str) -> str:
+    """``value`` unless it holds a line break or NUL (it may reach a generated shell script)."""
+    if any(c in value for c in "\n\r\0"):
+        raise ConfigError(f"{key}={value!r} must be one line (no newline, carriage return or NUL)")
+    return value
+
+
+def check_name(name: str) -> str:
+    """An experiment name: ``[A-Za-z0-9._-]+``, not ``.``, no ``..`` (one folder under run_root)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name or name == ".":
+        raise ConfigError(f"name={name!r} must match [A-Za-z0-9._-]+ without '..' "
+                          "(it is a folder under run_root and the SLURM job name)")
+    return name
+
+
 @dataclass
 class InferConfig:
     """How a 3D model is applied to whole volumes (``hpc_modatts.infer.inferer``): validation,
@@ -378,7 +403,8 @@ STAGE_SECTIONS: dict[str, type] = {"optim": OptimConfig, "model": ModelConfig}
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    """Experiment name (folder name under run_root)."""
+    """Experiment name: the folder under run_root and the SLURM job name; letters, digits, '.',
+    '_' and '-' only, no '..'."""
     run_root: str = "runs"
     """Where run folders are created: <run_root>/<name>/<stage>[/fold_k][/round_i]."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -397,6 +423,8 @@ class ExperimentConfig:
     """Whole-volume inference (validation, pseudo-labels, predict)."""
 
     def __post_init__(self) -> None:
+        check_name(self.name)
+        check_one_line("run_root", str(self.run_root))
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, dict):
@@ -463,20 +491,23 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             f = float(value)
         except ValueError:
             raise ConfigError(f"{key}={value!r} must be an integer") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{key}={value!r} must be an integer")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be a number")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={value!r} must be a number") from None
+        if not math.isfinite(f):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return f
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}={value!r} must be a string")
-        return "" if value is None else str(value)
+        return check_one_line(key, "" if value is None else str(value))
     return value
 
 
@@ -589,9 +620,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,7 +1,10 @@
 """NIfTI -> zarr conversion: dask-parallel over cases, resumable, atomic per case.
 
 Each case is one dask task that hashes its sources, skips itself when the store already holds it
-complete with the same checksums, otherwise preprocesses it and writes it atomically. Tasks
+complete with the same source checksums AND intact arrays (``Store.array_problems``), otherwise
+preprocesses it, checks the normalised arrays are finite and writes it atomically. A whole run
+holds the store's exclusive lock (``store_lock``: a second run is refused with one line) and
+records the expected case list in the root attributes (for ``verify``). Tasks
 return a status instead of raising, so one bad case surfaces as its own one-line DataError (not a
 dask traceback) after every other case has finished (completed cases stay valid and are skipped
 by the next run).
@@ -11,18 +14,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.layouts import LABEL_SCHEMES, CaseSpec, find_cases
+from hpc_modatts.data.integrity import store_lock
 from hpc_modatts.data.store import DATASET_DTYPE, SHARDED, Store
 
 log = logging.getLogger(__name__)
 
 TASK_PREFIX = "convert-case-"
 LOCAL_SCHEDULERS = ("sync", "threads", "processes")
+SCHEDULER_ADDRESS = re.compile(r"(tcp|tls|inproc|ucx|ws|wss)://\S+|[A-Za-z0-9_.-]+:[0-9]+")
+"""What ``--scheduler`` accepts besides LOCAL_SCHEDULERS: a dask.distributed scheduler address."""
 
 
 def sha256(path: str | Path, block: int = 1 << 20) -> str:
@@ -58,9 +67,10 @@ def convert_one(spec: CaseSpec, store_path: str, layout: str, spacing, crop, cro
     try:
         store = Store.open(store_path)
         sources = source_checksums(spec)
-        if store.is_complete(spec.case_id) and _same_sources(store.attrs(spec.case_id).get("sources", {}), sources):
+        if _intact(store, spec.case_id, sources):
             return {"case": spec.case_id, "status": "skipped", "error": ""}
         prepared = preprocess_case(spec, LABEL_SCHEMES[layout], spacing=spacing, crop=crop, crop_margin=crop_margin)
+        _check_finite(spec, prepared.images)
         attrs = {**prepared.attrs, "sources": sources}
         store.write_case(spec.case_id, prepared.images, mask=prepared.mask, labels=prepared.labels,
                          brain=prepared.brain, attrs=attrs)
@@ -70,6 +80,34 @@ def convert_one(spec: CaseSpec, store_path: str, layout: str, spacing, crop, cro
     except Exception as e:  # a bug or an OS error: still one line naming the case
         return {"case": spec.case_id, "status": "error",
                 "error": f"case {spec.case_id}: {type(e).__name__}: {e}".replace("\n", " ")}
+
+
+def _intact(store: Store, case: str, sources: dict) -> bool:
+    """The store holds ``case`` complete, from the same source files, with every array intact."""
+    if not store.is_complete(case) or not _same_sources(store.attrs(case).get("sources", {}), sources):
+        return False
+    problems = store.array_problems(case)
+    if problems:
+        log.warning("%s: case %s is damaged (%s); converting it again", store.path, case, problems[0])
+    return not problems
+
+
+def _check_finite(spec: CaseSpec, images: dict) -> None:
+    """Normalised images must be finite: huge finite voxels (1e300 in float64) overflow the
+    brain statistics and would put NaN into the store."""
+    for mod, img in images.items():
+        bad = int(np.count_nonzero(~np.isfinite(img)))
+        if bad:
+            raise DataError(f"{spec.images[mod]}: {mod} image of case {spec.case_id} normalises to {bad} NaN/Inf "
+                            "voxels (values too large for float32 statistics?)")
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    """``--scheduler``: None, sync|threads|processes, or a scheduler address; DataError otherwise."""
+    if scheduler is None or scheduler in LOCAL_SCHEDULERS or SCHEDULER_ADDRESS.fullmatch(scheduler):
+        return
+    raise DataError(f"--scheduler {scheduler!r}: give one of {', '.join(LOCAL_SCHEDULERS)} or the address "
+                    "of a running dask.distributed scheduler (tcp://host:8786)")
 
 
 def _normalise_options(spacing, crop) -> tuple[list[float] | None, list[int] | str | None]:
@@ -160,16 +198,25 @@ def convert(src: str | Path, store: str | Path, layout: str = "brats", spacing: 
 
     store_path = Path(store)
     spacing, crop = _normalise_options(spacing, crop)
+    check_scheduler(scheduler)
     specs = find_cases(src, layout, missing=missing, modalities=modalities)  # errors before touching the store
     preprocessing = {"layout": layout, "spacing": spacing, "crop": crop, "crop_margin": crop_margin}
-    st, created = _open_store(store_path, dtype, sharded, preprocessing)
-    st.update_root_attrs(source=str(Path(src).resolve()), modalities=sorted({m for s in specs for m in s.images}))
-    scheduler = scheduler or ("threads" if workers > 1 else "sync")
-    tasks = [dask.delayed(convert_one, pure=False)(spec, str(store_path), layout, spacing, crop, crop_margin,
-                                                   dask_key_name=f"{TASK_PREFIX}{i}")
-             for i, spec in enumerate(specs)]
-    results = _run_tasks(tasks, scheduler, workers, progress)
-    return _report(results, st, created, store_path)
+    with store_lock(store_path):
+        st, created = _open_store(store_path, dtype, sharded, preprocessing)
+        try:
+            expected = sorted(set(st.root_attrs.get("expected_cases") or []) | {s.case_id for s in specs})
+            st.update_root_attrs(source=str(Path(src).resolve()), modalities=sorted({m for s in specs for m in s.images}),
+                                 expected_cases=expected)
+            scheduler = scheduler or ("threads" if workers > 1 else "sync")
+            tasks = [dask.delayed(convert_one, pure=False)(spec, str(store_path), layout, spacing, crop, crop_margin,
+                                                           dask_key_name=f"{TASK_PREFIX}{i}")
+                     for i, spec in enumerate(specs)]
+            results = _run_tasks(tasks, scheduler, workers, progress)
+        except BaseException:  # no scheduler, Ctrl-C: a store this run created and left empty goes
+            if created and not st.case_ids:
+                shutil.rmtree(store_path, ignore_errors=True)
+            raise
+        return _report(results, st, created, store_path)
 
 
 def _report(results: list[dict], store: Store, created: bool, store_path: Path) -> Path:

@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.layouts import LABEL_SCHEMES, CaseSpec, LabelScheme
+from hpc_modatts.data.nifti_size import check_nifti_size
 
 AFFINE_ATOL = 1e-3  # mm: image/mask affines must agree to this tolerance
 
@@ -41,6 +42,7 @@ class PreparedCase:
 # ----------------------------------------------------------------------------- loading / checks
 def load_volume(path: Path, what: str) -> nib.Nifti1Image:
     """Load a 3D NIfTI fully (catches corrupt/truncated files); squeeze a trailing singleton 4th dim."""
+    check_nifti_size(path, what)  # before allocating what a forged header claims
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
@@ -136,10 +138,15 @@ def hemisphere_split(brain: np.ndarray) -> int:
 def normalise(vol: np.ndarray, brain: np.ndarray, where: str) -> tuple[np.ndarray, dict[str, float]]:
     """(v - mean) / (5 std) over brain voxels, clipped to [-1, 1]; background -1 (method.md)."""
     v = vol[brain].astype(np.float64)
-    mean, std = float(v.mean()), float(v.std())
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below: one line, not numpy warnings
+        mean, std = float(v.mean()), float(v.std())
+    if not (np.isfinite(mean) and np.isfinite(std)):  # e.g. a 1e300 voxel: its square overflows
+        raise DataError(f"{where}: brain intensities too large to normalise (mean {mean:.3g}, std {std:.3g}: "
+                        "NaN/Inf statistics)")
     if not std > 0:
         raise DataError(f"{where}: constant intensity inside the brain (std 0), cannot normalise")
-    out = np.clip((vol.astype(np.float32) - mean) / (5.0 * std), -1.0, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: clipped here or refused by the caller
+        out = np.clip((vol.astype(np.float32) - mean) / (5.0 * std), -1.0, 1.0)
     out[~brain] = -1.0
     return out.astype(np.float32), {"mean": mean, "std": std}
 

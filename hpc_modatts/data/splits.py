@@ -87,10 +87,12 @@ class Split:
 
     @classmethod
     def load(cls, path: str | os.PathLike, store: Store | str | os.PathLike | None = None) -> "Split":
-        """Read a split JSON; DataError if missing, corrupt, inconsistent, or naming unknown cases.
+        """Read a split JSON; DataError if missing, corrupt, inconsistent, naming unknown cases,
+        or made for another store.
 
         Cases are checked against ``store`` when given, else against the store recorded in the
-        file when that path exists.
+        file when that path exists; so is the store's identity (``store_id``, minted when the
+        store was created): a split of another store with the same case ids is refused.
         """
         path = Path(path)
         if not path.is_file():
@@ -105,6 +107,10 @@ class Split:
             store = split.meta["store"]
         if store is not None:
             store = store if isinstance(store, Store) else Store.open(store)
+            made_for, this = split.meta.get("store_id"), store.root_attrs.get("store_id")
+            if made_for and this and made_for != this:
+                raise DataError(f"{path}: made for store {split.meta.get('store')} (id {made_for}), not for "
+                                f"{store.path} (id {this}); make a split of this store with `hpc-modatts split`")
             unknown = sorted(set(split.all_cases()) - set(store.case_ids))
             if unknown:
                 raise DataError(f"{path}: {len(unknown)} case(s) not in store {store.path}: {unknown[:5]}")
@@ -242,7 +248,7 @@ def make_split(store: Store | str | os.PathLike, source: str, target: str, sourc
         target_labeled=_labeled(info, target_train, target_labeled, seed, _STREAM_TARGET_LABELS, "target", where),
         val=val_cases, test=test_cases,
         folds=_make_folds(info, source_train, target_train, val_cases, folds, seed, where),
-        meta={"store": str(store.path), "seed": seed, "source_labeled": source_labeled,
+        meta={"store": str(store.path), "store_id": store.root_attrs.get("store_id"), "seed": seed, "source_labeled": source_labeled,
               "target_labeled": target_labeled, "val": val, "test": test, "n_folds": folds})
     split._check_consistent(where)
     return split

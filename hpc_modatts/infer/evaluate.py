@@ -9,10 +9,16 @@ tumour). Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(perc
 ``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
 distances are in mm (method.md, "Evaluation"; thesis 5.5.2).
 
-Empty masks (MONAI returns nan/inf with a warning for them), our convention:
+Empty masks (MONAI returns nan/inf with a warning for them), the BraTS convention:
 * both empty: Dice 1, HD95 0, ASSD 0 (a perfect answer), note ``both empty``;
-* one empty: Dice 0, HD95 and ASSD nan (no surface to measure from), note ``empty prediction``
-  or ``empty reference``; summaries are nan-aware means/stds and report how many cases count.
+* one empty: Dice 0, HD95 = ASSD = the image diagonal in mm (``max_distance``: the largest
+  distance possible in the volume; 373.13 mm for BraTS' 240x240x155 1 mm grid, the value the
+  BraTS evaluation uses), note ``empty prediction`` or ``empty reference``. These cases count
+  in the means (leaving them out would reward a model that predicts nothing on hard cases);
+  the summary reports how many there are (``one_side_empty``).
+
+Every case is read and checked (3D, readable, same grid) before anything is written; metrics.json
+is strict JSON (a NaN would be written as null).
 
 Outputs in OUT: ``metrics.csv``, ``metrics.json`` (per case + mean/std, and "% of
 target-supervised" = mean Dice / the target-supervised run's mean Dice), ``panels/<case>.png``.
@@ -43,7 +49,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.runs import atomic_write_json, atomic_write_text, mark_done
+from hpc_modatts.data.nifti_size import check_nifti_size
+from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text, mark_done
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,11 @@ NOT_CASES = ("_prob",) + tuple(f"_{n}" for n in IMAGE_NAMES)
 
 
 # ----------------------------------------------------------------------------- metrics
+def max_distance(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The image diagonal in mm: HD95 and ASSD of a case where one mask is empty (BraTS convention)."""
+    return float(np.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape[:3], spacing[:3]))))
+
+
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict:
     """Dice, HD95 (mm), ASSD (mm) of two binary (X, Y, Z) masks; see the module doc for empties."""
     p, r = pred > 0, ref > 0
@@ -64,7 +76,8 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) 
     rt = torch.from_numpy(r)[None, None].float()
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pt, rt).item()
     if not p.any() or not r.any():
-        return {"dice": dice, "hd95": float("nan"), "assd": float("nan"),
+        worst = max_distance(p.shape, spacing)
+        return {"dice": dice, "hd95": worst, "assd": worst,
                 "note": "empty prediction" if not p.any() else "empty reference"}
     sp = [float(s) for s in spacing]
     with warnings.catch_warnings():
@@ -75,13 +88,15 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) 
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean/std (nan-aware) and the number of cases counted, per metric."""
-    out = {}
+    """Mean/std (nan-aware) and the number of cases counted, per metric; ``one_side_empty``:
+    how many cases have an empty prediction or reference (their distances are the maximum)."""
+    out: dict = {}
     for m in METRICS:
         v = np.array([r[m] for r in rows], float)
         ok = v[~np.isnan(v)]
         out[m] = {"mean": float(ok.mean()) if ok.size else float("nan"),
                   "std": float(ok.std()) if ok.size else float("nan"), "n": int(ok.size)}
+    out["one_side_empty"] = sum(r["note"] in ("empty prediction", "empty reference") for r in rows)
     return out
 
 
@@ -125,6 +140,22 @@ def _header(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: not a readable NIfTI ({e})") from None
 
 
+def read_mask(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A whole (X, Y, Z) mask file as bool (> 0) and its voxel spacing; DataError naming the file
+    when it is forged, truncated or not 3D (a trailing singleton 4th axis is dropped)."""
+    check_nifti_size(path, what)
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types for a broken file
+        raise DataError(f"{path}: cannot read {what} NIfTI ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: {what} must be a 3D mask, got shape {list(data.shape)} ({data.ndim}D)")
+    return data > 0, tuple(float(s) for s in img.header.get_zooms()[:3])
+
+
 def target_supervised_dice(path: str | os.PathLike) -> float:
     """Mean Dice of a target-supervised evaluation (its metrics.json, or the folder holding it)."""
     p = Path(path)
@@ -150,17 +181,17 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
     ts_dice = target_supervised_dice(target_supervised) if target_supervised else None
     out = Path(out)
     rows = []
-    for case in cases:
-        p_img, r_img = nib.load(pred_cases[case]), nib.load(ref_cases[case])
-        p = np.asanyarray(p_img.dataobj) > 0  # (X, Y, Z) in the file's own voxel order
-        r = np.asanyarray(r_img.dataobj) > 0
-        spacing = tuple(float(s) for s in r_img.header.get_zooms()[:3])
+    for case in cases:  # read and check every case before the first file is written
+        p, _ = read_mask(pred_cases[case], "prediction")  # (X, Y, Z) in the file's own voxel order
+        r, spacing = read_mask(ref_cases[case], "reference")
         voxel_ml = float(np.prod(spacing)) / 1000.0
         rows.append({"case": case, **case_metrics(p, r, spacing),
                      "pred_ml": float(p.sum()) * voxel_ml, "ref_ml": float(r.sum()) * voxel_ml})
-        if panels:
-            from hpc_modatts.infer.panels import save_panel
+    if panels:
+        from hpc_modatts.infer.panels import save_panel
 
+        for case in cases:
+            p, r = read_mask(pred_cases[case], "prediction")[0], read_mask(ref_cases[case], "reference")[0]
             extra = _case_images(_folders(images), case, p.shape)
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
@@ -189,7 +220,12 @@ def _case_images(folders: list[Path], case: str, shape: tuple[int, ...]) -> dict
         hits = [f / f"{fname}{ext}" for f in folders for ext in (".nii.gz", ".nii")]
         for p in hits:
             if p.is_file():
-                vol = np.asanyarray(nib.load(p).dataobj).astype(np.float32)
+                try:
+                    check_nifti_size(p, name)
+                    vol = np.asanyarray(nib.load(p).dataobj).astype(np.float32)
+                except Exception as e:  # noqa: BLE001 - a panel decoration: skip it, say why
+                    log.warning("%s: unreadable (%s); not drawn", p, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    break
                 if vol.shape[:3] == shape:
                     found[name] = vol
                 else:
@@ -217,7 +253,8 @@ def print_table(result: dict, console: Console | None = None) -> None:
         table.add_row(r["case"], *(f"{r[m]:.4f}" for m in METRICS), r["note"])
     s = result["summary"]
     table.add_row("[bold]mean ± std", *(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in METRICS),
-                  f"n = {s['dice']['n']}")
+                  f"n = {s['dice']['n']}" + (f", {s['one_side_empty']} with one mask empty (max distance)"
+                                             if s.get("one_side_empty") else ""))
     (console or Console()).print(table)
     if "percent_of_target_supervised" in result:
         (console or Console()).print(f"Dice = {result['percent_of_target_supervised']:.1f} % of target-supervised")
@@ -232,7 +269,8 @@ def run(cfg) -> Path:
 
     v = cfg.train.variant
     out = stage_dir(cfg.run_dir, "evaluate", v)
-    store, split = Store.open(cfg.data.store), Split.load(cfg.data.split)
+    store = Store.open(cfg.data.store)
+    split = Split.load(cfg.data.split, store=store)
     for case in split.test:  # references and target images on the predictions' (original) grid
         attrs, mask = store.attrs(case), store.read_mask(case)
         if mask is None:
@@ -293,20 +331,16 @@ def link_extras(pred: Path, cases: Sequence[str], folder: Path) -> int:
             src, dst = pred / f"{case}_{name}.nii.gz", folder / f"{case}_{name}.nii.gz"
             if not src.is_file():
                 continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".tmp{os.getpid()}-{dst.name}")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(src, tmp)
-            except OSError:  # another file system, or links not allowed
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                tmp.unlink()  # os.link needs a free name; atomic_path reserved it
+                try:
+                    os.link(src, tmp)
+                except OSError:  # another file system, or links not allowed
+                    shutil.copyfile(src, tmp)
             n += 1
     return n
 
 
 def _save(img: nib.Nifti1Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import submitit
 import yaml
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, PipelineConfig
+from hpc_modatts.config import ConfigError, ExperimentConfig, PipelineConfig, check_one_line
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import Dag, Node, build_dag, needs_convert, node_config
 from hpc_modatts.runs import atomic_write_json, is_done, mark_done, stage_dir
@@ -155,7 +155,8 @@ def check_inputs(cfg: ExperimentConfig, executor: str) -> None:
 def _check_folds(cfg: ExperimentConfig) -> None:
     from hpc_modatts.data.splits import Split
 
-    split = Split.load(cfg.data.split)
+    store = cfg.data.store if Path(cfg.data.store).exists() else None  # a convert node makes it later
+    split = Split.load(cfg.data.split, store=store)
     if cfg.pipeline.folds > 1 and len(split.folds) < cfg.pipeline.folds:
         raise DataError(f"data.split {cfg.data.split} has {len(split.folds)} folds; "
                         f"pipeline.folds={cfg.pipeline.folds}")
@@ -182,10 +183,34 @@ def node_parameters(node: Node, cfg: ExperimentConfig, preset: dict[str, Any] | 
     params["slurm_additional_parameters"] = extra
     if dependency_ids:
         params["slurm_dependency"] = "afterok:" + ":".join(dependency_ids)
+    return check_sbatch_values(params)
+
+
+def check_sbatch_values(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` unless a string in it (key or value, nested) holds a line break.
+
+    Every such string lands in the generated sbatch script: a newline would end the ``#SBATCH``
+    block there, drop the options after it and run the rest as shell commands.
+    """
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, str):
+            check_one_line(f"sbatch option {key}", value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{key}.{k}", str(k))
+                walk(f"{key}.{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{key}[{i}]", v)
+
+    for k, v in params.items():
+        walk(str(k), v)
     return params
 
 
 def make_executor(folder: Path, executor: str, params: dict[str, Any]) -> submitit.AutoExecutor:
+    check_one_line("submitit folder", str(folder))  # sbatch --output/--error paths
+    check_sbatch_values(params)
     ex = submitit.AutoExecutor(folder=folder, cluster=executor)
     if executor != "slurm":  # local/debug ignore slurm_* anyway; keep their warnings quiet
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
@@ -202,6 +227,8 @@ def sbatch_script(params: dict[str, Any], folder: str | os.PathLike, command: st
     """
     from submitit.slurm import slurm
 
+    check_one_line("submitit folder", str(folder))
+    check_sbatch_values(params)
     equivalent = slurm.SlurmExecutor._equivalence_dict()
     generic = {equivalent[k]: (slurm._convert_mem(v) if k == "mem_gb" else v)
                for k, v in params.items() if k in equivalent}

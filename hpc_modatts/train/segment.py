@@ -157,9 +157,9 @@ class SegmentTask(TaskDefaults):
         return models
 
     def _load_init(self, models: dict[str, nn.Module]) -> None:
-        from hpc_modatts.train.checkpoint import BEST_MODEL
+        from hpc_modatts.train.checkpoint import BEST_MODEL, load_weights
 
-        payload = torch.load(Path(self.init_from) / BEST_MODEL, map_location="cpu", weights_only=False)
+        payload = load_weights(Path(self.init_from) / BEST_MODEL)
         for name, model in models.items():
             if name not in payload["models"]:
                 raise ConfigError(f"train.init_from={self.init_from}: best model has no {name!r} "

@@ -43,7 +43,12 @@ _DROP_ATTRS = ("complete", "has_mask", "shape")
 
 # ----------------------------------------------------------------------------- the translator
 def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, int]:
-    """The stage-1 translator selected by its run (``best_model.pt``), eval mode: (model, config, step)."""
+    """The stage-1 translator selected by its run (``best_model.pt``), eval mode: (model, config, step).
+
+    ``load_best_model`` reads it weights-only with an allow-listed factory (docs/reliability.md);
+    the step comes from the run's DONE marker (-1 when it has none or it is unreadable).
+    """
+    from hpc_modatts.runs import DONE
     from hpc_modatts.train.checkpoint import BEST_MODEL, load_best_model
 
     run_dir = Path(run_dir)
@@ -51,7 +56,12 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, i
         raise DataError(f"{run_dir}: no {BEST_MODEL} (the translator has not finished a validation); "
                         f"train the translator first")
     model, cfg = load_best_model(run_dir, "gen")
-    step = int(json.loads((run_dir / "DONE").read_text()).get("best_step", -1)) if (run_dir / "DONE").is_file() else -1
+    step = -1
+    if (run_dir / DONE).is_file():
+        try:
+            step = int(json.loads((run_dir / DONE).read_text()).get("best_step", -1))
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # informational only
+            log.warning("%s: unreadable DONE marker (%s); translator step unknown", run_dir / DONE, e)
     return model, cfg, step
 
 
