@@ -113,14 +113,15 @@ def gather(cfg: ExperimentConfig, folds: list[tuple[Path, list[Path]]], cases: l
         spacing = store.attrs(case).get("spacing", [1.0, 1.0, 1.0])
         ev = CaseEvidence(case, probs, rounds, voxel_ml=float(np.prod(spacing)) / 1000.0)
         evidence.append(ev)
-        slices[case] = _panel_slices(image, ev)
+        slices[case] = _panel_slices(image, brain, ev)
     return evidence, slices
 
 
-def _panel_slices(image: np.ndarray, ev: CaseEvidence) -> dict[str, np.ndarray]:
+def _panel_slices(image: np.ndarray, brain: np.ndarray, ev: CaseEvidence) -> dict[str, np.ndarray]:
+    """The axial slice with the most uncertainty inside the brain, for each panel column."""
     mean = np.mean(ev.fold_probs, axis=0)
     unc = np.std(ev.fold_probs, axis=0) if len(ev.fold_probs) > 1 else mean * (1 - mean)
-    area = unc.reshape(-1, unc.shape[2]).sum(0)
+    area = (unc * brain).reshape(-1, unc.shape[2]).sum(0)
     z = int(area.argmax()) if area.max() > 0 else image.shape[2] // 2
     out = {"target image": image[:, :, z], "ensemble probability": mean[:, :, z],
            ("fold std" if len(ev.fold_probs) > 1 else "p(1-p)"): unc[:, :, z]}
@@ -182,8 +183,10 @@ def write_advised_split(split, selected: list[str], path: str | os.PathLike, run
         if bare:
             log.warning("advise: %d selected case(s) have no mask in %s yet (%s): annotate them and reconvert "
                         "before training with %s", len(bare), store.path, bare[:3], path)
-    new = dataclasses.replace(split, target_labeled=sorted(set(split.target_labeled) | set(selected)),
-                              meta={**split.meta, "advisor": {"run": str(run), "variant": variant, "added": selected}})
+    labeled = sorted(set(split.target_labeled) | set(selected))
+    meta = {**split.meta, "target_labeled": len(labeled) / len(split.target_train),
+            "advisor": {"run": str(run), "variant": variant, "added": selected}}
+    new = dataclasses.replace(split, target_labeled=labeled, meta=meta)
     return new.save(path)
 
 
