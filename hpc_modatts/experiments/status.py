@@ -9,14 +9,18 @@ view and the per-job view (``--nodes``) never disagree.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.data.errors import DataError
 from hpc_modatts.experiments.sweep import Point, Unit, load_sweep
 from hpc_modatts.pipeline.dag import Dag
 from hpc_modatts.pipeline.status import pipeline_status, print_status
@@ -27,6 +31,26 @@ GROUPS = {"DONE": "done", "COMPLETED": "done", "RUNNING": "running", "COMPLETING
           "NODE_FAIL": "failed", "PREEMPTED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
 """Job state -> column of the sweep table; anything else (NOT SUBMITTED, UNKNOWN) is "waiting"."""
 COLUMNS = ("done", "running", "queued", "failed", "waiting")
+SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+"""squeue states of a job that will still run: a rerun must not submit its node again."""
+
+
+def slurm_in_flight(sweep_dir: Path) -> dict[str, str]:
+    """Node -> job id of the sweep's jobs still queued or running on SLURM (``squeue``)."""
+    try:
+        rec = json.loads((sweep_dir / "pipeline.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    last = {j["node"]: j["job_id"] for j in rec.get("jobs", []) if j.get("executor") == "slurm"}
+    if not last or shutil.which("squeue") is None:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise DataError(f"squeue failed ({out.stderr.strip()}): cannot tell which jobs of {sweep_dir} are in flight")
+    states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+    return {node: jid for node, jid in last.items() if states.get(jid) in SLURM_ACTIVE}
 
 
 def sweep_status(sweep_dir: str | os.PathLike) -> list[dict]:

@@ -41,12 +41,9 @@ refuses a changed config, naming the key, so that its points never mix two setti
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import json
 import logging
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +67,6 @@ A stage that starts reading another field must be listed here, or sharing become
 FREE_KEYS = ("name", "run_root", "pipeline.executor", "pipeline.cluster", "pipeline.timeout_min",
              "pipeline.mem_gb", "pipeline.variants")
 """Config keys a rerun may change in an existing sweep folder (where/how jobs run, which variants)."""
-SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-                "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
 @dataclass
@@ -177,6 +172,8 @@ def make_points(cfg: ExperimentConfig, spec: SweepSpec, sweep_dir: Path,
     from hpc_modatts.data.store import Store
 
     if not spec.resplit:
+        if not cfg.data.split:
+            raise ConfigError("data.split is empty: `pipeline --seeds` runs every seed on the config's split")
         split = Split.load(cfg.data.split)
         path = str(Path(cfg.data.split).resolve())
         src, tgt = _split_fractions(split)
@@ -315,21 +312,14 @@ def check_same_config(sweep_dir: Path, cfg: ExperimentConfig, resplit: bool) -> 
                               f"its runs would mix two settings: give the sweep another name")
 
 
-def slurm_in_flight(sweep_dir: Path) -> dict[str, str]:
-    """Node -> job id of the sweep's jobs still queued or running on SLURM (``squeue``)."""
-    try:
-        rec = json.loads((sweep_dir / "pipeline.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    last = {j["node"]: j["job_id"] for j in rec.get("jobs", []) if j.get("executor") == "slurm"}
-    if not last or shutil.which("squeue") is None:
-        return {}
-    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"],
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise DataError(f"squeue failed ({out.stderr.strip()}): cannot tell which jobs of {sweep_dir} are in flight")
-    states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
-    return {node: jid for node, jid in last.items() if states.get(jid) in SLURM_ACTIVE}
+def _check_self_training(cfg: ExperimentConfig, points: list[Point], variants: list[str]) -> None:
+    """Self-training pseudo-labels the unannotated target cases: a point annotating all of them fails."""
+    if cfg.pipeline.self_training_rounds and any(v in MODATTS_VARIANTS for v in variants):
+        for p in points:
+            if p.counts["target_labeled"] >= p.counts["target_train"]:
+                raise ConfigError(f"point {p.id}: every target training case is annotated, so self-training "
+                                  f"(pipeline.self_training_rounds={cfg.pipeline.self_training_rounds}) has nothing "
+                                  f"to pseudo-label; lower --target-labeled or set pipeline.self_training_rounds=0")
 
 
 def _ensure_store(cfg: ExperimentConfig) -> None:
@@ -366,6 +356,7 @@ def run_sweep(cfg: ExperimentConfig, spec: SweepSpec, executor: str | None = Non
         _ensure_store(cfg)
     variants = spec.variants or list(cfg.pipeline.variants)
     points, splits = make_points(cfg, spec, sweep_dir, write=not dry_run)
+    _check_self_training(cfg, points, variants)
     units = plan_units(points, variants)
     check_sharing(units, splits)
     base = apply_overrides(cfg, [f"run_root={json.dumps(str(sweep_dir.parent))}", f"name={json.dumps(sweep_dir.name)}",
@@ -382,6 +373,8 @@ def run_sweep(cfg: ExperimentConfig, spec: SweepSpec, executor: str | None = Non
         "format": 1, "name": sweep_dir.name, "spec": dataclasses.asdict(spec), "variants": variants,
         "config": config_to_dict(base), "points": [dataclasses.asdict(p) for p in points],
         "units": [dataclasses.asdict(u) for u in units]})
+    from hpc_modatts.experiments.status import slurm_in_flight
+
     in_flight = slurm_in_flight(sweep_dir) if executor == "slurm" else {}
     if in_flight:
         log.info("sweep: %d node(s) still queued/running from an earlier submission; not resubmitted", len(in_flight))
