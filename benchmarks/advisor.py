@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,9 @@ def retrain_units(base_dir: Path, points: list[dict], order: dict, budgets: list
     from hpc_modatts.experiments.sweep import Unit, check_sharing, load_sweep
 
     base_units = {u["id"]: u for u in load_sweep(base_dir)["units"]}
-    units, runs = [], []
+    # the base translators' nodes (DONE, so not run again) are the retrainings' parents in the DAG
+    units = [Unit(**u) for u in base_units.values() if u["translator"]]
+    runs = []
     for (strategy, seed), cases in order.items():
         p = next(p for p in points if p["seed"] == seed)
         base = Split.load(p["split"])
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> Path:
     from hpc_modatts.pipeline.submit import run_pipeline
 
     args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the DAG's "finished <node>" lines
     t0 = time.time()
     out = Path(args.out).resolve()
     seeds = [int(s) for s in args.seeds.split(",")]
