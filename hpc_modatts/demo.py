@@ -112,6 +112,10 @@ def stage_table(seconds: dict[str, float]) -> Table:
     return table
 
 
+DEMO_CASES = 40
+"""Phantom cases of the demo (4 mm: ~1 s each to make and convert): 24 train (12 T1 annotated,
+12 T2 unannotated), 6 validation, 10 test."""
+
 SEMI_SUPERVISED_STEP_FRACTION = 0.5
 """The demo gives semi-supervised training this fraction of the configured ``train.max_steps``
 (segment and self-training): a GenSeg step (three encoder and decoder passes plus two 3D
@@ -138,15 +142,23 @@ def demo_dag(cfg: ExperimentConfig) -> Dag:
     return Dag(nodes)
 
 
-def run_demo(out: str | os.PathLike = "demo_out", cases: int = 24, seed: int = 0, spacing: int = 4,
-             config: str = "demo_cpu", executor: str = "local", overrides: list[str] | None = None) -> Path:
-    """Run the demo end to end into ``out``; returns the folder with ``results.json``."""
+def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
+             config: str = "demo_cpu", executor: str = "local", overrides: list[str] | None = None,
+             data_dir: str | os.PathLike | None = None) -> Path:
+    """Run the demo end to end into ``out``; returns the folder with ``results.json``.
+
+    ``seed`` makes the phantom and the split; the training seed is ``train.seed`` (an override).
+    ``data_dir``: where the phantom, store and split live (default ``out``), so several runs
+    (e.g. ``benchmarks/adaptation.py``'s seeds) can share one dataset.
+    """
     t0 = time.time()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
     cfg0 = load_config(config, overrides)
-    store, split = prepare_data(out, cases, seed, spacing, cfg0.data.source, cfg0.data.target,
+    data_dir = Path(data_dir).resolve() if data_dir else out
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store, split = prepare_data(data_dir, cases, seed, spacing, cfg0.data.source, cfg0.data.target,
                                 val=0.15, test=0.25)
     t_data = time.time() - t0
     cfg = load_config(config, [
