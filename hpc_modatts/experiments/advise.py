@@ -7,8 +7,8 @@ RUN is an experiment folder (``<run_root>/<name>``, or a sweep point ``<sweep>/p
 2. Candidates: the split's target training cases whose masks the run did not use
    (``target_train`` minus ``target_labeled``, the whole split, not one fold's view).
 3. Evidence per candidate (``scorers.CaseEvidence``): each fold model's probability map (the
-   predict module's sliding-window inferer, ``infer.predict.predict_volume``) and the rounds'
-   pseudo-labels.
+   one inferer, ``infer.inferer.VolumeInferer`` with the run's ``infer`` settings, through
+   ``infer.predict.predict_case``) and the rounds' pseudo-labels.
 4. Every applicable scorer (``scorers.SCORERS`` or ``--scorers``), rank-normalised over the
    candidates; the score is their mean; the top N are selected.
 
@@ -93,25 +93,31 @@ def candidates(cfg: ExperimentConfig) -> tuple[object, list[str]]:
 def gather(cfg: ExperimentConfig, folds: list[tuple[Path, list[Path]]], cases: list[str]) -> tuple[list, dict]:
     """``CaseEvidence`` per case, and per case the 2D slices the panel draws."""
     from hpc_modatts.data.store import Store
-    from hpc_modatts.infer.predict import load_models, predict_volume
+    from hpc_modatts.infer.inferer import inferer_from_config
+    from hpc_modatts.infer.predict import load_models, predict_case
+    from hpc_modatts.train.guards import voxel_ml, zero_healthy
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, _ = load_models([f for f, _ in folds], device)
+    inferer = inferer_from_config(cfg)
     store = Store.open(cfg.data.store)
     labels = [[Store.open(s) for s in stores] for _, stores in folds]
     evidence, slices = [], {}
     for case in cases:
+        attrs = store.attrs(case)
         image = store.read_image(case, cfg.data.target)
         brain = store.read_brain(case) > 0
-        probs = [predict_volume([m], image, cfg.data.patch_size) for m in models]   # (X, Y, Z) each
+        probs = [predict_case([m], inferer, store, case, cfg.data.target)["prob"] for m in models]  # (X, Y, Z)
         rounds = []
         for k, stores in enumerate(labels):
             seq = [s.read_array(case, "pseudo_label") > 0 for s in stores if case in s.case_ids]
-            if seq:  # the final model's own label at the rounds' threshold, inside the brain
-                seq.append((probs[k] > cfg.train.alpha) & brain)
-                rounds.append(seq)
-        spacing = store.attrs(case).get("spacing", [1.0, 1.0, 1.0])
-        ev = CaseEvidence(case, probs, rounds, voxel_ml=float(np.prod(spacing)) / 1000.0)
+            if seq:  # the final model's own label, made as self-training makes its pseudo-labels
+                own = (probs[k] > cfg.train.alpha) & brain
+                if cfg.train.healthy_pseudo_labels == "zero":
+                    own = zero_healthy(own, attrs.get("hemisphere_split"), attrs.get("weak_labels"))
+                rounds.append(seq + [own])
+        ev = CaseEvidence(case, probs, rounds, voxel_ml=voxel_ml(attrs.get("spacing", [1.0, 1.0, 1.0])),
+                          threshold=cfg.infer.threshold)
         evidence.append(ev)
         slices[case] = _panel_slices(image, brain, ev)
     return evidence, slices

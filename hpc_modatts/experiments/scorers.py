@@ -16,7 +16,7 @@ Evidence, on the stored grid of the case:
 Built in (each a known active-learning signal, computed here because it needs our runs'
 layout; the Dice is MONAI's ``compute_dice``):
 
-* ``disagreement`` (K >= 2): 1 - mean pairwise Dice of the folds' masks (p >= 0.5); folds
+* ``disagreement`` (K >= 2): 1 - mean pairwise Dice of the folds' masks (p >= infer.threshold); folds
   trained on different cases disagree where the model is unsure (query by committee);
 * ``instability`` (self-training): mean over folds and consecutive labels of 1 - Dice; a case
   whose pseudo-label keeps changing feeds every next round noise;
@@ -46,6 +46,8 @@ class CaseEvidence:
     """Per fold: pseudo-labels of rounds 1..R, then the final model's label (bool/uint8)."""
     voxel_ml: float = 1e-3
     """Volume of one voxel in ml (mm^3 / 1000)."""
+    threshold: float = 0.5
+    """Probability at which a fold's mask is cut (the run's ``infer.threshold``)."""
 
 
 @dataclass
@@ -69,7 +71,7 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
 def disagreement(ev: CaseEvidence) -> Score | None:
     if len(ev.fold_probs) < 2:
         return None
-    masks = [p >= 0.5 for p in ev.fold_probs]
+    masks = [p >= ev.threshold for p in ev.fold_probs]
     d = float(np.mean([mask_dice(a, b) for a, b in itertools.combinations(masks, 2)]))
     return Score(1.0 - d, f"the {len(masks)} fold models' masks overlap with mean pairwise Dice {d:.2f}")
 

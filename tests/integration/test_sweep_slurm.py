@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slurm
 
 
 def test_tiny_sweep_is_one_afterok_dag_on_slurm_and_reruns_submit_nothing(tiny_data, tmp_path):  # noqa: F811
-    cfg = tiny_config(tmp_path, tiny_data, "swslurm", "pipeline.self_training_rounds=0")
+    cfg = tiny_config(tmp_path, tiny_data, "swslurm", "pipeline.self_training_rounds=0", "train.max_steps=1",
+                      "train.stage_overrides={translate: {max_steps: 1, batch_size: 2}}")  # 1-step stages
     spec = SweepSpec(source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0], variants=["self-supervised"],
                      val=0.15, test=0.25)
     t0 = time.time()
