@@ -183,7 +183,7 @@ def test_sweep_runs_every_node_once_and_a_rerun_runs_nothing(tmp_path, store, li
     sw.run_sweep(cfg, spec, executor="debug")  # only the missing node runs again
     assert _ran(light_stages)[16:] == [str(sweep_dir / "points" / "src1_tgt0.5_seed0" / "evaluate-self-supervised")]
 
-    with pytest.raises(ConfigError, match="train.max_steps=300, now 7"):
+    with pytest.raises(ConfigError, match=r"train.max_steps=\d+, now 7"):
         sw.run_sweep(sweep_cfg(tmp_path, store, "train.max_steps=7"), spec, executor="debug")
     with pytest.raises(DataError, match="differs from the split this sweep makes now"):
         sw.run_sweep(cfg, dataclasses.replace(spec, val=0.3), executor="debug")
