@@ -14,7 +14,7 @@ import os
 import sys
 
 # group modules, imported lazily so `hpc-modatts --help` stays fast
-GROUPS = ("data", "train", "infer", "pipeline", "demo")
+GROUPS = ("data", "train", "infer", "pipeline", "experiments", "demo")
 
 
 class UserError(Exception):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hpc_modatts.cli.experiments import int_list
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="build an experiment's stage DAG and submit it (slurm/local/debug)",
@@ -15,10 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default: pipeline.executor of the config")
     p.add_argument("--cluster", default=None, help="cluster preset name (launchers/clusters/) or YAML path")
     p.add_argument("--dry-run", action="store_true", help="print the DAG and what would be submitted")
+    p.add_argument("--seeds", type=int_list, default=None, metavar="S,S,...",
+                   help="one run per train.seed on the config's split, as a sweep folder (see `sweep`, `report`)")
     p.set_defaults(func=_pipeline)
 
-    s = sub.add_parser("status", help="stages, job ids and states of a submitted pipeline")
+    s = sub.add_parser("status", help="stages, job ids and states of a submitted pipeline (or sweep)")
     s.add_argument("run_dir", help="experiment folder (<run_root>/<name>) holding pipeline.json")
+    s.add_argument("--nodes", action="store_true", help="sweeps: also every job, not only the run folders")
     s.set_defaults(func=_status)
 
 
@@ -26,6 +31,12 @@ def _pipeline(args: argparse.Namespace) -> int:
     from hpc_modatts.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.seeds is not None:  # seeds everywhere: the run becomes a sweep over train.seed
+        from hpc_modatts.experiments.sweep import SweepSpec, run_sweep
+
+        spec = SweepSpec(seeds=args.seeds, variants=list(cfg.pipeline.variants), resplit=False)
+        print(run_sweep(cfg, spec, executor=args.executor, cluster=args.cluster, dry_run=args.dry_run))
+        return 0
     if args.dry_run:
         from hpc_modatts.pipeline.dag import build_dag
 
@@ -39,7 +50,14 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from hpc_modatts.pipeline.status import print_status
 
+    if (Path(args.run_dir) / "sweep.json").is_file():  # a sweep: one row per run folder
+        from hpc_modatts.experiments.status import print_sweep_status
+
+        print_sweep_status(args.run_dir, nodes=args.nodes)
+        return 0
     print_status(args.run_dir)
     return 0

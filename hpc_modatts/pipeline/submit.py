@@ -268,13 +268,17 @@ def _read_json(path: Path) -> dict:
 
 
 def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: str | None = None,
-                 dag: Dag | None = None, check: bool = True, wait: bool = False) -> Path:
+                 dag: Dag | None = None, check: bool = True, wait: bool = False,
+                 max_parallel: int | None = None, in_flight: dict[str, str] | None = None) -> Path:
     """Submit every pending node of ``cfg``'s DAG; returns the ``pipeline.json`` path.
 
     ``executor``/``cluster`` default to ``cfg.pipeline``. On SLURM this returns right after
     submission (``wait=True`` blocks until the last jobs end); local/debug run to the end.
     ``dag`` replaces ``build_dag(cfg)`` (tests use light callables); ``check=False`` skips
-    the store/split checks (for such DAGs only).
+    the store/split checks (for such DAGs only). ``max_parallel``: at most this many local
+    jobs at once (None = every ready node). ``in_flight`` (SLURM): node name -> id of a job of
+    an earlier submission still queued or running; that node is not submitted again and its
+    dependents wait on that id (a rerun while jobs are in flight submits only what is missing).
     """
     executor = executor or cfg.pipeline.executor
     cluster = cluster if cluster is not None else cfg.pipeline.cluster
@@ -286,27 +290,30 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
     if check:
         check_inputs(cfg, executor)
     dag = dag or build_dag(cfg)
-    pending = dag.pending()
+    in_flight = dict(in_flight or {}) if executor == "slurm" else {}
+    pending = [n for n in dag.pending() if n.name not in in_flight]
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
     rec = Recorder(root / "pipeline.json", cfg, executor, dag)
     log.info("pipeline %s: %d nodes, %d pending, executor %s", cfg.name, len(dag), len(pending), executor)
     folder = root / "submitit"
     if executor == "slurm":
-        jobs = _submit_slurm(pending, cfg, preset, folder, rec)
+        jobs = _submit_slurm(pending, cfg, preset, folder, rec, in_flight)
         if wait:
             for j in jobs.values():
                 j.results()  # every task of a multi-task job (``result()`` refuses those)
     else:
-        _run_in_waves(pending, cfg, executor, folder, rec)
+        _run_in_waves(pending, cfg, executor, folder, rec, max_parallel=max_parallel)
     return rec.path
 
 
 def _submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | None, folder: Path,
-                  rec: Recorder) -> dict[str, Any]:
+                  rec: Recorder, in_flight: dict[str, str] | None = None) -> dict[str, Any]:
     jobs: dict[str, Any] = {}
+    earlier = in_flight or {}
     for node in pending:  # topological: parents already have ids
-        params = node_parameters(node, cfg, preset, [str(jobs[d].job_id) for d in node.deps])
+        dep_ids = [str(jobs[d].job_id) if d in jobs else earlier[d] for d in node.deps]  # deps are pending
+        params = node_parameters(node, cfg, preset, dep_ids)
         job = make_executor(folder, "slurm", params).submit(StageJob(node, cfg))
         jobs[node.name] = job
         rec.add(node, job, folder, "slurm")
@@ -325,12 +332,14 @@ class StagesFailed(RuntimeError):
 
 
 def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
-                  rec: Recorder, poll_s: float = 0.5) -> None:
+                  rec: Recorder, poll_s: float = 0.5, max_parallel: int | None = None) -> None:
     """Emulate afterok: submit every node whose parents finished; as soon as ANY running job
     ends, submit what it unblocked (no barrier between waves, so a short branch of the graph
     never waits for a long sibling). A failed stage fails its descendants only, as on SLURM:
     independent branches still run, then ``StagesFailed`` names every failure. ``debug`` jobs
-    run in-process inside ``results()``, one at a time in submission order."""
+    run in-process inside ``results()``, one at a time in submission order. ``max_parallel``
+    caps the jobs alive at once (a sweep's graph can have dozens of ready nodes; each local
+    job is a whole training process)."""
     finished: set[str] = set()
     failed: dict[str, str] = {}
     skipped: list[str] = []
@@ -341,7 +350,10 @@ def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, fol
             for node in [n for n in left if any(d in failed or d in skipped for d in n.deps)]:
                 skipped.append(node.name)  # topological order: a skipped parent is seen first
                 left.remove(node)
-            for node in [n for n in left if all(d in finished for d in n.deps)]:
+            ready = [n for n in left if all(d in finished for d in n.deps)]
+            if max_parallel:
+                ready = ready[:max(0, max_parallel - len(running))]
+            for node in ready:
                 job = make_executor(folder, executor, node_parameters(node, cfg, None, [])).submit(StageJob(node, cfg))
                 rec.add(node, job, folder, executor)
                 running[node.name] = (node, job)

@@ -9,7 +9,7 @@ def test_all_commands_registered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for cmd in ("phantom", "convert", "verify", "split", "train", "synthesize", "predict", "evaluate",
-                "pipeline", "status", "demo"):
+                "pipeline", "status", "sweep", "report", "advise", "demo"):
         assert cmd in sub.choices, cmd
 
 

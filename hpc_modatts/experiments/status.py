@@ -1,0 +1,104 @@
+"""What a sweep will run (``--dry-run``) and where it stands (``hpc-modatts status SWEEP_DIR``).
+
+The status has one row per run folder of the sweep (a point's MoDATTS variants, or a shared
+group): how many of its jobs are done, running, queued, failed or waiting, which points share
+it, and the test Dice of every variant already evaluated. The job states come from the
+pipeline's own ``pipeline_status`` (DONE markers, ``sacct``, submitit results), so the sweep
+view and the per-job view (``--nodes``) never disagree.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.experiments.sweep import Point, Unit, load_sweep
+from hpc_modatts.pipeline.dag import Dag
+from hpc_modatts.pipeline.status import pipeline_status, print_status
+
+GROUPS = {"DONE": "done", "COMPLETED": "done", "RUNNING": "running", "COMPLETING": "running",
+          "PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "SUSPENDED": "queued",
+          "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed",
+          "NODE_FAIL": "failed", "PREEMPTED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
+"""Job state -> column of the sweep table; anything else (NOT SUBMITTED, UNKNOWN) is "waiting"."""
+COLUMNS = ("done", "running", "queued", "failed", "waiting")
+SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+"""squeue states of a job that will still run: a rerun must not submit its node again."""
+
+
+def slurm_in_flight(sweep_dir: Path) -> dict[str, str]:
+    """Node -> job id of the sweep's jobs still queued or running on SLURM (``squeue``)."""
+    try:
+        rec = json.loads((sweep_dir / "pipeline.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    last = {j["node"]: j["job_id"] for j in rec.get("jobs", []) if j.get("executor") == "slurm"}
+    if not last or shutil.which("squeue") is None:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise DataError(f"squeue failed ({out.stderr.strip()}): cannot tell which jobs of {sweep_dir} are in flight")
+    states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+    return {node: jid for node, jid in last.items() if states.get(jid) in SLURM_ACTIVE}
+
+
+def sweep_status(sweep_dir: str | os.PathLike) -> list[dict]:
+    """One row per run folder: job counts per state group and the evaluated variants' mean Dice."""
+    info = load_sweep(sweep_dir)
+    nodes = pipeline_status(sweep_dir)
+    rows = []
+    for u in info["units"]:
+        mine = [r for r in nodes if r["node"].startswith(f"{u['id']}/")]
+        counts = Counter(GROUPS.get(r["state"].split()[0] if r["state"] else "", "waiting") for r in mine)
+        dice = {}
+        for v in u["variants"]:
+            path = Path(sweep_dir) / u["id"] / f"evaluate-{v}" / "metrics.json"
+            if path.is_file():
+                dice[v] = json.loads(path.read_text())["summary"]["dice"]["mean"]
+        rows.append({"unit": u["id"], "shared_by": list(u["shared_by"]), "jobs": len(mine),
+                     **{c: counts.get(c, 0) for c in COLUMNS}, "dice": dice})
+    return rows
+
+
+def print_sweep_status(sweep_dir: str | os.PathLike, nodes: bool = False, console: Console | None = None) -> list[dict]:
+    """Print the sweep table (and, with ``nodes``, the per-job table); returns the rows."""
+    console = console or Console()
+    rows = sweep_status(sweep_dir)
+    table = Table(title=f"sweep {Path(sweep_dir).resolve().name}")
+    for col in ("run folder", "shared by", "jobs", *COLUMNS, "test Dice"):
+        table.add_column(col, justify="right" if col in COLUMNS or col == "jobs" else "left")
+    for r in rows:
+        dice = ", ".join(f"{v} {d:.3f}" for v, d in r["dice"].items()) or "-"
+        failed = f"[red]{r['failed']}[/]" if r["failed"] else "0"
+        table.add_row(r["unit"], f"{len(r['shared_by'])} point(s)", str(r["jobs"]), str(r["done"]), str(r["running"]),
+                      str(r["queued"]), failed, str(r["waiting"]), dice)
+    console.print(table)
+    total = {c: sum(r[c] for r in rows) for c in ("jobs", *COLUMNS)}
+    console.print(", ".join(f"{total[c]} {c}" for c in ("jobs", *COLUMNS)))
+    if nodes:
+        print_status(sweep_dir, console)
+    return rows
+
+
+def print_plan(points: list[Point], units: list[Unit], dag: Dag, console: Console | None = None) -> None:
+    """``sweep --dry-run``: every run folder, its variants, its stage 1 and who shares it."""
+    table = Table(title=f"sweep plan: {len(points)} points, {len(units)} run folders, {len(dag)} jobs "
+                        f"({len(dag.pending())} to run)")
+    for col in ("run folder", "variants", "stage 1", "shared by", "jobs"):
+        table.add_column(col)
+    for u in units:
+        jobs = sum(1 for n in dag.nodes if n.startswith(f"{u.id}/"))
+        stage1 = "trains it" if u.translator else (f"from {u.translator_from}" if u.translator_from else "-")
+        table.add_row(u.id, ", ".join(u.variants) or "-", stage1, ", ".join(u.shared_by), str(jobs))
+    (console or Console()).print(table)
