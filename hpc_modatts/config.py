@@ -21,6 +21,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from hpc_modatts.data.aliases import canonical
+
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the key."""
@@ -64,8 +66,14 @@ class DataConfig:
     """DataLoader worker processes per rank (fork-safe, stores are reopened lazily)."""
     min_tumour_fraction: float = 0.01
     """2D slice weak labels: diseased if tumour covers >= this fraction of the brain area."""
+    region: Literal["whole", "core", "enhancing"] = "whole"
+    """Training target: whole tumour (the thesis), or for BraTS stores the tumour core or the
+    enhancing tumour (hpc_modatts.data.labels; stored as mask / mask_core / mask_enhancing)."""
 
     def __post_init__(self) -> None:
+        # BraTS 2023-2025 names (t1c, t2f, ...) mean the stored t1ce, flair, ...: hpc_modatts.data.aliases
+        self.source, self.target = canonical(self.source), canonical(self.target)
+        _check_choice("data.region", self.region, ("whole", "core", "enhancing"))
         self.slice_size = tuple(int(v) for v in self.slice_size)
         self.patch_size = tuple(int(v) for v in self.patch_size)
         if len(self.slice_size) != 2:

@@ -4,8 +4,10 @@
 
 Folders hold one NIfTI per case, ``<case>.nii.gz`` (or ``.nii``); ``<case>_prob.nii.gz``
 probability maps and ``<case>_healthy`` / ``_residual`` / ``_pseudo_target`` images (written by
-``predict --extras``) in the prediction folder are not cases. Masks are binarised (> 0, whole
-tumour). Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
+``predict --extras``) in the prediction folder are not cases. Predictions are binarised (> 0);
+references are label maps read with a label scheme (``--labels``; none: > 0 is tumour) and
+reduced to the evaluated region (``--region`` whole | core | enhancing, ``hpc_modatts.data.labels``),
+which the table and metrics.json name. Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
 ``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
 distances are in mm (method.md, "Evaluation"; thesis 5.5.2).
 
@@ -43,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.labels import REGION_NAMES, REGIONS, LabelScheme, detect_scheme, get_scheme
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, mark_done
 
 log = logging.getLogger(__name__)
@@ -139,21 +142,27 @@ def target_supervised_dice(path: str | os.PathLike) -> float:
 def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.PathLike,
              target_supervised: str | os.PathLike | None = None,
              images: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             panels: bool = True, console: Console | None = None) -> Path:
+             panels: bool = True, console: Console | None = None, region: str = "whole",
+             labels: str | None = None) -> Path:
     """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``.
 
     ``images``: folder(s) searched in order for ``<case>.nii.gz`` (target) and ``<case>_<name>``
-    (``IMAGE_NAMES``); the first folder holding a file wins.
+    (``IMAGE_NAMES``); the first folder holding a file wins. ``region``: the tumour region the
+    predictions are of; ``labels``: the references' label scheme (None: > 0 is tumour for the
+    whole tumour, detected from the reference values for core / enhancing).
     """
+    if region not in REGIONS:
+        raise DataError(f"--region {region!r} must be one of {', '.join(REGIONS)}")
     pred_cases, ref_cases = nifti_cases(pred, "prediction"), nifti_cases(ref, "reference")
     cases = check_pairs(pred_cases, ref_cases)
+    scheme = reference_scheme([ref_cases[c] for c in cases], region, labels, ref)
     ts_dice = target_supervised_dice(target_supervised) if target_supervised else None
     out = Path(out)
     rows = []
     for case in cases:
         p_img, r_img = nib.load(pred_cases[case]), nib.load(ref_cases[case])
         p = np.asanyarray(p_img.dataobj) > 0  # (X, Y, Z) in the file's own voxel order
-        r = np.asanyarray(r_img.dataobj) > 0
+        r = np.asanyarray(r_img.dataobj) > 0 if scheme is None else scheme.region_mask(np.asanyarray(r_img.dataobj), region) > 0
         spacing = tuple(float(s) for s in r_img.header.get_zooms()[:3])
         rows.append({"case": case, **case_metrics(p, r, spacing)})
         if panels:
@@ -162,13 +171,27 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
             extra = _case_images(_folders(images), case, p.shape)
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
-    result = {"pred": str(pred), "ref": str(ref), "cases": rows, "summary": summary}
+    result = {"pred": str(pred), "ref": str(ref), "region": region,
+              "labels": "nonzero" if scheme is None else scheme.name, "cases": rows, "summary": summary}
     if ts_dice:
         result["percent_of_target_supervised"] = 100.0 * summary["dice"]["mean"] / ts_dice
     atomic_write_text(out / "metrics.csv", _csv(rows, summary))
     atomic_write_json(out / "metrics.json", result)
     print_table(result, console)
     return out
+
+
+def reference_scheme(paths: list[Path], region: str, labels: str | None, where) -> LabelScheme | None:
+    """The references' label scheme: ``labels``, None (> 0) for the whole tumour, else detected
+    from the label values of every reference (one line naming them when ambiguous)."""
+    if labels:
+        return get_scheme(labels)
+    if region == "whole":
+        return None
+    values = set()
+    for p in paths:
+        values |= {int(v) for v in np.unique(np.asanyarray(nib.load(p).dataobj))}
+    return detect_scheme(values, "manifest", f"{where} (--region {region})")[0]
 
 
 def _folders(images) -> list[Path]:
@@ -205,7 +228,8 @@ def _csv(rows: list[dict], summary: dict) -> str:
 
 
 def print_table(result: dict, console: Console | None = None) -> None:
-    table = Table(title=f"evaluation of {result['pred']}")
+    region = result.get("region", "whole")
+    table = Table(title=f"evaluation of {result['pred']}: {REGION_NAMES[region]} ({result.get('labels', 'nonzero')} labels)")
     for col in ("case", "Dice", "HD95 (mm)", "ASSD (mm)", "note"):
         table.add_column(col)
     for r in result["cases"]:
@@ -228,10 +252,13 @@ def run(cfg) -> Path:
     v = cfg.train.variant
     out = stage_dir(cfg.run_dir, "evaluate", v)
     store, split = Store.open(cfg.data.store), Split.load(cfg.data.split)
-    for case in split.test:  # references and target images on the predictions' (original) grid
-        attrs, mask = store.attrs(case), store.read_mask(case)
+    scheme = "binary"
+    for case in split.test:  # references (original label maps) and target images on the predictions' grid
+        attrs, mask, labels = store.attrs(case), store.read_mask(case), store.read_labels(case)
         if mask is None:
             raise DataError(f"case {case}: test case without a mask in {cfg.data.store}")
+        if labels is not None and attrs.get("label_scheme"):
+            mask, scheme = labels, attrs["label_scheme"]
         _save(to_original_geometry(mask, attrs, order=0), out / "reference" / f"{case}.nii.gz")
         _save(to_original_geometry(store.read_image(case, cfg.data.target), attrs, order=1, fill=-1.0),
               out / "images" / f"{case}.nii.gz")
@@ -240,7 +267,8 @@ def run(cfg) -> Path:
     link_extras(pred, split.test, out / "images")
     ts = stage_dir(cfg.run_dir, "evaluate", "target-supervised") / "metrics.json"
     use_ts = v != "target-supervised" and ts.is_file()
-    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images")
+    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images",
+             region=cfg.data.region, labels=scheme)
     mark_done(out)
     return out
 

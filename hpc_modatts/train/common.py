@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
 from hpc_modatts.config import lambda_seg_pt_for_fraction
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.labels import read_region
 
 log = logging.getLogger(__name__)
 
@@ -229,14 +230,14 @@ def dice_of(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def volume_dice(predictor: Callable[[torch.Tensor], torch.Tensor], store_path: str | os.PathLike,
                 cases: Sequence[str], modality: str, patch_size: Sequence[int],
-                device: torch.device, threshold: float = 0.5) -> dict[str, float]:
-    """Mean whole-volume Dice (probabilities > ``threshold``) over the cases that have a mask."""
+                device: torch.device, threshold: float = 0.5, region: str = "whole") -> dict[str, float]:
+    """Mean whole-volume Dice (probabilities > ``threshold``) of ``region`` over the cases that have a mask."""
     from hpc_modatts.data.store import Store
 
     store = Store.open(store_path)
     scores = []
     for case in cases:
-        mask = store.read_mask(case)
+        mask = read_region(store, case, region)
         if mask is None:
             continue
         prob = predict_volume(predictor, store.read_image(case, modality), patch_size, device)

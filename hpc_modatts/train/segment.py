@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.data.labels import region_array
 from hpc_modatts.distributed.engine import unwrap
 from hpc_modatts.train import common
 from hpc_modatts.train.task import TaskDefaults
@@ -152,7 +153,8 @@ class SegmentTask(TaskDefaults):
 
         def volumes(store, cases, modality, annotated, offset, **kw) -> VolumeDataset:
             return VolumeDataset(store, cases, modality, patch_size=d.patch_size, half=d.half_volumes,
-                                 annotated=set(annotated), augment=d.augment, seed=seed + offset, **kw)
+                                 annotated=set(annotated), augment=d.augment, seed=seed + offset,
+                                 mask_name=region_array(d.region), **kw)
 
         if self.variant == "source-supervised":
             return KeyedDataset(volumes(d.store, s.source_labeled, s.source, s.source_labeled, 0), "sup")
@@ -272,7 +274,7 @@ class SegmentTask(TaskDefaults):
         """Whole-volume sliding-window Dice on the target validation cases (every rank, same cases)."""
         gen = engines["gen"]
         return common.volume_dice(lambda p: gen(p), self.cfg.data.store, self.val_cases, self.split.target,
-                                  self.cfg.data.patch_size, env.device)
+                                  self.cfg.data.patch_size, env.device, region=self.cfg.data.region)
 
 
 # ----------------------------------------------------------------------------- stage
