@@ -310,8 +310,9 @@ class PipelineConfig:
     source_dir: str = ""
     """NIfTI dataset folder converted into ``data.store`` by the pipeline's convert node when
     the store does not exist yet ("" = the store must already exist)."""
-    layout: str = "brats"
-    """Layout of ``source_dir`` for the convert node (see ``hpc_modatts.data.layouts``)."""
+    layout: str = "auto"
+    """Layout of ``source_dir`` for the convert node: auto (from the file names), brats, crossmoda
+    or manifest (see ``hpc_modatts.data.layouts``)."""
 
     def __post_init__(self) -> None:
         _check_choice("pipeline.executor", self.executor, ("local", "debug", "slurm"))

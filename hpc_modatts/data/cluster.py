@@ -48,7 +48,7 @@ def slurm_cluster_options(preset: dict[str, Any], log_dir: str | Path) -> dict[s
         "account": _no_newline("account", preset["account"]) if preset.get("account") else None,
         "cores": int(preset.get("cpus_per_task") or 1),
         "processes": 1,
-        "memory": f"{int(preset.get('mem_gb') or DEFAULT_MEM_GB)}GB",
+        "memory": f"{int(preset.get('mem_gb') or DEFAULT_MEM_GB)}GiB",  # = sbatch --mem=<N>G, as the pipeline asks
         "walltime": _walltime(preset.get("timeout_min") or 60),
         "job_extra_directives": extra,
         "job_script_prologue": [_no_newline("setup", line) for line in (preset.get("setup") or [])],
@@ -56,11 +56,23 @@ def slurm_cluster_options(preset: dict[str, Any], log_dir: str | Path) -> dict[s
         "log_directory": str(log_dir),
         "local_directory": "/tmp",
         "python": sys.executable,
-        "scheduler_options": {"dashboard": False},
+        "scheduler_options": {"dashboard": False, "dashboard_address": ":0"},  # no fixed port 8787 to collide on
     }
     if preset.get("interface"):
         opts["interface"] = _no_newline("interface", preset["interface"])
     return opts
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """The scheduler's INFO chatter (workers joining, comms closing) would drown the progress bar."""
+    log_ = logging.getLogger(logger)
+    level = log_.level
+    log_.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log_.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -74,7 +86,7 @@ def slurm_client(cluster: str, jobs: int, log_dir: str | Path, worker_timeout_s:
     preset = load_preset(cluster)
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     options = slurm_cluster_options(preset, log_dir)
-    with SLURMCluster(**options) as slurm, Client(slurm) as client:
+    with _quiet("distributed"), SLURMCluster(**options) as slurm, Client(slurm) as client:
         slurm.scale(jobs=max(1, int(jobs)))
         log.info("convert: %d SLURM worker job(s) requested (partition %s, %d core(s), %s each); logs in %s",
                  max(1, int(jobs)), options["queue"] or "default", options["cores"], options["memory"], log_dir)

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 from hpc_modatts.data.aliases import alias_table, canonical
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.labels import LabelScheme, detect_scheme, get_scheme, scan_label_values
-from hpc_modatts.data.layouts import CaseSpec, find_cases, resolve_layout
+from hpc_modatts.data.layouts import CaseSpec, describe, find_cases, resolve_layout
 from hpc_modatts.data.store import DATASET_DTYPE, SHARDED, Store
 
 log = logging.getLogger(__name__)
@@ -250,8 +250,7 @@ def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: S
         st.update_root_attrs(source=str(Path(src).resolve()), modalities=sorted({m for s in specs for m in s.images}),
                              modality_aliases=alias_table(), modality_names=names, naming=specs[0].generation,
                              labels={**scheme.record(), "chosen_by": how})
-        log.info("%s: %d case(s), %s naming, modalities %s; labels %s (%s)", src, len(specs),
-                 specs[0].generation or layout,
+        log.info("%s: %s; modalities %s; labels %s (%s)", src, describe(specs),
                  ", ".join(m if names.get(m, m) == m else f"{m} (files: {names[m]})" for m in sorted(names)),
                  scheme.name, how)
         tasks = [dask.delayed(convert_one, pure=False)(spec, str(store_path), scheme.name, spacing, crop, crop_margin,

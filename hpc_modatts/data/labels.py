@@ -112,9 +112,9 @@ def get_scheme(name: str | LabelScheme) -> LabelScheme:
     return SCHEMES[name]
 
 
-def _agree(schemes: list[LabelScheme], values: set[int]) -> bool:
-    """Do the schemes give the same regions for the label values present? (only regions all define)"""
-    regions = set.intersection(*(set(s.regions) for s in schemes))
+def _agree(schemes: list[LabelScheme], values: set[int], region: str | None = None) -> bool:
+    """Do the schemes give the same regions (or ``region``) for the label values present? (only regions all define)"""
+    regions = {region} if region else set.intersection(*(set(s.regions) for s in schemes))
     for r in regions:
         masks = {frozenset(v for v in values if v > 0 and (s.regions[r] is None or v in s.regions[r])) for s in schemes}
         if len(masks) > 1:
@@ -127,21 +127,28 @@ def _choices(values: set[int]) -> str:
     return ", ".join(f"--labels {s.name} ({s.description})" for s in fits)
 
 
-def detect_scheme(values: Iterable[int], generation: str, where: str) -> tuple[LabelScheme, str]:
-    """(scheme, how it was chosen) for the union of label values of a dataset; DataError when ambiguous."""
+def detect_scheme(values: Iterable[int], generation: str, where: str,
+                  region: str | None = None) -> tuple[LabelScheme, str]:
+    """(scheme, how it was chosen) for the union of label values of a dataset; DataError when ambiguous.
+
+    ``region``: only schemes defining it are candidates, and they need to agree on it alone
+    (evaluation of one region)."""
     values = {int(v) for v in values}
     candidates, preferred = GENERATIONS.get(generation, GENERATIONS["manifest"])
+    if region:
+        candidates = tuple(n for n in candidates if region in SCHEMES[n].regions)
+        preferred = preferred if preferred in candidates else None
     found = sorted(values)
     if not values - {0}:
         name = preferred or "binary"
         return SCHEMES[name], f"no tumour label in any mask; {name} assumed"
     if preferred and SCHEMES[preferred].allows(values):
         return SCHEMES[preferred], f"label values {found} and the {generation} naming"
-    if SCHEMES["binary"].allows(values):
+    if SCHEMES["binary"].allows(values) and "binary" in candidates:
         return SCHEMES["binary"], f"label values {found}"
     # narrowest first: when brats2021 and brats2013 read {0, 1, 2, 4} alike, record brats2021
     fits = sorted((SCHEMES[n] for n in candidates if SCHEMES[n].allows(values)), key=lambda s: len(s.allowed or ()))
-    if len(fits) == 1 or (fits and _agree(fits, values)):
+    if len(fits) == 1 or (fits and _agree(fits, values, region)):
         return fits[0], f"label values {found}"
     if not fits:
         raise DataError(f"{where}: label values {found} fit no label scheme of the {generation} naming; "

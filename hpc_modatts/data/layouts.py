@@ -272,6 +272,21 @@ def _weak_labels(path: Path, row: int, r: dict[str, str]) -> dict[str, str] | No
 LAYOUTS = {"brats": find_brats, "crossmoda": find_crossmoda, "manifest": find_manifest}
 
 
+def describe(specs: list[CaseSpec]) -> str:
+    """One line about what was found, e.g. "5 case(s) in the BraTS 2023-2025 naming (GLI, MET), 5 with masks"."""
+    gen = specs[0].generation if specs else ""
+    m = re.match(r"^(brats|crossmoda)(\d{4}(?:-\d{4})?)?$", gen)
+    naming = f"the {'BraTS' if m[1] == 'brats' else 'CrossMoDA'} {m[2] or ''} naming".replace("  ", " ") if m else "a manifest"
+    subs = sorted({x[1] for x in (re.match(r"^BraTS-([A-Z]+)-\d", s.case_id) for s in specs) if x})
+    if subs:
+        naming += f" ({', '.join(subs)})"
+    parts = [f"{len(specs)} case(s) in {naming}", f"{sum(s.mask is not None for s in specs)} with masks"]
+    brains = sum(s.brain is not None for s in specs)
+    if brains:
+        parts.append(f"{brains} with brain-mask files")
+    return ", ".join(parts)
+
+
 def detect_layout(src: str | Path) -> str:
     """The layout of ``src`` from its file names: a .csv/.json file is a manifest, a folder holds
     BraTS or CrossMoDA files (see the module doc); DataError when it cannot tell."""

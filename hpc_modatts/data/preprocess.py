@@ -250,7 +250,9 @@ def preprocess_case(spec: CaseSpec, scheme: LabelScheme | str = "brats", spacing
             warnings.append(f"case {spec.case_id}: constant non-zero background "
                             + ", ".join(f"{b:.4g} in {m}" for m, b in shifted.items())
                             + " (z-scored data?): voxels equal to it are background")
-        brain = brain_from_images(vols, {m: b or 0.0 for m, b in backgrounds.items()})
+        # modalities resampled onto the grid have blurred edges: the brain comes from those already on it
+        on_grid = {m: v for m, v in vols.items() if m not in moved}
+        brain = brain_from_images(on_grid, {m: b or 0.0 for m, b in backgrounds.items()})
         brain_from = "images"
         if not brain.any():
             raise DataError(f"case {spec.case_id}: empty brain mask (every image voxel is background, e.g. {ref_path})")

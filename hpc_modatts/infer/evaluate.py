@@ -162,7 +162,7 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
     for case in cases:
         p_img, r_img = nib.load(pred_cases[case]), nib.load(ref_cases[case])
         p = np.asanyarray(p_img.dataobj) > 0  # (X, Y, Z) in the file's own voxel order
-        r = np.asanyarray(r_img.dataobj) > 0 if scheme is None else scheme.region_mask(np.asanyarray(r_img.dataobj), region) > 0
+        r = reference_mask(np.asanyarray(r_img.dataobj), scheme, region, ref_cases[case])
         spacing = tuple(float(s) for s in r_img.header.get_zooms()[:3])
         rows.append({"case": case, **case_metrics(p, r, spacing)})
         if panels:
@@ -191,7 +191,19 @@ def reference_scheme(paths: list[Path], region: str, labels: str | None, where) 
     values = set()
     for p in paths:
         values |= {int(v) for v in np.unique(np.asanyarray(nib.load(p).dataobj))}
-    return detect_scheme(values, "manifest", f"{where} (--region {region})")[0]
+    return detect_scheme(values, "manifest", f"{where} (--region {region})", region=region)[0]
+
+
+def reference_mask(labels: np.ndarray, scheme: LabelScheme | None, region: str, path: Path) -> np.ndarray:
+    """The region of a reference label map (> 0 without a scheme); values outside the scheme: one line."""
+    if scheme is None:
+        return labels > 0
+    if scheme.allowed is not None:
+        bad = sorted({int(v) for v in np.unique(labels)} - set(scheme.allowed))
+        if bad:
+            raise DataError(f"{path}: reference label values {bad} are not in --labels {scheme.name} "
+                            f"(allowed {list(scheme.allowed)})")
+    return scheme.region_mask(labels, region) > 0
 
 
 def _folders(images) -> list[Path]:

@@ -270,8 +270,11 @@ class SegmentTask(TaskDefaults):
         return loss
 
     # ------------------------------------------------------------------ validation
-    def validate(self, engines: dict, env: Any) -> dict[str, float]:
-        """Whole-volume sliding-window Dice on the target validation cases (every rank, same cases)."""
+    def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
+        """Whole-volume sliding-window Dice on the target validation cases (every rank, same cases);
+        None without validation cases (no annotated target case, e.g. CrossMoDA): the last model is kept."""
+        if not self.val_cases:
+            return None
         gen = engines["gen"]
         return common.volume_dice(lambda p: gen(p), self.cfg.data.store, self.val_cases, self.split.target,
                                   self.cfg.data.patch_size, env.device, region=self.cfg.data.region)

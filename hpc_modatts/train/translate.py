@@ -170,7 +170,7 @@ class TranslateTask(TaskDefaults):
         return {"loss": loss, "adv": adv, "cyc": cyc, "seg": seg, "disc": d_loss}
 
     # ------------------------------------------------------------------ validation
-    def validate(self, engines: dict, env: Any) -> dict[str, float]:
+    def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
         """Slice-wise segmentation Dice, restacked per volume, on the validation cases.
 
         ``dice``: G_seg^T(E_T(X_T)) on the real TARGET slices (by the split contract, val cases
@@ -180,6 +180,8 @@ class TranslateTask(TaskDefaults):
         """
         from hpc_modatts.data.store import Store
 
+        if not self.val_cases:  # no annotated target case (CrossMoDA's hrT2): the last model is kept
+            return None
         model = unwrap(engines["gen"])
         store = Store.open(self.cfg.data.store)
         device = env.device
