@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -201,7 +202,9 @@ def choose_scheme(specs: list[CaseSpec], labels: str, src: str | Path, run: Runn
     import dask
 
     masked = [s for s in specs if s.mask is not None]
-    tasks = [dask.delayed(scan_label_values, pure=False)(str(s.mask), s.case_id, dask_key_name=f"{SCAN_PREFIX}{i}")
+    run_id = os.urandom(4).hex()  # keys unique per run: a shared dask scheduler may serve other conversions
+    tasks = [dask.delayed(scan_label_values, pure=False)(str(s.mask), s.case_id,
+                                                         dask_key_name=f"{SCAN_PREFIX}{run_id}-{i}")
              for i, s in enumerate(masked)]
     results = run(tasks, [s.case_id for s in masked], SCAN_PREFIX, "reading labels") if tasks else []
     bad = sorted((r for r in results if r["error"]), key=lambda r: r["case"])
@@ -233,13 +236,13 @@ def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: S
     import dask
 
     store_path = Path(store)
+    scheduler = scheduler or ("threads" if workers > 1 else "sync")
+    if scheduler not in LOCAL_SCHEDULERS:  # workers elsewhere: every path they get must be absolute
+        src, store_path = Path(src).resolve(), store_path.resolve()
     spacing, crop = _normalise_options(spacing, crop)
     layout = resolve_layout(src, layout)
     specs = find_cases(src, layout, missing=missing, modalities=modalities)  # errors before touching the store
     resample_to = canonical(resample_to) if resample_to else None
-    scheduler = scheduler or ("threads" if workers > 1 else "sync")
-    if scheduler == "slurm":  # workers elsewhere: every path they get must be absolute
-        store_path = store_path.resolve()
     log_dir = store_path.parent / f"{store_path.name}.slurm-logs"
     with task_runner(scheduler, workers, progress, cluster, log_dir) as run:
         scheme, how = choose_scheme(specs, labels, src, run)
@@ -253,8 +256,9 @@ def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: S
         log.info("%s: %s; modalities %s; labels %s (%s)", src, describe(specs),
                  ", ".join(m if names.get(m, m) == m else f"{m} (files: {names[m]})" for m in sorted(names)),
                  scheme.name, how)
+        run_id = os.urandom(4).hex()
         tasks = [dask.delayed(convert_one, pure=False)(spec, str(store_path), scheme.name, spacing, crop, crop_margin,
-                                                       resample_to, dask_key_name=f"{TASK_PREFIX}{i}")
+                                                       resample_to, dask_key_name=f"{TASK_PREFIX}{run_id}-{i}")
                  for i, spec in enumerate(specs)]
         results = run(tasks, [s.case_id for s in specs], TASK_PREFIX, "converting")
     return _report(results, st, created, store_path)

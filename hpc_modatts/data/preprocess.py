@@ -24,7 +24,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from hpc_modatts.data.brain import brain_from_images, constant_background, largest_component_filled  # noqa: F401
+from hpc_modatts.data.aliases import canonical
+from hpc_modatts.data.brain import brain_from_images, constant_background
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.labels import LabelScheme, get_scheme, region_masks
 from hpc_modatts.data.layouts import LABEL_SCHEMES, CaseSpec
@@ -193,8 +194,6 @@ def _load_on_grid(spec: CaseSpec, resample_to: str | None) -> tuple:
     mods = list(spec.images)
     ref_mod = mods[0]
     if resample_to is not None:
-        from hpc_modatts.data.aliases import canonical
-
         ref_mod = canonical(resample_to)
         if ref_mod not in spec.images:
             raise DataError(f"case {spec.case_id}: --resample-to {resample_to}: the case has no {ref_mod} image "
