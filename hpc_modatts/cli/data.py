@@ -68,6 +68,8 @@ def _split(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the data subcommands to the top-level parser's subparsers."""
+    from hpc_modatts.data.labels import LABEL_CHOICES  # the schemes' one owner
+
     p = sub.add_parser("phantom", help="write the embedded demo dataset (BraTS-layout NIfTI phantoms)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
@@ -77,12 +79,11 @@ def register(sub) -> None:
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("convert", help="convert a NIfTI dataset into one zarr store (parallel, resumable)")
-    p.add_argument("src", help="source folder (brats, crossmoda) or manifest .csv/.json")
+    p.add_argument("src", help="dataset folder (BraTS 2018-2025, CrossMoDA 2021-2023) or manifest .csv/.json")
     p.add_argument("store", help="output store, e.g. data/brats.zarr")
     p.add_argument("--layout", choices=("auto", "brats", "crossmoda", "manifest"), default="auto",
                    help="auto (default): from the file names; brats = BraTS 2018-2021 and 2023-2025 namings")
-    p.add_argument("--labels", default="auto", choices=("auto", "brats2013", "brats2021", "brats2023", "brats2024",
-                                                         "binary", "nonzero", "crossmoda", "crossmoda2023"),
+    p.add_argument("--labels", default="auto", choices=LABEL_CHOICES,
                    help="label scheme of the masks (default auto: from the label values found; see data/README.md)")
     p.add_argument("--resample-to", metavar="MODALITY", default=None,
                    help="resample modalities/masks not on this modality's grid onto it (world coordinates)")

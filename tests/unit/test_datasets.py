@@ -63,3 +63,14 @@ def test_release_converts_verifies_splits_and_trains(tmp_path, release):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert (run / "DONE").is_file() and [r["step"] for r in rows if "train/loss" in r] == [1]
     assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+
+
+def test_unlabelled_target_set_converts_alone(tmp_path):
+    """CrossMoDA's validation/target sets: hrT2 files only, no label anywhere."""
+    src = write_release(tmp_path, "crossmoda2022")
+    for f in list(src.glob("*_ceT1.nii.gz")) + list(src.glob("*_Label.nii.gz")):
+        f.unlink()
+    st = Store.open(convert(src, tmp_path / "t.zarr", progress=False))
+    assert st.case_ids == ["crossmoda2022_ldn_2", "crossmoda2022_ldn_4"] and verify(st) == []
+    assert all(st.modalities(c) == ["hrT2"] and st.mask(c) is None for c in st.case_ids)
+    assert st.root_attrs["labels"]["chosen_by"].startswith("no tumour label in any mask")
