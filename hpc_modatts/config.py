@@ -93,6 +93,10 @@ class DataConfig:
 class ModelConfig:
     translator_size: Literal["tiny", "full"] = "full"
     """Stage 1 TransUNet generator size: full = R50-ViT-B/16, tiny = for tests / CPU demo."""
+    keep_background: bool = True
+    """Stage-1 translators copy their input's background (voxels at the fill value -1) to their
+    output, so the discriminators judge brain only. Beyond the thesis; on the demo it turned the
+    stage-1 GAN from 2 of 5 seeds flipping the tumour contrast to 5 of 5 (docs/results.md)."""
     segmenter_size: Literal["tiny", "small", "semi8m", "full"] = "full"
     """Stage 2 MedFormer size: full ~38 M, semi8m = the paper's reduced 8 M, small/tiny for CPU."""
     common_fraction: float = 0.75
@@ -103,6 +107,9 @@ class ModelConfig:
     """Local file with ImageNet R50-ViT-B/16 weights for the translator encoder (never downloaded)."""
     checkpointing: list[str] = field(default_factory=list)
     """Activation checkpointing policy: block kinds to recompute (bmdh, conv, vit)."""
+    channels_last: bool = True
+    """Store convolution weights channels-last (``hpc_modatts.models.layout``): same values, about
+    2x faster small-channel 3D convolutions on CPU; the layout tensor cores prefer on CUDA."""
     disc_scales: int = 3
     """Number of scales of the multi-scale discriminators."""
     disc_channels: tuple[int, ...] = (60, 120, 240, 480)
@@ -131,9 +138,13 @@ class OptimConfig:
     """L2 weight decay."""
     grad_clip: float = 0.0
     """Gradient-norm clipping; 0 disables (DeepSpeed's default of 1.0 is overridden)."""
+    disc_lr: float = 0.0
+    """Learning rate of the discriminators (engine ``disc``); 0 = ``lr`` as in the thesis. A larger
+    value (two time-scale update rule) lets short GAN schedules keep adversarial pressure."""
 
     def __post_init__(self) -> None:
         _check_positive("optim.lr", self.lr)
+        _check_positive("optim.disc_lr", self.disc_lr, allow_zero=True)
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas={list(self.betas)} must be two values in [0, 1)")
@@ -236,6 +247,14 @@ class TrainConfig:
     0 = run rounds 1..rounds in turn, skipping finished ones."""
     alpha: float = 0.6
     """Self-training pseudo-label threshold on probabilities."""
+    max_volume_factor: float = 3.0
+    """Plausibility bound (``hpc_modatts.train.guards``): a model predicting, for any validation
+    case, a tumour larger than this multiple of the largest annotated training tumour is never
+    selected as best, and pseudo-labels beyond it stop self-training with an error."""
+    healthy_pseudo_labels: Literal["zero", "keep"] = "zero"
+    """Self-training pseudo-labels in hemispheres weakly labelled healthy (A): ``zero`` them (they
+    are known to be wrong; beyond the thesis, see docs/results.md for the ablation) or ``keep``
+    them as thresholded (the thesis)."""
     init_from: str = ""
     """Run folder whose best model initialises this run (self-training rounds)."""
     translator_run: str = ""
@@ -247,8 +266,9 @@ class TrainConfig:
     resume: bool = True
     """Resume from the run folder's latest checkpoint when one exists."""
     stage_overrides: dict[str, dict] = field(default_factory=dict)
-    """Per-stage values of ``train.*`` keys, merged over this section when a stage runs, e.g.
-    ``{translate: {epochs: 200, batch_size: 15, weights: {adv: 1}}, self-train: {epochs: 150}}``
+    """Per-stage values of ``train.*`` keys (and of ``optim.*`` keys under ``optim``), merged over
+    those sections when a stage runs, e.g. ``{translate: {epochs: 200, batch_size: 15,
+    weights: {adv: 1}, optim: {disc_lr: 4e-4}}, self-train: {epochs: 150}}``
     (thesis 5.5.1: stage 1 200 epochs batch 15; stage 2 300 epochs batch 2; rounds 150 epochs).
     Applied by ``hpc_modatts.train.common.stage_config`` (command-line overrides win)."""
 
@@ -264,6 +284,9 @@ class TrainConfig:
         _check_positive("train.log_every", self.log_every)
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"train.alpha={self.alpha} must be in (0, 1)")
+        if not self.max_volume_factor > 0:
+            raise ConfigError(f"train.max_volume_factor={self.max_volume_factor} must be > 0")
+        _check_choice("train.healthy_pseudo_labels", self.healthy_pseudo_labels, ("zero", "keep"))
         if isinstance(self.weights, dict):
             self.weights = _build(LossWeights, self.weights, "train.weights")
 
@@ -279,7 +302,12 @@ class TrainConfig:
             for bad in ("stage", "stage_overrides"):
                 if bad in values:
                     raise ConfigError(f"{key}.{bad} cannot be set per stage")
-            _build(TrainConfig, values, key)  # checks names and values, naming the key
+            train_keys = {k: v for k, v in values.items() if k != "optim"}
+            _build(TrainConfig, train_keys, key)  # checks names and values, naming the key
+            if "optim" in values:
+                if not isinstance(values["optim"], dict):
+                    raise ConfigError(f"{key}.optim={values['optim']!r} must be a mapping of optim keys")
+                _build(OptimConfig, values["optim"], f"{key}.optim")
 
 
 @dataclass
@@ -326,6 +354,31 @@ class PipelineConfig:
 
 
 @dataclass
+class InferConfig:
+    """How a 3D model is applied to whole volumes (``hpc_modatts.infer.inferer``): validation,
+    pseudo-labels and ``predict`` all use these settings."""
+
+    mode: Literal["auto", "hemisphere", "whole"] = "auto"
+    """hemisphere = each half alone, centred like a training patch, the other half at the
+    background value (what half-volume training shows the model); whole = sliding windows over
+    the whole volume; auto = hemisphere when ``data.half_volumes``."""
+    overlap: float = 0.5
+    """Sliding-window overlap where a region is larger than the patch (MONAI, gaussian blending)."""
+    sw_batch_size: int = 2
+    """Windows per forward pass."""
+    threshold: float = 0.5
+    """Probability above which a voxel is tumour (validation Dice and predicted masks)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("infer.mode", self.mode, ("auto", "hemisphere", "whole"))
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"infer.overlap={self.overlap} must be in [0, 1)")
+        _check_positive("infer.sw_batch_size", self.sw_batch_size)
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"infer.threshold={self.threshold} must be in (0, 1)")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     """Experiment name (folder name under run_root)."""
@@ -343,6 +396,8 @@ class ExperimentConfig:
     """Stage, variant, schedule, loss weights."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """Executor and stage graph."""
+    infer: InferConfig = field(default_factory=InferConfig)
+    """Whole-volume inference (validation, pseudo-labels, predict)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hpc_modatts.demo import DEMO_CASES
+
 
 def _demo(args: argparse.Namespace) -> int:
     from hpc_modatts.demo import run_demo
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run the whole MoDATTS pipeline with tiny models on the embedded phantom "
                                    "and print the target-test Dice of four methods side by side.")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--cases", type=int, default=24, help="phantom cases (default: 24)")
+    p.add_argument("--cases", type=int, default=DEMO_CASES, help=f"phantom cases (default: {DEMO_CASES})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spacing", type=int, default=4, choices=(2, 4), help="phantom voxel size in mm (default 4)")
     p.add_argument("--config", default="demo_cpu", help="config name in configs/ or a YAML path")

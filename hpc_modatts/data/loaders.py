@@ -275,7 +275,7 @@ class SliceDataset(_EpochDataset):
 
 
 # ---------------------------------------------------------------------------- stage 2: volumes
-def _brain_box(brain: np.ndarray, offset: Sequence[int]) -> list[Range]:
+def brain_box(brain: np.ndarray, offset: Sequence[int]) -> list[Range]:
     """Bounding box [lo, hi) per axis of the nonzero voxels (whole array when empty)."""
     if not brain.any():
         return [(o, o + s) for o, s in zip(offset, brain.shape)]
@@ -284,6 +284,11 @@ def _brain_box(brain: np.ndarray, offset: Sequence[int]) -> list[Range]:
         nz = np.flatnonzero(brain.any(axis=tuple(a for a in range(brain.ndim) if a != ax)))
         box.append((offset[ax] + int(nz[0]), offset[ax] + int(nz[-1]) + 1))
     return box
+
+
+def centred_window(box: Sequence[Range], size: Sequence[int]) -> list[int]:
+    """Origin of a ``size`` window centred on ``box`` (per axis; negative = sticks out, padded)."""
+    return [(lo + hi) // 2 - n // 2 for (lo, hi), n in zip(box, size)]
 
 
 class VolumeDataset(_EpochDataset):
@@ -334,7 +339,7 @@ class VolumeDataset(_EpochDataset):
         items = []
         for side, (x0, x1) in parts:
             valid = [(x0, x1), (0, Y), (0, Z)]
-            box = _brain_box(store.read_brain(case, (slice(x0, x1), slice(None), slice(None))), (x0, 0, 0))
+            box = brain_box(store.read_brain(case, (slice(x0, x1), slice(None), slice(None))), (x0, 0, 0))
             items.append((case, side, valid, box, self._attr_weak(case, side, weak)))
         return items
 
@@ -351,13 +356,14 @@ class VolumeDataset(_EpochDataset):
         return len(self.index)
 
     def _window_start(self, box: list[Range], index: int) -> list[int]:
-        rng = np.random.default_rng(_item_seed(self.seed, self.epoch, index)) if self.augment else None
-        start = []
-        for (lo, hi), n in zip(box, self.patch_size):
-            if hi - lo > n and rng is not None:
-                start.append(int(rng.integers(lo, hi - n + 1)))
-            else:
-                start.append((lo + hi) // 2 - n // 2)
+        """Centred on the brain box (``centred_window``; what inference feeds), or, with
+        augmentation, at a random offset along axes where the box is larger than the patch."""
+        start = centred_window(box, self.patch_size)
+        if self.augment:
+            rng = np.random.default_rng(_item_seed(self.seed, self.epoch, index))
+            for ax, ((lo, hi), n) in enumerate(zip(box, self.patch_size)):
+                if hi - lo > n:
+                    start[ax] = int(rng.integers(lo, hi - n + 1))
         return start
 
     def _mask(self, case: str, valid, start) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -41,6 +41,9 @@ INTENSITY = {
 }
 FIELD_OF_VIEW_MM = (192, 224, 192)  # (X, Y, Z) extent of a case: 96x112x96 at 2 mm
 BRATS_LABELS = (0, 1, 2, 4)
+SHARED_BIAS = True
+TUMOUR_RADII_MM = (20.0, 34.0)
+BIAS_AMPLITUDE = (0.02, 0.06)
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def make_tumour(brain: np.ndarray, rng: np.random.Generator, spacing: int, side:
     inside = brain & half
     depth = ndi.distance_transform_edt(inside) * spacing  # mm from the edge of the hemisphere
     for _ in range(20):
-        radii = rng.uniform(12, 26, 3) / spacing  # whole-tumour semi-axes in voxels
+        radii = rng.uniform(*TUMOUR_RADII_MM, 3) / spacing  # whole-tumour semi-axes in voxels
         candidates = np.argwhere(depth > 0.6 * radii.min() * spacing)
         if len(candidates) == 0:
             candidates = np.argwhere(inside)
@@ -191,13 +194,17 @@ def _nested_blobs(shape, centre, radii, rng) -> np.ndarray:
     return labels
 
 
-def render(fractions: np.ndarray, brain: np.ndarray, contrast: str, rng: np.random.Generator) -> np.ndarray:
-    """One contrast from tissue fractions (T, X, Y, Z): table * jitter, texture, bias, Rician noise."""
+def render(fractions: np.ndarray, brain: np.ndarray, contrast: str, rng: np.random.Generator,
+           bias: np.ndarray | None = None) -> np.ndarray:
+    """One contrast from tissue fractions (T, X, Y, Z): table * jitter, texture, bias, Rician noise.
+
+    ``bias``: the session's multiplicative bias field (X, Y, Z), shared by every contrast of a case;
+    None draws an independent one for this contrast (the pre-0.2 phantom)."""
     table = np.asarray(INTENSITY[contrast], np.float32) * rng.normal(1.0, 0.05, len(TISSUES)).astype(np.float32)
     img = np.tensordot(table, fractions, axes=1)  # (X, Y, Z)
     shape = img.shape
     img *= 1.0 + 0.03 * smooth_field(rng, shape, coarse=24)                 # tissue texture
-    img *= np.exp(rng.uniform(0.05, 0.15) * smooth_field(rng, shape, coarse=3))  # bias field
+    img *= bias if bias is not None else np.exp(rng.uniform(0.05, 0.15) * smooth_field(rng, shape, coarse=3))
     sigma = rng.uniform(0.015, 0.035)
     noise_r = rng.normal(0.0, sigma, shape).astype(np.float32)
     noise_i = rng.normal(0.0, sigma, shape).astype(np.float32)
@@ -218,7 +225,8 @@ def make_case(index: int, seed: int = 0, spacing: int = 2, healthy: bool = False
     t_total = np.clip(sum(tumour), 0.0, 1.0)
     normal = [m * (1.0 - t_total) for m in (csf, gm, wm)]
     fractions = np.stack(normal + [tumour[0], tumour[1], tumour[2]]) * brain  # (T, X, Y, Z), TISSUES order
-    out: dict[str, np.ndarray | str] = {c: render(fractions, brain, c, rng) for c in CONTRASTS}
+    bias = np.exp(rng.uniform(*BIAS_AMPLITUDE) * smooth_field(rng, brain.shape, coarse=3)) if SHARED_BIAS else None
+    out: dict[str, np.ndarray | str] = {c: render(fractions, brain, c, rng, bias) for c in CONTRASTS}
     out["seg"] = seg
     out["side"] = "none" if healthy else side
     return out

@@ -164,13 +164,18 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
         p = np.asanyarray(p_img.dataobj) > 0  # (X, Y, Z) in the file's own voxel order
         r = reference_mask(np.asanyarray(r_img.dataobj), scheme, region, ref_cases[case])
         spacing = tuple(float(s) for s in r_img.header.get_zooms()[:3])
-        rows.append({"case": case, **case_metrics(p, r, spacing)})
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        rows.append({"case": case, **case_metrics(p, r, spacing),
+                     "pred_ml": float(p.sum()) * voxel_ml, "ref_ml": float(r.sum()) * voxel_ml})
         if panels:
             from hpc_modatts.infer.panels import save_panel
 
             extra = _case_images(_folders(images), case, p.shape)
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
+    # predicted vs reference tumour volume (ml): a model that paints the brain shows here first
+    summary["volume_ml"] = {"pred": float(np.mean([r["pred_ml"] for r in rows])),
+                            "ref": float(np.mean([r["ref_ml"] for r in rows]))}
     result = {"pred": str(pred), "ref": str(ref), "region": region,
               "labels": "nonzero" if scheme is None else scheme.name, "cases": rows, "summary": summary}
     if ts_dice:
@@ -294,7 +299,7 @@ def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: 
     """
     from hpc_modatts.data.preprocess import to_original_geometry
     from hpc_modatts.runs import is_done
-    from hpc_modatts.train.synthesize import load_last_model, paths, translate_volume
+    from hpc_modatts.train.synthesize import load_translator, paths, translate_volume
 
     translator_run, _ = paths(cfg)
     if not is_done(translator_run):
@@ -305,7 +310,7 @@ def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: 
         log.info("evaluate: no test case holds the source modality %r; panels without pseudo-targets", source)
         return []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _, step = load_last_model(translator_run, "gen")
+    model, _, step = load_translator(translator_run)
     model.to(device)
     with torch.no_grad():
         for case in todo:

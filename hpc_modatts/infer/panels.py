@@ -57,6 +57,48 @@ def save_panel(path: str | os.PathLike, case: str, images: dict[str, np.ndarray]
     for a in axes[0]:
         a.axis("off")
     fig.suptitle(f"{case}  z={z}", fontsize=10)
+    return _save(fig, path)
+
+
+REPORT_CURVES = (("score", "selection score"), ("contrast_ratio", "tumour contrast ratio"),
+                 ("appearance", "appearance (1 - W1 ratio)"), ("disc_accuracy", "discriminator accuracy"),
+                 ("paired_corr", "paired correlation"))
+
+
+def save_translation_report(path: str | os.PathLike, records: list[dict], rows: list[dict[str, np.ndarray]],
+                            title: str, best_step: int | None = None) -> Path:
+    """Stage-1 report: validation curves over steps, then one row of slices per case.
+
+    ``records``: metrics.jsonl lines with ``val/<name>`` entries; ``rows``: per case an ordered
+    dict title -> (H, W) slice (e.g. source / pseudo-target / real target), all in [-1, 1].
+    """
+    curves = [(k, t) for k, t in REPORT_CURVES if any(f"val/{k}" in r for r in records)]
+    ncols = max(len(curves), max((len(r) for r in rows), default=1), 1)
+    nrows = 1 + len(rows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.5 * nrows), squeeze=False)
+    for ax, (key, name) in zip(axes[0], curves):
+        pts = [(r["step"], r[f"val/{key}"]) for r in records if f"val/{key}" in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
+        if key == "disc_accuracy":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        if best_step is not None:
+            ax.axvline(best_step, color="red", lw=0.8, ls=":")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in axes[0][len(curves):]:
+        ax.axis("off")
+    for i, row in enumerate(rows, start=1):
+        for ax, (name, img) in zip(axes[i], row.items()):
+            ax.imshow(np.asarray(img, np.float32).T, cmap="gray", vmin=-1, vmax=1, origin="lower")
+            ax.set_title(name, fontsize=7)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.suptitle(title + (f" (selected: step {best_step}, red line)" if best_step is not None else ""), fontsize=9)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Write a figure as PNG atomically and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")

@@ -4,12 +4,12 @@
 
 * The best model of every run (``best_model.pt``, ``hpc_modatts.train.checkpoint``) is loaded;
   several runs (the folds) form an ensemble: the mean of their sigmoid probabilities.
-* Each whole stored volume (canonical RAS, normalised) goes through MONAI
-  ``sliding_window_inference`` with the training patch as ROI, overlap 0.5 and gaussian
-  blending. Models trained on half volumes (hemispheres, ``data.half_volumes``) see windows of
-  their training size that tile the *whole* brain, so both hemispheres are predicted and
-  blended into one seamless volume (no left/right split and re-assembly needed).
-* Masks = probability >= 0.5 (method.md), written as uint8 NIfTI in each input's ORIGINAL grid
+* Each stored volume (canonical RAS, normalised) goes through THE inferer
+  (``hpc_modatts.infer.inferer.VolumeInferer``, settings from the run's ``infer`` config): models
+  trained on hemispheres see each hemisphere alone, centred in a training-size window with the
+  other side at the background value, exactly like their training patches; the two halves are
+  pasted back together. Validation and pseudo-labels use the same inferer.
+* Masks = probability >= ``infer.threshold`` (0.5), written as uint8 NIfTI in each input's ORIGINAL grid
   (``to_original_geometry``); ``--probabilities`` adds float32 ``<case>_prob.nii.gz``.
 * ``--extras`` (GenSeg runs, on in the pipeline): per case also the P->A healthy image
   X_PA = G_com(c) (``<case>_healthy.nii.gz``) and the tumour residual G_res(c, u)
@@ -33,15 +33,11 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
-
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
 from hpc_modatts.runs import is_done, mark_done
 
 log = logging.getLogger(__name__)
-
-THRESHOLD = 0.5
-OVERLAP = 0.5
 
 
 def check_runs(runs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -95,32 +91,27 @@ def genseg_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([prob, healthy, residual], dim=1)
 
 
-@torch.no_grad()
-def ensemble_windows(models: list[torch.nn.Module], image: np.ndarray, roi: Sequence[int], predictor,
-                     overlap: float = OVERLAP) -> np.ndarray:
-    """Mean over ``models`` of MONAI sliding-window ``predictor(model, window)``: (X, Y, Z) -> (C, X, Y, Z)."""
+def ensemble(models: list[torch.nn.Module], inferer: VolumeInferer, image: np.ndarray, brain: np.ndarray,
+             split: int | None, predictor, out_fill: Sequence[float]) -> np.ndarray:
+    """Mean over ``models`` of the inferer's ``predictor(model, window)`` outputs: -> (C, X, Y, Z)."""
     device = next(models[0].parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device)  # (1, 1, X, Y, Z)
     total = None
     for model in models:
-        out = sliding_window_inference(x, roi_size=tuple(roi), sw_batch_size=1,
-                                       predictor=lambda t, m=model: predictor(m, t),
-                                       overlap=overlap, mode="gaussian", padding_mode="constant", cval=-1.0)
-        total = out if total is None else total + out  # (1, C, X, Y, Z)
-    return (total / len(models))[0].float().cpu().numpy()
+        out = inferer(lambda t, m=model: predictor(m, t), image, brain, split, device, out_fill)
+        total = out if total is None else total + out
+    return total / len(models)
 
 
-def predict_volume(models: list[torch.nn.Module], image: np.ndarray, roi: Sequence[int],
-                   overlap: float = OVERLAP) -> np.ndarray:
-    """Mean sigmoid probability of the ensemble over a whole (X, Y, Z) volume -> (X, Y, Z) float32."""
-    return ensemble_windows(models, image, roi, lambda m, t: torch.sigmoid(m(t)), overlap)[0]
-
-
-def predict_volume_extras(models: list[torch.nn.Module], image: np.ndarray, roi: Sequence[int],
-                          overlap: float = OVERLAP) -> dict[str, np.ndarray]:
-    """GenSeg ensemble over a whole volume: {"prob", "healthy", "residual"}, each (X, Y, Z) float32."""
-    out = ensemble_windows(models, image, roi, genseg_outputs, overlap)  # (3, X, Y, Z)
-    return {"prob": out[0], "healthy": out[1], "residual": out[2]}
+def predict_case(models: list[torch.nn.Module], inferer: VolumeInferer, store, case: str, modality: str,
+                 extras: bool = False) -> dict[str, np.ndarray]:
+    """Ensemble outputs of one stored case: {"prob"} (+ "healthy", "residual" with ``extras``), (X, Y, Z)."""
+    attrs = store.attrs(case)
+    image, brain, split = store.read_image(case, modality), store.read_brain(case), attrs.get("hemisphere_split")
+    if extras:
+        out = ensemble(models, inferer, image, brain, split, genseg_outputs,
+                       (0.0, EXTRA_FILL["healthy"], EXTRA_FILL["residual"]))  # (3, X, Y, Z)
+        return {"prob": out[0], "healthy": out[1], "residual": out[2]}
+    return {"prob": ensemble(models, inferer, image, brain, split, lambda m, t: torch.sigmoid(m(t).float()), (0.0,))[0]}
 
 
 def _is_store(path: Path) -> bool:
@@ -197,17 +188,15 @@ def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: st
                 raise DataError(f"case {case} is not in {store.path}")
             if modality not in store.modalities(case):
                 raise DataError(f"case {case}: no {modality} image in {store.path} (has {store.modalities(case)})")
+        inferer = inferer_from_config(cfg)
         for case in todo:
             attrs = store.attrs(case)
-            image = store.read_image(case, modality)
+            outputs = predict_case(models, inferer, store, case, modality, extras)
+            prob = outputs["prob"]
             if extras:
-                outputs = predict_volume_extras(models, image, cfg.data.patch_size)
-                prob = outputs["prob"]
                 for name in EXTRAS:
                     _save_float(outputs[name], attrs, out / f"{case}_{name}.nii.gz", fill=EXTRA_FILL[name])
-            else:
-                prob = predict_volume(models, image, cfg.data.patch_size)
-            mask = (prob >= THRESHOLD).astype(np.uint8)
+            mask = (prob >= cfg.infer.threshold).astype(np.uint8)
             _save_nifti(to_original_geometry(mask, attrs, order=0), out / f"{case}.nii.gz")
             if probabilities:
                 _save_float(prob, attrs, out / f"{case}_prob.nii.gz")

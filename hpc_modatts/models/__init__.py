@@ -17,6 +17,7 @@ _EXPORTS = {
     "MultiScaleDiscriminator": "hpc_modatts.models.discriminator",
     "apply_activation_checkpointing": "hpc_modatts.models.checkpointing",
     "count_parameters": "hpc_modatts.models.checkpointing",
+    "to_channels_last": "hpc_modatts.models.layout",
 }
 
 __all__ = sorted(_EXPORTS)

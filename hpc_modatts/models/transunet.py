@@ -57,13 +57,17 @@ class TransUNetSize:
     decoder_channels: tuple[int, int, int, int]
     img_size: int
     dropout: float = 0.1
+    input_skip: bool = False
+    """Concatenate the input image to the last decoder block (full resolution). TransUNet's first
+    skip is at 1/2 resolution, which blurs every output by ~2 pixels: harmless on 240x240
+    slices, but on the CPU demo's 48x56 slices (4 mm) it erased tumours a few voxels wide."""
 
 
 SIZES = {
     # method.md: ~97.9 M encoder, ~7.4 M per decoder.
     "full": TransUNetSize(64, (3, 4, 9), 768, 12, 12, 3072, 512, (256, 128, 64, 16), 224),
     # Tests and the CPU demo: < 1 M parameters in all.
-    "tiny": TransUNetSize(8, (1, 1, 1), 64, 2, 4, 128, 32, (32, 16, 8, 8), 64),
+    "tiny": TransUNetSize(8, (1, 1, 1), 64, 2, 4, 128, 32, (32, 16, 8, 8), 64, input_skip=True),
 }
 
 
@@ -256,12 +260,14 @@ class DecoderBlock(nn.Module):
 class CascadedDecoder(nn.Module):
     """TransUNet "cascaded upsampler": conv hidden->head, 4 decoder blocks, 3x3 conv head."""
 
-    def __init__(self, size: TransUNetSize, skip_channels: tuple[int, int, int], out_channels: int):
+    def __init__(self, size: TransUNetSize, skip_channels: tuple[int, int, int], out_channels: int,
+                 input_channels: int = 0):
         super().__init__()
         channels = size.decoder_channels
         self.conv_more = ConvNormAct(size.hidden, size.decoder_head)
         ins = (size.decoder_head, *channels[:-1])
-        skips = (*skip_channels, 0)  # the last block (1/2 -> 1/1) has no skip
+        # the last block (1/2 -> 1/1) has no skip in TransUNet; the input with size.input_skip
+        skips = (*skip_channels, input_channels if size.input_skip else 0)
         self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, channels))
         self.head = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
 
@@ -293,8 +299,8 @@ class TransUNetTranslator(nn.Module):
         stem_channels = 3 if in_channels in (1, 3) else in_channels
         self.encoder = HybridEncoder(size, stem_channels)
         skip_channels = self.encoder.resnet.skip_channels
-        self.translation_decoder = CascadedDecoder(size, skip_channels, in_channels)
-        self.segmentation_decoder = CascadedDecoder(size, skip_channels, seg_channels)
+        self.translation_decoder = CascadedDecoder(size, skip_channels, in_channels, in_channels)
+        self.segmentation_decoder = CascadedDecoder(size, skip_channels, seg_channels, in_channels)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Check (B, C, H, W), repeat 1 -> 3 channels, pad H, W up to multiples of 16 with -1."""
@@ -314,7 +320,10 @@ class TransUNetTranslator(nn.Module):
 
     def encode(self, x: torch.Tensor) -> EncodedFeatures:
         """(B, C, H, W) -> EncodedFeatures shared by both decoders."""
-        hidden, skips = self.encoder(self._prepare(x))
+        prepared = self._prepare(x)                       # (B, 3 or C, H', W')
+        hidden, skips = self.encoder(prepared)
+        if self.size.input_skip:                          # full-resolution skip: the input itself
+            skips = [*skips, prepared[:, : self.in_channels]]
         return EncodedFeatures(hidden, skips, (x.shape[-2], x.shape[-1]))
 
     def translate(self, feats: EncodedFeatures) -> torch.Tensor:

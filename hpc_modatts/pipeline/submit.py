@@ -288,31 +288,63 @@ def _submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | Non
     return jobs
 
 
+class StagesFailed(RuntimeError):
+    """Local/debug pipeline: some stages failed (their descendants never ran, the rest did)."""
+
+    def __init__(self, failed: dict[str, str], skipped: list[str]):
+        self.failed, self.skipped = failed, skipped
+        lines = [f"{name}: {err}" for name, err in failed.items()]
+        super().__init__(f"{len(failed)} stage(s) failed, {len(skipped)} dependent stage(s) not run: "
+                         + "; ".join(lines))
+
+
 def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
                   rec: Recorder, poll_s: float = 0.5) -> None:
     """Emulate afterok: submit every node whose parents finished; as soon as ANY running job
     ends, submit what it unblocked (no barrier between waves, so a short branch of the graph
-    never waits for a long sibling). ``debug`` jobs run in-process inside ``results()``, one
-    at a time in submission order."""
+    never waits for a long sibling). A failed stage fails its descendants only, as on SLURM:
+    independent branches still run, then ``StagesFailed`` names every failure. ``debug`` jobs
+    run in-process inside ``results()``, one at a time in submission order."""
     finished: set[str] = set()
+    failed: dict[str, str] = {}
+    skipped: list[str] = []
     running: dict[str, tuple[Node, Any]] = {}
     left = list(pending)
     try:
         while left or running:
+            for node in [n for n in left if any(d in failed or d in skipped for d in n.deps)]:
+                skipped.append(node.name)  # topological order: a skipped parent is seen first
+                left.remove(node)
             for node in [n for n in left if all(d in finished for d in n.deps)]:
                 job = make_executor(folder, executor, node_parameters(node, cfg, None, [])).submit(StageJob(node, cfg))
                 rec.add(node, job, folder, executor)
                 running[node.name] = (node, job)
                 left.remove(node)
+            if not running:
+                continue
             name = _first_done(running, executor, poll_s)
             node, job = running.pop(name)
-            job.results()  # raises the stage's error (all tasks of a multi-task job)
+            try:
+                job.results()  # raises the stage's error (all tasks of a multi-task job)
+            except Exception as e:  # noqa: BLE001 - any stage error fails that branch only
+                failed[name] = _last_line(e)
+                log.error("FAILED %s: %s (log: %s)", name, failed[name], job.paths.stderr)
+                continue
             finished.add(name)
             log.info("finished %s", name)
-    except BaseException:  # a failed stage or Ctrl-C: leave no job running behind us
+    except BaseException:  # Ctrl-C or an executor error: leave no job running behind us
         for _, job in running.values():
             job.cancel(check=False)
         raise
+    if failed:
+        raise StagesFailed(failed, skipped)
+
+
+def _last_line(e: BaseException) -> str:
+    """The stage's own error line (submitit wraps it in a multi-line FailedJobError)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(("-", " "))]
+    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
+    return (errors or lines or [type(e).__name__])[-1][:500]
 
 
 def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float) -> str:

@@ -193,4 +193,8 @@ def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
     else:
         raise DataError(f"{path}: model {name!r} has no recorded factory; pass build_fn")
     model.load_state_dict(models[name])
+    if cfg.model.channels_last:  # the layout the run trained with (hpc_modatts.models.layout)
+        from hpc_modatts.models.layout import to_channels_last
+
+        to_channels_last(model)
     return model.eval(), cfg

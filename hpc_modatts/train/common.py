@@ -7,8 +7,7 @@
 * ``fit_slices`` / ``unfit_slices``: centre pad/crop of axial slices to ``data.slice_size``
   and back, filling with the -1 background (MONAI's inverse of a crop pads with 0, which is
   mid-grey in our normalisation, so the small window arithmetic is written here).
-* ``predict_volume`` / ``volume_dice``: sliding-window probabilities and whole-volume Dice on
-  the target validation cases (MONAI ``sliding_window_inference`` + ``DiceMetric``).
+* ``dice_of``: whole-volume Dice of binary masks (MONAI ``DiceMetric``).
 * ``write_panel``: a PNG of image columns, written atomically.
 """
 
@@ -28,7 +27,6 @@ from torch.utils.data import Dataset
 from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
 from hpc_modatts.config import lambda_seg_pt_for_fraction
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.data.labels import read_region
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,9 @@ def stage_config(cfg: ExperimentConfig, stage: str) -> ExperimentConfig:
         raise ConfigError(f"train.stage={stage!r} is not one of {list(STAGES)}")
     data = config_to_dict(cfg)
     train = data["train"]
-    overrides = (train.pop("stage_overrides", None) or {}).get(stage, {})
-    train = _merge(train, copy.deepcopy(overrides))
+    overrides = copy.deepcopy((train.pop("stage_overrides", None) or {}).get(stage, {}))
+    data["optim"] = _merge(data["optim"], overrides.pop("optim", None) or {})
+    train = _merge(train, overrides)
     train["stage"] = stage
     train["stage_overrides"] = {}
     data["train"] = train
@@ -191,6 +190,14 @@ def unfit_slices(slices: np.ndarray, shape: tuple[int, int, int], fill: float) -
     return out
 
 
+def brain_slices(volume: np.ndarray, brain: np.ndarray, size: tuple[int, int],
+                 min_brain_fraction: float = 0.01) -> np.ndarray:
+    """(N, H, W) axial slices of ``volume`` (``fit_slices``) whose brain covers >= the fraction."""
+    area = np.asarray(brain).sum(axis=(0, 1))                               # (Z,)
+    keep = area >= max(1.0, min_brain_fraction * brain.shape[0] * brain.shape[1])
+    return fit_slices(volume, size, fill=-1.0)[keep]
+
+
 def map_slices(fn: Callable[[torch.Tensor], torch.Tensor], slices: np.ndarray, device: torch.device,
                batch: int = 16) -> np.ndarray:
     """Apply ``fn`` ((B, 1, H, W) -> (B, 1, H, W)) to (Z, H, W) slices in batches; float32 numpy out."""
@@ -202,22 +209,6 @@ def map_slices(fn: Callable[[torch.Tensor], torch.Tensor], slices: np.ndarray, d
 
 
 # ----------------------------------------------------------------------------- volumes
-def predict_volume(predictor: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray,
-                   patch_size: Sequence[int], device: torch.device, overlap: float = 0.25) -> np.ndarray:
-    """Tumour probabilities (X, Y, Z) of a whole volume by MONAI sliding-window inference.
-
-    ``predictor`` maps (B, 1, x, y, z) patches to logits; windows are blended with Gaussian
-    weights. Volumes smaller than the patch are padded by MONAI and cropped back.
-    """
-    from monai.inferers import sliding_window_inference
-
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)  # (1,1,X,Y,Z)
-    logits = sliding_window_inference(x, roi_size=tuple(patch_size), sw_batch_size=2,
-                                      predictor=lambda p: predictor(p).float(), overlap=overlap,
-                                      mode="gaussian", padding_mode="constant", cval=-1.0)
-    return torch.sigmoid(logits)[0, 0].cpu().numpy()
-
-
 def dice_of(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two binary volumes with MONAI's DiceMetric (1.0 when both are empty)."""
     from monai.metrics import DiceMetric
@@ -226,25 +217,6 @@ def dice_of(pred: np.ndarray, truth: np.ndarray) -> float:
     p = torch.from_numpy(np.asarray(pred, dtype=np.float32))[None, None]
     t = torch.from_numpy(np.asarray(truth, dtype=np.float32))[None, None]
     return float(metric(p, t).mean().item())
-
-
-def volume_dice(predictor: Callable[[torch.Tensor], torch.Tensor], store_path: str | os.PathLike,
-                cases: Sequence[str], modality: str, patch_size: Sequence[int],
-                device: torch.device, threshold: float = 0.5, region: str = "whole") -> dict[str, float]:
-    """Mean whole-volume Dice (probabilities > ``threshold``) of ``region`` over the cases that have a mask."""
-    from hpc_modatts.data.store import Store
-
-    store = Store.open(store_path)
-    scores = []
-    for case in cases:
-        mask = read_region(store, case, region)
-        if mask is None:
-            continue
-        prob = predict_volume(predictor, store.read_image(case, modality), patch_size, device)
-        scores.append(dice_of(prob > threshold, mask > 0))
-    if not scores:
-        raise DataError(f"{store_path}: none of the validation cases {list(cases)[:5]} has a mask")
-    return {"dice": float(np.mean(scores)), "val_cases": float(len(scores))}
 
 
 def val_case_list(cases: Sequence[str], cap: int) -> list[str]:

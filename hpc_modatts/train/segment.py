@@ -15,8 +15,11 @@ Variants (``train.variant``):
 Both MoDATTS variants add Dice on real annotated target volumes when ``split.target_labeled``
 is not empty (``train.weights.seg_t``) and, in self-training rounds, Dice on the pseudo-labels
 (``lambda_st``, Eq. 5.13; see ``self_training``). Active weights are normalised to sum 1.
-Validation: whole-volume sliding-window Dice on the target validation cases (the trainer keeps
-the best). ``hpc-modatts train segment CONFIG [train.variant=...]``.
+Validation: whole-volume Dice on the target validation cases with THE inferer
+(``hpc_modatts.infer.inferer``: hemisphere by hemisphere, as training saw them) plus the volume
+guards of ``hpc_modatts.train.guards`` (predicted vs reference volume, false positives in healthy
+hemispheres); the trainer keeps the best plausible model.
+``hpc-modatts train segment CONFIG [train.variant=...]``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from torch.utils.data import Dataset
 from hpc_modatts.config import ConfigError, ExperimentConfig
 from hpc_modatts.data.labels import region_array
 from hpc_modatts.distributed.engine import unwrap
+from hpc_modatts.infer.inferer import inferer_from_config
 from hpc_modatts.train import common
+from hpc_modatts.train.guards import VolumeBound, largest_annotated_ml, validate_segmenter
 from hpc_modatts.train.task import TaskDefaults
 from hpc_modatts.train.translate import DiscriminatorPair
 
@@ -57,6 +62,21 @@ class KeyedDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+
+
+def annotated_cases(cfg: ExperimentConfig, split: Any) -> list[str]:
+    """The cases whose masks a variant trains on (all in ``data.store``)."""
+    if cfg.train.variant == "target-supervised":
+        return list(split.target_train)
+    return list(dict.fromkeys([*split.source_labeled, *split.target_labeled]))
+
+
+def volume_bound(cfg: ExperimentConfig, split: Any) -> VolumeBound:
+    """``train.max_volume_factor`` x the largest tumour (``data.region``) the variant trains on (guards)."""
+    from hpc_modatts.data.store import Store
+
+    largest = largest_annotated_ml(Store.open(cfg.data.store), annotated_cases(cfg, split), cfg.data.region)
+    return VolumeBound(cfg.train.max_volume_factor, largest)
 
 
 def build_discriminators_3d(channels: list[int], scales: int) -> DiscriminatorPair:
@@ -97,6 +117,8 @@ class SegmentTask(TaskDefaults):
         self.weights = self._weights()
         self.val_cases = common.val_case_list(split.val, cfg.train.val_cases)
         self.batch_ids = common.paired_batch_ids
+        self.inferer = inferer_from_config(cfg)
+        self.bound = volume_bound(cfg, split)
         if pseudo_labels is not None:
             self.name = "self-train"
 
@@ -271,13 +293,17 @@ class SegmentTask(TaskDefaults):
 
     # ------------------------------------------------------------------ validation
     def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
-        """Whole-volume sliding-window Dice on the target validation cases (every rank, same cases);
-        None without validation cases (no annotated target case, e.g. CrossMoDA): the last model is kept."""
+        """Whole-volume Dice of ``data.region`` + volume guards on the target validation cases (every
+        rank, same cases); None without validation cases (no annotated target case, e.g. CrossMoDA):
+        the last model is kept."""
+        from hpc_modatts.data.store import Store
+
         if not self.val_cases:
             return None
         gen = engines["gen"]
-        return common.volume_dice(lambda p: gen(p), self.cfg.data.store, self.val_cases, self.split.target,
-                                  self.cfg.data.patch_size, env.device, region=self.cfg.data.region)
+        return validate_segmenter(lambda p: torch.sigmoid(gen(p).float()), Store.open(self.cfg.data.store),
+                                  self.val_cases, self.split.target, self.inferer, self.cfg.infer.threshold,
+                                  self.bound, env.device, region=self.cfg.data.region)
 
 
 # ----------------------------------------------------------------------------- stage

@@ -4,9 +4,13 @@ Round i (1..k, k = ``train.rounds``, 3 rounds of 150 epochs in the paper):
 
 1. predict tumour probabilities on every unannotated target training volume with the best
    model of the previous step (round 1: ``train.init_from`` or the segment run of the same
-   variant/fold; round i > 1: round i-1) and threshold them at ``train.alpha`` (0.6) into
-   pseudo-labels Y_pl^{i-1}, written to ``<round dir>/pseudo_labels.zarr`` (array
-   ``pseudo_label`` per case, Store kind ``pseudo_labels``; sharded over ranks, resumable);
+   variant/fold; round i > 1: round i-1) with THE inferer (``hpc_modatts.infer.inferer``) and
+   threshold them at ``train.alpha`` (0.6) into pseudo-labels Y_pl^{i-1}, written to
+   ``<round dir>/pseudo_labels.zarr`` (array ``pseudo_label`` per case, Store kind
+   ``pseudo_labels``; sharded over ranks, resumable). Guards (``hpc_modatts.train.guards``):
+   labels in hemispheres weakly labelled healthy are zeroed (``train.healthy_pseudo_labels``),
+   every case's volume is recorded (attributes, ``pseudo_labels.json``, the log) and a label
+   beyond the plausibility bound stops the round with a one-line error;
 2. fine-tune that model with L_ST = L_init + lambda_st * Dice(Y_pl^{i-1}, prediction)
    (Eq. 5.13; lambda_st = lambda_seg^pT when ``train.weights.st`` is -1).
 
@@ -27,7 +31,11 @@ import torch
 
 from hpc_modatts.config import ConfigError, ExperimentConfig
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.infer.inferer import inferer_from_config
+from hpc_modatts.runs import atomic_write_json
 from hpc_modatts.train import common
+from hpc_modatts.train.guards import voxel_ml, zero_healthy
+from hpc_modatts.train.segment import volume_bound
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +61,19 @@ def init_dir(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
 
 
 # ----------------------------------------------------------------------------- pseudo-labels
-def pseudo_label_case(model: torch.nn.Module, store: Any, case: str, modality: str,
-                      patch_size: tuple[int, int, int], alpha: float, device: torch.device) -> np.ndarray:
-    """(X, Y, Z) uint8 pseudo-label: sliding-window probabilities > alpha, inside the brain."""
-    prob = common.predict_volume(model, store.read_image(case, modality), patch_size, device)
-    return ((prob > alpha) & (store.read_brain(case) > 0)).astype(np.uint8)
+def pseudo_label_case(model: torch.nn.Module, store: Any, case: str, modality: str, inferer: Any,
+                      alpha: float, device: torch.device, healthy: str = "zero") -> np.ndarray:
+    """(X, Y, Z) uint8 pseudo-label: probabilities > alpha inside the brain; A hemispheres zeroed
+    when ``healthy`` is "zero"."""
+    attrs = store.attrs(case)
+    brain = store.read_brain(case)
+    split = attrs.get("hemisphere_split")
+    prob = inferer(lambda p: torch.sigmoid(model(p).float()), store.read_image(case, modality), brain, split,
+                   device)[0]
+    label = ((prob > alpha) & (brain > 0)).astype(np.uint8)
+    if healthy == "zero":
+        label = zero_healthy(label, split, attrs.get("weak_labels"))
+    return label
 
 
 def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path, out_path: Path,
@@ -68,6 +84,10 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
     from hpc_modatts.train.checkpoint import load_best_model
 
     src = common.open_store(cfg.data.store)
+    split = common.load_split(cfg)
+    bound = volume_bound(cfg, split)
+    inferer = inferer_from_config(cfg)
+    where = f"self-training round {cfg.train.round} ({out_path})"
     if env.is_main:
         Store.create(out_path, kind="pseudo_labels", alpha=cfg.train.alpha, model_run=str(model_dir),
                      modality=cfg.data.target)
@@ -79,16 +99,28 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
         model.to(env.device)
         with torch.no_grad(), autocast_context(use_bf16(cfg.distributed, env.device), env.device):
             for case in todo:
-                label = pseudo_label_case(model, src, case, cfg.data.target, cfg.data.patch_size,
-                                          cfg.train.alpha, env.device)
+                label = pseudo_label_case(model, src, case, cfg.data.target, inferer, cfg.train.alpha,
+                                          env.device, cfg.train.healthy_pseudo_labels)
                 attrs = {k: v for k, v in src.attrs(case).items() if k not in _DROP_ATTRS}
+                volume = float(label.sum()) * voxel_ml(attrs["spacing"])
+                log.info("%s: case %s pseudo-label %.1f ml (bound %.1f ml)", where, case, volume, bound.limit_ml)
+                bound.check_pseudo_label(case, volume, where)
                 attrs["pseudo_label"] = {"alpha": cfg.train.alpha, "model_run": str(model_dir),
-                                         "foreground_voxels": int(label.sum())}
+                                         "foreground_voxels": int(label.sum()), "volume_ml": volume,
+                                         "healthy_hemispheres": cfg.train.healthy_pseudo_labels}
                 out.write_case(case, images={}, extra={PSEUDO_LABEL: label}, attrs=attrs)
     common.barrier()
-    missing = sorted(set(cases) - set(Store.open(out_path).case_ids))
+    done = Store.open(out_path)
+    missing = sorted(set(cases) - set(done.case_ids))
     if missing:
         raise DataError(f"{out_path}: pseudo-labels missing for {len(missing)} case(s): {missing[:5]}")
+    if env.is_main:
+        volumes = {c: done.attrs(c)["pseudo_label"]["volume_ml"] for c in cases}
+        atomic_write_json(Path(out_path).parent / "pseudo_labels.json",
+                          {"alpha": cfg.train.alpha, "limit_ml": bound.limit_ml, "largest_annotated_ml": bound.largest_ml,
+                           "healthy_hemispheres": cfg.train.healthy_pseudo_labels, "volume_ml": volumes})
+        log.info("%s: %d pseudo-labels, %.1f ml mean, %.1f ml max", where, len(volumes),
+                 float(np.mean(list(volumes.values()))), max(volumes.values()))
     return out_path
 
 

@@ -2,8 +2,11 @@
 
 "Once the translation model was trained, 2D source slices were augmented into pseudo-target
 images using the LAST state of the translation model. The latter were then assembled back to
-constitute the synthetic target 3D volumes." So the final checkpoint of stage 1 is used (not
-the best-validation one): ``checkpoints/latest``, read with DeepSpeed's offline tools.
+constitute the synthetic target 3D volumes." We synthesise with the translator state that
+stage 1 SELECTED instead (``best_model.pt``: the highest ``hpc_modatts.train.fidelity.
+selection_score`` among its validations, which needs no paired data): after the thesis's 200
+epochs the last state is a converged one, after a short schedule it is wherever the adversarial
+game happens to be (documented in docs/results.md with the numbers of both).
 
 Every axial slice of every ``split.source_train`` case is translated S->T (G_T(E_S(x))),
 restacked into an (X, Y, Z) volume (background outside the brain kept at exactly -1) and
@@ -19,6 +22,7 @@ case is written atomically by ``Store.write_case`` and complete cases are skippe
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, load_config
+from hpc_modatts.config import ConfigError, ExperimentConfig
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.labels import REGIONS, region_array
 from hpc_modatts.train import common
@@ -38,34 +42,18 @@ MARKER = "DONE_synthesize"
 _DROP_ATTRS = ("complete", "has_mask", "shape")
 
 
-# ----------------------------------------------------------------------------- last model
-def load_last_model(run_dir: str | Path, name: str = "gen") -> tuple[nn.Module, ExperimentConfig, int]:
-    """The LAST checkpointed state of model ``name`` of a run, as a plain module in eval mode.
-
-    ZeRO 1-3 checkpoints are consolidated with DeepSpeed's ``zero_to_fp32``; a ZeRO-0
-    checkpoint holds the full module state in ``mp_rank_00_model_states.pt``. Returns
-    (model, the run's config, the checkpoint step).
-    """
-    from hpc_modatts.train.checkpoint import CKPT_DIR, read_pointer
+# ----------------------------------------------------------------------------- the translator
+def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, int]:
+    """The stage-1 translator selected by its run (``best_model.pt``), eval mode: (model, config, step)."""
+    from hpc_modatts.train.checkpoint import BEST_MODEL, load_best_model
 
     run_dir = Path(run_dir)
-    tag = read_pointer(run_dir, "latest")
-    if tag is None:
-        raise DataError(f"{run_dir}: no complete checkpoint (checkpoints/latest); train the translator first")
-    folder = run_dir / CKPT_DIR / tag
-    cfg = load_config(folder / "config.yaml")
-    if cfg.distributed.zero_stage == 0:
-        state = torch.load(folder / name / "mp_rank_00_model_states.pt", map_location="cpu",
-                           weights_only=False)["module"]
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=name)
-    from hpc_modatts.train.translate import build_cycle_translators
-
-    model = build_cycle_translators(cfg.model.translator_size, pretrained="")  # weights come next
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.eval(), cfg, int(tag.split("_")[-1])
+    if not (run_dir / BEST_MODEL).is_file():
+        raise DataError(f"{run_dir}: no {BEST_MODEL} (the translator has not finished a validation); "
+                        f"train the translator first")
+    model, cfg = load_best_model(run_dir, "gen")
+    step = int(json.loads((run_dir / "DONE").read_text()).get("best_step", -1)) if (run_dir / "DONE").is_file() else -1
+    return model, cfg, step
 
 
 # ----------------------------------------------------------------------------- one case
@@ -143,7 +131,7 @@ def run(cfg: ExperimentConfig) -> Path:
     split = common.load_split(cfg, use_fold=False)  # every source_train case, for every fold
     common.require_done(translator_run, "translator run (train.translator_run)")
     env = init_distributed(cfg.distributed)
-    model, tcfg, step = load_last_model(translator_run, "gen")
+    model, tcfg, step = load_translator(translator_run)
     if tuple(tcfg.data.slice_size) != tuple(cfg.data.slice_size):
         log.warning("synthesize: translator trained on %s slices, synthesising with %s",
                     tcfg.data.slice_size, cfg.data.slice_size)

@@ -11,7 +11,8 @@ Required members::
     build(env) -> dict[str, nn.Module]                # e.g. {"gen": G, "disc": D}
     train_dataset() -> torch.utils.data.Dataset       # items are dicts (see docs/interfaces.md)
     train_step(batch, engines, step) -> dict[str, float | Tensor]
-    validate(engines, env) -> dict[str, float] | None # must contain "dice"; None = no validation
+    validate(engines, env) -> dict[str, float] | None # must contain the task's ``select_on``
+                                                      # metric ("dice" by default); None = no validation
 
 ``train_step`` receives the batch already moved to ``env.device`` and the dict of engines
 (a DeepSpeed engine per optimised model, the plain module for frozen ones). It computes its
@@ -20,6 +21,10 @@ the discriminator engine and the generator engine in turn) and returns the loss 
 wants logged; the trainer stops the run with ``TrainingDiverged`` when any is NaN/Inf.
 Loss weights are normalised by the task with ``hpc_modatts.losses.normalise_weights``.
 
+The best checkpoint is the validation with the highest ``select_on`` metric among those that
+do not report ``"plausible": 0`` (``hpc_modatts.train.guards``: a model whose masks are
+implausible is never selected, whatever its Dice).
+
 ``validate`` runs on EVERY rank inside ``torch.no_grad()`` with every model in eval mode
 (ZeRO-3 needs all ranks for a forward). The trainer keeps rank 0's result (broadcast), so
 the best-checkpoint decision is the same on every rank; a task that shards its validation
@@ -27,6 +32,7 @@ cases over ranks reduces them itself (``hpc_modatts.distributed.all_reduce_mean`
 
 Optional members (defaults in ``TaskDefaults``; a task need not inherit from it)::
 
+    select_on: str                       # the validation metric the best checkpoint maximises
     frozen: set[str]                     # models built but not optimised (no engine), eval mode
     collate(samples) -> batch            # DataLoader collate_fn (default: torch's)
     batch_ids(batch) -> list[str]        # case names for the NaN message (default: batch["case"])
@@ -63,13 +69,14 @@ class Task(Protocol):
         ...
 
     def validate(self, engines: dict[str, Any], env: Any) -> dict[str, float] | None:
-        """Validation metrics containing ``"dice"`` (higher is better), or None to skip."""
+        """Validation metrics containing the ``select_on`` metric (higher is better), or None."""
         ...
 
 
 class TaskDefaults:
     """Defaults of the optional Task members; inherit to get them (not required)."""
 
+    select_on: str = "dice"
     frozen: set[str] = set()
 
     collate = None

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,10 +35,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.config import ConfigError, ExperimentConfig, OptimConfig
 from hpc_modatts.distributed.env import (
     DistEnv, all_gather_object, all_reduce_mean, barrier, broadcast_object, init_distributed,
 )
+from hpc_modatts.distributed.engine import unwrap as unwrap_model
 from hpc_modatts.runs import mark_done, prepare_run_dir
 from hpc_modatts.train import checkpoint as ckpt
 from hpc_modatts.train.checkpoint import load_best_model  # noqa: F401  (re-exported)
@@ -66,6 +68,13 @@ def make_rank_sampler(n: int, seed: int, env: DistEnv, num_samples: int | None) 
     return RankSampler(n, seed, env.rank, env.world_size, shuffle=True, num_samples=num_samples)
 
 
+def optim_for(ocfg: OptimConfig, engine_name: str) -> OptimConfig:
+    """The optimiser settings of one engine: the discriminators (``disc``) take ``optim.disc_lr``."""
+    if engine_name == "disc" and ocfg.disc_lr:
+        return dataclasses.replace(ocfg, lr=ocfg.disc_lr)
+    return ocfg
+
+
 class Trainer:
     """One loop for every stage: ``Trainer(cfg, task, run_dir).fit() -> run_dir``."""
 
@@ -74,7 +83,9 @@ class Trainer:
         self.engines: dict[str, Any] = {}
         self.frozen_models: dict[str, torch.nn.Module] = {}
         self.step = self.epoch = self.pos = 0
-        self.best_dice, self.best_step, self.last_saved = -math.inf, -1, -1
+        # the best checkpoint maximises task.select_on (default "dice") among plausible validations
+        self.select_on: str = getattr(task, "select_on", "dice")
+        self.best_score, self.best_step, self.last_saved = -math.inf, -1, -1
         self.last_validated = -1  # checkpoint_every saves without validating
         self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
         self._writer = None
@@ -99,10 +110,18 @@ class Trainer:
             if name in frozen:
                 self.frozen_models[name] = model.to(self.env.device).eval().requires_grad_(False)
             else:
-                self.engines[name] = build_engine(model, cfg.optim, cfg.distributed, self.env, self.micro, name)
+                self.engines[name] = build_engine(model, optim_for(cfg.optim, name), cfg.distributed,
+                                                  self.env, self.micro, name)
         if not self.engines:
             raise ConfigError(f"task {self.task.name}: every model is frozen, nothing to train")
         self.all_models = {**self.frozen_models, **self.engines}
+        if cfg.model.channels_last and cfg.distributed.zero_stage == 0:
+            # after deepspeed.initialize (its parameter broadcast views tensors as bytes, which needs
+            # contiguous ones); ZeRO 1-3 keep parameters as views of flat buffers: left as they are
+            from hpc_modatts.models.layout import to_channels_last
+
+            for m in self.all_models.values():
+                to_channels_last(unwrap_model(m))
         self.bf16 = any(e.torch_autocast_enabled() for e in self.engines.values())
         seed_everything(cfg.train.seed + 7919 * self.env.rank)  # per-rank noise in steps
         self.dataset = self.task.train_dataset()
@@ -138,7 +157,8 @@ class Trainer:
     def _trainer_state(self) -> dict:
         sampler_state = self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {}
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.pos,
-                "best_dice": self.best_dice if math.isfinite(self.best_dice) else None,
+                "best_score": self.best_score if math.isfinite(self.best_score) else None,
+                "select_on": self.select_on,
                 "best_step": self.best_step, "sampler": sampler_state, "task": self.task.name,
                 "validated": self.last_validated == self.step}
 
@@ -152,7 +172,8 @@ class Trainer:
             return
         state = ckpt.load_checkpoint(self.run_dir, tag, self.engines, self.env)
         self.step, self.epoch, self.pos = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best_dice = state["best_dice"] if state["best_dice"] is not None else -math.inf
+        best = state.get("best_score", state.get("best_dice"))  # "best_dice": checkpoints before 0.2
+        self.best_score = best if best is not None else -math.inf
         self.best_step, self.last_saved = state["best_step"], self.step
         self.last_validated = self.step if state.get("validated", True) else -1
         if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
@@ -236,9 +257,13 @@ class Trainer:
             return
         metrics = self._validate()
         self.last_validated = self.step
-        improved = metrics is not None and metrics["dice"] > self.best_dice
+        improved = (metrics is not None and metrics.get("plausible", 1.0) > 0
+                    and metrics[self.select_on] > self.best_score)
+        if metrics is not None and metrics.get("plausible", 1.0) <= 0:
+            log.warning("%s step %d: implausible model (guards), not a best-checkpoint candidate: %s",
+                        self.task.name, self.step, {k: round(v, 3) for k, v in metrics.items()})
         if improved:
-            self.best_dice, self.best_step = metrics["dice"], self.step
+            self.best_score, self.best_step = metrics[self.select_on], self.step
         if self.last_saved != self.step:
             ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),
                                  self.cfg, self.env, best=improved)
@@ -270,8 +295,9 @@ class Trainer:
         metrics = broadcast_object(metrics)
         if metrics is None:
             return None
-        if "dice" not in metrics:
-            raise ValueError(f"task {self.task.name}: validate() must return a 'dice' entry, got {sorted(metrics)}")
+        if self.select_on not in metrics:
+            raise ValueError(f"task {self.task.name}: validate() must return its selection metric "
+                             f"{self.select_on!r}, got {sorted(metrics)}")
         metrics = {k: float(v) for k, v in metrics.items()}
         self._log({"step": self.step, "epoch": self.epoch, **{f"val/{k}": v for k, v in metrics.items()}})
         return metrics
@@ -279,7 +305,7 @@ class Trainer:
     def _save_best_model(self) -> None:
         factories = {name: task_model_factory(self.task, name) for name in self.engines}
         ckpt.save_best_model(self.run_dir, self.engines, self.cfg, factories, self.step,
-                             self.best_dice if math.isfinite(self.best_dice) else None, self.task.name)
+                             self.best_score if math.isfinite(self.best_score) else None, self.task.name)
 
     # ------------------------------------------------------------------ loop
     def _finished(self) -> bool:
@@ -332,6 +358,7 @@ class Trainer:
             self._writer.close()
         if self.env.is_main:
             mark_done(self.run_dir, task=self.task.name, steps=self.step, best_step=self.best_step,
-                      best_dice=self.best_dice if math.isfinite(self.best_dice) else None)
+                      select_on=self.select_on,
+                      best_score=self.best_score if math.isfinite(self.best_score) else None)
         barrier()
         return self.run_dir

@@ -15,6 +15,7 @@ cyc 10 normalised to sum 1. ``hpc-modatts train translate CONFIG``.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ from torch import nn
 
 from hpc_modatts.config import ExperimentConfig
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
 from hpc_modatts.data.labels import read_region, region_array
 from hpc_modatts.distributed.engine import unwrap
-from hpc_modatts.train import common
+from hpc_modatts.train import common, fidelity
+from hpc_modatts.train.synthesize import translate_volume
 from hpc_modatts.train.task import TaskDefaults
 
 log = logging.getLogger(__name__)
@@ -38,33 +41,45 @@ SOURCE, TARGET = "source", "target"
 class CycleTranslators(nn.Module):
     """Both stage-1 generators; ``forward`` runs the two cycles in one call (ZeRO-3 friendly)."""
 
-    def __init__(self, size: str = "full", pretrained: str = "") -> None:
+    def __init__(self, size: str = "full", pretrained: str = "", keep_background: bool = False) -> None:
         super().__init__()
         from hpc_modatts.models import build_translator
 
         self.s2t = build_translator(size, pretrained=pretrained)  # E_S, G_T, G_seg^S
         self.t2s = build_translator(size, pretrained=pretrained)  # E_T, G_S, G_seg^T
+        self.keep_background = keep_background
+
+    def _outside_brain(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y`` with the background of ``x`` (voxels at the fill value) copied over (model.keep_background).
+
+        Beyond the thesis: the normaliser clips brain voxels at mean - 5 std (never reached in
+        practice), so only background and padding sit at exactly -1. Without this the
+        discriminators spend themselves on the generators' imperfect background and the stage-1
+        GAN on the demo flipped the tumour contrast for 2 of 5 seeds only (docs/results.md)."""
+        if not self.keep_background:
+            return y
+        return torch.where(x <= BACKGROUND + 1e-3, torch.full_like(y, BACKGROUND), y)
 
     def forward(self, x_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both cycles; every tensor (B, 1, H, W)."""
         f_s = self.s2t.encode(x_s)
-        s_to_t = self.s2t.translate(f_s)                 # X_S'  = G_T(E_S(X_S))
+        s_to_t = self._outside_brain(self.s2t.translate(f_s), x_s)   # X_S'  = G_T(E_S(X_S))
         f_s1 = self.t2s.encode(s_to_t)
         f_t = self.t2s.encode(x_t)
-        t_to_s = self.t2s.translate(f_t)                 # X_T'  = G_S(E_T(X_T))
+        t_to_s = self._outside_brain(self.t2s.translate(f_t), x_t)   # X_T'  = G_S(E_T(X_T))
         return {
             "s_to_t": s_to_t,
-            "s_cycled": self.t2s.translate(f_s1),        # X_S'' = G_S(E_T(X_S'))
+            "s_cycled": self._outside_brain(self.t2s.translate(f_s1), x_s),  # X_S'' = G_S(E_T(X_S'))
             "seg_s": self.s2t.segment(f_s),              # G_seg^S(E_S(X_S))
             "seg_s_translated": self.t2s.segment(f_s1),  # G_seg^T(E_T(X_S'))
             "t_to_s": t_to_s,
-            "t_cycled": self.s2t.translate(self.s2t.encode(t_to_s)),  # X_T'' = G_T(E_S(X_T'))
+            "t_cycled": self._outside_brain(self.s2t.translate(self.s2t.encode(t_to_s)), x_t),  # X_T''
         }
 
     @torch.no_grad()
     def to_target(self, x_s: torch.Tensor) -> torch.Tensor:
         """Synthesis: X_S' = G_T(E_S(X_S)), (B, 1, H, W) in [-1, 1]."""
-        return self.s2t.translate(self.s2t.encode(x_s))
+        return self._outside_brain(self.s2t.translate(self.s2t.encode(x_s)), x_s)
 
     def segment_source(self, x_s: torch.Tensor) -> torch.Tensor:
         return self.s2t.segment(self.s2t.encode(x_s))
@@ -89,9 +104,10 @@ class DiscriminatorPair(nn.Module):
         return self.nets[domain](x)
 
 
-def build_cycle_translators(size: str = "full", pretrained: str = "") -> CycleTranslators:
-    """Factory recorded in best_model.pt (``load_best_model(run, "gen")``)."""
-    return CycleTranslators(size, pretrained)
+def build_cycle_translators(size: str = "full", pretrained: str = "", keep_background: bool = False) -> CycleTranslators:
+    """Factory recorded in best_model.pt (``load_best_model(run, "gen")``); checkpoints written
+    before ``keep_background`` existed load with the old behaviour (False)."""
+    return CycleTranslators(size, pretrained, keep_background)
 
 
 def build_discriminators(domains: list[str], spatial_dims: int, channels: list[int], scales: int) -> DiscriminatorPair:
@@ -103,6 +119,7 @@ class TranslateTask(TaskDefaults):
     """The stage-1 Task: data, losses and the generator/discriminator steps."""
 
     name = "translate"
+    select_on = "score"  # fidelity.selection_score, not the translator's own Dice
 
     def __init__(self, cfg: ExperimentConfig, split: Any, run_dir: Path) -> None:
         from hpc_modatts.losses import normalise_weights
@@ -111,6 +128,8 @@ class TranslateTask(TaskDefaults):
         w = cfg.train.weights
         self.weights = normalise_weights({"adv": w.adv, "seg": w.seg, "cyc": w.cyc})
         self.val_cases = common.val_case_list(split.val, cfg.train.val_cases)
+        # annotated source cases translated at each validation (as many as validation cases)
+        self.fidelity_cases = list(split.source_labeled[: max(1, len(self.val_cases))])
         self._step = 0
         self.batch_ids = common.paired_batch_ids
 
@@ -118,7 +137,8 @@ class TranslateTask(TaskDefaults):
         m = self.cfg.model
         if name == "gen":
             return ("hpc_modatts.train.translate:build_cycle_translators",
-                    {"size": m.translator_size, "pretrained": m.pretrained})
+                    {"size": m.translator_size, "pretrained": m.pretrained,
+                     "keep_background": m.keep_background})
         return ("hpc_modatts.train.translate:build_discriminators",
                 {"domains": [SOURCE, TARGET], "spatial_dims": 2, "channels": list(m.disc_channels),
                  "scales": m.disc_scales})
@@ -171,24 +191,71 @@ class TranslateTask(TaskDefaults):
 
     # ------------------------------------------------------------------ validation
     def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
-        """Slice-wise segmentation Dice, restacked per volume, on the validation cases.
+        """Translation fidelity (``hpc_modatts.train.fidelity``) and slice-wise segmentation Dice;
+        None without validation cases (no annotated target case, e.g. CrossMoDA): the last model is kept.
 
-        ``dice``: G_seg^T(E_T(X_T)) on the real TARGET slices (by the split contract, val cases
-        have the target modality and masks): the adaptation signal. ``dice_source``:
-        G_seg^S(E_S(X_S)) when the val cases also hold the source modality. A panel
-        (source / translated / cycled / predicted mask) goes to ``panels/step_N.png``.
+        * ``contrast_ratio``: tumour contrast of translated annotated SOURCE volumes over that of
+          the real TARGET validation volumes; ``appearance``: 1 - W1(translated, real target) /
+          W1(source, real target) on brain intensities (1 = distributed like the target, 0 = no
+          closer than the untranslated source); ``score`` = their mean with the ratio capped at
+          1: the checkpoint criterion (``select_on``), needs no paired data.
+        * ``disc_accuracy``: the target discriminator on the real target validation slices vs
+          the translated source slices (0.5 = chance).
+        * ``paired_corr`` / ``paired_mae``: validation cases that also hold the source modality
+          (phantom, BraTS): translated vs the same case's real target. Reported, never selected on.
+        * ``dice`` / ``dice_source``: G_seg^T(E_T(X_T)) on real target slices / G_seg^S on source.
+        A panel (source / translated / cycled / predicted mask) goes to ``panels/step_N.png``.
         """
         from hpc_modatts.data.store import Store
 
         if not self.val_cases:  # no annotated target case (CrossMoDA's hrT2): the last model is kept
             return None
-        model = unwrap(engines["gen"])
+        model, disc = unwrap(engines["gen"]), unwrap(engines["disc"])
         store = Store.open(self.cfg.data.store)
         device = env.device
         out = {"dice": self._slice_dice(store, model.segment_target, self.split.target, device)}
         if all(self.split.source in store.modalities(c) for c in self.val_cases):
             out["dice_source"] = self._slice_dice(store, model.segment_source, self.split.source, device)
+        out.update(self._fidelity(store, model, disc, device))
         self._panel(store, model, device, write=env.is_main)  # forwards on every rank (ZeRO-3)
+        return {k: v for k, v in out.items() if math.isfinite(v)}  # metrics.jsonl stays strict JSON
+
+    def _fidelity(self, store: Any, model: CycleTranslators, disc: nn.Module, device: torch.device) -> dict:
+        size, src, tgt = self.cfg.data.slice_size, self.split.source, self.split.target
+        real_values, real_contrast, real_slices = [], [], []
+        for case in self.val_cases:
+            image, brain, mask = store.read_image(case, tgt), store.read_brain(case), store.read_mask(case)
+            real_values.append(fidelity.brain_values(image, brain))
+            if mask is not None:
+                real_contrast.append(fidelity.tumour_contrast(image, mask, brain, store.attrs(case)["spacing"]))
+            real_slices.append(common.brain_slices(image, brain, size))
+        trans_values, src_values, trans_contrast, fake_slices = [], [], [], []
+        for case in self.fidelity_cases:
+            image, brain, mask = store.read_image(case, src), store.read_brain(case), store.read_mask(case)
+            pseudo = translate_volume(model, image, brain, size, device, where=f"validation case {case!r}")
+            trans_values.append(fidelity.brain_values(pseudo, brain))
+            src_values.append(fidelity.brain_values(image, brain))
+            trans_contrast.append(fidelity.tumour_contrast(pseudo, mask, brain, store.attrs(case)["spacing"]))
+            fake_slices.append(common.brain_slices(pseudo, brain, size))
+        real = np.concatenate(real_values)
+        w_trans = fidelity.wasserstein(np.concatenate(trans_values), real)
+        w_src = fidelity.wasserstein(np.concatenate(src_values), real)
+        rc = [c for c in real_contrast if c is not None]
+        tc = [c for c in trans_contrast if c is not None]
+        ratio = float(np.mean(tc) / np.mean(rc)) if rc and tc and np.mean(rc) != 0 else float("nan")
+        appearance = 1.0 - w_trans / w_src if w_src > 0 else 0.0
+        out = {"contrast_ratio": ratio, "tumour_contrast": float(np.mean(tc)) if tc else float("nan"),
+               "real_tumour_contrast": float(np.mean(rc)) if rc else float("nan"),
+               "wasserstein": w_trans, "appearance": appearance,
+               "disc_accuracy": fidelity.disc_accuracy(lambda x: disc(TARGET, x), np.concatenate(real_slices),
+                                                       np.concatenate(fake_slices), device),
+               "score": fidelity.selection_score(ratio, appearance)}
+        paired = [c for c in self.val_cases if src in store.modalities(c)]
+        if paired:
+            rows = [fidelity.paired_fidelity(translate_volume(model, store.read_image(c, src), store.read_brain(c),
+                                                              size, device), store.read_image(c, tgt),
+                                             store.read_brain(c)) for c in paired]
+            out.update({k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
         return out
 
     def _slice_dice(self, store: Any, segment: Any, modality: str, device: torch.device) -> float:
@@ -226,6 +293,35 @@ class TranslateTask(TaskDefaults):
                                title=f"{case} z={z} ({self.split.source}->{self.split.target})")
 
 
+# ----------------------------------------------------------------------------- report
+def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 3) -> Path:
+    """``report.png``: validation curves and source / pseudo-target / real target slices of the
+    selected translator (the one synthesis uses), for a few annotated source cases."""
+    import json
+
+    from hpc_modatts.data.store import Store
+    from hpc_modatts.infer.panels import save_translation_report
+    from hpc_modatts.train.checkpoint import load_best_model
+
+    store = Store.open(cfg.data.store)
+    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    done = json.loads((run_dir / "DONE").read_text())
+    model, _ = load_best_model(run_dir, "gen")
+    size, src, tgt = cfg.data.slice_size, split.source, split.target
+    rows = []
+    for case in (split.source_labeled or split.source_train)[:cases]:
+        image, brain, mask = store.read_image(case, src), store.read_brain(case), store.read_mask(case)
+        pseudo = translate_volume(model, image, brain, size, torch.device("cpu"))
+        z = int(np.argmax(mask.sum(axis=(0, 1)))) if mask is not None else image.shape[2] // 2
+        row = {f"{case} {src}": image, f"pseudo-{tgt}": pseudo}
+        other = case if tgt in store.modalities(case) else (split.val[0] if split.val else None)
+        if other is not None:
+            row[f"{other} real {tgt}" + ("" if other == case else " (another case)")] = store.read_image(other, tgt)
+        rows.append({k: common.fit_slices(v[:, :, z:z + 1], size, -1.0)[0] for k, v in row.items()})
+    return save_translation_report(run_dir / "report.png", records, rows,
+                                   title=f"stage 1 {src}->{tgt}", best_step=done.get("best_step"))
+
+
 # ----------------------------------------------------------------------------- stage
 def run(cfg: ExperimentConfig) -> Path:
     """Train the translator; returns ``<run_root>/<name>/translate`` (skips when DONE)."""
@@ -240,4 +336,8 @@ def run(cfg: ExperimentConfig) -> Path:
     split = common.load_split(cfg, use_fold=False)  # one translator for every fold
     from hpc_modatts.train.trainer import Trainer
 
-    return Trainer(cfg, TranslateTask(cfg, split, run_dir), run_dir).fit()
+    trainer = Trainer(cfg, TranslateTask(cfg, split, run_dir), run_dir)
+    trainer.fit()
+    if trainer.env.is_main:
+        write_report(cfg, split, run_dir)
+    return run_dir

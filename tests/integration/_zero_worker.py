@@ -156,7 +156,7 @@ def _fit(out: Path, stage: int, run_dir: Path, epochs: int) -> None:
     env = current_env()
     if env.is_main:
         out.write_text(json.dumps({"step": trainer.step, "world_size": env.world_size,
-                                   "best_dice": trainer.best_dice}))
+                                   "best_score": trainer.best_score}))
 
 
 if __name__ == "__main__":

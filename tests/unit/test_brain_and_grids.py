@@ -118,7 +118,12 @@ def test_unregistered_modalities_need_resample_to(tmp_path, capsys):
     assert _dice(st.read_brain("c0"), brain) > 0.97
     got, want = st.read_image("c0", "t2"), twin.read_image("c0", "t2")
     corr = np.corrcoef(got[brain], want[brain])[0, 1]
-    assert corr > 0.8, corr  # two linear resamplings (via 6 mm voxels) of a noisy 4 mm phantom
+    # the best a linear resampler can do: the same round trip (4 mm -> 6 mm -> 4 mm) by nibabel alone
+    back = resample_from_to(nib.Nifti1Image(t2.astype(np.float32), t2_affine), (case["t2"].shape, case["affine"]),
+                            order=1)
+    raw = case["t2"].astype(np.float32)
+    best = np.corrcoef(np.asarray(back.dataobj)[raw > 0], raw[raw > 0])[0, 1]
+    assert corr > best - 0.01, (corr, best)
     for ax in range(3):      # and aligned: one voxel off in any direction matches worse
         for step in (-1, 1):
             assert corr > np.corrcoef(got[brain], np.roll(want, step, axis=ax)[brain])[0, 1] + 0.05

@@ -137,28 +137,25 @@ def test_panel_columns_follow_the_images_given(tmp_path):
 
 # ----------------------------------------------------------------------------- pipeline node
 def _translator_run(run_dir, cfg):
-    """A finished translator run with a ZeRO-0 'latest' checkpoint, laid out as the trainer writes it."""
+    """A finished translator run with the best_model.pt (the selected translator) the trainer writes."""
     import torch
 
-    from hpc_modatts.config import save_config
+    from hpc_modatts.config import config_to_dict
     from hpc_modatts.runs import mark_done
     from hpc_modatts.train.translate import build_cycle_translators
 
     torch.manual_seed(0)
     model = build_cycle_translators("tiny")
-    tag = "step_00000003"
-    folder = run_dir / "checkpoints" / tag
-    (folder / "gen").mkdir(parents=True)
-    torch.save({"module": model.state_dict()}, folder / "gen" / "mp_rank_00_model_states.pt")
-    (folder / "trainer.json").write_text("{}")
-    save_config(cfg, folder / "config.yaml")
-    (run_dir / "checkpoints" / "latest").write_text(tag)
-    mark_done(run_dir)
+    run_dir.mkdir(parents=True)
+    torch.save({"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg), "step": 3, "dice": 0.5,
+                "factories": {"gen": ("hpc_modatts.train.translate:build_cycle_translators", {"size": "tiny"})}},
+               run_dir / "best_model.pt")
+    mark_done(run_dir, best_step=3)
     return model.eval()
 
 
 def test_pipeline_node_draws_pseudo_target_and_genseg_extras(tmp_path):
-    """evaluate.run translates the test case's source image with the translator's last state and
+    """evaluate.run translates the test case's source image with the selected translator and
     links the predict folder's healthy/residual next to the target image: a 5-column panel."""
     import torch
 

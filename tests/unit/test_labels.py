@@ -106,6 +106,13 @@ def test_region_core_is_what_training_sees(brats2023, tmp_path):
         assert ds[0]["mask"].sum().item() == truth.sum() and ds[0]["weak"] == 1
     run = one_step(tmp_path, store, split_path, "data.source=t1", "data.target=t2", "data.region=core")
     assert load_config(run / "config.yaml").data.region == "core" and (run / "DONE").is_file()
+    # validation scores the core and the volume guards bound it by the largest annotated core
+    split, cfg = json.loads(split_path.read_text()), load_config(run / "config.yaml")
+    ml = {c: read_region(st, c, "core").sum() * np.prod(st.attrs(c)["spacing"]) / 1000 for c in st.case_ids}
+    val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "val/ref_ml" in x][-1]
+    assert val["val/ref_ml"] == pytest.approx(np.mean([ml[c] for c in split["val"]]))
+    largest = max(ml[c] for c in split["source_labeled"])
+    assert val["val/limit_ml"] == pytest.approx(cfg.train.max_volume_factor * largest)
 
 
 def test_region_needs_a_scheme_that_defines_it(tmp_path):

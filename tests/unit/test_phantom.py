@@ -1,7 +1,5 @@
 """Phantom: deterministic, BraTS layout, realistic contrast rules, one-sided tumours."""
 
-import time
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -63,12 +61,8 @@ def test_contrasts_behave_like_real_ones(case):
     assert flair[csf].mean() < flair[wm].mean()                    # FLAIR suppresses CSF
 
 
-def test_healthy_cases_and_speed(tmp_path):
-    from hpc_modatts.data.phantom import load_anatomy
-
-    load_anatomy(2)  # template loading is cached per process
-    t = time.perf_counter()
-    full = make_case(7, seed=0, spacing=2)  # the demo size
-    assert time.perf_counter() - t < 5.0 and full["t1"].shape == (96, 112, 96)
+def test_healthy_cases_and_grid_sizes(tmp_path):
+    full = make_case(7, seed=0, spacing=2)  # 2 mm: the long-budget benchmark size
+    assert full["t1"].shape == (96, 112, 96)
     healthy = make_case(1, seed=0, spacing=4, healthy=True)
     assert not healthy["seg"].any() and healthy["side"] == "none"

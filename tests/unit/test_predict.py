@@ -11,7 +11,8 @@ import torch
 from hpc_modatts.config import config_from_dict, config_to_dict
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.store import Store
-from hpc_modatts.infer.predict import predict, predict_volume
+from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
+from hpc_modatts.infer.predict import ensemble, genseg_outputs, predict, predict_case
 from hpc_modatts.runs import mark_done
 
 SHAPE = (20, 16, 12)   # (X, Y, Z) stored, canonical RAS
@@ -54,14 +55,18 @@ def make_store(path, image: np.ndarray) -> Store:
     st.write_case("c1", {"t2": image}, brain=np.ones(shape, np.uint8), attrs={
         "affine": ras_affine.tolist(), "spacing": [2.0, 2.0, 2.0], "shape": list(shape),
         "original_shape": list(shape), "original_affine": orig_affine.tolist(),
-        "original_orientation": ["L", "P", "S"], "crop_box": None, "resampled_shape": None})
+        "original_orientation": ["L", "P", "S"], "crop_box": None, "resampled_shape": None,
+        "hemisphere_split": shape[0] // 2})
     return st
 
 
-def test_sliding_window_over_half_volume_patches_is_seamless():
+@pytest.mark.parametrize("hemispheres", [True, False])
+def test_windows_over_half_volume_patches_are_seamless(hemispheres):
     image = ramp()
     model = pointwise_model(4.0, 0.5)
-    prob = predict_volume([model], image, ROI)
+    inferer = VolumeInferer(ROI, hemispheres=hemispheres)
+    prob = ensemble([model], inferer, image, np.ones(SHAPE, np.uint8), SHAPE[0] // 2,
+                    lambda m, t: torch.sigmoid(m(t)), (0.0,))[0]
     direct = torch.sigmoid(4.0 * torch.from_numpy(image) + 0.5).numpy()
     assert prob.shape == SHAPE
     np.testing.assert_allclose(prob, direct, atol=1e-5)  # both hemispheres, no seam at window edges
@@ -135,13 +140,14 @@ def make_genseg_run(path, seed: int = 0):
 
 
 def test_genseg_window_outputs_are_probability_healthy_and_residual():
-    from hpc_modatts.infer.predict import predict_volume_extras
     from hpc_modatts.train.common import build_from
 
     torch.manual_seed(0)
     model = build_from(GENSEG_FACTORY).eval()
     image = np.random.default_rng(0).uniform(-1, 1, GENSEG_ROI).astype(np.float32)
-    out = predict_volume_extras([model], image, GENSEG_ROI)  # one window = the whole volume
+    whole = VolumeInferer(GENSEG_ROI, hemispheres=False)  # one window = the whole volume
+    out = dict(zip(("prob", "healthy", "residual"),
+                   ensemble([model], whole, image, np.ones(GENSEG_ROI), None, genseg_outputs, (0.0, -1.0, 0.0))))
     with torch.no_grad():
         c, u, skips = model.encode(torch.from_numpy(image)[None, None])
         direct = {"prob": torch.sigmoid(model.decode_segmentation(c, u, skips)),
@@ -152,7 +158,7 @@ def test_genseg_window_outputs_are_probability_healthy_and_residual():
 
 
 def test_predict_extras_write_healthy_and_residual_in_the_original_geometry(tmp_path):
-    from hpc_modatts.infer.predict import load_models, predict_volume_extras
+    from hpc_modatts.infer.predict import load_models
 
     image = np.random.default_rng(1).uniform(-1, 1, GENSEG_SHAPE).astype(np.float32)
     runs = [make_genseg_run(tmp_path / "fold_0", 0), make_genseg_run(tmp_path / "fold_1", 1)]
@@ -160,15 +166,16 @@ def test_predict_extras_write_healthy_and_residual_in_the_original_geometry(tmp_
     out = predict(runs, store.path, tmp_path / "out", probabilities=True, extras=True)
     assert sorted(p.name for p in out.iterdir()) == ["c1.nii.gz", "c1_healthy.nii.gz", "c1_prob.nii.gz",
                                                      "c1_residual.nii.gz"]
-    models, _ = load_models(runs, torch.device("cpu"))
-    expected = predict_volume_extras(models, image, GENSEG_ROI)  # ensemble mean, stored (RAS) grid
+    models, cfg = load_models(runs, torch.device("cpu"))
+    inferer = inferer_from_config(cfg)
+    expected = predict_case(models, inferer, store, "c1", "t2", extras=True)  # ensemble mean, stored (RAS) grid
     orig_affine = np.asarray(store.attrs("c1")["original_affine"])
     for name in ("healthy", "residual", "prob"):
         img = nib.load(out / f"c1_{name}.nii.gz")
         assert img.shape == GENSEG_SHAPE and np.allclose(img.affine, orig_affine)
         assert img.get_data_dtype() == np.float32
         np.testing.assert_allclose(img.get_fdata(), expected[name][::-1, ::-1, :], atol=1e-5, err_msg=name)
-    single = predict_volume_extras(models[:1], image, GENSEG_ROI)["healthy"]
+    single = predict_case(models[:1], inferer, store, "c1", "t2", extras=True)["healthy"]
     assert not np.allclose(single, expected["healthy"], atol=1e-4)  # really the mean of both folds
     mask = np.asarray(nib.load(out / "c1.nii.gz").dataobj)
     np.testing.assert_array_equal(mask, (expected["prob"][::-1, ::-1, :] >= 0.5).astype(np.uint8))

@@ -148,10 +148,17 @@ def test_self_training_round_pseudo_labels_are_thresholded_predictions(chain):
 
     model, _ = load_best_model(out["segment"], "gen")
     src, case = Store.open(cfg.data.store), unannotated[0]
-    with torch.no_grad():
-        prob = common.predict_volume(model, src.read_image(case, "t2"), cfg.data.patch_size, torch.device("cpu"))
+    from hpc_modatts.infer.inferer import inferer_from_config
+    from hpc_modatts.train.guards import zero_healthy
+
+    attrs = src.attrs(case)
+    prob = inferer_from_config(cfg)(lambda p: torch.sigmoid(model(p)), src.read_image(case, "t2"),
+                                    src.read_brain(case), attrs["hemisphere_split"])[0]
     expected = (prob > 0.6) & (src.read_brain(case) > 0)
+    expected = zero_healthy(expected, attrs["hemisphere_split"], attrs["weak_labels"])  # A halves: zero
     assert np.array_equal(labels.read_array(case, "pseudo_label").astype(bool), expected)
+    volumes = json.loads((run / "pseudo_labels.json").read_text())["volume_ml"]
+    assert set(volumes) == set(unannotated)
     rows = _metrics(run)
     assert {"train/st", "train/seg_pt", "train/seg_t"} <= set(rows[0])
 

@@ -51,7 +51,7 @@ def test_fit_writes_checkpoints_metrics_best_model_and_done(tmp_path):
     val = [r for r in records if "val/dice" in r]
     assert [r["step"] for r in val] == [3, 6, 8]
     done = json.loads((run / "DONE").read_text())
-    assert done["best_dice"] == pytest.approx(max(r["val/dice"] for r in val))
+    assert done["best_score"] == pytest.approx(max(r["val/dice"] for r in val))
     model, cfg = load_best_model(run, "gen")  # through the factory the task recorded
     assert cfg.train.seed == 3
     payload = torch.load(run / "best_model.pt", weights_only=False)
@@ -117,7 +117,7 @@ def test_task_without_validation_saves_final_model(tmp_path):
     run = tmp_path / "noval"
     Trainer(make_cfg(run, epochs=1), ToyTask(validation=False), run).fit()
     done = json.loads((run / "DONE").read_text())
-    assert done["best_dice"] is None and done["best_step"] == 4
+    assert done["best_score"] is None and done["best_step"] == 4
     model, _ = load_best_model(run, None, build_fn=lambda c: toy_net())
     assert sum(p.numel() for p in model.parameters()) > 0
 
@@ -170,4 +170,4 @@ def test_checkpoint_every_bounds_lost_work_and_resume_stays_exact(tmp_path):
     a, b = weights(full), weights(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert json.loads((run / "DONE").read_text())["best_dice"] == json.loads((tmp_path / "full" / "DONE").read_text())["best_dice"]
+    assert json.loads((run / "DONE").read_text())["best_score"] == json.loads((tmp_path / "full" / "DONE").read_text())["best_score"]

@@ -52,7 +52,8 @@ def test_encode_translate_segment_equal_forward():
         assert torch.equal(model.translate(feats), image)
         assert torch.equal(model.segment(feats), logits)
     assert feats.hidden.shape == (1, 64, 2, 3)
-    assert [s.shape[-2:] for s in feats.skips] == [(4, 6), (8, 12), (16, 24)]
+    # 1/8, 1/4, 1/2 of the ResNet stem, then the input itself (tiny: TransUNetSize.input_skip)
+    assert [s.shape[-2:] for s in feats.skips] == [(4, 6), (8, 12), (16, 24), (32, 48)]
 
 
 def test_gradients_reach_every_parameter():

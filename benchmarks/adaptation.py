@@ -1,0 +1,155 @@
+"""Does the adaptation work? The demo pipeline for several training seeds, side by side.
+
+    .venv/bin/python benchmarks/adaptation.py                       # demo budget, seeds 0 1 2 (~25 min on 2 cores)
+    .venv/bin/python benchmarks/adaptation.py --seeds 0 --out /tmp/a  # one seed
+    .venv/bin/python benchmarks/adaptation.py --budget long          # GPU: 2 mm phantom, longer schedules
+
+One phantom dataset (``--data-seed``, ``--cases``, the demo's split: T1 annotated -> T2), then the
+whole demo pipeline (``hpc_modatts.demo.run_demo``) once per training seed (``train.seed``; the
+thesis repeats each BraTS experiment with 3 weight-initialisation seeds). Reported, per variant:
+target-test Dice mean ± std over seeds (each seed's number is the mean over test cases), HD95,
+% of target-supervised, and the mean predicted vs reference tumour volume; for stage 1, at the
+selected checkpoint: the selection score, tumour contrast ratio, appearance, paired correlation, and
+the discriminator accuracy at the first and last validation. Writes ``adaptation.json`` and
+``adaptation.md`` into ``--out``.
+
+``--budget long`` is for a GPU: the 2 mm phantom (96x112x96), 10x the demo's steps, the ``small``
+segmenter and validation every few hundred steps (``LONG_OVERRIDES``). It runs on a CPU too,
+slowly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+LONG_OVERRIDES = [
+    "data.slice_size=[96,112]", "data.patch_size=[48,112,96]", "data.augment=true",
+    "model.segmenter_size=small", "distributed.precision=auto", "distributed.threads_per_rank=0",
+    "train.max_steps=2000", "train.val_every=200",
+    "train.stage_overrides.translate.max_steps=6000", "train.stage_overrides.translate.val_every=500",
+    "train.stage_overrides.self-train.max_steps=600", "train.stage_overrides.self-train.val_every=200",
+]
+"""The longer budget (GPU). Spacing 2 mm doubles every side of the phantom, hence the sizes."""
+
+VARIANTS = ("source-supervised", "self-supervised", "semi-supervised", "target-supervised")
+
+
+def stage1_summary(translate_dir: Path) -> dict:
+    """Fidelity of the selected stage-1 checkpoint and the discriminator at the first/last validation."""
+    rows = [json.loads(ln) for ln in (translate_dir / "metrics.jsonl").read_text().splitlines()
+            if ln.strip() and '"val/score"' in ln]
+    done = json.loads((translate_dir / "DONE").read_text())
+    best = next((r for r in rows if r["step"] == done.get("best_step")), rows[-1])
+    keys = ("score", "contrast_ratio", "appearance", "paired_corr", "paired_mae", "disc_accuracy")
+    out = {k: best.get(f"val/{k}") for k in keys}
+    out.update(selected_step=best["step"], disc_accuracy_first=rows[0].get("val/disc_accuracy"),
+               disc_accuracy_last=rows[-1].get("val/disc_accuracy"))
+    return out
+
+
+def seed_summary(out: Path) -> dict:
+    """One seed's numbers: per variant Dice/HD95/volumes (evaluate metrics.json), stage 1."""
+    from hpc_modatts.runs import stage_dir
+
+    run_dir = out / "runs" / "demo_cpu"
+    variants = {}
+    for v in VARIANTS:
+        path = stage_dir(run_dir, "evaluate", v) / "metrics.json"
+        if path.is_file():
+            s = json.loads(path.read_text())["summary"]
+            variants[v] = {"dice": s["dice"]["mean"], "hd95": s["hd95"]["mean"], "assd": s["assd"]["mean"],
+                           "pred_ml": s.get("volume_ml", {}).get("pred"), "ref_ml": s.get("volume_ml", {}).get("ref")}
+    results = json.loads((out / "results.json").read_text())
+    return {"variants": variants, "stage1": stage1_summary(stage_dir(run_dir, "translate")),
+            "seconds": results["seconds"]}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+    return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
+
+
+def aggregate(seeds: dict[int, dict]) -> dict:
+    table = {}
+    ts = mean_std([s["variants"].get("target-supervised", {}).get("dice") for s in seeds.values()])[0]
+    for v in VARIANTS:
+        per = [s["variants"][v] for s in seeds.values() if v in s["variants"]]
+        if not per:
+            continue
+        row = {k: mean_std([p[k] for p in per]) for k in ("dice", "hd95", "assd", "pred_ml", "ref_ml")}
+        row["percent_of_target_supervised"] = 100.0 * row["dice"][0] / ts if ts and math.isfinite(ts) else None
+        row["seeds"] = len(per)
+        table[v] = row
+    stage1 = {k: mean_std([s["stage1"].get(k) for s in seeds.values()])
+              for k in next(iter(seeds.values()))["stage1"]}
+    return {"variants": table, "stage1": stage1,
+            "seconds": mean_std([s["seconds"] for s in seeds.values()])}
+
+
+def finite_or_none(obj):
+    """JSON has no NaN: a metric missing from every seed is written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def markdown(agg: dict, seeds: list[int], budget: str) -> str:
+    lines = [f"Budget `{budget}`, training seeds {seeds} (mean ± std over seeds of the per-seed test mean).", "",
+             "| method | Dice | HD95 (mm) | % of target-sup. | pred. volume (ml) | ref. volume (ml) |",
+             "|---|---|---|---|---|---|"]
+    for v, r in agg["variants"].items():
+        pct = r["percent_of_target_supervised"]
+        lines.append(f"| {v} | {r['dice'][0]:.3f} ± {r['dice'][1]:.3f} | {r['hd95'][0]:.1f} ± {r['hd95'][1]:.1f} | "
+                     f"{'n/a' if pct is None else f'{pct:.0f} %'} | {r['pred_ml'][0]:.1f} | {r['ref_ml'][0]:.1f} |")
+    lines += ["", "| stage 1 (selected checkpoint) | mean ± std |", "|---|---|"]
+    for k, (m, s) in agg["stage1"].items():
+        lines.append(f"| {k} | {m:.3f} ± {s:.3f} |")
+    m, s = agg["seconds"]
+    lines += ["", f"Wall time per seed: {m / 60:.1f} ± {s / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench_adaptation", help="output folder (one sub-folder per seed)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (train.seed)")
+    ap.add_argument("--data-seed", type=int, default=0, help="phantom and split seed")
+    ap.add_argument("--cases", type=int, default=None, help="phantom cases (default: the demo's)")
+    ap.add_argument("--budget", choices=("demo", "long"), default="demo")
+    ap.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides")
+    args = ap.parse_args(argv)
+
+    from hpc_modatts.demo import DEMO_CASES, run_demo
+
+    out = Path(args.out).resolve()
+    spacing = 2 if args.budget == "long" else 4
+    extra = (LONG_OVERRIDES if args.budget == "long" else []) + list(args.overrides)
+    per_seed = {}
+    for seed in args.seeds:
+        t0 = time.time()
+        run_demo(out=out / f"seed_{seed}", cases=args.cases or DEMO_CASES, seed=args.data_seed, spacing=spacing,
+                 executor=args.executor, overrides=[f"train.seed={seed}", *extra], data_dir=out / "data")
+        per_seed[seed] = seed_summary(out / f"seed_{seed}")
+        print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    agg = aggregate(per_seed)
+    (out / "adaptation.json").write_text(json.dumps(finite_or_none({"budget": args.budget, "seeds": per_seed, "aggregate": agg}),
+                                                    indent=2, allow_nan=False, default=str))
+    text = markdown(agg, args.seeds, args.budget)
+    (out / "adaptation.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Stage-1 translation quality: numbers that show whether the translator did its job.
+
+A stage-1 run is only useful if the pseudo-target volumes it synthesises look like the target
+modality AND keep the tumour visible. Segmentation Dice of the translator's own decoders says
+little about that, so every stage-1 validation also measures (all on normalised volumes, brain
+voxels only):
+
+* ``tumour_contrast``: mean intensity inside the tumour minus the mean of a ring of brain
+  around it (``ring_mm`` wide). Computed on translated source volumes (their masks are known)
+  and on real target volumes of the validation cases: ``contrast_ratio`` = translated / real
+  says how much of the target tumour appearance the translator renders (1 = all of it).
+* ``wasserstein``: the 1-Wasserstein distance between the brain intensity distributions of the
+  translated volumes and of real target volumes (unpaired: needs no case to exist in both).
+* ``disc_accuracy``: how often the target discriminator tells held-out real target slices from
+  translated source slices (0.5 = chance). A GAN that trains starts high and is pushed back
+  towards chance by the generator.
+* ``paired_corr`` / ``paired_mae``: only where a case holds both modalities (the phantom,
+  co-registered multi-contrast data such as BraTS): correlation and mean absolute error of the
+  translated volume against the same case's real target. Never used for selection.
+
+``selection_score`` combines the unpaired numbers into the criterion that picks the stage-1
+checkpoint used for synthesis (see its docstring).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from scipy.stats import wasserstein_distance
+
+RING_MM = 8.0
+"""Width of the brain ring around a tumour that its contrast is measured against."""
+
+
+def tumour_contrast(image: np.ndarray, mask: np.ndarray, brain: np.ndarray,
+                    spacing: Sequence[float] = (1.0, 1.0, 1.0), ring_mm: float = RING_MM) -> float | None:
+    """Mean of ``image`` in the tumour minus its mean in the surrounding brain ring; None if no tumour.
+
+    image, mask, brain: (X, Y, Z). The ring is the tumour dilated by ``ring_mm`` (per-axis voxel
+    counts from ``spacing``), minus the tumour, inside the brain.
+    """
+    tumour = np.asarray(mask) > 0
+    if not tumour.any():
+        return None
+    radius = [max(1, int(round(ring_mm / float(s)))) for s in spacing]
+    structure = np.ones([2 * r + 1 for r in radius], bool)
+    ring = ndi.binary_dilation(tumour, structure=structure) & ~tumour & (np.asarray(brain) > 0)
+    if not ring.any():
+        return None
+    return float(image[tumour].mean() - image[ring].mean())
+
+
+def brain_values(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The brain voxels of a normalised volume, as float32 (for distribution distances)."""
+    return np.asarray(image, np.float32)[np.asarray(brain) > 0]
+
+
+def wasserstein(a: np.ndarray, b: np.ndarray, max_samples: int = 200_000, seed: int = 0) -> float:
+    """1-Wasserstein distance of two samples of intensities (subsampled, deterministic)."""
+    rng = np.random.default_rng(seed)
+    a, b = np.ravel(a), np.ravel(b)
+    if a.size > max_samples:
+        a = rng.choice(a, max_samples, replace=False)
+    if b.size > max_samples:
+        b = rng.choice(b, max_samples, replace=False)
+    return float(wasserstein_distance(a, b))
+
+
+def paired_fidelity(translated: np.ndarray, real: np.ndarray, brain: np.ndarray) -> dict[str, float]:
+    """Correlation and mean absolute error of a translated volume vs the same case's real target."""
+    m = np.asarray(brain) > 0
+    x, y = np.asarray(translated, np.float64)[m], np.asarray(real, np.float64)[m]
+    corr = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else 0.0
+    return {"paired_corr": corr, "paired_mae": float(np.abs(x - y).mean())}
+
+
+@torch.no_grad()
+def disc_accuracy(disc: Callable[[torch.Tensor], list[torch.Tensor]], real: np.ndarray, fake: np.ndarray,
+                  device: torch.device | str = "cpu", batch: int = 32) -> float:
+    """Balanced accuracy of a multi-scale discriminator on (N, H, W) real vs fake slices.
+
+    A slice counts as judged real when the mean of its logits over all scales is > 0 (the hinge
+    loss's decision boundary); 0.5 = chance.
+    """
+    def judged_real(slices: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(slices), batch):
+            x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch], np.float32))[:, None].to(device)
+            logits = torch.stack([m.float().flatten(1).mean(1) for m in disc(x)]).mean(0)  # (B,)
+            out.append((logits > 0).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, bool)
+
+    if len(real) == 0 or len(fake) == 0:
+        return float("nan")
+    return float(0.5 * (judged_real(real).mean() + (~judged_real(fake)).mean()))
+
+
+def selection_score(contrast_ratio: float, appearance: float) -> float:
+    """The stage-1 checkpoint criterion (higher is better, at most 1; needs no paired data).
+
+    The mean of ``min(contrast_ratio, 1)`` (pseudo-target tumours as bright against their
+    surroundings as real target tumours; brighter is no better) and ``appearance`` =
+    1 - W1(translated, real target) / W1(source, real target) (brain intensities distributed like
+    the target's: 0 = no closer than the untranslated source). The identity translation scores
+    about 0.5 when the source shows the tumour, a useless translator about 0. Both parts compare
+    translated SOURCE cases with real TARGET validation cases, so the criterion works for unpaired
+    data. The thesis synthesises with the LAST translator state after 200 epochs; with shorter
+    schedules the last state is wherever the adversarial game happens to be, so the pipeline
+    synthesises with the best-scoring state instead (documented deviation).
+    """
+    if not math.isfinite(contrast_ratio) or not math.isfinite(appearance):
+        return -1.0
+    return float(0.5 * (min(contrast_ratio, 1.0) + appearance))

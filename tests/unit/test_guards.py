@@ -1,0 +1,65 @@
+"""Guards against degenerate segmenters: plausibility bound, healthy hemispheres, selection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.train.guards import (
+    VolumeBound, case_volumes, summarise_volumes, voxel_ml, zero_healthy,
+)
+
+
+def _case(shape=(40, 20, 20), split=20):
+    brain = np.zeros(shape, bool)
+    brain[2:38, 2:18, 2:18] = True
+    ref = np.zeros(shape, bool)
+    ref[25:30, 8:12, 8:12] = True          # an 80-voxel tumour in the right hemisphere
+    return brain, ref, split, {"left": "A", "right": "P"}
+
+
+def test_half_brain_prediction_is_rejected():
+    brain, ref, split, weak = _case()
+    spacing = (4.0, 4.0, 4.0)
+    bound = VolumeBound(3.0, largest_ml=float(ref.sum()) * voxel_ml(spacing))
+    half = brain.copy()
+    half[:split] = False                   # "tumour" in the whole right hemisphere
+    rows = [case_volumes(half, ref, spacing, split, weak)]
+    summary = summarise_volumes(rows, bound)
+    assert summary["plausible"] == 0.0
+    assert summary["volume_ratio"] > 3
+    good = summarise_volumes([case_volumes(ref, ref, spacing, split, weak)], bound)
+    assert good["plausible"] == 1.0 and good["volume_ratio"] == pytest.approx(1.0)
+
+
+def test_false_positives_in_healthy_hemispheres_are_measured():
+    brain, ref, split, weak = _case()
+    pred = ref.copy()
+    pred[5:7, 5:7, 5:7] = True             # 8 voxels in the healthy (A) left hemisphere
+    v = case_volumes(pred, ref, (1.0, 1.0, 1.0), split, weak)
+    assert v["fp_healthy_ml"] == pytest.approx(8 / 1000)
+    assert v["pred_ml"] == pytest.approx((ref.sum() + 8) / 1000)
+
+
+def test_pseudo_labels_in_healthy_hemispheres_are_zeroed():
+    brain, ref, split, weak = _case()
+    label = brain.astype(np.uint8)         # positive everywhere in the brain
+    out = zero_healthy(label, split, weak)
+    assert out[:split].sum() == 0          # A (left): zero
+    assert np.array_equal(out[split:], label[split:])  # P (right): untouched
+    assert label[:split].sum() > 0         # the input is not modified
+
+
+def test_pseudo_label_beyond_the_bound_is_refused():
+    bound = VolumeBound(3.0, largest_ml=10.0)
+    bound.check_pseudo_label("case_a", 29.9, "round 1")
+    with pytest.raises(DataError, match="case_b is 31.0 ml, beyond 3 x the largest annotated tumour"):
+        bound.check_pseudo_label("case_b", 31.0, "round 1")
+
+
+def test_no_annotation_means_no_bound():
+    assert math.isinf(VolumeBound(3.0, 0.0).limit_ml)
+    assert not VolumeBound(3.0, 0.0).exceeded(1e9)
