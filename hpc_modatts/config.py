@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from hpc_modatts.data.aliases import canonical
 from hpc_modatts.runs import atomic_write_text
 
 
@@ -70,8 +71,14 @@ class DataConfig:
     """DataLoader worker processes per rank (fork-safe, stores are reopened lazily)."""
     min_tumour_fraction: float = 0.01
     """2D slice weak labels: diseased if tumour covers >= this fraction of the brain area."""
+    region: Literal["whole", "core", "enhancing"] = "whole"
+    """Training target: whole tumour (the thesis), or for BraTS stores the tumour core or the
+    enhancing tumour (hpc_modatts.data.labels; stored as mask / mask_core / mask_enhancing)."""
 
     def __post_init__(self) -> None:
+        # BraTS 2023-2025 names (t1c, t2f, ...) mean the stored t1ce, flair, ...: hpc_modatts.data.aliases
+        self.source, self.target = canonical(self.source), canonical(self.target)
+        _check_choice("data.region", self.region, ("whole", "core", "enhancing"))
         self.slice_size = tuple(int(v) for v in self.slice_size)
         self.patch_size = tuple(int(v) for v in self.patch_size)
         if len(self.slice_size) != 2:
@@ -338,8 +345,9 @@ class PipelineConfig:
     source_dir: str = ""
     """NIfTI dataset folder converted into ``data.store`` by the pipeline's convert node when
     the store does not exist yet ("" = the store must already exist)."""
-    layout: str = "brats"
-    """Layout of ``source_dir`` for the convert node (see ``hpc_modatts.data.layouts``)."""
+    layout: str = "auto"
+    """Layout of ``source_dir`` for the convert node: auto (from the file names), brats, crossmoda
+    or manifest (see ``hpc_modatts.data.layouts``)."""
 
     def __post_init__(self) -> None:
         _check_choice("pipeline.executor", self.executor, ("local", "debug", "slurm"))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hpc_modatts.config import ConfigError
+from hpc_modatts.data.aliases import canonical, resolve
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.store import Store
 from hpc_modatts.runs import atomic_write_json
@@ -222,8 +223,16 @@ def _make_folds(info: dict, source_train: list[str], target_train: list[str], va
 def make_split(store: Store | str | os.PathLike, source: str, target: str, source_labeled: float = 1.0,
                target_labeled: float = 0.0, val: float = 0.1, test: float = 0.1, folds: int = 1,
                seed: int = 0) -> Split:
-    """Build the unpaired split of one source/target pair (see the module docstring)."""
+    """Build the unpaired split of one source/target pair (see the module docstring).
+
+    ``source``/``target`` may use any alias of a stored name (``t1c`` for ``t1ce``, see
+    ``hpc_modatts.data.aliases``); the split records the stored names.
+    """
     store = store if isinstance(store, Store) else Store.open(store)
+    stored = store.root_attrs.get("modalities") or sorted({m for c in store.case_ids for m in store.modalities(c)})
+    if source and target and canonical(source) != canonical(target):
+        source = resolve(source, stored, f"{store.path} (--source)")
+        target = resolve(target, stored, f"{store.path} (--target)")
     where = f"{store.path} ({source}->{target})"
     if not source or not target or source == target:
         raise ConfigError(f"source={source!r} and target={target!r} must be two different modality names")

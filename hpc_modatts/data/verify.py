@@ -123,7 +123,7 @@ def _check_arrays(st: Store, case: str, attrs: dict, intact: dict[str, np.ndarra
                 out.append(Problem(case, "error", f"{n} has NaN/Inf values"))
             elif data.min() < -1 or data.max() > 1:
                 out.append(Problem(case, "error", f"{n} values [{data.min():.3g}, {data.max():.3g}] outside [-1, 1]"))
-        elif n in ("mask", "brain"):
+        elif n in ("mask", "brain") or n.startswith("mask_"):  # mask_core, mask_enhancing: tumour regions
             bad = sorted(set(np.unique(data).tolist()) - {0, 1})
             if bad:
                 out.append(Problem(case, "error", f"{n} has values {bad}, expected only 0/1"))

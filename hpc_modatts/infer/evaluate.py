@@ -4,8 +4,10 @@
 
 Folders hold one NIfTI per case, ``<case>.nii.gz`` (or ``.nii``); ``<case>_prob.nii.gz``
 probability maps and ``<case>_healthy`` / ``_residual`` / ``_pseudo_target`` images (written by
-``predict --extras``) in the prediction folder are not cases. Masks are binarised (> 0, whole
-tumour). Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
+``predict --extras``) in the prediction folder are not cases. Predictions are binarised (> 0);
+references are label maps read with a label scheme (``--labels``; none: > 0 is tumour) and
+reduced to the evaluated region (``--region`` whole | core | enhancing, ``hpc_modatts.data.labels``),
+which the table and metrics.json name. Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
 ``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
 distances are in mm (method.md, "Evaluation"; thesis 5.5.2).
 
@@ -49,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.labels import REGION_NAMES, REGIONS, LabelScheme, detect_scheme, get_scheme
 from hpc_modatts.data.nifti_size import check_nifti_size
 from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text, mark_done
 
@@ -140,8 +143,8 @@ def _header(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: not a readable NIfTI ({e})") from None
 
 
-def read_mask(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A whole (X, Y, Z) mask file as bool (> 0) and its voxel spacing; DataError naming the file
+def read_label_map(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A whole (X, Y, Z) label map as stored and its voxel spacing; DataError naming the file
     when it is forged, truncated or not 3D (a trailing singleton 4th axis is dropped)."""
     check_nifti_size(path, what)
     try:
@@ -153,7 +156,13 @@ def read_mask(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, fl
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"{path}: {what} must be a 3D mask, got shape {list(data.shape)} ({data.ndim}D)")
-    return data > 0, tuple(float(s) for s in img.header.get_zooms()[:3])
+    return data, tuple(float(s) for s in img.header.get_zooms()[:3])
+
+
+def read_mask(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``read_label_map`` as bool (> 0)."""
+    data, spacing = read_label_map(path, what)
+    return data > 0, spacing
 
 
 def target_supervised_dice(path: str | os.PathLike) -> float:
@@ -170,20 +179,27 @@ def target_supervised_dice(path: str | os.PathLike) -> float:
 def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.PathLike,
              target_supervised: str | os.PathLike | None = None,
              images: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             panels: bool = True, console: Console | None = None) -> Path:
+             panels: bool = True, console: Console | None = None, region: str = "whole",
+             labels: str | None = None) -> Path:
     """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``.
 
     ``images``: folder(s) searched in order for ``<case>.nii.gz`` (target) and ``<case>_<name>``
-    (``IMAGE_NAMES``); the first folder holding a file wins.
+    (``IMAGE_NAMES``); the first folder holding a file wins. ``region``: the tumour region the
+    predictions are of; ``labels``: the references' label scheme (None: > 0 is tumour for the
+    whole tumour, detected from the reference values for core / enhancing).
     """
+    if region not in REGIONS:
+        raise DataError(f"--region {region!r} must be one of {', '.join(REGIONS)}")
     pred_cases, ref_cases = nifti_cases(pred, "prediction"), nifti_cases(ref, "reference")
     cases = check_pairs(pred_cases, ref_cases)
+    scheme = reference_scheme([ref_cases[c] for c in cases], region, labels, ref)
     ts_dice = target_supervised_dice(target_supervised) if target_supervised else None
     out = Path(out)
     rows = []
     for case in cases:  # read and check every case before the first file is written
         p, _ = read_mask(pred_cases[case], "prediction")  # (X, Y, Z) in the file's own voxel order
-        r, spacing = read_mask(ref_cases[case], "reference")
+        labels_r, spacing = read_label_map(ref_cases[case], "reference")
+        r = reference_mask(labels_r, scheme, region, ref_cases[case])
         voxel_ml = float(np.prod(spacing)) / 1000.0
         rows.append({"case": case, **case_metrics(p, r, spacing),
                      "pred_ml": float(p.sum()) * voxel_ml, "ref_ml": float(r.sum()) * voxel_ml})
@@ -191,20 +207,47 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
         from hpc_modatts.infer.panels import save_panel
 
         for case in cases:
-            p, r = read_mask(pred_cases[case], "prediction")[0], read_mask(ref_cases[case], "reference")[0]
+            p = read_mask(pred_cases[case], "prediction")[0]
+            r = reference_mask(read_label_map(ref_cases[case], "reference")[0], scheme, region, ref_cases[case])
             extra = _case_images(_folders(images), case, p.shape)
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
     # predicted vs reference tumour volume (ml): a model that paints the brain shows here first
     summary["volume_ml"] = {"pred": float(np.mean([r["pred_ml"] for r in rows])),
                             "ref": float(np.mean([r["ref_ml"] for r in rows]))}
-    result = {"pred": str(pred), "ref": str(ref), "cases": rows, "summary": summary}
+    result = {"pred": str(pred), "ref": str(ref), "region": region,
+              "labels": "nonzero" if scheme is None else scheme.name, "cases": rows, "summary": summary}
     if ts_dice:
         result["percent_of_target_supervised"] = 100.0 * summary["dice"]["mean"] / ts_dice
     atomic_write_text(out / "metrics.csv", _csv(rows, summary))
     atomic_write_json(out / "metrics.json", result)
     print_table(result, console)
     return out
+
+
+def reference_scheme(paths: list[Path], region: str, labels: str | None, where) -> LabelScheme | None:
+    """The references' label scheme: ``labels``, None (> 0) for the whole tumour, else detected
+    from the label values of every reference (one line naming them when ambiguous)."""
+    if labels:
+        return get_scheme(labels)
+    if region == "whole":
+        return None
+    values = set()
+    for p in paths:
+        values |= {int(v) for v in np.unique(np.asanyarray(nib.load(p).dataobj))}
+    return detect_scheme(values, "manifest", f"{where} (--region {region})", region=region)[0]
+
+
+def reference_mask(labels: np.ndarray, scheme: LabelScheme | None, region: str, path: Path) -> np.ndarray:
+    """The region of a reference label map (> 0 without a scheme); values outside the scheme: one line."""
+    if scheme is None:
+        return labels > 0
+    if scheme.allowed is not None:
+        bad = sorted({int(v) for v in np.unique(labels)} - set(scheme.allowed))
+        if bad:
+            raise DataError(f"{path}: reference label values {bad} are not in --labels {scheme.name} "
+                            f"(allowed {list(scheme.allowed)})")
+    return scheme.region_mask(labels, region) > 0
 
 
 def _folders(images) -> list[Path]:
@@ -246,7 +289,8 @@ def _csv(rows: list[dict], summary: dict) -> str:
 
 
 def print_table(result: dict, console: Console | None = None) -> None:
-    table = Table(title=f"evaluation of {result['pred']}")
+    region = result.get("region", "whole")
+    table = Table(title=f"evaluation of {result['pred']}: {REGION_NAMES[region]} ({result.get('labels', 'nonzero')} labels)")
     for col in ("case", "Dice", "HD95 (mm)", "ASSD (mm)", "note"):
         table.add_column(col)
     for r in result["cases"]:
@@ -271,10 +315,13 @@ def run(cfg) -> Path:
     out = stage_dir(cfg.run_dir, "evaluate", v)
     store = Store.open(cfg.data.store)
     split = Split.load(cfg.data.split, store=store)
-    for case in split.test:  # references and target images on the predictions' (original) grid
-        attrs, mask = store.attrs(case), store.read_mask(case)
+    scheme = "binary"
+    for case in split.test:  # references (original label maps) and target images on the predictions' grid
+        attrs, mask, labels = store.attrs(case), store.read_mask(case), store.read_labels(case)
         if mask is None:
             raise DataError(f"case {case}: test case without a mask in {cfg.data.store}")
+        if labels is not None and attrs.get("label_scheme"):
+            mask, scheme = labels, attrs["label_scheme"]
         _save(to_original_geometry(mask, attrs, order=0), out / "reference" / f"{case}.nii.gz")
         _save(to_original_geometry(store.read_image(case, cfg.data.target), attrs, order=1, fill=-1.0),
               out / "images" / f"{case}.nii.gz")
@@ -283,14 +330,15 @@ def run(cfg) -> Path:
     link_extras(pred, split.test, out / "images")
     ts = stage_dir(cfg.run_dir, "evaluate", "target-supervised") / "metrics.json"
     use_ts = v != "target-supervised" and ts.is_file()
-    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images")
+    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images",
+             region=cfg.data.region, labels=scheme)
     mark_done(out)
     return out
 
 
 def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: Path) -> list[str]:
-    """Translate each case's ``source`` image with the experiment's translator (its LAST state, as
-    synthesis does: thesis 5.5.1) into ``folder/<case>_pseudo_target.nii.gz``, original geometry.
+    """Translate each case's ``source`` image with the experiment's translator (the checkpoint
+    synthesis uses: ``load_translator``, the selected one) into ``folder/<case>_pseudo_target.nii.gz``, original geometry.
 
     Skipped (logged) when the translator run is not DONE or no case holds ``source``; returns the
     cases written.

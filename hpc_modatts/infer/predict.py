@@ -141,8 +141,9 @@ def open_input(input_: Path, work: Path, cfg, layout: str | None, modality: str)
     from hpc_modatts.data.convert import convert
 
     pre = _training_preprocessing(cfg)
-    path = convert(input_, work / "input.zarr", layout=layout or pre.get("layout") or "brats",
+    path = convert(input_, work / "input.zarr", layout=layout or pre.get("layout") or "auto",
                    spacing=pre.get("spacing"), crop=pre.get("crop"), crop_margin=pre.get("crop_margin", 2),
+                   labels=pre.get("labels") or "auto", resample_to=pre.get("resample_to"),
                    modalities=[modality], progress=False)
     return Store.open(path)
 

@@ -40,8 +40,9 @@ EXECUTORS = ("slurm", "local", "debug")
 PRESETS_DIR = Path(os.environ.get("HPC_MODATTS_PRESETS", Path(__file__).resolve().parents[2] / "launchers" / "clusters"))
 """Where cluster presets are looked up by name (override with $HPC_MODATTS_PRESETS)."""
 PRESET_KEYS = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
-               "timeout_min", "nodes", "signal_delay_s", "setup", "additional", "description"}
-"""Keys a preset YAML may hold (``additional``: extra ``#SBATCH --key=value`` options)."""
+               "timeout_min", "nodes", "signal_delay_s", "setup", "additional", "description", "interface"}
+"""Keys a preset YAML may hold (``additional``: extra ``#SBATCH --key=value`` options; ``interface``:
+the network interface of ``convert --scheduler slurm``'s dask workers, e.g. ib0)."""
 SHAPE_KEYS = ("gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes")
 """Preset keys that fill the pipeline.* fields a config leaves at their defaults."""
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from hpc_modatts.config import ConfigError, ExperimentConfig
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.labels import REGIONS, region_array
 from hpc_modatts.train import common
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,12 @@ def synthesize_case(model: nn.Module, src: Any, out: Any, case: str, source: str
     if annotated and mask is None:
         raise DataError(f"{src.path}: case {case!r} is in split.source_labeled but has no mask")
     labels = src.read_labels(case) if annotated else None
+    names = set(src.array_names(case)) if annotated else set()  # tumour regions go along (data.region)
+    regions = {n: src.read_array(case, n) for n in map(region_array, REGIONS[1:]) if n in names}
     attrs = {k: v for k, v in src.attrs(case).items() if k not in _DROP_ATTRS}
     attrs["synthetic"] = {"from": source, "to": target, **info}
-    out.write_case(case, images={target: pseudo}, mask=mask, labels=labels, brain=brain, attrs=attrs)
+    out.write_case(case, images={target: pseudo}, mask=mask, labels=labels, brain=brain, extra=regions or None,
+                   attrs=attrs)
 
 
 # ----------------------------------------------------------------------------- stage
