@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     for seed in args.seeds:
         t0 = time.time()
-        if (out / f"seed_{seed}" / "results.json").is_file():  # finished by an earlier invocation
+        done = out / f"seed_{seed}" / "results.json"
+        if done.is_file() and not json.loads(done.read_text()).get("failed"):  # an earlier invocation's
             per_seed[seed] = seed_summary(out / f"seed_{seed}")
             continue
         run_demo(out=out / f"seed_{seed}", cases=args.cases or DEMO_CASES, seed=args.data_seed, spacing=spacing,
