@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.nifti_size import check_nifti_size
 
 REGIONS = ("whole", "core", "enhancing")
 REGION_NAMES = {"whole": "whole tumour", "core": "tumour core", "enhancing": "enhancing tumour"}
@@ -162,11 +163,14 @@ def scan_label_values(path: str, case: str) -> dict:
     import nibabel as nib
 
     try:
+        check_nifti_size(path, "mask")  # before allocating what a forged header claims
         data = np.asanyarray(nib.load(str(path)).dataobj)
         values = np.unique(data)
         if values.dtype.kind == "f" and not np.array_equal(values, np.rint(values)):
             return {"case": case, "values": [], "error": f"{path}: mask has non-integer values"}
         return {"case": case, "values": [int(v) for v in values], "error": ""}
+    except DataError as e:
+        return {"case": case, "values": [], "error": str(e)}
     except Exception as e:  # corrupt files: one line naming the file, reported by convert
         return {"case": case, "values": [], "error": f"{path}: cannot read mask ({type(e).__name__}: {e})".replace("\n", " ")}
 

@@ -234,7 +234,7 @@ def reference_scheme(paths: list[Path], region: str, labels: str | None, where) 
         return None
     values = set()
     for p in paths:
-        values |= {int(v) for v in np.unique(np.asanyarray(nib.load(p).dataobj))}
+        values |= {int(v) for v in np.unique(read_label_map(p, "reference")[0])}  # size-checked first
     return detect_scheme(values, "manifest", f"{where} (--region {region})", region=region)[0]
 
 

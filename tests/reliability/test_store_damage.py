@@ -181,6 +181,28 @@ def test_forged_header_is_refused_before_allocating(tmp_path, capsys, shape, nif
     assert Store.open(tmp_path / "s.zarr").case_ids == ["phantom_000"]
 
 
+def test_forged_mask_header_is_refused_by_the_label_scan(tmp_path, capsys):
+    """``--labels auto`` reads every mask before any case is converted: the same size check first."""
+    src = make_phantom_nifti(tmp_path, cases=2)
+    f = src / CASE / f"{CASE}_seg.nii.gz"
+    forged_nifti(f, (2048, 1024, 1024))
+    rc, err = cli_convert(capsys, src, tmp_path / "s.zarr", "--workers", "2")
+    assert rc == 2 and len(err) == 1 and str(f) in err[0] and "header claims" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nifti"]  # no store, no lock file
+
+
+def test_forged_reference_header_is_refused_by_evaluate(tmp_path):
+    """``evaluate --region core`` reads every reference's label values to pick their scheme."""
+    from hpc_modatts.infer.evaluate import evaluate
+
+    for side in ("pred", "ref"):
+        (tmp_path / side).mkdir()
+        forged_nifti(tmp_path / side / "a.nii.gz", (2048, 1024, 1024))
+    with pytest.raises(DataError, match="header claims") as err:
+        evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", panels=False, region="core")
+    assert str(tmp_path / "ref" / "a.nii.gz") in str(err.value) and not (tmp_path / "out").exists()
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy overflow warnings would print more lines
 def test_huge_finite_voxel_is_refused_and_no_nan_reaches_the_store(tmp_path, capsys):
     src = make_phantom_nifti(tmp_path, cases=2)
