@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_sweep_debug_executor_shares_stage1_reruns_nothing_reports_and_advises(tmp_path, tiny_data):  # noqa: F811
     cfg = tiny_config(tmp_path, tiny_data, "sw", "pipeline.executor=debug", "train.max_steps=1",  # 1-step stages
-                      "train.stage_overrides={translate: {max_steps: 1, batch_size: 2}, self-train: {max_steps: 1}}")
+                      "train.stage_overrides={translate: {max_steps: 1, batch_size: 2}, self-train: {max_steps: 1}}",
+                      "infer.overlap=0")
     spec = SweepSpec(source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0],
                      variants=["self-supervised"], val=0.15, test=0.25)
     sweep_dir = run_sweep(cfg, spec)
