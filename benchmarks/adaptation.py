@@ -92,6 +92,17 @@ def aggregate(seeds: dict[int, dict]) -> dict:
             "seconds": mean_std([s["seconds"] for s in seeds.values()])}
 
 
+def finite_or_none(obj):
+    """JSON has no NaN: a metric missing from every seed is written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
 def markdown(agg: dict, seeds: list[int], budget: str) -> str:
     lines = [f"Budget `{budget}`, training seeds {seeds} (mean ± std over seeds of the per-seed test mean).", "",
              "| method | Dice | HD95 (mm) | % of target-sup. | pred. volume (ml) | ref. volume (ml) |",
@@ -127,12 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     for seed in args.seeds:
         t0 = time.time()
+        done = out / f"seed_{seed}" / "results.json"
+        if done.is_file() and not json.loads(done.read_text()).get("failed"):  # an earlier invocation's
+            per_seed[seed] = seed_summary(out / f"seed_{seed}")
+            continue
         run_demo(out=out / f"seed_{seed}", cases=args.cases or DEMO_CASES, seed=args.data_seed, spacing=spacing,
                  executor=args.executor, overrides=[f"train.seed={seed}", *extra], data_dir=out / "data")
         per_seed[seed] = seed_summary(out / f"seed_{seed}")
         print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
     agg = aggregate(per_seed)
-    (out / "adaptation.json").write_text(json.dumps({"budget": args.budget, "seeds": per_seed, "aggregate": agg},
+    (out / "adaptation.json").write_text(json.dumps(finite_or_none({"budget": args.budget, "seeds": per_seed, "aggregate": agg}),
                                                     indent=2, allow_nan=False, default=str))
     text = markdown(agg, args.seeds, args.budget)
     (out / "adaptation.md").write_text(text)

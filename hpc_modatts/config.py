@@ -12,7 +12,9 @@ Numbers follow the thesis, section 5.5.1 (settings of MoDATTS) and ``method.md``
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +22,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+
+from hpc_modatts.data.aliases import canonical
+from hpc_modatts.runs import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -35,6 +40,8 @@ def _check_choice(key: str, value: Any, allowed: tuple) -> None:
 
 
 def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):  # nan passes both comparisons below
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
@@ -64,8 +71,14 @@ class DataConfig:
     """DataLoader worker processes per rank (fork-safe, stores are reopened lazily)."""
     min_tumour_fraction: float = 0.01
     """2D slice weak labels: diseased if tumour covers >= this fraction of the brain area."""
+    region: Literal["whole", "core", "enhancing"] = "whole"
+    """Training target: whole tumour (the thesis), or for BraTS stores the tumour core or the
+    enhancing tumour (hpc_modatts.data.labels; stored as mask / mask_core / mask_enhancing)."""
 
     def __post_init__(self) -> None:
+        # BraTS 2023-2025 names (t1c, t2f, ...) mean the stored t1ce, flair, ...: hpc_modatts.data.aliases
+        self.source, self.target = canonical(self.source), canonical(self.target)
+        _check_choice("data.region", self.region, ("whole", "core", "enhancing"))
         self.slice_size = tuple(int(v) for v in self.slice_size)
         self.patch_size = tuple(int(v) for v in self.patch_size)
         if len(self.slice_size) != 2:
@@ -258,7 +271,8 @@ class TrainConfig:
     resume: bool = True
     """Resume from the run folder's latest checkpoint when one exists."""
     stage_overrides: dict[str, dict] = field(default_factory=dict)
-    """Per-stage values of ``train.*`` keys (and of ``optim.*`` keys under ``optim``), merged over
+    """Per-stage values of ``train.*`` keys (and of ``optim.*`` / ``model.*`` keys under ``optim`` /
+    ``model``), merged over
     those sections when a stage runs, e.g. ``{translate: {epochs: 200, batch_size: 15,
     weights: {adv: 1}, optim: {disc_lr: 4e-4}}, self-train: {epochs: 150}}``
     (thesis 5.5.1: stage 1 200 epochs batch 15; stage 2 300 epochs batch 2; rounds 150 epochs).
@@ -294,12 +308,13 @@ class TrainConfig:
             for bad in ("stage", "stage_overrides"):
                 if bad in values:
                     raise ConfigError(f"{key}.{bad} cannot be set per stage")
-            train_keys = {k: v for k, v in values.items() if k != "optim"}
+            train_keys = {k: v for k, v in values.items() if k not in STAGE_SECTIONS}
             _build(TrainConfig, train_keys, key)  # checks names and values, naming the key
-            if "optim" in values:
-                if not isinstance(values["optim"], dict):
-                    raise ConfigError(f"{key}.optim={values['optim']!r} must be a mapping of optim keys")
-                _build(OptimConfig, values["optim"], f"{key}.optim")
+            for section, cls in STAGE_SECTIONS.items():
+                if section in values:
+                    if not isinstance(values[section], dict):
+                        raise ConfigError(f"{key}.{section}={values[section]!r} must be a mapping of {section} keys")
+                    _build(cls, values[section], f"{key}.{section}")
 
 
 @dataclass
@@ -330,8 +345,9 @@ class PipelineConfig:
     source_dir: str = ""
     """NIfTI dataset folder converted into ``data.store`` by the pipeline's convert node when
     the store does not exist yet ("" = the store must already exist)."""
-    layout: str = "brats"
-    """Layout of ``source_dir`` for the convert node (see ``hpc_modatts.data.layouts``)."""
+    layout: str = "auto"
+    """Layout of ``source_dir`` for the convert node: auto (from the file names), brats, crossmoda
+    or manifest (see ``hpc_modatts.data.layouts``)."""
 
     def __post_init__(self) -> None:
         _check_choice("pipeline.executor", self.executor, ("local", "debug", "slurm"))
@@ -342,6 +358,25 @@ class PipelineConfig:
         for v in self.variants:
             _check_choice("pipeline.variants", v,
                           ("self-supervised", "semi-supervised", "source-supervised", "target-supervised"))
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+"""Allowed experiment names: one folder under run_root, safe in an sbatch ``--job-name``."""
+
+
+def check_one_line(key: str, value: str) -> str:
+    """``value`` unless it holds a line break or NUL (it may reach a generated shell script)."""
+    if any(c in value for c in "\n\r\0"):
+        raise ConfigError(f"{key}={value!r} must be one line (no newline, carriage return or NUL)")
+    return value
+
+
+def check_name(name: str) -> str:
+    """An experiment name: ``[A-Za-z0-9._-]+``, not ``.``, no ``..`` (one folder under run_root)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name or name == ".":
+        raise ConfigError(f"name={name!r} must match [A-Za-z0-9._-]+ without '..' "
+                          "(it is a folder under run_root and the SLURM job name)")
+    return name
 
 
 @dataclass
@@ -369,10 +404,15 @@ class InferConfig:
             raise ConfigError(f"infer.threshold={self.threshold} must be in (0, 1)")
 
 
+STAGE_SECTIONS: dict[str, type] = {"optim": OptimConfig, "model": ModelConfig}
+"""Config sections a ``train.stage_overrides.<stage>`` block may also override."""
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    """Experiment name (folder name under run_root)."""
+    """Experiment name: the folder under run_root and the SLURM job name; letters, digits, '.',
+    '_' and '-' only, no '..'."""
     run_root: str = "runs"
     """Where run folders are created: <run_root>/<name>/<stage>[/fold_k][/round_i]."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -391,6 +431,8 @@ class ExperimentConfig:
     """Whole-volume inference (validation, pseudo-labels, predict)."""
 
     def __post_init__(self) -> None:
+        check_name(self.name)
+        check_one_line("run_root", str(self.run_root))
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, dict):
@@ -457,20 +499,23 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             f = float(value)
         except ValueError:
             raise ConfigError(f"{key}={value!r} must be an integer") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{key}={value!r} must be an integer")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be a number")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={value!r} must be a number") from None
+        if not math.isfinite(f):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return f
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}={value!r} must be a string")
-        return "" if value is None else str(value)
+        return check_one_line(key, "" if value is None else str(value))
     return value
 
 
@@ -583,9 +628,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -20,15 +20,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hpc_modatts.config import ExperimentConfig, load_config
+from hpc_modatts.config import ConfigError, ExperimentConfig, load_config
 from hpc_modatts.pipeline.dag import Dag
+from hpc_modatts.pipeline.submit import StagesFailed
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, stage_dir
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("source-supervised", "self-supervised", "semi-supervised", "target-supervised")
 LABELS = {
-    "source-supervised": "no adaptation (source-supervised)",
+    "source-supervised": "no adaptation (source-sup.)",
     "self-supervised": "MoDATTS self-supervised",
     "semi-supervised": "MoDATTS semi-supervised",
     "target-supervised": "target-supervised (upper bound)",
@@ -57,8 +58,10 @@ def prepare_data(out: Path, cases: int, seed: int, spacing: int, source: str, ta
     return store, split_path
 
 
-def results_table(run_dir: Path, variants: tuple[str, ...] = VARIANTS) -> tuple[Table, dict]:
-    """Read each variant's evaluate-<variant>/metrics.json into one table (and a dict)."""
+def results_table(run_dir: Path, variants: tuple[str, ...] = VARIANTS,
+                  failed: frozenset[str] = frozenset()) -> tuple[Table, dict]:
+    """Read each variant's evaluate-<variant>/metrics.json into one table (and a dict);
+    ``failed`` variants (a stage of theirs failed) read "failed" instead of "missing"."""
     rows: dict[str, dict] = {}
     for v in variants:
         path = stage_dir(run_dir, "evaluate", v) / "metrics.json"
@@ -66,22 +69,25 @@ def results_table(run_dir: Path, variants: tuple[str, ...] = VARIANTS) -> tuple[
             rows[v] = json.loads(path.read_text())["summary"]
     ts = rows.get("target-supervised", {}).get("dice", {}).get("mean")
     table = Table(title="Target-modality test set (whole tumour)")
-    for col in ("method", "Dice", "HD95 (mm)", "ASSD (mm)", "% of target-supervised", "cases"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+    # fits 120 columns (logs, non-terminals) without wrapping or truncating
+    for col in ("method", "Dice", "HD95 (mm)", "ASSD (mm)", "% tgt-sup", "ml pred/ref", "cases"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
 
-    def fmt(s: dict) -> str:
-        return "n/a" if s["mean"] is None or math.isnan(s["mean"]) else f"{s['mean']:.3f} ± {s['std']:.3f}"
+    def fmt(s: dict, digits: int = 3) -> str:
+        return "n/a" if s["mean"] is None or math.isnan(s["mean"]) else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
     out = {}
     for v in variants:
         if v not in rows:
-            table.add_row(LABELS[v], "missing", "", "", "", "")
+            table.add_row(LABELS[v], "failed" if v in failed else "missing", "", "", "", "", "")
             continue
         s = rows[v]
         pct = 100.0 * s["dice"]["mean"] / ts if ts else float("nan")
         out[v] = {**s, "percent_of_target_supervised": pct}
-        table.add_row(LABELS[v], fmt(s["dice"]), fmt(s["hd95"]), fmt(s["assd"]),
-                      "n/a" if math.isnan(pct) else f"{pct:.0f} %", str(s["dice"]["n"]))
+        vol = s.get("volume_ml", {})
+        volumes = f"{vol['pred']:.0f} / {vol['ref']:.0f}" if vol.get("ref") is not None else ""
+        table.add_row(LABELS[v], fmt(s["dice"]), fmt(s["hd95"], 1), fmt(s["assd"], 1),
+                      "n/a" if math.isnan(pct) else f"{pct:.0f} %", volumes, str(s["dice"]["n"]))
     return table, out
 
 
@@ -116,7 +122,7 @@ DEMO_CASES = 40
 """Phantom cases of the demo (4 mm: ~1 s each to make and convert): 24 train (12 T1 annotated,
 12 T2 unannotated), 6 validation, 10 test."""
 
-SEMI_SUPERVISED_STEP_FRACTION = 0.5
+SEMI_SUPERVISED_STEP_FRACTION = 1.0
 """The demo gives semi-supervised training this fraction of the configured ``train.max_steps``
 (segment and self-training): a GenSeg step (three encoder and decoder passes plus two 3D
 discriminators) costs about 3x a plain Dice step on CPU, so the half keeps its CPU time close
@@ -144,13 +150,17 @@ def demo_dag(cfg: ExperimentConfig) -> Dag:
 
 def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
              config: str = "demo_cpu", executor: str = "local", overrides: list[str] | None = None,
-             data_dir: str | os.PathLike | None = None) -> Path:
+             data_dir: str | os.PathLike | None = None, variants: tuple[str, ...] = VARIANTS) -> Path:
     """Run the demo end to end into ``out``; returns the folder with ``results.json``.
 
     ``seed`` makes the phantom and the split; the training seed is ``train.seed`` (an override).
     ``data_dir``: where the phantom, store and split live (default ``out``), so several runs
-    (e.g. ``benchmarks/adaptation.py``'s seeds) can share one dataset.
+    (e.g. ``benchmarks/adaptation.py``'s seeds) can share one dataset. ``variants``: the rows of
+    the table (default all four; without semi-supervised the demo takes about half the time).
     """
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        raise ConfigError(f"demo variants {unknown or list(variants)} are not among {list(VARIANTS)}")
     t0 = time.time()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -163,15 +173,21 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     t_data = time.time() - t0
     cfg = load_config(config, [
         f"run_root={out / 'runs'}", f"data.store={store}", f"data.split={split}",
-        f"pipeline.executor={executor}", f"pipeline.variants=[{','.join(VARIANTS)}]",
+        f"pipeline.executor={executor}", f"pipeline.variants=[{','.join(variants)}]",
         *(overrides or []),
     ])
     from hpc_modatts.pipeline import run_pipeline
 
     t_pipe = time.time()
-    run_pipeline(cfg, dag=demo_dag(cfg))
+    failure: StagesFailed | None = None
+    try:
+        run_pipeline(cfg, dag=demo_dag(cfg))
+    except StagesFailed as e:  # report what finished, then fail
+        failure = e
     t_pipe = time.time() - t_pipe
-    table, summary = results_table(cfg.run_dir, VARIANTS)
+    failed_variants = frozenset(v for v in variants if failure and any(
+        v in name for name in (*failure.failed, *failure.skipped)))
+    table, summary = results_table(cfg.run_dir, variants, failed_variants)
     jobs = stage_seconds(cfg.run_dir)
     elapsed = time.time() - t0
     console.print(stage_table(jobs))
@@ -180,8 +196,11 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
                   f"panels in {cfg.run_dir}/evaluate-*/panels/")
     atomic_write_json(out / "results.json", {"variants": summary, "seconds": elapsed, "data_seconds": t_data,
                                              "pipeline_seconds": t_pipe, "job_seconds": jobs,
-                                             "cases": cases, "seed": seed, "config": config})
+                                             "cases": cases, "seed": seed, "config": config,
+                                             "failed": dict(failure.failed) if failure else {}})
     rec = Console(record=True, width=120, file=open(os.devnull, "w"))
     rec.print(table)
     atomic_write_text(out / "results.txt", rec.export_text())
+    if failure:
+        raise failure
     return out

@@ -25,7 +25,8 @@ def _user_error_types() -> tuple[type, ...]:
     from hpc_modatts.config import ConfigError
 
     types_: list[type] = [UserError, ConfigError]
-    for mod, name in (("hpc_modatts.data.errors", "DataError"),):
+    # a failed pipeline stage prints one line per failure (its log path is in the log above)
+    for mod, name in (("hpc_modatts.data.errors", "DataError"), ("hpc_modatts.pipeline.submit", "StagesFailed")):
         try:
             types_.append(getattr(importlib.import_module(mod), name))
         except (ImportError, AttributeError):

@@ -36,7 +36,8 @@ def _convert(args: argparse.Namespace) -> int:
     path = convert(args.src, args.store, layout=args.layout, spacing=args.spacing, crop=_crop(args.crop),
                    missing=args.missing, workers=args.workers, scheduler=args.scheduler, dtype=args.dtype,
                    modalities=args.modalities, crop_margin=args.crop_margin, sharded=args.sharded,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, labels=args.labels, resample_to=args.resample_to,
+                   cluster=args.cluster)
     log.info("store ready: %s", path)
     return 0
 
@@ -67,6 +68,8 @@ def _split(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the data subcommands to the top-level parser's subparsers."""
+    from hpc_modatts.data.labels import LABEL_CHOICES  # the schemes' one owner
+
     p = sub.add_parser("phantom", help="write the embedded demo dataset (BraTS-layout NIfTI phantoms)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
@@ -76,17 +79,26 @@ def register(sub) -> None:
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("convert", help="convert a NIfTI dataset into one zarr store (parallel, resumable)")
-    p.add_argument("src", help="source folder (brats, crossmoda) or manifest .csv/.json")
+    p.add_argument("src", help="dataset folder (BraTS 2018-2025, CrossMoDA 2021-2023) or manifest .csv/.json")
     p.add_argument("store", help="output store, e.g. data/brats.zarr")
-    p.add_argument("--layout", choices=("brats", "crossmoda", "manifest"), default="brats")
+    p.add_argument("--layout", choices=("auto", "brats", "crossmoda", "manifest"), default="auto",
+                   help="auto (default): from the file names; brats = BraTS 2018-2021 and 2023-2025 namings")
+    p.add_argument("--labels", default="auto", choices=LABEL_CHOICES,
+                   help="label scheme of the masks (default auto: from the label values found; see data/README.md)")
+    p.add_argument("--resample-to", metavar="MODALITY", default=None,
+                   help="resample modalities/masks not on this modality's grid onto it (world coordinates)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resample to this spacing (mm)")
     p.add_argument("--crop", nargs="+", metavar="N", help="crop X Y Z voxels around the brain centre, or 'brain' (bbox)")
     p.add_argument("--crop-margin", type=int, default=2, help="margin (voxels) of --crop brain")
     p.add_argument("--missing", choices=("skip", "fail"), default="fail", help="case lacking a modality: skip or fail")
     p.add_argument("--modalities", nargs="+", help="modalities every case must have (layout default)")
-    p.add_argument("--workers", type=int, default=1, help="parallel cases (local dask scheduler)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel cases (local dask scheduler), or SLURM worker jobs with --scheduler slurm")
     p.add_argument("--scheduler", default=None,
-                   help="sync|threads|processes, or ADDRESS of a running dask.distributed scheduler")
+                   help="sync|threads|processes, ADDRESS of a running dask.distributed scheduler, or slurm "
+                        "(dask-jobqueue workers from --cluster)")
+    p.add_argument("--cluster", default=None, metavar="PRESET",
+                   help="with --scheduler slurm: cluster preset (launchers/clusters/<name>.yaml or a YAML path)")
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,
                    help="stored image dtype (default float16 for a new store, max error 2.4e-4; a resumed store keeps its own)")
     shard = p.add_mutually_exclusive_group()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from hpc_modatts.demo import DEMO_CASES
+from hpc_modatts.demo import DEMO_CASES, VARIANTS
 
 
 def _demo(args: argparse.Namespace) -> int:
     from hpc_modatts.demo import run_demo
 
     run_demo(out=args.out, cases=args.cases, seed=args.seed, spacing=args.spacing, config=args.config,
-             executor=args.executor, overrides=args.overrides)
+             executor=args.executor, overrides=args.overrides, variants=tuple(args.variants))
     return 0
 
 
@@ -25,5 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=int, default=4, choices=(2, 4), help="phantom voxel size in mm (default 4)")
     p.add_argument("--config", default="demo_cpu", help="config name in configs/ or a YAML path")
     p.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
+                   help="rows of the table (default: all four; without semi-supervised, about half the time): "
+                        + ", ".join(VARIANTS))
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=_demo)

@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder of <case>.nii.gz target images (+ <case>_pseudo_target, _healthy, _residual) drawn "
                         "in the panels; repeat to search several folders (e.g. the predict folder for the extras)")
     e.add_argument("--no-panels", action="store_true", help="skip the PNG panels")
+    e.add_argument("--region", default="whole", choices=("whole", "core", "enhancing"),
+                   help="tumour region the predictions are of (default whole; core/enhancing need BraTS labels)")
+    e.add_argument("--labels", default=None,
+                   help="label scheme of the references (e.g. brats2021, brats2023; default: > 0 is tumour, "
+                        "detected from the values for core/enhancing)")
     e.add_argument("-o", "--out", required=True, help="output folder: metrics.csv, metrics.json, panels/")
     e.set_defaults(func=_evaluate)
 
@@ -43,5 +48,5 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hpc_modatts.infer.evaluate import evaluate
 
     evaluate(args.pred, args.ref, args.out, target_supervised=args.target_supervised, images=args.images,
-             panels=not args.no_panels)
+             panels=not args.no_panels, region=args.region, labels=args.labels)
     return 0

@@ -180,8 +180,9 @@ class _EpochDataset(Dataset):
     """Common part: lazy store with its decoded-array cache, epoch for deterministic augmentation."""
 
     def __init__(self, store_path, cases: Sequence[str], modality: str, annotated, augment: bool, seed: int,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, axial_cache: bool = False):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, axial_cache: bool = False, mask_name: str = "mask"):
         self.cache = VolumeCache(cache_bytes, axial=axial_cache)
+        self.mask_name = mask_name
         self.handle = _LazyStore(store_path, self.cache)
         self.cases, self.modality = list(cases), modality
         self.image_name = f"{IMAGE_PREFIX}{modality}"
@@ -195,6 +196,9 @@ class _EpochDataset(Dataset):
         for c in self.cases:
             if self.handle.array(c, self.image_name) is None:
                 raise DataError(f"{store.path}: case {c!r} has no modality {modality!r} (has {store.modalities(c)})")
+            if c in self.annotated and self.handle.array(c, "mask") is not None and self.handle.array(c, mask_name) is None:
+                raise DataError(f"{store.path}: case {c!r} has a mask but no {mask_name!r} (data.region): its label "
+                                f"scheme {store.attrs(c).get('label_scheme')!r} does not define that region")
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation (and random crops) are a function of (seed, epoch, index)."""
@@ -211,13 +215,16 @@ class SliceDataset(_EpochDataset):
     ``weak`` is 1 (diseased), 0 (healthy), or -1 when the case has no stored mask (unknown).
     Slices whose brain covers < ``min_brain_fraction`` of the slice area are skipped.
     ``cache_bytes``: decoded image/mask arrays kept in memory per process (``VolumeCache``; 0 = off).
+    ``mask_name``: the array shown as "mask" (``mask`` = whole tumour, ``mask_core``, ...:
+    ``hpc_modatts.data.labels.region_array``); weak labels always follow the whole tumour.
     """
 
     def __init__(self, store_path, cases: Sequence[str], modality: str, annotated=frozenset(),
                  size: tuple[int, int] = (240, 240), augment: bool = False, seed: int = 0,
                  min_tumour_fraction: float = 0.01, min_brain_fraction: float = 0.01,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes, axial_cache=True)
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, mask_name: str = "mask") -> None:
+        super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes, axial_cache=True,
+                         mask_name=mask_name)
         self.size = tuple(int(s) for s in size)
         self.chain = aug.augment_2d() if augment else None
         self.index: list[tuple[str, int, int]] = []  # (case, z, weak)
@@ -257,7 +264,7 @@ class SliceDataset(_EpochDataset):
         start = ((X - self.size[0]) // 2, (Y - self.size[1]) // 2)  # centred crop / pad
         valid = ((0, X), (0, Y))
         image = read_window(arr, valid, start, self.size, -1.0, np.float32, (z,))  # (H, W)
-        mask_arr = self.handle.source(case, "mask") if case in self.annotated else None
+        mask_arr = self.handle.source(case, self.mask_name) if case in self.annotated else None
         has_mask = mask_arr is not None
         mask = (read_window(mask_arr, valid, start, self.size, 0, np.float32, (z,)) if has_mask
                 else np.zeros(self.size, np.float32))
@@ -295,13 +302,16 @@ class VolumeDataset(_EpochDataset):
     stored array (e.g. "pseudo_label") used as the mask for the cases that have it, read from
     ``extra_store`` (default: the same store). ``cache_bytes``: decoded arrays kept in memory per
     process (``VolumeCache``, shared with the extra store; 0 = every patch read from zarr).
+    ``mask_name``: the annotated cases' array shown as "mask" (``mask`` = whole tumour,
+    ``mask_core``, ...); the weak label of a window always follows the whole tumour.
     """
 
     def __init__(self, store_path, cases: Sequence[str], modality: str,
                  patch_size: tuple[int, int, int] = (96, 160, 64), half: bool = True, annotated=frozenset(),
                  augment: bool = False, seed: int = 0, extra_mask: str | None = None,
-                 extra_store: str | os.PathLike | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes)
+                 extra_store: str | os.PathLike | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 mask_name: str = "mask") -> None:
+        super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes, mask_name=mask_name)
         self.patch_size = tuple(int(s) for s in patch_size)
         if len(self.patch_size) != 3:
             raise ConfigError(f"patch_size={list(patch_size)} must have 3 values (X, Y, Z)")
@@ -366,6 +376,9 @@ class VolumeDataset(_EpochDataset):
                 shown = read_window(extra, valid, start, self.patch_size, 0, np.float32)
                 return (shown >= 0.5).astype(np.float32), true_win
         if case in self.annotated and true_win is not None:
+            if self.mask_name != "mask":
+                region = self.handle.source(case, self.mask_name)
+                return read_window(region, valid, start, self.patch_size, 0, np.float32), true_win
             return true_win.astype(np.float32), true_win
         return None, true_win
 

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.runs import atomic_path
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair")
 TISSUES = ("csf", "gm", "wm", "necrosis", "oedema", "enhancing")
@@ -255,8 +256,7 @@ def make_phantom(out_dir: str | Path, cases: int = 4, seed: int = 0, spacing: in
         for name in (*CONTRASTS, "seg"):
             img = nib.Nifti1Image(arrays[name], anat.affine).as_reoriented(ras_to_lps)
             img.header.set_xyzt_units("mm")
-            tmp = folder / f".{case}_{name}.tmp.nii.gz"
-            nib.save(img, tmp)
-            tmp.replace(folder / f"{case}_{name}.nii.gz")
+            with atomic_path(folder / f"{case}_{name}.nii.gz") as tmp:
+                nib.save(img, tmp)
         folders.append(folder)
     return folders

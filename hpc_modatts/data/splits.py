@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hpc_modatts.config import ConfigError
+from hpc_modatts.data.aliases import canonical, resolve
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.store import Store
 from hpc_modatts.runs import atomic_write_json
@@ -87,10 +88,12 @@ class Split:
 
     @classmethod
     def load(cls, path: str | os.PathLike, store: Store | str | os.PathLike | None = None) -> "Split":
-        """Read a split JSON; DataError if missing, corrupt, inconsistent, or naming unknown cases.
+        """Read a split JSON; DataError if missing, corrupt, inconsistent, naming unknown cases,
+        or made for another store.
 
         Cases are checked against ``store`` when given, else against the store recorded in the
-        file when that path exists.
+        file when that path exists; so is the store's identity (``store_id``, minted when the
+        store was created): a split of another store with the same case ids is refused.
         """
         path = Path(path)
         if not path.is_file():
@@ -105,6 +108,10 @@ class Split:
             store = split.meta["store"]
         if store is not None:
             store = store if isinstance(store, Store) else Store.open(store)
+            made_for, this = split.meta.get("store_id"), store.root_attrs.get("store_id")
+            if made_for and this and made_for != this:
+                raise DataError(f"{path}: made for store {split.meta.get('store')} (id {made_for}), not for "
+                                f"{store.path} (id {this}); make a split of this store with `hpc-modatts split`")
             unknown = sorted(set(split.all_cases()) - set(store.case_ids))
             if unknown:
                 raise DataError(f"{path}: {len(unknown)} case(s) not in store {store.path}: {unknown[:5]}")
@@ -216,8 +223,16 @@ def _make_folds(info: dict, source_train: list[str], target_train: list[str], va
 def make_split(store: Store | str | os.PathLike, source: str, target: str, source_labeled: float = 1.0,
                target_labeled: float = 0.0, val: float = 0.1, test: float = 0.1, folds: int = 1,
                seed: int = 0) -> Split:
-    """Build the unpaired split of one source/target pair (see the module docstring)."""
+    """Build the unpaired split of one source/target pair (see the module docstring).
+
+    ``source``/``target`` may use any alias of a stored name (``t1c`` for ``t1ce``, see
+    ``hpc_modatts.data.aliases``); the split records the stored names.
+    """
     store = store if isinstance(store, Store) else Store.open(store)
+    stored = store.root_attrs.get("modalities") or sorted({m for c in store.case_ids for m in store.modalities(c)})
+    if source and target and canonical(source) != canonical(target):
+        source = resolve(source, stored, f"{store.path} (--source)")
+        target = resolve(target, stored, f"{store.path} (--target)")
     where = f"{store.path} ({source}->{target})"
     if not source or not target or source == target:
         raise ConfigError(f"source={source!r} and target={target!r} must be two different modality names")
@@ -242,7 +257,7 @@ def make_split(store: Store | str | os.PathLike, source: str, target: str, sourc
         target_labeled=_labeled(info, target_train, target_labeled, seed, _STREAM_TARGET_LABELS, "target", where),
         val=val_cases, test=test_cases,
         folds=_make_folds(info, source_train, target_train, val_cases, folds, seed, where),
-        meta={"store": str(store.path), "seed": seed, "source_labeled": source_labeled,
+        meta={"store": str(store.path), "store_id": store.root_attrs.get("store_id"), "seed": seed, "source_labeled": source_labeled,
               "target_labeled": target_labeled, "val": val, "test": test, "n_folds": folds})
     split._check_consistent(where)
     return split

@@ -2,7 +2,8 @@
 
 Layout on disk (local file system only: atomic case writes rely on ``os.replace`` of folders)::
 
-    STORE.zarr/                     root group, attrs {"hpc_modatts": {"format": 1, "kind": ..., "layout": {...}, ...}}
+    STORE.zarr/                     root group, attrs {"hpc_modatts": {"format": 1, "kind": ..., "layout": {...},
+                                    "store_id": <uuid>, "expected_cases": [...] (convert), ...}}
         cases/                      group
             <case>/                 group, attrs = case attributes (``complete: true`` set last)
                 image_<modality>    (X, Y, Z) float16 (convert's default) or float32, [-1, 1], background -1
@@ -10,9 +11,16 @@ Layout on disk (local file system only: atomic case writes rely on ``os.replace`
                 labels              (X, Y, Z) uint8 original label values (optional)
                 brain               (X, Y, Z) uint8 {0, 1} (optional)
                 <extra name>        any other named array ("pseudo_label", "prob", ...)
-            .tmp-<case>-<pid>/      a case being written; renamed to <case> when complete
+            .tmp-<case>~<host>~<pid>~<rand>/   a case being written; renamed to <case> when complete
+    .STORE.zarr.lock                beside the store while a convert run holds it (``store_lock``)
 
 Arrays are in canonical RAS orientation, index order (X, Y, Z).
+
+Integrity: the case attribute ``arrays`` lists every array with the sha256 of its decoded
+bytes (``array_record``); ``complete`` is set only after the written arrays were read back and
+matched it, and ``Store.array_problems`` re-checks a case (``verify``, and ``convert`` before it
+skips a case). A deleted chunk, shard, array or ``zarr.json`` and a flipped byte that changes
+any value are all caught. Temp folders are removed only once their writer is gone.
 """
 
 from __future__ import annotations
@@ -21,14 +29,17 @@ import logging
 import math
 import os
 import shutil
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.integrity import STALE_AFTER_S, array_record, check_arrays, temp_name, temp_owner_alive
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +159,8 @@ class Store:
         layout = {"image_dtype": dtype, "image_chunks": list(IMAGE_CHUNKS), "label_chunks": list(LABEL_CHUNKS),
                   "image_codec": IMAGE_CODEC, "label_codec": LABEL_CODEC, "sharded": bool(sharded)}
         root.create_group(CASES)
-        root.attrs["hpc_modatts"] = _json_safe({"format": FORMAT, "kind": kind, "layout": layout, **root_attrs})
+        root.attrs["hpc_modatts"] = _json_safe({"format": FORMAT, "kind": kind, "layout": layout,
+                                                "store_id": uuid.uuid4().hex, **root_attrs})
         return cls(path, root)
 
     @property
@@ -165,17 +177,30 @@ class Store:
     def _cases_dir(self) -> Path:
         return self.path / CASES
 
-    def remove_stale(self) -> list[str]:
-        """Delete temporary / replaced case folders left by killed writers. Returns their names.
+    def temp_folders(self) -> list[str]:
+        """Names of the temporary / replaced case folders present (being written, or left behind)."""
+        if not self._cases_dir.is_dir():
+            return []
+        return sorted(d.name for d in self._cases_dir.iterdir() if d.name.startswith((TMP_PREFIX, OLD_PREFIX)))
 
-        Call it from the single driver process before starting parallel writers.
+    def remove_stale(self) -> list[str]:
+        """Delete temp / replaced case folders whose writer is gone. Returns their names.
+
+        A folder is removed when its owner (host and pid in its name) is this host's and no
+        longer runs, or, when that cannot be checked, after ``STALE_AFTER_S``: another
+        writer's folder in progress is never touched.
         """
         removed = []
-        if self._cases_dir.is_dir():
-            for d in self._cases_dir.iterdir():
-                if d.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-                    shutil.rmtree(d, ignore_errors=True)
-                    removed.append(d.name)
+        for name in self.temp_folders():
+            d = self._cases_dir / name
+            alive = temp_owner_alive(name)
+            try:
+                old = time.time() - d.stat().st_mtime > STALE_AFTER_S
+            except FileNotFoundError:
+                continue
+            if alive is False or (alive is None and old):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(name)
         if removed:
             log.info("%s: removed %d stale temporary case group(s)", self.path, len(removed))
         return removed
@@ -220,6 +245,14 @@ class Store:
 
     def attrs(self, case: str) -> dict:
         return dict(self._group(case).attrs)
+
+    def array_problems(self, case: str, on_array: Callable[[str, np.ndarray], None] | None = None) -> list[str]:
+        """What is wrong with a case's arrays (``check_arrays`` against its ``arrays`` attribute);
+        a case without that attribute (written before checksums) cannot be checked: one problem."""
+        records = self.attrs(case).get("arrays")
+        if not isinstance(records, Mapping):
+            return ["no array checksums (written by an older hpc-modatts): damage cannot be detected"]
+        return check_arrays(self._cases_dir / case, records, on_array)
 
     def array(self, case: str, name: str) -> zarr.Array:
         """A named array of a case, lazy (slice it)."""
@@ -304,7 +337,7 @@ class Store:
         _check_case_id(case)
         arrays = self._validate_case_arrays(case, images, mask, labels, brain, extra)
         self._cases_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._cases_dir / f"{TMP_PREFIX}{case}-{os.getpid()}-{os.urandom(3).hex()}"
+        tmp = self._cases_dir / temp_name(TMP_PREFIX, case)
         try:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             for name, (data, is_image) in arrays.items():
@@ -312,8 +345,13 @@ class Store:
             meta = _json_safe(dict(attrs or {}))
             meta.setdefault("shape", list(next(iter(arrays.values()))[0].shape))
             meta["has_mask"] = mask is not None
+            meta["arrays"] = {name: array_record(data) for name, (data, _) in arrays.items()}
             meta["complete"] = False
             group.attrs.update(meta)
+            problems = check_arrays(tmp, meta["arrays"])  # read back: every expected array, intact
+            if problems:
+                raise DataError(f"{self.path}: case {case!r}: {problems[0]} right after writing it "
+                                f"(did another process remove {tmp.name}?)")
             group.attrs["complete"] = True  # set last
             self._swap_into_place(tmp, self._cases_dir / case)
         except BaseException:
@@ -335,6 +373,10 @@ class Store:
                 raise DataError(f"case {case!r}: extra array name {name!r} clashes with the store layout")
             arr = np.asarray(arr)
             arrays[name] = (arr, arr.dtype.kind == "f")
+        for name, (arr, _) in arrays.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise DataError(f"case {case!r}: array {name!r} has {int(np.count_nonzero(~np.isfinite(arr)))} "
+                                "NaN/Inf values; nothing was written")
         if not arrays:
             raise DataError(f"case {case!r}: nothing to write (no images, masks or arrays)")
         shapes = {name: a.shape for name, (a, _) in arrays.items()}
@@ -347,7 +389,7 @@ class Store:
         """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted."""
         old = None
         if final.exists():
-            old = final.with_name(f"{OLD_PREFIX}{final.name}-{os.getpid()}-{os.urandom(3).hex()}")
+            old = final.with_name(temp_name(OLD_PREFIX, final.name))
             os.replace(final, old)
         os.replace(tmp, final)
         if old is not None:
@@ -356,7 +398,7 @@ class Store:
     def delete_case(self, case: str) -> None:
         d = self._cases_dir / _check_case_id(case)
         if d.exists():
-            old = d.with_name(f"{OLD_PREFIX}{case}-{os.getpid()}")
+            old = d.with_name(temp_name(OLD_PREFIX, case))
             os.replace(d, old)
             shutil.rmtree(old, ignore_errors=True)
 

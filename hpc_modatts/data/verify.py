@@ -1,4 +1,11 @@
-"""Check a store case by case: shapes, attributes, source checksums, value ranges.
+"""Check a store case by case: shapes, attributes, source checksums, value ranges, and that
+every array is intact against the checksums recorded when it was written.
+
+Store level: every case of the root attribute ``expected_cases`` (written by ``convert``) is
+present and complete; leftover temp folders are reported (warning) with whether their writer
+still runs. Case level: the ``arrays`` list of the case attributes against the arrays on disk
+(``Store.array_problems``: missing or extra arrays, deleted chunks/shards, changed bytes), the
+value checks, and the whole-tumour mask against ``labels`` (an emptied mask is caught).
 
 ``verify(store) -> list[Problem]``; errors make ``hpc-modatts verify`` exit non-zero, warnings
 (e.g. a source file that moved) do not.
@@ -13,6 +20,7 @@ import numpy as np
 
 from hpc_modatts.data.convert import sha256
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.integrity import temp_owner_alive
 from hpc_modatts.data.store import IMAGE_PREFIX, Store
 
 # attributes every case of a converted dataset carries (docs/interfaces.md "case attributes")
@@ -42,10 +50,24 @@ def verify(store: str | Path | Store, check_sources: bool = True) -> list[Proble
     cases = st.all_case_dirs()
     if not cases:
         problems.append(Problem("", "error", "the store holds no case"))
+    problems += _check_store_level(st, cases)
     required = DATASET_ATTRS if st.root_attrs.get("kind") == "dataset" else OTHER_ATTRS
     for case in cases:
         problems += verify_case(st, case, required, check_sources)
     return problems
+
+
+def _check_store_level(st: Store, cases: list[str]) -> list[Problem]:
+    """Expected cases that are missing; temp folders left behind (or being written)."""
+    out = [Problem(case, "error", "case is missing (listed in the store's expected cases: deleted, "
+                                  "or its conversion failed; run convert again)")
+           for case in sorted(set(st.root_attrs.get("expected_cases") or []) - set(cases))]
+    for name in st.temp_folders():
+        alive = temp_owner_alive(name)
+        state = {True: "its writer is still running", False: "its writer is gone; the next convert removes it",
+                 None: "writer unknown (another host or an older version); removed after a day"}[alive]
+        out.append(Problem("", "warning", f"temporary folder cases/{name} ({state})"))
+    return out
 
 
 def verify_case(st: Store, case: str, required=DATASET_ATTRS, check_sources: bool = True) -> list[Problem]:
@@ -56,8 +78,13 @@ def verify_case(st: Store, case: str, required=DATASET_ATTRS, check_sources: boo
     out = [Problem(case, "error", f"missing attribute {k!r}") for k in required if k not in attrs]
     if not attrs.get("complete"):
         out.append(Problem(case, "error", "case is not complete (interrupted write?)"))
+    intact: dict[str, np.ndarray] = {}  # arrays read (once) by the checksum check
     try:
-        out += _check_arrays(st, case, attrs)
+        out += _check_integrity(st, case, attrs, intact)
+    except Exception as e:  # noqa: BLE001 - a damaged folder listing or metadata
+        out.append(Problem(case, "error", f"cannot check arrays ({type(e).__name__}: {e})".replace("\n", " ")))
+    try:
+        out += _check_arrays(st, case, attrs, intact)
     except Exception as e:  # corrupt chunks, missing files
         out.append(Problem(case, "error", f"cannot read arrays ({type(e).__name__}: {e})".replace("\n", " ")))
     if check_sources:
@@ -65,7 +92,21 @@ def verify_case(st: Store, case: str, required=DATASET_ATTRS, check_sources: boo
     return out
 
 
-def _check_arrays(st: Store, case: str, attrs: dict) -> list[Problem]:
+def _check_integrity(st: Store, case: str, attrs: dict, intact: dict[str, np.ndarray]) -> list[Problem]:
+    """Arrays against their recorded checksums (the intact ones go into ``intact``), and the
+    whole-tumour mask against the labels."""
+    if "arrays" not in attrs:
+        return [Problem(case, "warning", "no array checksums (written by an older hpc-modatts): damaged "
+                                         "chunks cannot be detected; convert again to add them")]
+    out = [Problem(case, "error", p) for p in st.array_problems(case, intact.__setitem__)]
+    tumour = attrs.get("tumour_labels")
+    if "mask" in intact and "labels" in intact and tumour is not None:
+        if not np.array_equal(intact["mask"] > 0, np.isin(intact["labels"], tumour)):
+            out.append(Problem(case, "error", f"mask differs from labels in {tumour} (whole tumour)"))
+    return out
+
+
+def _check_arrays(st: Store, case: str, attrs: dict, intact: dict[str, np.ndarray]) -> list[Problem]:
     out: list[Problem] = []
     names = st.array_names(case)
     shapes = {n: tuple(st.array(case, n).shape) for n in names}
@@ -76,13 +117,13 @@ def _check_arrays(st: Store, case: str, attrs: dict) -> list[Problem]:
     if not any(n.startswith(IMAGE_PREFIX) for n in names) and st.root_attrs.get("kind") == "dataset":
         out.append(Problem(case, "error", "no image array"))
     for n in names:
-        data = st.read_array(case, n)
+        data = intact[n] if n in intact else st.read_array(case, n)
         if n.startswith(IMAGE_PREFIX):
             if not np.isfinite(data).all():
                 out.append(Problem(case, "error", f"{n} has NaN/Inf values"))
             elif data.min() < -1 or data.max() > 1:
                 out.append(Problem(case, "error", f"{n} values [{data.min():.3g}, {data.max():.3g}] outside [-1, 1]"))
-        elif n in ("mask", "brain"):
+        elif n in ("mask", "brain") or n.startswith("mask_"):  # mask_core, mask_enhancing: tumour regions
             bad = sorted(set(np.unique(data).tolist()) - {0, 1})
             if bad:
                 out.append(Problem(case, "error", f"{n} has values {bad}, expected only 0/1"))

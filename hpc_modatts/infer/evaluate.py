@@ -4,15 +4,23 @@
 
 Folders hold one NIfTI per case, ``<case>.nii.gz`` (or ``.nii``); ``<case>_prob.nii.gz``
 probability maps and ``<case>_healthy`` / ``_residual`` / ``_pseudo_target`` images (written by
-``predict --extras``) in the prediction folder are not cases. Masks are binarised (> 0, whole
-tumour). Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
+``predict --extras``) in the prediction folder are not cases. Predictions are binarised (> 0);
+references are label maps read with a label scheme (``--labels``; none: > 0 is tumour) and
+reduced to the evaluated region (``--region`` whole | core | enhancing, ``hpc_modatts.data.labels``),
+which the table and metrics.json name. Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
 ``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
 distances are in mm (method.md, "Evaluation"; thesis 5.5.2).
 
-Empty masks (MONAI returns nan/inf with a warning for them), our convention:
+Empty masks (MONAI returns nan/inf with a warning for them), the BraTS convention:
 * both empty: Dice 1, HD95 0, ASSD 0 (a perfect answer), note ``both empty``;
-* one empty: Dice 0, HD95 and ASSD nan (no surface to measure from), note ``empty prediction``
-  or ``empty reference``; summaries are nan-aware means/stds and report how many cases count.
+* one empty: Dice 0, HD95 = ASSD = the image diagonal in mm (``max_distance``: the largest
+  distance possible in the volume; 373.13 mm for BraTS' 240x240x155 1 mm grid, the value the
+  BraTS evaluation uses), note ``empty prediction`` or ``empty reference``. These cases count
+  in the means (leaving them out would reward a model that predicts nothing on hard cases);
+  the summary reports how many there are (``one_side_empty``).
+
+Every case is read and checked (3D, readable, same grid) before anything is written; metrics.json
+is strict JSON (a NaN would be written as null).
 
 Outputs in OUT: ``metrics.csv``, ``metrics.json`` (per case + mean/std, and "% of
 target-supervised" = mean Dice / the target-supervised run's mean Dice), ``panels/<case>.png``.
@@ -43,7 +51,9 @@ from rich.console import Console
 from rich.table import Table
 
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.runs import atomic_write_json, atomic_write_text, mark_done
+from hpc_modatts.data.labels import REGION_NAMES, REGIONS, LabelScheme, detect_scheme, get_scheme
+from hpc_modatts.data.nifti_size import check_nifti_size
+from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text, mark_done
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,11 @@ NOT_CASES = ("_prob",) + tuple(f"_{n}" for n in IMAGE_NAMES)
 
 
 # ----------------------------------------------------------------------------- metrics
+def max_distance(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The image diagonal in mm: HD95 and ASSD of a case where one mask is empty (BraTS convention)."""
+    return float(np.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape[:3], spacing[:3]))))
+
+
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict:
     """Dice, HD95 (mm), ASSD (mm) of two binary (X, Y, Z) masks; see the module doc for empties."""
     p, r = pred > 0, ref > 0
@@ -64,7 +79,8 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) 
     rt = torch.from_numpy(r)[None, None].float()
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pt, rt).item()
     if not p.any() or not r.any():
-        return {"dice": dice, "hd95": float("nan"), "assd": float("nan"),
+        worst = max_distance(p.shape, spacing)
+        return {"dice": dice, "hd95": worst, "assd": worst,
                 "note": "empty prediction" if not p.any() else "empty reference"}
     sp = [float(s) for s in spacing]
     with warnings.catch_warnings():
@@ -75,13 +91,15 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) 
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean/std (nan-aware) and the number of cases counted, per metric."""
-    out = {}
+    """Mean/std (nan-aware) and the number of cases counted, per metric; ``one_side_empty``:
+    how many cases have an empty prediction or reference (their distances are the maximum)."""
+    out: dict = {}
     for m in METRICS:
         v = np.array([r[m] for r in rows], float)
         ok = v[~np.isnan(v)]
         out[m] = {"mean": float(ok.mean()) if ok.size else float("nan"),
                   "std": float(ok.std()) if ok.size else float("nan"), "n": int(ok.size)}
+    out["one_side_empty"] = sum(r["note"] in ("empty prediction", "empty reference") for r in rows)
     return out
 
 
@@ -125,6 +143,28 @@ def _header(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: not a readable NIfTI ({e})") from None
 
 
+def read_label_map(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A whole (X, Y, Z) label map as stored and its voxel spacing; DataError naming the file
+    when it is forged, truncated or not 3D (a trailing singleton 4th axis is dropped)."""
+    check_nifti_size(path, what)
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types for a broken file
+        raise DataError(f"{path}: cannot read {what} NIfTI ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: {what} must be a 3D mask, got shape {list(data.shape)} ({data.ndim}D)")
+    return data, tuple(float(s) for s in img.header.get_zooms()[:3])
+
+
+def read_mask(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``read_label_map`` as bool (> 0)."""
+    data, spacing = read_label_map(path, what)
+    return data > 0, spacing
+
+
 def target_supervised_dice(path: str | os.PathLike) -> float:
     """Mean Dice of a target-supervised evaluation (its metrics.json, or the folder holding it)."""
     p = Path(path)
@@ -139,41 +179,75 @@ def target_supervised_dice(path: str | os.PathLike) -> float:
 def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.PathLike,
              target_supervised: str | os.PathLike | None = None,
              images: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             panels: bool = True, console: Console | None = None) -> Path:
+             panels: bool = True, console: Console | None = None, region: str = "whole",
+             labels: str | None = None) -> Path:
     """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``.
 
     ``images``: folder(s) searched in order for ``<case>.nii.gz`` (target) and ``<case>_<name>``
-    (``IMAGE_NAMES``); the first folder holding a file wins.
+    (``IMAGE_NAMES``); the first folder holding a file wins. ``region``: the tumour region the
+    predictions are of; ``labels``: the references' label scheme (None: > 0 is tumour for the
+    whole tumour, detected from the reference values for core / enhancing).
     """
+    if region not in REGIONS:
+        raise DataError(f"--region {region!r} must be one of {', '.join(REGIONS)}")
     pred_cases, ref_cases = nifti_cases(pred, "prediction"), nifti_cases(ref, "reference")
     cases = check_pairs(pred_cases, ref_cases)
+    scheme = reference_scheme([ref_cases[c] for c in cases], region, labels, ref)
     ts_dice = target_supervised_dice(target_supervised) if target_supervised else None
     out = Path(out)
     rows = []
-    for case in cases:
-        p_img, r_img = nib.load(pred_cases[case]), nib.load(ref_cases[case])
-        p = np.asanyarray(p_img.dataobj) > 0  # (X, Y, Z) in the file's own voxel order
-        r = np.asanyarray(r_img.dataobj) > 0
-        spacing = tuple(float(s) for s in r_img.header.get_zooms()[:3])
+    for case in cases:  # read and check every case before the first file is written
+        p, _ = read_mask(pred_cases[case], "prediction")  # (X, Y, Z) in the file's own voxel order
+        labels_r, spacing = read_label_map(ref_cases[case], "reference")
+        r = reference_mask(labels_r, scheme, region, ref_cases[case])
         voxel_ml = float(np.prod(spacing)) / 1000.0
         rows.append({"case": case, **case_metrics(p, r, spacing),
                      "pred_ml": float(p.sum()) * voxel_ml, "ref_ml": float(r.sum()) * voxel_ml})
-        if panels:
-            from hpc_modatts.infer.panels import save_panel
+    if panels:
+        from hpc_modatts.infer.panels import save_panel
 
+        for case in cases:
+            p = read_mask(pred_cases[case], "prediction")[0]
+            r = reference_mask(read_label_map(ref_cases[case], "reference")[0], scheme, region, ref_cases[case])
             extra = _case_images(_folders(images), case, p.shape)
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
     # predicted vs reference tumour volume (ml): a model that paints the brain shows here first
     summary["volume_ml"] = {"pred": float(np.mean([r["pred_ml"] for r in rows])),
                             "ref": float(np.mean([r["ref_ml"] for r in rows]))}
-    result = {"pred": str(pred), "ref": str(ref), "cases": rows, "summary": summary}
+    result = {"pred": str(pred), "ref": str(ref), "region": region,
+              "labels": "nonzero" if scheme is None else scheme.name, "cases": rows, "summary": summary}
     if ts_dice:
         result["percent_of_target_supervised"] = 100.0 * summary["dice"]["mean"] / ts_dice
     atomic_write_text(out / "metrics.csv", _csv(rows, summary))
     atomic_write_json(out / "metrics.json", result)
     print_table(result, console)
     return out
+
+
+def reference_scheme(paths: list[Path], region: str, labels: str | None, where) -> LabelScheme | None:
+    """The references' label scheme: ``labels``, None (> 0) for the whole tumour, else detected
+    from the label values of every reference (one line naming them when ambiguous)."""
+    if labels:
+        return get_scheme(labels)
+    if region == "whole":
+        return None
+    values = set()
+    for p in paths:
+        values |= {int(v) for v in np.unique(read_label_map(p, "reference")[0])}  # size-checked first
+    return detect_scheme(values, "manifest", f"{where} (--region {region})", region=region)[0]
+
+
+def reference_mask(labels: np.ndarray, scheme: LabelScheme | None, region: str, path: Path) -> np.ndarray:
+    """The region of a reference label map (> 0 without a scheme); values outside the scheme: one line."""
+    if scheme is None:
+        return labels > 0
+    if scheme.allowed is not None:
+        bad = sorted({int(v) for v in np.unique(labels)} - set(scheme.allowed))
+        if bad:
+            raise DataError(f"{path}: reference label values {bad} are not in --labels {scheme.name} "
+                            f"(allowed {list(scheme.allowed)})")
+    return scheme.region_mask(labels, region) > 0
 
 
 def _folders(images) -> list[Path]:
@@ -189,7 +263,12 @@ def _case_images(folders: list[Path], case: str, shape: tuple[int, ...]) -> dict
         hits = [f / f"{fname}{ext}" for f in folders for ext in (".nii.gz", ".nii")]
         for p in hits:
             if p.is_file():
-                vol = np.asanyarray(nib.load(p).dataobj).astype(np.float32)
+                try:
+                    check_nifti_size(p, name)
+                    vol = np.asanyarray(nib.load(p).dataobj).astype(np.float32)
+                except Exception as e:  # noqa: BLE001 - a panel decoration: skip it, say why
+                    log.warning("%s: unreadable (%s); not drawn", p, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    break
                 if vol.shape[:3] == shape:
                     found[name] = vol
                 else:
@@ -210,14 +289,16 @@ def _csv(rows: list[dict], summary: dict) -> str:
 
 
 def print_table(result: dict, console: Console | None = None) -> None:
-    table = Table(title=f"evaluation of {result['pred']}")
+    region = result.get("region", "whole")
+    table = Table(title=f"evaluation of {result['pred']}: {REGION_NAMES[region]} ({result.get('labels', 'nonzero')} labels)")
     for col in ("case", "Dice", "HD95 (mm)", "ASSD (mm)", "note"):
         table.add_column(col)
     for r in result["cases"]:
         table.add_row(r["case"], *(f"{r[m]:.4f}" for m in METRICS), r["note"])
     s = result["summary"]
     table.add_row("[bold]mean ± std", *(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in METRICS),
-                  f"n = {s['dice']['n']}")
+                  f"n = {s['dice']['n']}" + (f", {s['one_side_empty']} with one mask empty (max distance)"
+                                             if s.get("one_side_empty") else ""))
     (console or Console()).print(table)
     if "percent_of_target_supervised" in result:
         (console or Console()).print(f"Dice = {result['percent_of_target_supervised']:.1f} % of target-supervised")
@@ -232,11 +313,15 @@ def run(cfg) -> Path:
 
     v = cfg.train.variant
     out = stage_dir(cfg.run_dir, "evaluate", v)
-    store, split = Store.open(cfg.data.store), Split.load(cfg.data.split)
-    for case in split.test:  # references and target images on the predictions' (original) grid
-        attrs, mask = store.attrs(case), store.read_mask(case)
+    store = Store.open(cfg.data.store)
+    split = Split.load(cfg.data.split, store=store)
+    scheme = "binary"
+    for case in split.test:  # references (original label maps) and target images on the predictions' grid
+        attrs, mask, labels = store.attrs(case), store.read_mask(case), store.read_labels(case)
         if mask is None:
             raise DataError(f"case {case}: test case without a mask in {cfg.data.store}")
+        if labels is not None and attrs.get("label_scheme"):
+            mask, scheme = labels, attrs["label_scheme"]
         _save(to_original_geometry(mask, attrs, order=0), out / "reference" / f"{case}.nii.gz")
         _save(to_original_geometry(store.read_image(case, cfg.data.target), attrs, order=1, fill=-1.0),
               out / "images" / f"{case}.nii.gz")
@@ -245,14 +330,15 @@ def run(cfg) -> Path:
     link_extras(pred, split.test, out / "images")
     ts = stage_dir(cfg.run_dir, "evaluate", "target-supervised") / "metrics.json"
     use_ts = v != "target-supervised" and ts.is_file()
-    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images")
+    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images",
+             region=cfg.data.region, labels=scheme)
     mark_done(out)
     return out
 
 
 def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: Path) -> list[str]:
-    """Translate each case's ``source`` image with the experiment's translator (its LAST state, as
-    synthesis does: thesis 5.5.1) into ``folder/<case>_pseudo_target.nii.gz``, original geometry.
+    """Translate each case's ``source`` image with the experiment's translator (the checkpoint
+    synthesis uses: ``load_translator``, the selected one) into ``folder/<case>_pseudo_target.nii.gz``, original geometry.
 
     Skipped (logged) when the translator run is not DONE or no case holds ``source``; returns the
     cases written.
@@ -293,20 +379,16 @@ def link_extras(pred: Path, cases: Sequence[str], folder: Path) -> int:
             src, dst = pred / f"{case}_{name}.nii.gz", folder / f"{case}_{name}.nii.gz"
             if not src.is_file():
                 continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".tmp{os.getpid()}-{dst.name}")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(src, tmp)
-            except OSError:  # another file system, or links not allowed
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                tmp.unlink()  # os.link needs a free name; atomic_path reserved it
+                try:
+                    os.link(src, tmp)
+                except OSError:  # another file system, or links not allowed
+                    shutil.copyfile(src, tmp)
             n += 1
     return n
 
 
 def _save(img: nib.Nifti1Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)

@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hpc_modatts.runs import atomic_path  # noqa: E402
+
 TITLES = {"target": "target image", "pseudo_target": "pseudo-target", "healthy": "P->A healthy",
           "residual": "residual"}
 
@@ -100,9 +102,9 @@ def save_translation_report(path: str | os.PathLike, records: list[dict], rows: 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Write a figure as PNG atomically and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

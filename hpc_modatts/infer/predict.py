@@ -33,9 +33,10 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 import torch
+
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
-from hpc_modatts.runs import is_done, mark_done
+from hpc_modatts.runs import atomic_path, is_done, mark_done
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +141,16 @@ def open_input(input_: Path, work: Path, cfg, layout: str | None, modality: str)
     from hpc_modatts.data.convert import convert
 
     pre = _training_preprocessing(cfg)
-    path = convert(input_, work / "input.zarr", layout=layout or pre.get("layout") or "brats",
+    path = convert(input_, work / "input.zarr", layout=layout or pre.get("layout") or "auto",
                    spacing=pre.get("spacing"), crop=pre.get("crop"), crop_margin=pre.get("crop_margin", 2),
+                   labels=pre.get("labels") or "auto", resample_to=pre.get("resample_to"),
                    modalities=[modality], progress=False)
     return Store.open(path)
 
 
 def _save_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
 
 
 def _save_float(volume: np.ndarray, attrs: dict, path: Path, fill: float = 0.0) -> None:
@@ -177,6 +178,7 @@ def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: st
         extras = False
     modality = modality or cfg.data.target
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".predict-", dir=out))
     try:
@@ -200,8 +202,12 @@ def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: st
             if probabilities:
                 _save_float(prob, attrs, out / f"{case}_prob.nii.gz")
             log.info("predicted %s (%d tumour voxels)", case, int(mask.sum()))
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.iterdir()):  # nothing predicted: leave no empty folder behind
+            out.rmdir()
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -212,7 +218,7 @@ def run(cfg) -> Path:
     from hpc_modatts.runs import stage_dir
 
     out = stage_dir(cfg.run_dir, "predict", cfg.train.variant)
-    split = Split.load(cfg.data.split)
+    split = Split.load(cfg.data.split, store=cfg.data.store)
     predict(final_model_dirs(cfg, cfg.train.variant), cfg.data.store, out, modality=cfg.data.target,
             cases=split.test, extras=True)
     mark_done(out)

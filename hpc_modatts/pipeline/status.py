@@ -1,15 +1,19 @@
 """``hpc-modatts status RUN_DIR``: the nodes of a submitted pipeline and their states.
 
 State of a node, first that applies: ``DONE`` (its marker exists); the SLURM state from
-``sacct`` (slurm jobs); the submitit result pickle (``COMPLETED``/``FAILED``, local/debug
-jobs); ``RUNNING`` (a local job's process is alive); ``NOT SUBMITTED`` / ``UNKNOWN``.
+``sacct`` (slurm jobs); ``FAILED`` (a local/debug job whose submitit result file exists, so the
+job ended, but whose stage wrote no DONE marker); ``RUNNING`` (a local job's process is alive);
+``NOT SUBMITTED`` / ``UNKNOWN``.
+
+``pipeline.json`` and the submitit folder are read as data only: the result pickles are never
+unpickled (a pickle can run code), job ids are checked before they reach ``sacct``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,20 +26,47 @@ from hpc_modatts.data.errors import DataError
 from hpc_modatts.runs import is_done
 
 
+SLURM_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
+"""A SLURM job id as submitit records it (``123`` or array ``123_4``)."""
+NODE_KEYS = {"name": str, "run_dir": str}
+JOB_KEYS = {"node": str, "job_id": str, "executor": str, "folder": str}
+
+
 def load_record(run_dir: str | os.PathLike) -> dict:
-    """The ``pipeline.json`` of an experiment folder (DataError if missing/unreadable)."""
+    """The ``pipeline.json`` of an experiment folder (DataError if missing, unreadable or malformed)."""
     path = Path(run_dir) / "pipeline.json"
     try:
-        return json.loads(path.read_text())
+        rec = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{path} does not exist: not a pipeline run folder") from None
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         raise DataError(f"{path} is not valid JSON ({e})") from None
+    _check_record(rec, path)
+    return rec
+
+
+def _check_record(rec: object, path: Path) -> None:
+    """The shape ``pipeline_status`` relies on: lists of node and job mappings with string fields."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{path}: top level must be a JSON object, not {type(rec).__name__}")
+    for section, keys in (("nodes", NODE_KEYS), ("jobs", JOB_KEYS)):
+        items = rec.get(section, [])
+        if not isinstance(items, list):
+            raise DataError(f"{path}: {section!r} must be a list, not {type(items).__name__}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise DataError(f"{path}: {section}[{i}] must be an object, not {type(item).__name__}")
+            for key, tp in keys.items():
+                if not isinstance(item.get(key), tp):
+                    raise DataError(f"{path}: {section}[{i}].{key} must be a {tp.__name__}, "
+                                    f"got {item.get(key)!r}")
+            if section == "nodes" and not isinstance(item.get("marker", "DONE"), str):
+                raise DataError(f"{path}: nodes[{i}].marker must be a string")
 
 
 def sacct_state(job_id: str) -> str | None:
     """The SLURM state of a job (allocation line), or None when sacct is unavailable/silent."""
-    if shutil.which("sacct") is None:
+    if not SLURM_JOB_ID.fullmatch(job_id) or shutil.which("sacct") is None:
         return None
     try:
         out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
@@ -47,15 +78,15 @@ def sacct_state(job_id: str) -> str | None:
 
 
 def local_state(folder: str, job_id: str) -> str:
-    """State of a local/debug submitit job from its result pickle or its process."""
-    result = JobPaths(folder, job_id=job_id, task_id=0).result_pickle
-    if result.is_file():
-        try:
-            outcome = pickle.loads(result.read_bytes())[0]
-        except Exception:  # noqa: BLE001 - a half-written/unpicklable result is still "there"
-            return "UNKNOWN"
-        return "COMPLETED" if outcome == "success" else "FAILED"
-    if job_id.isdigit() and Path(f"/proc/{job_id}").exists():
+    """State of a local/debug submitit job whose node has no DONE marker (checked first).
+
+    The result file's existence says the job ended; its content is not read (unpickling it
+    could run code), and a stage that succeeds always writes its marker, so an ended job
+    without one failed. The log files beside it hold the error.
+    """
+    if JobPaths(folder, job_id=job_id, task_id=0).result_pickle.is_file():
+        return "FAILED"
+    if job_id.isdigit() and Path(f"/proc/{job_id}").exists():  # local job ids are process ids
         return "RUNNING"
     return "UNKNOWN"
 

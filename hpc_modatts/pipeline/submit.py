@@ -29,7 +29,7 @@ from typing import Any, Callable
 import submitit
 import yaml
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, PipelineConfig
+from hpc_modatts.config import ConfigError, ExperimentConfig, PipelineConfig, check_one_line
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import Dag, Node, build_dag, needs_convert, node_config
 from hpc_modatts.runs import atomic_write_json, is_done, mark_done, stage_dir
@@ -40,8 +40,9 @@ EXECUTORS = ("slurm", "local", "debug")
 PRESETS_DIR = Path(os.environ.get("HPC_MODATTS_PRESETS", Path(__file__).resolve().parents[2] / "launchers" / "clusters"))
 """Where cluster presets are looked up by name (override with $HPC_MODATTS_PRESETS)."""
 PRESET_KEYS = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
-               "timeout_min", "nodes", "signal_delay_s", "setup", "additional", "description"}
-"""Keys a preset YAML may hold (``additional``: extra ``#SBATCH --key=value`` options)."""
+               "timeout_min", "nodes", "signal_delay_s", "setup", "additional", "description", "interface"}
+"""Keys a preset YAML may hold (``additional``: extra ``#SBATCH --key=value`` options; ``interface``:
+the network interface of ``convert --scheduler slurm``'s dask workers, e.g. ib0)."""
 SHAPE_KEYS = ("gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes")
 """Preset keys that fill the pipeline.* fields a config leaves at their defaults."""
 
@@ -155,7 +156,8 @@ def check_inputs(cfg: ExperimentConfig, executor: str) -> None:
 def _check_folds(cfg: ExperimentConfig) -> None:
     from hpc_modatts.data.splits import Split
 
-    split = Split.load(cfg.data.split)
+    store = cfg.data.store if Path(cfg.data.store).exists() else None  # a convert node makes it later
+    split = Split.load(cfg.data.split, store=store)
     if cfg.pipeline.folds > 1 and len(split.folds) < cfg.pipeline.folds:
         raise DataError(f"data.split {cfg.data.split} has {len(split.folds)} folds; "
                         f"pipeline.folds={cfg.pipeline.folds}")
@@ -182,10 +184,34 @@ def node_parameters(node: Node, cfg: ExperimentConfig, preset: dict[str, Any] | 
     params["slurm_additional_parameters"] = extra
     if dependency_ids:
         params["slurm_dependency"] = "afterok:" + ":".join(dependency_ids)
+    return check_sbatch_values(params)
+
+
+def check_sbatch_values(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` unless a string in it (key or value, nested) holds a line break.
+
+    Every such string lands in the generated sbatch script: a newline would end the ``#SBATCH``
+    block there, drop the options after it and run the rest as shell commands.
+    """
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, str):
+            check_one_line(f"sbatch option {key}", value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{key}.{k}", str(k))
+                walk(f"{key}.{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{key}[{i}]", v)
+
+    for k, v in params.items():
+        walk(str(k), v)
     return params
 
 
 def make_executor(folder: Path, executor: str, params: dict[str, Any]) -> submitit.AutoExecutor:
+    check_one_line("submitit folder", str(folder))  # sbatch --output/--error paths
+    check_sbatch_values(params)
     ex = submitit.AutoExecutor(folder=folder, cluster=executor)
     if executor != "slurm":  # local/debug ignore slurm_* anyway; keep their warnings quiet
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
@@ -202,6 +228,8 @@ def sbatch_script(params: dict[str, Any], folder: str | os.PathLike, command: st
     """
     from submitit.slurm import slurm
 
+    check_one_line("submitit folder", str(folder))
+    check_sbatch_values(params)
     equivalent = slurm.SlurmExecutor._equivalence_dict()
     generic = {equivalent[k]: (slurm._convert_mem(v) if k == "mem_gb" else v)
                for k, v in params.items() if k in equivalent}
@@ -294,18 +322,35 @@ def _submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | Non
     return jobs
 
 
+class StagesFailed(RuntimeError):
+    """Local/debug pipeline: some stages failed (their descendants never ran, the rest did)."""
+
+    def __init__(self, failed: dict[str, str], skipped: list[str]):
+        self.failed, self.skipped = failed, skipped
+        lines = [f"{name}: {err}" for name, err in failed.items()]
+        super().__init__(f"{len(failed)} stage(s) failed, {len(skipped)} dependent stage(s) not run: "
+                         + "; ".join(lines))
+
+
 def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
                   rec: Recorder, poll_s: float = 0.5, max_parallel: int | None = None) -> None:
     """Emulate afterok: submit every node whose parents finished; as soon as ANY running job
     ends, submit what it unblocked (no barrier between waves, so a short branch of the graph
-    never waits for a long sibling). ``debug`` jobs run in-process inside ``results()``, one
-    at a time in submission order. ``max_parallel`` caps the jobs alive at once (a sweep's
-    graph can have dozens of ready nodes; each local job is a whole training process)."""
+    never waits for a long sibling). A failed stage fails its descendants only, as on SLURM:
+    independent branches still run, then ``StagesFailed`` names every failure. ``debug`` jobs
+    run in-process inside ``results()``, one at a time in submission order. ``max_parallel``
+    caps the jobs alive at once (a sweep's graph can have dozens of ready nodes; each local
+    job is a whole training process)."""
     finished: set[str] = set()
+    failed: dict[str, str] = {}
+    skipped: list[str] = []
     running: dict[str, tuple[Node, Any]] = {}
     left = list(pending)
     try:
         while left or running:
+            for node in [n for n in left if any(d in failed or d in skipped for d in n.deps)]:
+                skipped.append(node.name)  # topological order: a skipped parent is seen first
+                left.remove(node)
             ready = [n for n in left if all(d in finished for d in n.deps)]
             if max_parallel:
                 ready = ready[:max(0, max_parallel - len(running))]
@@ -314,15 +359,31 @@ def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, fol
                 rec.add(node, job, folder, executor)
                 running[node.name] = (node, job)
                 left.remove(node)
+            if not running:
+                continue
             name = _first_done(running, executor, poll_s)
             node, job = running.pop(name)
-            job.results()  # raises the stage's error (all tasks of a multi-task job)
+            try:
+                job.results()  # raises the stage's error (all tasks of a multi-task job)
+            except Exception as e:  # noqa: BLE001 - any stage error fails that branch only
+                failed[name] = _last_line(e)
+                log.error("FAILED %s: %s (log: %s)", name, failed[name], job.paths.stderr)
+                continue
             finished.add(name)
             log.info("finished %s", name)
-    except BaseException:  # a failed stage or Ctrl-C: leave no job running behind us
+    except BaseException:  # Ctrl-C or an executor error: leave no job running behind us
         for _, job in running.values():
             job.cancel(check=False)
         raise
+    if failed:
+        raise StagesFailed(failed, skipped)
+
+
+def _last_line(e: BaseException) -> str:
+    """The stage's own error line (submitit wraps it in a multi-line FailedJobError)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(("-", " "))]
+    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
+    return (errors or lines or [type(e).__name__])[-1][:500]
 
 
 def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float) -> str:

@@ -16,15 +16,29 @@ A tag folder is written in full, every rank passes a barrier, and only then rank
 deleted afterwards (and on the next start). A kill at any moment leaves ``latest`` naming a
 complete checkpoint or the previous one. DeepSpeed's own ``latest`` file is disabled
 (``save_latest=False``): our pointer is the single source of truth.
+
+Files are data, never code (docs/reliability.md): every ``.pt`` file is read with
+``load_weights`` (``torch.load(weights_only=True)``), RNG states are stored as tensors and
+lists so they load that way, DeepSpeed's own files are checked the same way (with the few
+DeepSpeed data classes they hold allow-listed) before DeepSpeed reads them, and the model
+factory recorded in ``best_model.pt`` is a key of ``MODEL_FACTORIES``, never an import path.
+
+Resume (``choose_resume_tag``) takes the checkpoint ``latest`` names when every file of it
+loads; otherwise the newest other complete, loadable one (``best``'s), says so, points
+``latest`` at it and moves the damaged folder aside (``damaged-<tag>``); it never deletes a
+checkpoint while ``latest`` is unusable, and refuses (one line) when nothing loads.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import random
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,14 +49,89 @@ from torch import nn
 from hpc_modatts.config import config_from_dict, config_to_dict, save_config
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.distributed.env import barrier
-from hpc_modatts.runs import atomic_write_json, atomic_write_text
+from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 BEST_MODEL = "best_model.pt"
+DAMAGED_PREFIX = "damaged-"
+
+MODEL_FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
+    "hpc_modatts.models:build_segmenter": "hpc_modatts.models:build_segmenter",
+    "hpc_modatts.train.segment:build_discriminators_3d": "hpc_modatts.train.segment:build_discriminators_3d",
+    "hpc_modatts.train.translate:build_cycle_translators": "hpc_modatts.train.translate:build_cycle_translators",
+    "hpc_modatts.train.translate:build_discriminators": "hpc_modatts.train.translate:build_discriminators",
+}
+"""THE allow-list of model factories a ``best_model.pt`` may name (``Task.model_factory``): the
+file holds only the key; the callable comes from this dict (a "module:function" of this package,
+imported on use, or a function registered by code with ``register_model_factory``)."""
+
+
+def register_model_factory(name: str, fn: Callable[..., nn.Module]) -> None:
+    """Allow ``name`` as a factory key, building with ``fn`` (for code outside hpc_modatts, e.g. tests)."""
+    MODEL_FACTORIES[name] = fn
+
+
+def build_model(factory: Any, where: str = "model factory") -> nn.Module:
+    """Build a model from a ``(key, kwargs)`` factory whose key is in ``MODEL_FACTORIES``."""
+    if not (isinstance(factory, (list, tuple)) and len(factory) == 2 and isinstance(factory[0], str)
+            and isinstance(factory[1], dict) and all(isinstance(k, str) for k in factory[1])):
+        raise DataError(f"{where}: factory must be (name, {{keyword: value}}), got {factory!r}"[:300])
+    name, kwargs = factory
+    target = MODEL_FACTORIES.get(name)
+    if target is None:
+        raise DataError(f"{where}: model factory {name!r} is not allowed; allowed: {sorted(MODEL_FACTORIES)}")
+    if isinstance(target, str):
+        module_name, _, fn_name = target.partition(":")
+        target = getattr(importlib.import_module(module_name), fn_name)
+    return target(**kwargs)
+
+
+# ----------------------------------------------------------------------------- safe loading
+def _deepspeed_safe_globals() -> list:
+    """The DeepSpeed data classes its checkpoint files pickle (ZeRO 1-3 optimiser states, bf16
+    parameter maps), measured with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on
+    ZeRO 0-3 x fp32/bf16 checkpoints of DeepSpeed 0.19. A newer DeepSpeed that pickles another
+    class makes the check refuse its files, naming the class (add it here after reading it)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_weights(path: str | os.PathLike, deepspeed: bool = False, mmap: bool = False) -> Any:
+    """THE loader of ``.pt`` files: ``torch.load(weights_only=True)`` on the CPU.
+
+    Tensors, containers and numbers only (no code runs); ``deepspeed`` also allows the few
+    DeepSpeed data classes of its checkpoint files; ``mmap`` maps tensors instead of reading
+    them (a check of a large file). DataError naming the file when it is missing, damaged or
+    holds anything else.
+    """
+    path = Path(path)
+    try:
+        if deepspeed:
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as e:  # zip/pickle/OS errors and refused globals: one line naming the file
+        first = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),
+                     str(e).strip().splitlines()[0] if str(e).strip() else "")
+        raise DataError(f"{path}: not a loadable weights file ({type(e).__name__}: {first})"[:400]) from None
 
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
+
+
+TAG_PATTERN = re.compile(r"step_[0-9]{8,}")
+
+
+def step_of(tag: str) -> int:
+    return int(tag.split("_")[-1])
 
 
 def read_pointer(run_dir: str | os.PathLike, which: str = "latest") -> str | None:
@@ -55,25 +144,33 @@ def read_pointer(run_dir: str | os.PathLike, which: str = "latest") -> str | Non
 
 
 def rng_state() -> dict:
-    """Every RNG a step may draw from (python, numpy, torch CPU, torch CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG a step may draw from (python, numpy, torch CPU, torch CUDA), as tensors, lists
+    and numbers only, so that the saved file loads with ``weights_only=True``."""
+    version, keys, gauss = random.getstate()
+    name, mt, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [int(version), list(keys), gauss],
+             "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(mt, np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, keys, gauss = state["python"]
+    random.setstate((int(version), tuple(int(k) for k in keys), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(run_dir: Path, step: int, engines: dict[str, Any], trainer_state: dict,
@@ -127,18 +224,149 @@ def prune_checkpoints(run_dir: str | os.PathLike) -> None:
             p.unlink(missing_ok=True)
 
 
-def load_checkpoint(run_dir: Path, tag: str, engines: dict[str, Any], env: Any) -> dict:
-    """Restore engines (weights + optimiser), this rank's RNG states; return trainer state."""
+TRAINER_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "best_step": int}
+
+
+def read_trainer_state(folder: Path) -> dict:
+    """``trainer.json`` of a checkpoint folder, checked; DataError naming the file."""
+    path = Path(folder) / "trainer.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (the checkpoint is incomplete)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: must hold a JSON object")
+    for key, tp in TRAINER_KEYS.items():
+        if not isinstance(state.get(key), tp) or isinstance(state.get(key), bool):
+            raise DataError(f"{path}: {key!r} must be an integer, got {state.get(key)!r}")
+    for key in ("best_score", "best_dice"):  # "best_dice": checkpoints written before select_on
+        if state.get(key) is not None and (not isinstance(state[key], (int, float)) or isinstance(state[key], bool)):
+            raise DataError(f"{path}: {key!r} must be a number or null")
+    return state
+
+
+def check_checkpoint_files(folder: Path, models: list[str] | None = None) -> None:
+    """Every ``.pt`` file of a checkpoint folder loads weights-only (DeepSpeed's data classes
+    allowed), each of ``models`` has its DeepSpeed model states, and RNG files hold RNG states.
+
+    Run before DeepSpeed's own loader, which unpickles with ``weights_only=False``: a file that
+    passes references no code. DataError naming the first bad file.
+    """
+    folder = Path(folder)
+    for name in models or []:
+        if not any((folder / name).glob("*model_states.pt")):
+            raise DataError(f"{folder / name}: no DeepSpeed model states of model {name!r}")
+    for path in sorted(folder.rglob("*.pt")):
+        obj = load_weights(path, deepspeed=True, mmap=not path.name.startswith("rng_rank"))
+        if path.name.startswith("rng_rank") and not (isinstance(obj, dict) and {"python", "numpy", "torch"} <= set(obj)):
+            raise DataError(f"{path}: not an RNG state file")
+
+
+def check_checkpoint(run_dir: Path, tag: str, models: list[str] | None = None) -> dict:
+    """Trainer state of checkpoint ``tag`` once all of it is checked loadable; DataError otherwise."""
     folder = Path(run_dir) / CKPT_DIR / tag
+    if not folder.is_dir():
+        raise DataError(f"{folder}: checkpoint folder is missing")
+    state = read_trainer_state(folder)
+    check_checkpoint_files(folder, models)
+    return state
+
+
+def _pointer_text(run_dir: Path, which: str) -> str | None:
+    ptr = Path(run_dir) / CKPT_DIR / which
+    try:
+        return ptr.read_text().strip() if ptr.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return "<unreadable>"
+
+
+def choose_resume_tag(run_dir: str | os.PathLike, models: list[str] | None = None) -> str | None:
+    """The checkpoint to resume from (None: start at step 0), checked loadable; rank 0 only.
+
+    ``latest`` when all of it loads; otherwise the newest other complete, loadable checkpoint:
+    ``latest`` is repointed at it and the damaged folders (``latest``'s, newer ones) renamed
+    ``damaged-<tag>-<time>`` (kept, not deleted), with a warning. DataError when ``latest``
+    exists but no checkpoint loads, so a damaged run is never silently restarted from step 0
+    (and its checkpoints never pruned).
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / CKPT_DIR
+    latest = _pointer_text(run_dir, "latest")
+    candidates = sorted((p.name for p in root.glob("step_*") if p.is_dir() and (p / "trainer.json").is_file()),
+                        key=step_of, reverse=True) if root.is_dir() else []
+    if latest is None and not candidates:
+        return None  # a fresh run (a folder without trainer.json is a killed first save)
+    latest_ok = latest is not None and TAG_PATTERN.fullmatch(latest) is not None
+    problems = []
+    if latest is None:
+        problems.append(f"{root / 'latest'} is missing")
+    elif not latest_ok:
+        problems.append(f"{root / 'latest'} holds {latest[:40]!r}, not a checkpoint tag")
+    elif latest not in candidates:
+        try:
+            check_checkpoint(run_dir, latest, models)
+        except DataError as e:  # the precise reason: folder or trainer.json missing
+            problems.append(str(e))
+    order = ([latest] if latest in candidates else []) + [c for c in candidates if c != latest]
+    for tag in order:
+        try:
+            check_checkpoint(run_dir, tag, models)
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        if tag != latest:
+            log.warning("resume: %s; falling back to %s, the newest complete checkpoint that loads", problems[0], tag)
+            damaged = [t for t in order if step_of(t) > step_of(tag)]
+            if latest_ok and latest not in damaged:  # e.g. its trainer.json was lost: keep its weights
+                damaged.append(latest)
+            _set_aside_damaged(run_dir, damaged)
+            atomic_write_text(root / "latest", tag + "\n")
+        return tag
+    named = f"names {latest[:40]!r}" if latest is not None else "is missing"
+    raise DataError(f"{root / 'latest'} {named} and no checkpoint of {run_dir} loads "
+                    f"({problems[0] if problems else 'no complete checkpoint folder'}); "
+                    f"nothing was deleted: move {root} aside to restart from step 0")
+
+
+def _set_aside_damaged(run_dir: Path, tags: list[str]) -> None:
+    """Rename unloadable checkpoints ``damaged-<tag>-<time>`` (kept for inspection, never reused)."""
+    for tag in tags:
+        src = Path(run_dir) / CKPT_DIR / tag
+        if src.is_dir():
+            dst = src.with_name(f"{DAMAGED_PREFIX}{tag}-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(src, dst)
+            log.warning("resume: moved the damaged checkpoint %s to %s", src, dst.name)
+
+
+def load_checkpoint(run_dir: Path, tag: str, engines: dict[str, Any], env: Any) -> dict:
+    """Restore engines (weights + optimiser), this rank's RNG states; return trainer state.
+
+    Call ``check_checkpoint`` (``choose_resume_tag``) first: DeepSpeed reads its files with a
+    full unpickler. A missing RNG file or another number of ranks resumes without this rank's
+    RNG states: training continues, not bit-exact, with a warning.
+    """
+    folder = Path(run_dir) / CKPT_DIR / tag
+    state = read_trainer_state(folder)
     for name, engine in engines.items():
-        path, _ = engine.load_checkpoint(str(folder), tag=name, load_optimizer_states=True,
-                                         load_lr_scheduler_states=True)
+        try:
+            path, _ = engine.load_checkpoint(str(folder), tag=name, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+        except Exception as e:  # noqa: BLE001 - DeepSpeed raises many types for a bad folder
+            raise DataError(f"{folder / name}: DeepSpeed cannot load it ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})"[:400]) from None
         if path is None:
             raise DataError(f"{folder}: checkpoint of model {name!r} is missing or unreadable")
-    state = json.loads((folder / "trainer.json").read_text())
     rng_file = folder / f"rng_rank{env.rank}.pt"
-    if rng_file.is_file() and state.get("world_size") == env.world_size:
-        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+    if not rng_file.is_file():
+        log.warning("%s is missing: resuming without rank %d's RNG states, so the run continues "
+                    "but is NOT bit-exact with an uninterrupted one", rng_file, env.rank)
+    elif state.get("world_size") != env.world_size:
+        log.warning("%s: saved with %s rank(s), resuming on %d: RNG states not restored, the run "
+                    "is NOT bit-exact with an uninterrupted one", folder, state.get("world_size"), env.world_size)
+    else:
+        set_rng_state(load_weights(rng_file))
     return state
 
 
@@ -156,12 +384,6 @@ def save_best_model(run_dir: Path, engines: dict[str, Any], cfg: Any, factories:
     barrier()
 
 
-def _build_from_factory(factory: tuple[str, dict]) -> nn.Module:
-    target, kwargs = factory
-    module_name, _, fn_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), fn_name)(**kwargs)
-
-
 def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
                     build_fn: Callable[[Any], nn.Module] | None = None,
                     map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
@@ -176,10 +398,10 @@ def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
     path = Path(run_dir) / BEST_MODEL
     if not path.is_file():
         raise DataError(f"{run_dir}: no {BEST_MODEL}; the run has not finished a validation (train it first)")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated/corrupt file
-        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    payload = load_weights(path)
+    if not (isinstance(payload, dict) and isinstance(payload.get("models"), dict)
+            and isinstance(payload.get("config"), dict)):
+        raise DataError(f"{path}: not a best_model.pt (needs 'models' and 'config' mappings)")
     models = payload["models"]
     if name is None or (name not in models and len(models) == 1):
         name = next(iter(models)) if len(models) == 1 else name
@@ -188,11 +410,15 @@ def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
     cfg = config_from_dict(payload["config"])
     if build_fn is not None:
         model = build_fn(cfg)
-    elif name in payload.get("factories", {}):
-        model = _build_from_factory(payload["factories"][name])
+    elif name in (payload.get("factories") or {}):
+        model = build_model(payload["factories"][name], where=str(path))
     else:
         raise DataError(f"{path}: model {name!r} has no recorded factory; pass build_fn")
-    model.load_state_dict(models[name])
+    try:
+        model.load_state_dict(models[name])
+    except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys/shapes for the architecture
+        raise DataError(f"{path}: model {name!r} does not fit its architecture "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"[:400]) from None
     if cfg.model.channels_last:  # the layout the run trained with (hpc_modatts.models.layout)
         from hpc_modatts.models.layout import to_channels_last
 

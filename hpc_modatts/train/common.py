@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
+from hpc_modatts.config import STAGE_SECTIONS, ConfigError, ExperimentConfig, config_from_dict, config_to_dict
 from hpc_modatts.config import lambda_seg_pt_for_fraction
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.runs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def stage_config(cfg: ExperimentConfig, stage: str) -> ExperimentConfig:
     data = config_to_dict(cfg)
     train = data["train"]
     overrides = copy.deepcopy((train.pop("stage_overrides", None) or {}).get(stage, {}))
-    data["optim"] = _merge(data["optim"], overrides.pop("optim", None) or {})
+    for section in STAGE_SECTIONS:  # optim / model keys of this stage
+        data[section] = _merge(data[section], overrides.pop(section, None) or {})
     train = _merge(train, overrides)
     train["stage"] = stage
     train["stage_overrides"] = {}
@@ -92,7 +94,7 @@ def load_split(cfg: ExperimentConfig, use_fold: bool = True):
 
     if not cfg.data.split:
         raise ConfigError("data.split is not set: make one with `hpc-modatts split`")
-    split = Split.load(cfg.data.split)
+    split = Split.load(cfg.data.split, store=cfg.data.store or None)  # refuses another store's split
     if split.source != cfg.data.source or split.target != cfg.data.target:
         raise ConfigError(f"data.source/target={cfg.data.source}->{cfg.data.target} but split "
                           f"{cfg.data.split} is {split.source}->{split.target}")
@@ -267,10 +269,11 @@ def write_panel(path: str | os.PathLike, columns: dict[str, np.ndarray], title: 
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -287,9 +290,8 @@ def replace_cfg(cfg: ExperimentConfig, **train: Any) -> ExperimentConfig:
 
 
 def build_from(factory: tuple[str, dict]) -> torch.nn.Module:
-    """Build a model from a ("package.module:function", kwargs) factory (Task.model_factory)."""
-    import importlib
+    """Build a model from a (name, kwargs) factory (Task.model_factory); names are keys of the
+    allow-list ``hpc_modatts.train.checkpoint.MODEL_FACTORIES``."""
+    from hpc_modatts.train.checkpoint import build_model
 
-    target, kwargs = factory
-    module_name, _, fn_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), fn_name)(**kwargs)
+    return build_model(factory)

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.labels import read_region
 
 
 def voxel_ml(spacing: Sequence[float]) -> float:
@@ -57,11 +58,11 @@ def zero_healthy(label: np.ndarray, split: int | None, weak: dict[str, str] | No
     return out
 
 
-def largest_annotated_ml(store: Any, cases: Iterable[str]) -> float:
-    """The largest tumour volume (ml) among the masks of ``cases`` in ``store`` (0 without any)."""
+def largest_annotated_ml(store: Any, cases: Iterable[str], region: str = "whole") -> float:
+    """The largest ``region`` volume (ml) among the masks of ``cases`` in ``store`` (0 without any)."""
     largest = 0.0
     for case in cases:
-        mask = store.read_mask(case)
+        mask = read_region(store, case, region)
         if mask is not None:
             largest = max(largest, float(np.count_nonzero(mask)) * voxel_ml(store.attrs(case)["spacing"]))
     return largest
@@ -121,17 +122,19 @@ def summarise_volumes(rows: list[dict[str, float]], bound: VolumeBound) -> dict[
 
 
 def validate_segmenter(predictor: Any, store: Any, cases: Sequence[str], modality: str, inferer: Any,
-                       threshold: float, bound: VolumeBound, device: Any) -> dict[str, float]:
+                       threshold: float, bound: VolumeBound, device: Any, region: str = "whole") -> dict[str, float]:
     """Whole-volume Dice and the volume guards of a segmenter on validation cases (with masks).
 
     ``predictor``: (B, 1, *patch) -> probabilities (B, 1, *patch); ``inferer``: the run's
-    ``VolumeInferer``. Returns ``dice`` (mean), ``val_cases`` and ``summarise_volumes``' keys.
+    ``VolumeInferer``; ``region``: the tumour region the model predicts (``data.region``), its
+    reference read with ``hpc_modatts.data.labels.read_region``. Returns ``dice`` (mean),
+    ``val_cases`` and ``summarise_volumes``' keys.
     """
     from hpc_modatts.train.common import dice_of
 
     dices, rows = [], []
     for case in cases:
-        mask = store.read_mask(case)
+        mask = read_region(store, case, region)
         if mask is None:
             continue
         attrs = store.attrs(case)

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.data.labels import region_array
 from hpc_modatts.distributed.engine import unwrap
 from hpc_modatts.infer.inferer import inferer_from_config
 from hpc_modatts.train import common
@@ -71,10 +72,10 @@ def annotated_cases(cfg: ExperimentConfig, split: Any) -> list[str]:
 
 
 def volume_bound(cfg: ExperimentConfig, split: Any) -> VolumeBound:
-    """``train.max_volume_factor`` x the largest tumour the variant trains on (guards)."""
+    """``train.max_volume_factor`` x the largest tumour (``data.region``) the variant trains on (guards)."""
     from hpc_modatts.data.store import Store
 
-    largest = largest_annotated_ml(Store.open(cfg.data.store), annotated_cases(cfg, split))
+    largest = largest_annotated_ml(Store.open(cfg.data.store), annotated_cases(cfg, split), cfg.data.region)
     return VolumeBound(cfg.train.max_volume_factor, largest)
 
 
@@ -157,9 +158,9 @@ class SegmentTask(TaskDefaults):
         return models
 
     def _load_init(self, models: dict[str, nn.Module]) -> None:
-        from hpc_modatts.train.checkpoint import BEST_MODEL
+        from hpc_modatts.train.checkpoint import BEST_MODEL, load_weights
 
-        payload = torch.load(Path(self.init_from) / BEST_MODEL, map_location="cpu", weights_only=False)
+        payload = load_weights(Path(self.init_from) / BEST_MODEL)
         for name, model in models.items():
             if name not in payload["models"]:
                 raise ConfigError(f"train.init_from={self.init_from}: best model has no {name!r} "
@@ -174,7 +175,8 @@ class SegmentTask(TaskDefaults):
 
         def volumes(store, cases, modality, annotated, offset, **kw) -> VolumeDataset:
             return VolumeDataset(store, cases, modality, patch_size=d.patch_size, half=d.half_volumes,
-                                 annotated=set(annotated), augment=d.augment, seed=seed + offset, **kw)
+                                 annotated=set(annotated), augment=d.augment, seed=seed + offset,
+                                 mask_name=region_array(d.region), **kw)
 
         if self.variant == "source-supervised":
             return KeyedDataset(volumes(d.store, s.source_labeled, s.source, s.source_labeled, 0), "sup")
@@ -290,14 +292,18 @@ class SegmentTask(TaskDefaults):
         return loss
 
     # ------------------------------------------------------------------ validation
-    def validate(self, engines: dict, env: Any) -> dict[str, float]:
-        """Whole-volume Dice + volume guards on the target validation cases (every rank, same cases)."""
+    def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
+        """Whole-volume Dice of ``data.region`` + volume guards on the target validation cases (every
+        rank, same cases); None without validation cases (no annotated target case, e.g. CrossMoDA):
+        the last model is kept."""
         from hpc_modatts.data.store import Store
 
+        if not self.val_cases:
+            return None
         gen = engines["gen"]
         return validate_segmenter(lambda p: torch.sigmoid(gen(p).float()), Store.open(self.cfg.data.store),
                                   self.val_cases, self.split.target, self.inferer, self.cfg.infer.threshold,
-                                  self.bound, env.device)
+                                  self.bound, env.device, region=self.cfg.data.region)
 
 
 # ----------------------------------------------------------------------------- stage

@@ -33,6 +33,7 @@ from torch import nn
 
 from hpc_modatts.config import ConfigError, ExperimentConfig
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.labels import REGIONS, region_array
 from hpc_modatts.train import common
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,12 @@ _DROP_ATTRS = ("complete", "has_mask", "shape")
 
 # ----------------------------------------------------------------------------- the translator
 def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, int]:
-    """The stage-1 translator selected by its run (``best_model.pt``), eval mode: (model, config, step)."""
+    """The stage-1 translator selected by its run (``best_model.pt``), eval mode: (model, config, step).
+
+    ``load_best_model`` reads it weights-only with an allow-listed factory (docs/reliability.md);
+    the step comes from the run's DONE marker (-1 when it has none or it is unreadable).
+    """
+    from hpc_modatts.runs import DONE
     from hpc_modatts.train.checkpoint import BEST_MODEL, load_best_model
 
     run_dir = Path(run_dir)
@@ -51,7 +57,12 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, i
         raise DataError(f"{run_dir}: no {BEST_MODEL} (the translator has not finished a validation); "
                         f"train the translator first")
     model, cfg = load_best_model(run_dir, "gen")
-    step = int(json.loads((run_dir / "DONE").read_text()).get("best_step", -1)) if (run_dir / "DONE").is_file() else -1
+    step = -1
+    if (run_dir / DONE).is_file():
+        try:
+            step = int(json.loads((run_dir / DONE).read_text()).get("best_step", -1))
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # informational only
+            log.warning("%s: unreadable DONE marker (%s); translator step unknown", run_dir / DONE, e)
     return model, cfg, step
 
 
@@ -84,9 +95,12 @@ def synthesize_case(model: nn.Module, src: Any, out: Any, case: str, source: str
     if annotated and mask is None:
         raise DataError(f"{src.path}: case {case!r} is in split.source_labeled but has no mask")
     labels = src.read_labels(case) if annotated else None
+    names = set(src.array_names(case)) if annotated else set()  # tumour regions go along (data.region)
+    regions = {n: src.read_array(case, n) for n in map(region_array, REGIONS[1:]) if n in names}
     attrs = {k: v for k, v in src.attrs(case).items() if k not in _DROP_ATTRS}
     attrs["synthetic"] = {"from": source, "to": target, **info}
-    out.write_case(case, images={target: pseudo}, mask=mask, labels=labels, brain=brain, attrs=attrs)
+    out.write_case(case, images={target: pseudo}, mask=mask, labels=labels, brain=brain, extra=regions or None,
+                   attrs=attrs)
 
 
 # ----------------------------------------------------------------------------- stage

@@ -16,7 +16,9 @@
 5. Resume: when ``train.resume`` and ``checkpoints/latest`` exists, engines, optimiser, RNG
    states, counters and the position inside the epoch are restored, so the run continues
    exactly as if it had never stopped (bit-exact on CPU with ``data.num_workers: 0``; with
-   workers, exact when the dataset seeds its augmentation per sample).
+   workers, exact when the dataset seeds its augmentation per sample). A damaged ``latest``
+   falls back to the newest checkpoint that loads (``checkpoint.choose_resume_tag``);
+   metrics.jsonl keeps only the lines up to the resumed step (none on a fresh start).
 6. The DONE marker (``hpc_modatts.runs.mark_done``) with the best Dice.
 """
 
@@ -36,11 +38,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from hpc_modatts.config import ConfigError, ExperimentConfig, OptimConfig
+from hpc_modatts.data.errors import DataError
 from hpc_modatts.distributed.env import (
     DistEnv, all_gather_object, all_reduce_mean, barrier, broadcast_object, init_distributed,
 )
 from hpc_modatts.distributed.engine import unwrap as unwrap_model
-from hpc_modatts.runs import mark_done, prepare_run_dir
+from hpc_modatts.runs import atomic_write_text, mark_done, prepare_run_dir
 from hpc_modatts.train import checkpoint as ckpt
 from hpc_modatts.train.checkpoint import load_best_model  # noqa: F401  (re-exported)
 from hpc_modatts.train.task import (
@@ -162,11 +165,23 @@ class Trainer:
                 "best_step": self.best_step, "sampler": sampler_state, "task": self.task.name,
                 "validated": self.last_validated == self.step}
 
+    def _choose_tag(self) -> tuple[str | None, str | None]:
+        """(tag to resume from, None) or (None, error line); rank 0 decides for every rank."""
+        if not self.env.is_main:
+            return None, None
+        try:
+            tag = ckpt.choose_resume_tag(self.run_dir, list(self.engines)) if self.cfg.train.resume else None
+        except DataError as e:
+            return None, str(e)
+        ckpt.prune_checkpoints(self.run_dir)  # half-written folders of a killed save
+        if tag is None:
+            self._truncate_metrics(0)  # a fresh start: no line of an earlier attempt stays
+        return tag, None
+
     def _resume(self) -> None:
-        tag = ckpt.read_pointer(self.run_dir, "latest") if self.cfg.train.resume else None
-        tag = broadcast_object(tag)
-        if self.env.is_main:
-            ckpt.prune_checkpoints(self.run_dir)  # half-written folders of a killed save
+        tag, error = broadcast_object(self._choose_tag())
+        if error is not None:
+            raise DataError(error)
         barrier()
         if tag is None:
             return
@@ -195,13 +210,25 @@ class Trainer:
                     self._writer.add_scalar(k, v, record.get("step", self.step))
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines a killed run wrote after the checkpoint we resume from."""
+        """Drop metric lines a killed run wrote after the checkpoint we resume from (and lines
+        a kill left half-written), so every step is logged once."""
         path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-            from hpc_modatts.runs import atomic_write_text
-
-            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        if not path.is_file():
+            return
+        keep, dropped = [], 0
+        for ln in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(ln)
+                line_step = record.get("step", 0) if isinstance(record, dict) else None
+            except ValueError:
+                line_step = None
+            if isinstance(line_step, int) and line_step <= step:
+                keep.append(ln)
+            elif ln.strip():
+                dropped += 1
+        if dropped:
+            log.info("%s: dropped %d line(s) after step %d or unreadable", path, dropped, step)
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _open_tensorboard(self) -> None:
         if not self.env.is_main:

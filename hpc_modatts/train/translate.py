@@ -26,6 +26,7 @@ from torch import nn
 from hpc_modatts.config import ExperimentConfig
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
+from hpc_modatts.data.labels import read_region, region_array
 from hpc_modatts.distributed.engine import unwrap
 from hpc_modatts.train import common, fidelity
 from hpc_modatts.train.synthesize import translate_volume
@@ -151,7 +152,8 @@ class TranslateTask(TaskDefaults):
 
         d, s = self.cfg.data, self.split
         src = SliceDataset(d.store, s.source_train, s.source, annotated=set(s.source_labeled),
-                           size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed)
+                           size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed,
+                           mask_name=region_array(d.region))
         tgt = SliceDataset(d.store, s.target_train, s.target, annotated=set(),
                            size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed + 1)
         return common.PairedDataset(src, tgt, SOURCE, TARGET)
@@ -188,8 +190,9 @@ class TranslateTask(TaskDefaults):
         return {"loss": loss, "adv": adv, "cyc": cyc, "seg": seg, "disc": d_loss}
 
     # ------------------------------------------------------------------ validation
-    def validate(self, engines: dict, env: Any) -> dict[str, float]:
-        """Translation fidelity (``hpc_modatts.train.fidelity``) and slice-wise segmentation Dice.
+    def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
+        """Translation fidelity (``hpc_modatts.train.fidelity``) and slice-wise segmentation Dice;
+        None without validation cases (no annotated target case, e.g. CrossMoDA): the last model is kept.
 
         * ``contrast_ratio``: tumour contrast of translated annotated SOURCE volumes over that of
           the real TARGET validation volumes; ``appearance``: 1 - W1(translated, real target) /
@@ -205,6 +208,8 @@ class TranslateTask(TaskDefaults):
         """
         from hpc_modatts.data.store import Store
 
+        if not self.val_cases:  # no annotated target case (CrossMoDA's hrT2): the last model is kept
+            return None
         model, disc = unwrap(engines["gen"]), unwrap(engines["disc"])
         store = Store.open(self.cfg.data.store)
         device = env.device
@@ -257,7 +262,7 @@ class TranslateTask(TaskDefaults):
         size = self.cfg.data.slice_size
         scores = []
         for case in self.val_cases:
-            mask = store.read_mask(case)
+            mask = read_region(store, case, self.cfg.data.region)
             if mask is None:
                 continue
             slices = common.fit_slices(store.read_image(case, modality), size, fill=-1.0)   # (Z, H, W)
@@ -272,7 +277,7 @@ class TranslateTask(TaskDefaults):
         """Source / translated / cycled / predicted mask / true mask of one annotated source slice."""
         cases = self.split.source_labeled or self.split.source_train
         case = cases[0]
-        image, mask = store.read_image(case, self.split.source), store.read_mask(case)
+        image, mask = store.read_image(case, self.split.source), read_region(store, case, self.cfg.data.region)
         z = int(np.argmax(mask.sum(axis=(0, 1)))) if mask is not None else image.shape[2] // 2
         size = self.cfg.data.slice_size
         x = torch.from_numpy(common.fit_slices(image[:, :, z:z + 1], size, -1.0)[:, None]).to(device)

@@ -98,8 +98,8 @@ def test_unexpected_labels(tmp_path, capsys, src):
         a[a == 2] = 3
         return a
 
-    _rewrite(_file(src, "seg"), add_label)
-    line = _expect_failure(capsys, src, tmp_path / "s.zarr", str(_file(src, "seg")))
+    _rewrite(_file(src, "seg"), add_label)  # with --labels auto this reads as BraTS 2013 (tests/unit/test_datasets.py)
+    line = _expect_failure(capsys, src, tmp_path / "s.zarr", str(_file(src, "seg")), "--labels", "brats2021")
     assert "unexpected label values [3]" in line
 
 

@@ -54,6 +54,13 @@ def test_brats_and_crossmoda_genseg_weights():
     assert tuple(load_config(CONFIGS / "brats_t1_t2.yaml").data.patch_size) == (96, 160, 64)
 
 
+def test_stage_overrides_reach_model_and_optim_of_that_stage_only():
+    cfg = load_config(CONFIGS / "demo_cpu.yaml")
+    t1, t2 = stage_config(cfg, "translate"), stage_config(cfg, "segment")
+    assert t1.model.disc_channels == (16, 32, 64) and t2.model.disc_channels == (8, 16, 32)
+    assert t1.optim.disc_lr == 2e-3 and t2.optim.disc_lr != 2e-3
+
+
 def test_command_line_overrides_win_over_stage_overrides():
     cfg = stage_config(load_config(CONFIGS / "brats_t1_t2.yaml"), "translate")
     cfg = apply_overrides(cfg, ["train.epochs=3"])
@@ -67,6 +74,8 @@ def test_command_line_overrides_win_over_stage_overrides():
     ("train.stage_overrides={translate: {epoch: 3}}", "train.stage_overrides.translate.epoch"),
     ("train.stage_overrides={translat: {epochs: 3}}", "train.stage_overrides"),
     ("train.round=-1", "train.round"),
+    ("train.stage_overrides={translate: {model: {disc_channel: [8]}}}", "train.stage_overrides.translate.model"),
+    ("train.stage_overrides={translate: {optim: 3}}", "train.stage_overrides.translate.optim"),
 ])
 def test_wrong_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):

@@ -160,7 +160,7 @@ def test_manifest_example_parses():
 
     specs = find_cases(Path(__file__).parents[2] / "data" / "manifest_example.csv", "manifest")
     assert [s.case_id for s in specs] == ["patient_001", "patient_002", "patient_003"]
-    assert specs[0].mask is not None and specs[0].weak is None
+    assert specs[0].mask is not None and specs[0].weak is None and specs[0].brain.name == "brainmask.nii.gz"
     assert specs[1].weak == {"left": "P", "right": "A"} and specs[2].mask is None
 
 

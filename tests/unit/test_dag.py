@@ -14,7 +14,7 @@ from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import SYNTH_MARKER, Dag, Node, build_dag, node_config
 from hpc_modatts.pipeline.status import pipeline_status, print_status
-from hpc_modatts.pipeline.submit import StageJob, available_presets, run_pipeline
+from hpc_modatts.pipeline.submit import StageJob, StagesFailed, available_presets, run_pipeline
 from hpc_modatts.runs import is_done, mark_done
 
 
@@ -137,6 +137,25 @@ def test_local_executor_real_subprocesses_and_failure(tmp_path):
         run_pipeline(cfg, executor="local", dag=bad, check=False)
     states = {r["node"]: r["state"] for r in print_status(root)}
     assert states == {"boom": "FAILED"}
+
+
+def test_local_failure_fails_its_descendants_only_like_afterok(tmp_path):
+    """A failed stage never runs its children; an independent branch still runs to the end."""
+    cfg = make_cfg(tmp_path, timeout_min=2)
+    root = tmp_path / "runs" / "exp"
+    nodes = [Node("boom", "tests.unit.test_dag:failing_stage", {}, root / "boom"),
+             Node("child", "tests.unit.test_dag:record_stage", {"train.pseudo_labels": str(root / "child")},
+                  root / "child", ("boom",)),
+             Node("grandchild", "tests.unit.test_dag:record_stage",
+                  {"train.pseudo_labels": str(root / "grandchild")}, root / "grandchild", ("child",)),
+             Node("other", "tests.unit.test_dag:record_stage", {"train.pseudo_labels": str(root / "other")},
+                  root / "other")]
+    with pytest.raises(StagesFailed) as err:
+        run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False)
+    assert err.value.failed.keys() == {"boom"} and "stage exploded" in err.value.failed["boom"]
+    assert err.value.skipped == ["child", "grandchild"]
+    assert str(err.value).count("\n") == 0                       # one line for the CLI
+    assert is_done(root / "other") and not (root / "child").exists()
 
 
 # ----------------------------------------------------------------------------- bad input

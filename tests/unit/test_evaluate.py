@@ -53,7 +53,9 @@ def test_empty_masks_follow_the_documented_convention():
     empty, m = np.zeros((8, 8, 8), np.uint8), cube((8, 8, 8), (2, 2, 2), 3)
     assert case_metrics(empty, empty, (1, 1, 1)) == {"dice": 1.0, "hd95": 0.0, "assd": 0.0, "note": "both empty"}
     r = case_metrics(empty, m, (1, 1, 1))
-    assert r["dice"] == 0.0 and np.isnan(r["hd95"]) and np.isnan(r["assd"]) and r["note"] == "empty prediction"
+    diagonal = np.sqrt(3 * 8.0**2)  # BraTS convention: one side empty -> the image diagonal (mm)
+    assert r == {"dice": 0.0, "hd95": pytest.approx(diagonal), "assd": pytest.approx(diagonal),
+                 "note": "empty prediction"}
     assert case_metrics(m, empty, (1, 1, 1))["note"] == "empty reference"
 
 

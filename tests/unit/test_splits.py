@@ -106,8 +106,8 @@ def test_bad_values_and_missing_modalities(store, tmp_path):
             make_split(store, "t1", "t2", **kwargs)
     with pytest.raises(ConfigError):
         make_split(store, "t1", "t1")
-    with pytest.raises(DataError, match="neither modality"):
-        make_split(store, "t1ce", "hrT2")
+    with pytest.raises(DataError, match=r"no modality 't1ce'; the store has \['flair', 't1', 't2'\]"):
+        make_split(store, "t1ce", "hrT2")  # named before any case is looked at
     tiny = _store(tmp_path, n=2, name="tiny.zarr")
     with pytest.raises(DataError, match="too few cases"):
         make_split(tiny, "t1", "t2", val=0.5, test=0.0)

@@ -100,14 +100,21 @@ def test_stale_temp_and_incomplete_cases(tmp_path):
     st.write_case("ok", {"t1": img})
     # a killed writer leaves a temp group; an incomplete group is not listed either
     Store.create(tmp_path / "other.zarr").write_case("x", {"t1": img})
-    (tmp_path / "other.zarr" / "cases" / "x").rename(tmp_path / "s.zarr" / "cases" / ".tmp-x-123")
+    import subprocess
+
+    from hpc_modatts.data.integrity import HOST
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names a writer that is gone
+    stale = f".tmp-x~{HOST}~{dead.pid}~abcdef"
+    (tmp_path / "other.zarr" / "cases" / "x").rename(tmp_path / "s.zarr" / "cases" / stale)
     import zarr
 
     g = zarr.open_group(str(tmp_path / "s.zarr" / "cases" / "half"), mode="w", zarr_format=3)
     g.attrs["complete"] = False
     assert Store.open(tmp_path / "s.zarr").case_ids == ["ok"]
-    st = Store.create(tmp_path / "s.zarr")  # reopen ours: cleans temp groups
-    assert not (tmp_path / "s.zarr" / "cases" / ".tmp-x-123").exists()
+    st = Store.create(tmp_path / "s.zarr")  # reopen ours: cleans temp groups of dead writers
+    assert not (tmp_path / "s.zarr" / "cases" / stale).exists()
     assert st.case_ids == ["ok"] and st.all_case_dirs() == ["half", "ok"]
 
 
