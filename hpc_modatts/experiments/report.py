@@ -5,7 +5,8 @@ point's target-modality test cases) of every point of a sweep (``sweep.json``) a
 per (variant, source fraction, target fraction):
 
 * **mean ± std over seeds and cases**: the cases of every seed pooled (population std, as
-  ``evaluate`` reports; HD95/ASSD are nan for an empty prediction and ``n`` counts the rest);
+  ``evaluate`` reports; HD95/ASSD follow its BraTS convention, the image diagonal when one
+  mask is empty; a value stored as null is not counted and ``n`` counts the rest);
 * **seed std**: the std of the per-seed means, the spread to compare methods with;
 * **% of target-supervised**: per seed, mean Dice / the target-supervised mean Dice of the same
   seed (same test cases), then mean ± std over seeds.

@@ -23,7 +23,7 @@ from rich.table import Table
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.experiments.sweep import Point, Unit, load_sweep
 from hpc_modatts.pipeline.dag import Dag
-from hpc_modatts.pipeline.status import pipeline_status, print_status
+from hpc_modatts.pipeline.status import load_record, pipeline_status, print_status
 
 GROUPS = {"DONE": "done", "COMPLETED": "done", "RUNNING": "running", "COMPLETING": "running",
           "PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "SUSPENDED": "queued",
@@ -38,10 +38,9 @@ SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", 
 
 def slurm_in_flight(sweep_dir: Path) -> dict[str, str]:
     """Node -> job id of the sweep's jobs still queued or running on SLURM (``squeue``)."""
-    try:
-        rec = json.loads((sweep_dir / "pipeline.json").read_text())
-    except (OSError, ValueError):
+    if not (sweep_dir / "pipeline.json").is_file():  # first submission
         return {}
+    rec = load_record(sweep_dir)  # a damaged record is an error, not "nothing in flight" (duplicate jobs)
     last = {j["node"]: j["job_id"] for j in rec.get("jobs", []) if j.get("executor") == "slurm"}
     if not last or shutil.which("squeue") is None:
         return {}
@@ -79,7 +78,7 @@ def print_sweep_status(sweep_dir: str | os.PathLike, nodes: bool = False, consol
     for col in ("run folder", "shared by", "jobs", *COLUMNS, "test Dice"):
         table.add_column(col, justify="right" if col in COLUMNS or col == "jobs" else "left")
     for r in rows:
-        dice = ", ".join(f"{v} {d:.3f}" for v, d in r["dice"].items()) or "-"
+        dice = ", ".join(f"{v} {d:.3f}" if d is not None else f"{v} n/a" for v, d in r["dice"].items()) or "-"
         failed = f"[red]{r['failed']}[/]" if r["failed"] else "0"
         table.add_row(r["unit"], f"{len(r['shared_by'])} point(s)", str(r["jobs"]), str(r["done"]), str(r["running"]),
                       str(r["queued"]), failed, str(r["waiting"]), dice)
