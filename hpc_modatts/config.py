@@ -18,17 +18,25 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import yaml
 
 from hpc_modatts.data.aliases import canonical
 from hpc_modatts.runs import atomic_write_text
 
+if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
+    from importlib.resources.abc import Traversable
+
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the key."""
+
+
+BUILTIN_CONFIGS = files("hpc_modatts") / "configs"
+"""The shipped experiment configs (package data): the paper's and the CPU demo's."""
 
 
 MODALITIES = ("t1", "t1ce", "t2", "flair", "ceT1", "hrT2", "ct")
@@ -601,18 +609,28 @@ def _check_path(dotted: str) -> None:
         cls = _resolve_type(cls, names[p])
 
 
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``hpc_modatts/configs/*.yaml``)."""
+    return sorted(f.name[:-5] for f in BUILTIN_CONFIGS.iterdir() if f.name.endswith(".yaml"))
+
+
+def _builtin_config(path: Path) -> Traversable:
+    """The shipped config named like ``path`` (``demo_cpu``, ``demo_cpu.yaml``, ``configs/demo_cpu.yaml``):
+    package data read through importlib.resources, so it works from a wheel as from a checkout."""
+    for candidate in (path.name, f"{path.name}.yaml"):
+        f = BUILTIN_CONFIGS / candidate
+        if f.is_file():
+            return f
+    raise ConfigError(f"config file {path} does not exist and is not a built-in config ({', '.join(builtin_configs())})")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
+        p: Path | Traversable = Path(path)
         if not p.is_file():
-            builtin = Path(__file__).parent / "configs" / p.name
-            if not builtin.is_file() and not p.suffix:
-                builtin = Path(__file__).parent / "configs" / f"{p.name}.yaml"
-            if not builtin.is_file():
-                raise ConfigError(f"config file {p} does not exist")
-            p = builtin
+            p = _builtin_config(p)
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

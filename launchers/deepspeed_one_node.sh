@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One multi-GPU node with the DeepSpeed launcher (one rank per GPU; CPU works too, with gloo).
 #   launchers/deepspeed_one_node.sh NUM_GPUS STAGE CONFIG [key=value ...]
-#   e.g. launchers/deepspeed_one_node.sh 4 segment configs/brats_t1_t2.yaml distributed.zero_stage=2
+#   e.g. launchers/deepspeed_one_node.sh 4 segment brats_t1_t2 distributed.zero_stage=2
 # The launcher appends --local_rank=N (accepted by the CLI) and sets RANK/WORLD_SIZE/MASTER_*;
 # hpc_modatts.distributed.init_distributed picks them up.
 set -euo pipefail

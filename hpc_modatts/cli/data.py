@@ -98,7 +98,7 @@ def register(sub) -> None:
                    help="sync|threads|processes, ADDRESS of a running dask.distributed scheduler, or slurm "
                         "(dask-jobqueue workers from --cluster)")
     p.add_argument("--cluster", default=None, metavar="PRESET",
-                   help="with --scheduler slurm: cluster preset (launchers/clusters/<name>.yaml or a YAML path)")
+                   help="with --scheduler slurm: cluster preset (a shipped name, e.g. example_a100, or a YAML path)")
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,
                    help="stored image dtype (default float16 for a new store, max error 2.4e-4; a resumed store keeps its own)")
     shard = p.add_mutually_exclusive_group()

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", type=int, default=DEMO_CASES, help=f"phantom cases (default: {DEMO_CASES})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spacing", type=int, default=4, choices=(2, 4), help="phantom voxel size in mm (default 4)")
-    p.add_argument("--config", default="demo_cpu", help="config name in configs/ or a YAML path")
+    p.add_argument("--config", default="demo_cpu", help="built-in config name (hpc_modatts/configs/) or a YAML path")
     p.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
                    help="rows of the table (default: all four; without semi-supervised, about half the time): "

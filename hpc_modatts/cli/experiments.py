@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
                    help="default: pipeline.executor of the config")
-    p.add_argument("--cluster", default=None, help="cluster preset name (launchers/clusters/) or YAML path")
+    p.add_argument("--cluster", default=None, help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
     p.add_argument("--max-parallel", type=int, default=None,
                    help="local executor: jobs at once (default: cores / distributed.threads_per_rank)")
     p.add_argument("--dry-run", action="store_true", help="print the run folders, what they share and the jobs")

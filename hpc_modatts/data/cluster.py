@@ -1,6 +1,6 @@
 """Dask workers on SLURM for ``convert --scheduler slurm --cluster PRESET`` (dask-jobqueue).
 
-The preset is the pipeline's (``launchers/clusters/<name>.yaml`` or a YAML path, read by
+The preset is the pipeline's (``hpc_modatts/clusters/<name>.yaml`` or a YAML path, read by
 ``hpc_modatts.pipeline.submit.load_preset``): partition, account, qos, constraint, extra sbatch
 options and setup lines are the same; each worker is one SLURM job of ``cpus_per_task`` cores
 (threads, one case each), ``mem_gb`` GB and ``timeout_min`` minutes, running this Python

@@ -174,7 +174,7 @@ def task_runner(scheduler: str, workers: int, progress: bool, cluster: str | Non
         from hpc_modatts.data.cluster import slurm_client
 
         if not cluster:
-            raise DataError("--scheduler slurm needs --cluster PRESET (a name in launchers/clusters or a YAML path)")
+            raise DataError("--scheduler slurm needs --cluster PRESET (a shipped preset name such as example_a100, or a YAML path)")
         with slurm_client(cluster, workers, log_dir or "convert-slurm-logs") as client:
             yield lambda tasks, cases, prefix, label: _run_on_client(client, tasks, cases, label, progress)
         return

@@ -3,7 +3,7 @@
 * **slurm**: every pending node is submitted at once, each with
   ``--dependency=afterok:<ids of its pending parents>``, ``--requeue`` and
   ``--kill-on-invalid-dep=yes``; no driver process stays alive. Cluster shape and sbatch
-  options come from a preset YAML (``launchers/clusters/<name>.yaml`` or a path).
+  options come from a preset YAML (``hpc_modatts/clusters/<name>.yaml`` or a path).
 * **local** (real subprocesses) / **debug** (in-process): submitit ignores ``slurm_*`` options
   and has no dependencies (docs/environment.md), so the nodes run in topological waves and
   each wave waits for its jobs' results before its dependents are submitted.
@@ -23,8 +23,9 @@ import logging
 import os
 import shutil
 import time
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import submitit
 import yaml
@@ -34,11 +35,16 @@ from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import Dag, Node, build_dag, needs_convert, node_config
 from hpc_modatts.runs import atomic_write_json, is_done, mark_done, stage_dir
 
+if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
+    from importlib.resources.abc import Traversable
+
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("slurm", "local", "debug")
-PRESETS_DIR = Path(os.environ.get("HPC_MODATTS_PRESETS", Path(__file__).resolve().parents[2] / "launchers" / "clusters"))
-"""Where cluster presets are looked up by name (override with $HPC_MODATTS_PRESETS)."""
+PRESETS_DIR: Path | Traversable = (Path(os.environ["HPC_MODATTS_PRESETS"]) if os.environ.get("HPC_MODATTS_PRESETS")
+                                   else files("hpc_modatts") / "clusters")
+"""Where cluster presets are looked up by name: the package's ``clusters/`` (package data, read
+through importlib.resources so a wheel install has them), or $HPC_MODATTS_PRESETS."""
 PRESET_KEYS = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
                "timeout_min", "nodes", "signal_delay_s", "setup", "additional", "description", "interface"}
 """Keys a preset YAML may hold (``additional``: extra ``#SBATCH --key=value`` options; ``interface``:
@@ -49,12 +55,14 @@ SHAPE_KEYS = ("gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes"
 
 # ----------------------------------------------------------------------------- presets
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) if PRESETS_DIR.is_dir() else []
+    if not PRESETS_DIR.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in PRESETS_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """A cluster preset by name (in ``PRESETS_DIR``) or YAML path; ConfigError if unknown/bad."""
-    p = Path(name_or_path)
+    p: Path | Traversable = Path(name_or_path)
     if not p.is_file():
         p = PRESETS_DIR / f"{name_or_path}.yaml"
     if not p.is_file():

@@ -31,7 +31,7 @@ def test_one_node_launcher_trains_on_two_ranks(data, script, zero):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     name = script.split("_")[0]
-    cmd = [str(ROOT / "launchers" / script), "2", "segment", str(ROOT / "configs" / "demo_cpu.yaml"),
+    cmd = [str(ROOT / "launchers" / script), "2", "segment", str(ROOT / "hpc_modatts" / "configs" / "demo_cpu.yaml"),
            f"data.store={store}", f"data.split={split}", f"run_root={out}", f"name={name}",
            "train.variant=source-supervised", "train.max_steps=3", "train.val_every=3",
            f"distributed.zero_stage={zero}"]

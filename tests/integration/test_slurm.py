@@ -136,7 +136,7 @@ def test_executor_writes_the_same_sbatch_text_as_the_golden_path(tmp_path):
 
 # ----------------------------------------------------------------------------- (d) whole pipeline
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "demo_cpu.yaml"
+DEMO = REPO / "hpc_modatts" / "configs" / "demo_cpu.yaml"
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
                  "DEADLINE"}
 TINY = [  # every stage a couple of optimiser steps on 32x32 slices / 32x32x16 patches

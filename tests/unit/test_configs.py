@@ -6,16 +6,29 @@ from pathlib import Path
 
 import pytest
 
-from hpc_modatts.config import ConfigError, apply_overrides, load_config
+from hpc_modatts.config import BUILTIN_CONFIGS, ConfigError, apply_overrides, builtin_configs, load_config
+from hpc_modatts.pipeline.submit import available_presets, load_preset
 from hpc_modatts.train.common import stage_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs"
 ALL = sorted(CONFIGS.glob("*.yaml"))
 
 
 def test_the_expected_configs_exist():
     names = {p.name for p in ALL}
     assert {"demo_cpu.yaml", "brats_t1_t2.yaml", "brats_t2_t1ce.yaml", "crossmoda_t1ce_hrt2.yaml"} <= names
+
+
+def test_configs_and_presets_are_package_data(tmp_path, monkeypatch):
+    """Read through importlib.resources, by name, from any folder (what a wheel install needs)."""
+    monkeypatch.chdir(tmp_path)
+    assert builtin_configs() == sorted(p.stem for p in ALL)
+    assert (BUILTIN_CONFIGS / "demo_cpu.yaml").is_file()
+    assert load_config("demo_cpu") == load_config("demo_cpu.yaml") == load_config(CONFIGS / "demo_cpu.yaml")
+    with pytest.raises(ConfigError, match=r"nope.yaml does not exist and is not a built-in config \(brats_t1_t2, "):
+        load_config("nope.yaml")
+    assert {"example_a100", "local_test"} <= set(available_presets())
+    assert load_preset("example_a100")["gpus_per_node"] >= 1
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)

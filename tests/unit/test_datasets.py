@@ -21,7 +21,7 @@ from hpc_modatts.data.verify import verify
 from hpc_modatts.train import segment
 from tests.releases import EXPECT, RELEASES, write_release
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
 
 
 def one_step(tmp: Path, store: Path, split: Path, *extra: str) -> Path:

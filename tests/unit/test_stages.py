@@ -21,7 +21,7 @@ from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import common, segment, self_training, synthesize, translate
 from tests.fixtures import make_phantom_store
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
 
 
 def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:

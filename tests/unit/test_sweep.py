@@ -21,7 +21,7 @@ from hpc_modatts.pipeline.submit import run_pipeline
 from hpc_modatts.runs import atomic_write_json, mark_done, stage_dir
 from tests.fixtures import make_phantom_store
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
 VARIANTS = ["source-supervised", "self-supervised", "target-supervised"]
 
 
