@@ -31,7 +31,7 @@ import sys
 import time
 
 GIB = 2**30
-TARGET_SHAPE = (96, 160, 64)  # per half-brain input (method.md)
+TARGET_SHAPE = (96, 160, 64)  # per half-brain input (docs/architecture.md, GenSeg split)
 STATE_BYTES_PER_PARAM = 4 + 12  # fp32 weights + AMSGrad exp_avg/exp_avg_sq/max_exp_avg_sq (grads are in the peak)
 
 

@@ -6,7 +6,7 @@ on the command line with ``key.sub=value`` (``apply_overrides``); a wrong key or
 with a ``ConfigError`` naming the key and what is allowed. ``save_config`` writes the resolved
 config beside every output (see ``hpc_modatts.runs``).
 
-Numbers follow the thesis, section 5.5.1 (settings of MoDATTS) and ``method.md``.
+Numbers follow the thesis, section 5.5.1 (experimental settings of MoDATTS).
 """
 
 from __future__ import annotations

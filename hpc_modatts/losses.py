@@ -2,11 +2,11 @@
 
 Thesis 5.4.1 (stage 1: hinge adversarial, cycle L1, Dice on annotated source slices and their
 translations) and 5.4.2 (stage 2 GenSeg: hinge adversarial, image and latent reconstruction L1,
-Dice on pseudo-target volumes); method.md. The hinge terms are hand-written (three lines; MONAI
+Dice on pseudo-target volumes). The hinge terms are hand-written (three lines; MONAI
 has no hinge GAN loss); Dice is MONAI's ``DiceLoss(sigmoid=True)``.
 
 Multi-scale discriminators return one logit map per scale: the adversarial losses average the
-per-scale means (method.md "the loss averages over scales").
+per-scale means (thesis 5.5.1: the discriminators average over scales; Table 5.1).
 """
 
 from __future__ import annotations

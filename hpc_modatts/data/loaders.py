@@ -15,8 +15,8 @@
 
 Laziness: a dataset holds only the store *path* and small per-case metadata; every process
 (DataLoader workers, fork or spawn) opens the store itself on first use. The per-sample hot path
-reads the needed region straight from zarr (environment.md: dask's per-read graph overhead halves
-throughput), or from a ``VolumeCache`` of whole decoded arrays (``cache_bytes`` per dataset and
+reads the needed region straight from zarr (dask's per-read graph overhead halves throughput:
+docs/architecture.md, "Measured facts"), or from a ``VolumeCache`` of whole decoded arrays (``cache_bytes`` per dataset and
 process) once a case has been read; ``lazy_volumes`` gives the dask view for whole-dataset
 statistics. Crops happen at read time, augmentation afterwards on the small slice/patch.
 """

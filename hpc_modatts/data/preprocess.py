@@ -1,4 +1,4 @@
-"""Per-case preprocessing (method.md "Datasets"): NIfTI -> canonical RAS, resampled, cropped,
+"""Per-case preprocessing (thesis 5.5.1 "Datasets"): NIfTI -> canonical RAS, resampled, cropped,
 normalised arrays with a brain mask, a whole-tumour mask, hemisphere weak labels and the
 attributes needed to put predictions back into the original geometry (:func:`to_original_geometry`).
 
@@ -157,7 +157,7 @@ def hemisphere_split(brain: np.ndarray) -> int:
 
 
 def normalise(vol: np.ndarray, brain: np.ndarray, where: str) -> tuple[np.ndarray, dict[str, float]]:
-    """(v - mean) / (5 std) over brain voxels, clipped to [-1, 1]; background -1 (method.md)."""
+    """(v - mean) / (5 std) over brain voxels, clipped to [-1, 1] (thesis 5.5.1); background -1."""
     v = vol[brain].astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # checked below: one line, not numpy warnings
         mean, std = float(v.mean()), float(v.std())

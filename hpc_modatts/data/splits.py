@@ -1,9 +1,9 @@
 """Experiment splits: which case plays source or target, which are annotated, val/test, folds.
 
-A split is a small JSON *view* of one store (design.md "convert once, experiment many times"):
+A split is a small JSON *view* of one store (convert once, experiment many times):
 the 12 BraTS ordered contrast pairs and every annotation fraction reuse the same store.
 
-Semantics (thesis 5.5.1, method.md):
+Semantics (thesis 5.5.1 "Datasets", 5.5.4):
 - val/test cases are evaluated on the TARGET modality with their masks (37/37 of 369 BraTS cases
   with the default 0.1/0.1);
 - the remaining training cases are UNPAIRED: each contributes exactly one modality, source or

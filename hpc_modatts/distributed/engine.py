@@ -2,7 +2,7 @@
 
 * ZeRO stage 0-3 (``distributed.zero_stage``), optional optimiser offload to CPU.
 * Precision: ``auto`` = bf16 on CUDA, fp32 on CPU (bf16 is ~6x slower on this CPU and fp16 is
-  refused; docs/environment.md). bf16 uses DeepSpeed's ``torch_autocast`` mode: weights and
+  refused; docs/architecture.md, "Measured facts"). bf16 uses DeepSpeed's ``torch_autocast`` mode: weights and
   optimiser state stay fp32, convolutions/linears run in bf16 inside ``torch.autocast``. Unlike
   the ``bf16`` mode (weights cast to bf16), tasks can call sub-methods of a model
   (``.encode``, ``.decode_common``...) with fp32 inputs; the Trainer wraps every step

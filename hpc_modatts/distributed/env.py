@@ -8,7 +8,7 @@ Supported (in detection order):
 * a submitit task (SLURM or ``cluster="local"``): ``submitit.helpers.TorchDistributedEnvironment``
   exports the rendezvous variables from the job environment.
 * a bare ``python``: a world of 1 on 127.0.0.1 and a free port. DeepSpeed otherwise falls into
-  MPI discovery and dies on ``import mpi4py`` (docs/environment.md).
+  MPI discovery and dies on ``import mpi4py`` (docs/architecture.md, "Measured facts").
 
 The backend is nccl on CUDA and gloo on CPU (``distributed.backend: auto``). Every call is
 idempotent: a second ``init_distributed`` returns the same ``DistEnv``.

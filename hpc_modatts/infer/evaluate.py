@@ -9,7 +9,7 @@ references are label maps read with a label scheme (``--labels``; none: > 0 is t
 reduced to the evaluated region (``--region`` whole | core | enhancing, ``hpc_modatts.data.labels``),
 which the table and metrics.json name. Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
 ``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
-distances are in mm (method.md, "Evaluation"; thesis 5.5.2).
+distances are in mm (thesis 5.5.2, Table 5.3).
 
 Empty masks (MONAI returns nan/inf with a warning for them), the BraTS convention:
 * both empty: Dice 1, HD95 0, ASSD 0 (a perfect answer), note ``both empty``;

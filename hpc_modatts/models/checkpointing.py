@@ -1,4 +1,4 @@
-"""Activation checkpointing as a policy applied to a built model (design.md: never an `if` in model code).
+"""Activation checkpointing as a policy applied to a built model (never an `if` in model code).
 
 Blocks declare what they are with a class attribute `checkpoint_kind` ("bmdh", "conv", "decoder",
 "vit"). `apply_activation_checkpointing(model, ["bmdh", "conv"])` patches, in place, the `forward`
@@ -86,7 +86,7 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device | str = "
     """Peak bytes allocated while `fn()` runs, above what was allocated before it.
 
     CUDA: `torch.cuda.max_memory_allocated`. CPU: torch.profiler memory events (profile_memory=True),
-    sorted by time, peak of their running sum; bit-identical across repeats (environment.md).
+    sorted by time, peak of their running sum; bit-identical across repeats (docs/architecture.md, "Measured facts").
     """
     device = torch.device(device)
     if device.type == "cuda":

@@ -1,7 +1,7 @@
 """3D MedFormer (Gao et al., "A data-scalable transformer for medical image segmentation").
 
-MONAI has no MedFormer (docs environment.md), so the blocks are our own code, written from the
-published design (docs method.md "Architecture details"; thesis 5.4.2 and Table 5.2). Library
+MONAI has no MedFormer (docs/architecture.md, "Measured facts"), so the blocks are our own code, written from
+the published design (docs/architecture.md "Published designs"; thesis 5.4.2 and Table 5.2). Library
 building blocks are used where they fit: MONAI's `ChannelSELayer` (squeeze-excite in MBConv),
 torch's `TransformerEncoderLayer` (semantic-map fusion), `InstanceNorm3d`, trilinear
 `F.interpolate` (up-sampling) and einops (space-to-depth, head split).

@@ -4,11 +4,11 @@ Parameter counts (plain MedFormer / GenSeg wiring with the shared residual/segme
 GenSeg with a separate segmentation decoder; in_channels=1; ranges asserted in
 tests/unit/test_medformer.py and test_genseg.py):
 - full:   37.6 M / 45.9 M / 54.0 M. The paper's self-supervised size (thesis Table 5.2, "Ch. sf."; the
-          reference knobs of docs/method.md: base 32, channels 64..320..32, B-MDH 2/4/6/4/2,
+          reference knobs in docs/architecture.md: base 32, channels 64..320..32, B-MDH 2/4/6/4/2,
           fusion 320). The paper says 38 M. The toolkit's point: this size also runs semi-supervised.
 - semi8m: 8.8 M / 10.3 M / 11.7 M. The paper's reduced semi-supervised size: Table 5.2 "Ch. sm." channels
           (base 16, 32..256..16). Table 5.2's block counts at these channels give 16.3 M, not the
-          "8 M" of the text, so (as method.md expects) blocks were cut too: B-MDH 2/2/2 instead of
+          "8 M" of the text, so (as the reference class's counts imply) blocks were cut too: B-MDH 2/2/2 instead of
           2/4/6 in the encoder, 2/2 in the decoder, fusion width 128 -> 8.8 M.
 - small:  1.7 M / 2.0 M, for CPU demos.
 - tiny:   0.16 M / 0.19 M, for fast tests.

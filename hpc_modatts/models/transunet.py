@@ -1,6 +1,6 @@
 """2D tumour-aware translator: TransUNet R50-ViT-B/16 with one encoder and two decoders.
 
-Thesis 5.4.1 / 5.5.1 and method.md "Stage 1": each modality generator is a TransUNet (Chen et
+Thesis 5.4.1 / 5.5.1 ("Architecture"): each modality generator is a TransUNet (Chen et
 al.) hybrid "R50-ViT-B/16" whose decoder is duplicated: a translation decoder (tanh) and a
 segmentation decoder (logits; ``torch.sigmoid`` gives probabilities) read the SAME encoding.
 
@@ -64,7 +64,7 @@ class TransUNetSize:
 
 
 SIZES = {
-    # method.md: ~97.9 M encoder, ~7.4 M per decoder.
+    # the published R50-ViT-B/16: ~97.9 M encoder, ~7.4 M per decoder (docs/architecture.md).
     "full": TransUNetSize(64, (3, 4, 9), 768, 12, 12, 3072, 512, (256, 128, 64, 16), 224),
     # Tests and the CPU demo: < 1 M parameters in all.
     "tiny": TransUNetSize(8, (1, 1, 1), 64, 2, 4, 128, 32, (32, 16, 8, 8), 64, input_skip=True),

@@ -5,7 +5,7 @@
   ``--kill-on-invalid-dep=yes``; no driver process stays alive. Cluster shape and sbatch
   options come from a preset YAML (``hpc_modatts/clusters/<name>.yaml`` or a path).
 * **local** (real subprocesses) / **debug** (in-process): submitit ignores ``slurm_*`` options
-  and has no dependencies (docs/environment.md), so the nodes run in topological waves and
+  and has no dependencies (docs/architecture.md, "Measured facts"), so the nodes run in topological waves and
   each wave waits for its jobs' results before its dependents are submitted.
 
 Every job is a ``StageJob``: a ``submitit.helpers.Checkpointable`` that runs the stage API

@@ -19,7 +19,7 @@ def _tiny(seed: int = 0) -> TransUNetTranslator:
     return build_translator("tiny")
 
 
-def test_full_size_parameter_counts_match_method_md():
+def test_full_size_parameter_counts_match_the_published_r50_vit_b16():
     model = build_translator("full")  # built on CPU, never run forward here
     assert _count(model.encoder) == pytest.approx(97.9e6, rel=0.02)
     assert _count(model.translation_decoder) == pytest.approx(7.4e6, rel=0.02)
