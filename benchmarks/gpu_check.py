@@ -164,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = [{"check": "bf16 forward", "ok": bf16_is_used(env)}]
     for size in args.sizes:
         shape = (32, 32, 32) if size == "tiny" else (96, 160, 64)
-        for label, fn in (("translate", lambda: translate_steps(size, args.steps, env)),
-                          ("segment-plain", lambda: segment_steps(size, args.steps, env, False, shape)[0]),
-                          ("segment-semi", lambda: segment_steps(size, args.steps, env, True, shape)[0])):
+        # each lambda runs inside this iteration; the defaults bind size/shape explicitly all the same
+        for label, fn in (("translate", lambda size=size: translate_steps(size, args.steps, env)),
+                          ("segment-plain",
+                           lambda size=size, shape=shape: segment_steps(size, args.steps, env, False, shape)[0]),
+                          ("segment-semi",
+                           lambda size=size, shape=shape: segment_steps(size, args.steps, env, True, shape)[0])):
             try:
                 results += fn()
             except Exception as e:  # report and go on: one failure must not hide the others

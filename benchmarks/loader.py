@@ -218,7 +218,8 @@ def meets(row: dict, nii: dict, npy: dict, mode: str = "cold") -> bool:
 
 
 def print_table(nii: dict, npy: dict, rows: list[dict], current: Layout, console: Console) -> None:
-    t = Table(title=f"random reads per CPU-second ({SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} volumes, slice 240x240, patch 128^3)")
+    t = Table(title=f"random reads per CPU-second ({SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} volumes, "
+                    "slice 240x240, patch 128^3)")
     for col in ("source", "slice/s", "patch/s", "slice x nii.gz", "patch x nii.gz", "slice x npy", "patch x npy",
                 "images/raw", "store/raw", "files", "max |err|"):
         t.add_column(col, justify="right" if col != "source" else "left")

@@ -37,7 +37,6 @@ STATE_BYTES_PER_PARAM = 4 + 12  # fp32 weights + AMSGrad exp_avg/exp_avg_sq/max_
 
 def generator_step(model, x_p, x_a, mask_p):
     """One GenSeg-generator-like forward + backward; returns the loss value."""
-    import torch
     from monai.losses import DiceLoss
 
     c_p, u_p, skips_p = model.encode(x_p)
@@ -127,13 +126,15 @@ def report(results: list[dict], shapes: list[tuple], batch: int, gpu_gib: float)
                       ",".join(r["policy"]) or "none", f"{r['peak'] / GIB:.3f}", f"{r['time']:.2f}",
                       f"{b['peak'] / r['peak']:.2f}x", f"{r['time'] / b['time']:.2f}x")
     console.print(table)
-    proj = Table(title=f"Extrapolated to batch {batch} x {'x'.join(map(str, TARGET_SHAPE))} (fp32) vs a {gpu_gib:.0f} GB GPU")
+    proj = Table(title=f"Extrapolated to batch {batch} x {'x'.join(map(str, TARGET_SHAPE))} (fp32) "
+                       f"vs a {gpu_gib:.0f} GB GPU")
     for col in ("size", "policy", "act B/voxel", "state GiB", "activations GiB", "total GiB", f"fits {gpu_gib:.0f} GB"):
         proj.add_column(col, justify="right")
     for r in results:
         if tuple(r["shape"]) != shapes[0]:
             continue
-        large = next(q for q in results if q["size"] == r["size"] and q["policy"] == r["policy"] and tuple(q["shape"]) == shapes[-1])
+        large = next(q for q in results
+                     if q["size"] == r["size"] and q["policy"] == r["policy"] and tuple(q["shape"]) == shapes[-1])
         e = extrapolate(r, large, batch)
         act = e["intercept"] + e["act_per_voxel"] * e["target_voxels"]
         proj.add_row(r["size"], ",".join(r["policy"]) or "none", f"{e['act_per_voxel']:.0f}", f"{e['state'] / GIB:.2f}",
@@ -177,7 +178,8 @@ def main(argv=None) -> None:
             measured = run_isolated(["--sizes", size, "--shapes", ",".join(map(str, shape)), "--batch",
                                      str(a.batch), "--device", a.device, "--policies", *a.policies])
             for r in measured:
-                print(f"measured {size} {shape} {r['policy']}: {r['peak'] / GIB:.3f} GiB, {r['time']:.2f} s", file=sys.stderr)
+                print(f"measured {size} {shape} {r['policy']}: {r['peak'] / GIB:.3f} GiB, {r['time']:.2f} s",
+                      file=sys.stderr)
             results.extend(measured)
     report(results, shapes, a.batch, a.gpu_gib)
 

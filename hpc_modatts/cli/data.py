@@ -88,7 +88,8 @@ def register(sub) -> None:
     p.add_argument("--resample-to", metavar="MODALITY", default=None,
                    help="resample modalities/masks not on this modality's grid onto it (world coordinates)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resample to this spacing (mm)")
-    p.add_argument("--crop", nargs="+", metavar="N", help="crop X Y Z voxels around the brain centre, or 'brain' (bbox)")
+    p.add_argument("--crop", nargs="+", metavar="N",
+                   help="crop X Y Z voxels around the brain centre, or 'brain' (bbox)")
     p.add_argument("--crop-margin", type=int, default=2, help="margin (voxels) of --crop brain")
     p.add_argument("--missing", choices=("skip", "fail"), default="fail", help="case lacking a modality: skip or fail")
     p.add_argument("--modalities", nargs="+", help="modalities every case must have (layout default)")
@@ -100,7 +101,8 @@ def register(sub) -> None:
     p.add_argument("--cluster", default=None, metavar="PRESET",
                    help="with --scheduler slurm: cluster preset (a shipped name, e.g. example_a100, or a YAML path)")
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,
-                   help="stored image dtype (default float16 for a new store, max error 2.4e-4; a resumed store keeps its own)")
+                   help="stored image dtype (default float16 for a new store, max error 2.4e-4; "
+                        "a resumed store keeps its own)")
     shard = p.add_mutually_exclusive_group()
     shard.add_argument("--no-shard", dest="sharded", action="store_false", default=None,
                        help="one file per chunk instead of one zarr v3 shard per array (the default)")

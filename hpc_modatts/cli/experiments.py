@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="annotated source fractions (default 1)")
     p.add_argument("--target-labeled", type=float_list, default=[0.0], metavar="F,F,...",
                    help="annotated target fractions (default 0)")
-    p.add_argument("--seeds", type=int_list, default=[0], metavar="S,S,...", help="seeds: split and training (default 0)")
+    p.add_argument("--seeds", type=int_list, default=[0], metavar="S,S,...",
+                   help="seeds: split and training (default 0)")
     p.add_argument("--variants", type=name_list, default=None, metavar="V,V,...",
                    help="stage-2 variants (default: pipeline.variants of the config)")
     p.add_argument("--val", type=float, default=0.1, help="validation fraction of every split (default 0.1)")
@@ -62,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
                    help="default: pipeline.executor of the config")
-    p.add_argument("--cluster", default=None, help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
+    p.add_argument("--cluster", default=None,
+                   help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
     p.add_argument("--max-parallel", type=int, default=None,
                    help="local executor: jobs at once (default: cores / distributed.threads_per_rank)")
     p.add_argument("--dry-run", action="store_true", help="print the run folders, what they share and the jobs")

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pipeline.folds=5")
     p.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
                    help="default: pipeline.executor of the config")
-    p.add_argument("--cluster", default=None, help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
+    p.add_argument("--cluster", default=None,
+                   help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
     p.add_argument("--dry-run", action="store_true", help="print the DAG and what would be submitted")
     p.add_argument("--seeds", type=int_list, default=None, metavar="S,S,...",
                    help="one run per train.seed on the config's split, as a sweep folder (see `sweep`, `report`)")

@@ -42,7 +42,8 @@ def _walltime(minutes: int) -> str:
 def slurm_cluster_options(preset: dict[str, Any], log_dir: str | Path) -> dict[str, Any]:
     """``dask_jobqueue.SLURMCluster`` keywords for a cluster preset (GPUs are not requested: conversion is CPU work)."""
     extra = [f"--{flag}={_no_newline(flag, preset[flag])}" for flag in ("qos", "constraint") if preset.get(flag)]
-    extra += [f"--{_no_newline('additional', k)}={_no_newline(k, v)}" for k, v in (preset.get("additional") or {}).items()]
+    extra += [f"--{_no_newline('additional', k)}={_no_newline(k, v)}"
+              for k, v in (preset.get("additional") or {}).items()]
     opts: dict[str, Any] = {
         "queue": _no_newline("partition", preset["partition"]) if preset.get("partition") else None,
         "account": _no_newline("account", preset["account"]) if preset.get("account") else None,

@@ -153,7 +153,8 @@ def _open_store(store_path: Path, dtype: str | None, sharded: bool | None,
         if have != preprocessing:
             raise DataError(f"{store_path}: store was converted with {have}, not {preprocessing}; use a new store path")
         if dtype is not None and store.root_attrs["layout"]["image_dtype"] != dtype:
-            raise DataError(f"{store_path}: store holds {store.root_attrs['layout']['image_dtype']} images, not {dtype}")
+            raise DataError(f"{store_path}: store holds {store.root_attrs['layout']['image_dtype']} images, "
+                            f"not {dtype}")
     return store, created
 
 
@@ -174,7 +175,8 @@ def task_runner(scheduler: str, workers: int, progress: bool, cluster: str | Non
         from hpc_modatts.data.cluster import slurm_client
 
         if not cluster:
-            raise DataError("--scheduler slurm needs --cluster PRESET (a shipped preset name such as example_a100, or a YAML path)")
+            raise DataError("--scheduler slurm needs --cluster PRESET (a shipped preset name such as example_a100, "
+                            "or a YAML path)")
         with slurm_client(cluster, workers, log_dir or "convert-slurm-logs") as client:
             yield lambda tasks, cases, prefix, label: _run_on_client(client, tasks, cases, label, progress)
         return
@@ -227,8 +229,8 @@ def _run_on_client(client, tasks: list, cases: list[str], label: str, progress: 
                 results.append(fut.result())
             except Exception as e:  # the worker died (killed, out of memory): name the case, keep the others
                 case = case_of.get(fut.key, "?")
-                results.append({"case": case, "status": "error", "values": [], "warnings": [],
-                                "error": f"case {case}: dask worker failed ({type(e).__name__}: {e})".replace("\n", " ")})
+                error = f"case {case}: dask worker failed ({type(e).__name__}: {e})".replace("\n", " ")
+                results.append({"case": case, "status": "error", "values": [], "warnings": [], "error": error})
             bar.advance(task_id)
     return results
 
@@ -291,7 +293,8 @@ def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: S
         try:
             names = {m: n for s in specs for m, n in s.names.items()}
             expected = sorted(set(st.root_attrs.get("expected_cases") or []) | {s.case_id for s in specs})
-            st.update_root_attrs(source=str(Path(src).resolve()), modalities=sorted({m for s in specs for m in s.images}),
+            st.update_root_attrs(source=str(Path(src).resolve()),
+                                 modalities=sorted({m for s in specs for m in s.images}),
                                  modality_aliases=alias_table(), modality_names=names, naming=specs[0].generation,
                                  labels={**scheme.record(), "chosen_by": how}, expected_cases=expected)
             log.info("%s: %s; modalities %s; labels %s (%s)", src, describe(specs),

@@ -53,7 +53,8 @@ def check_arrays(folder: Path, records: Mapping[str, Mapping],
     shard, or any changed value is reported. ``on_array(name, data)`` sees each intact array.
     """
     folder = Path(folder)
-    present = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")} if folder.is_dir() else set()
+    present = ({p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+               if folder.is_dir() else set())
     problems = [f"array {n!r} is not in the case's array list" for n in sorted(present - set(records))]
     for name, rec in sorted(records.items()):
         if not (folder / name / "zarr.json").is_file():

@@ -172,7 +172,8 @@ def scan_label_values(path: str, case: str) -> dict:
     except DataError as e:
         return {"case": case, "values": [], "error": str(e)}
     except Exception as e:  # corrupt files: one line naming the file, reported by convert
-        return {"case": case, "values": [], "error": f"{path}: cannot read mask ({type(e).__name__}: {e})".replace("\n", " ")}
+        error = f"{path}: cannot read mask ({type(e).__name__}: {e})".replace("\n", " ")
+        return {"case": case, "values": [], "error": error}
 
 
 # ----------------------------------------------------------------------------- regions in a store

@@ -98,8 +98,8 @@ def _unique(specs: list[CaseSpec], src: Path) -> list[CaseSpec]:
     seen: dict[str, CaseSpec] = {}
     for spec in specs:
         if spec.case_id in seen:
-            raise DataError(f"{src}: duplicate case id {spec.case_id!r} "
-                            f"({next(iter(seen[spec.case_id].images.values()))} and {next(iter(spec.images.values()))})")
+            first, second = next(iter(seen[spec.case_id].images.values())), next(iter(spec.images.values()))
+            raise DataError(f"{src}: duplicate case id {spec.case_id!r} ({first} and {second})")
         seen[spec.case_id] = spec
     return sorted(seen.values(), key=lambda s: s.case_id)
 
@@ -194,7 +194,8 @@ def find_crossmoda(src: Path, missing: str = "fail", modalities: tuple[str, ...]
         raise DataError(f"{src}: no CrossMoDA case found (expected <case>_ceT1.nii.gz / <case>_hrT2.nii.gz)")
     for spec in by_case.values():
         if not spec.images:
-            raise DataError(f"case {spec.case_id}: label file {spec.mask or spec.brain} has no ceT1/hrT2 image beside it")
+            raise DataError(f"case {spec.case_id}: label file {spec.mask or spec.brain} "
+                            "has no ceT1/hrT2 image beside it")
     generation = _crossmoda_generation(sorted(by_case))
     for spec in by_case.values():
         spec.generation = generation
@@ -245,7 +246,8 @@ def find_manifest(src: Path, missing: str = "fail", modalities: tuple[str, ...] 
             if r.get(col):
                 file = _resolve(path, r[col])
                 if getattr(spec, col) is not None and getattr(spec, col) != file:
-                    raise DataError(f"{path}: case {case!r} names two different {col} files ({getattr(spec, col)}, {file})")
+                    raise DataError(f"{path}: case {case!r} names two different {col} files "
+                                    f"({getattr(spec, col)}, {file})")
                 setattr(spec, col, file)
         weak = _weak_labels(path, i, r)
         if weak is not None:
@@ -276,7 +278,8 @@ def describe(specs: list[CaseSpec]) -> str:
     """One line about what was found, e.g. "5 case(s) in the BraTS 2023-2025 naming (GLI, MET), 5 with masks"."""
     gen = specs[0].generation if specs else ""
     m = re.match(r"^(brats|crossmoda)(\d{4}(?:-\d{4})?)?$", gen)
-    naming = f"the {'BraTS' if m[1] == 'brats' else 'CrossMoDA'} {m[2] or ''} naming".replace("  ", " ") if m else "a manifest"
+    naming = (f"the {'BraTS' if m[1] == 'brats' else 'CrossMoDA'} {m[2] or ''} naming".replace("  ", " ")
+              if m else "a manifest")
     subs = sorted({x[1] for x in (re.match(r"^BraTS-([A-Z]+)-\d", s.case_id) for s in specs) if x})
     if subs:
         naming += f" ({', '.join(subs)})"

@@ -16,9 +16,9 @@
 Laziness: a dataset holds only the store *path* and small per-case metadata; every process
 (DataLoader workers, fork or spawn) opens the store itself on first use. The per-sample hot path
 reads the needed region straight from zarr (dask's per-read graph overhead halves throughput:
-docs/architecture.md, "Measured facts"), or from a ``VolumeCache`` of whole decoded arrays (``cache_bytes`` per dataset and
-process) once a case has been read; ``lazy_volumes`` gives the dask view for whole-dataset
-statistics. Crops happen at read time, augmentation afterwards on the small slice/patch.
+docs/architecture.md, "Measured facts"), or from a ``VolumeCache`` of whole decoded arrays
+(``cache_bytes`` per dataset and process) once a case has been read; ``lazy_volumes`` gives the
+dask view for whole-dataset statistics. Crops happen at read time, augmentation afterwards on the small slice/patch.
 """
 
 from __future__ import annotations
@@ -196,7 +196,8 @@ class _EpochDataset(Dataset):
         for c in self.cases:
             if self.handle.array(c, self.image_name) is None:
                 raise DataError(f"{store.path}: case {c!r} has no modality {modality!r} (has {store.modalities(c)})")
-            if c in self.annotated and self.handle.array(c, "mask") is not None and self.handle.array(c, mask_name) is None:
+            has_mask = self.handle.array(c, "mask") is not None
+            if c in self.annotated and has_mask and self.handle.array(c, mask_name) is None:
                 raise DataError(f"{store.path}: case {c!r} has a mask but no {mask_name!r} (data.region): its label "
                                 f"scheme {store.attrs(c).get('label_scheme')!r} does not define that region")
 

@@ -217,8 +217,9 @@ def _load_on_grid(spec: CaseSpec, resample_to: str | None) -> tuple:
     extra = {}
     for key, path in (("mask", spec.mask), ("brain", spec.brain)):
         if path is not None:
+            what = "the brain mask" if key == "brain" else "the mask"
             extra[key] = _on_grid(spec, ref_mod, ref, load_volume(path, f"{key} mask" if key == "brain" else key),
-                                  path, "the brain mask" if key == "brain" else "the mask", resample, 0, 0.0, moved, key)
+                                  path, what, resample, 0, 0.0, moved, key)
     return ref_mod, originals, backgrounds, extra.get("mask"), extra.get("brain"), moved
 
 
@@ -329,7 +330,8 @@ def to_original_geometry(volume: np.ndarray, attrs: dict, order: int = 0, fill: 
         grid_affine[:3, 3] = stored_affine[:3, 3] - stored_affine[:3, :3] @ np.array([a for a, _ in box], float)
         full = np.full(grid_shape, fill, dtype=volume.dtype)
         src_box = [[max(a, 0), min(b, n)] for (a, b), n in zip(box, grid_shape)]
-        full[tuple(slice(a, b) for a, b in src_box)] = volume[tuple(slice(a - o, b - o) for (a, b), (o, _) in zip(src_box, box))]
+        inside = tuple(slice(a - o, b - o) for (a, b), (o, _) in zip(src_box, box))
+        full[tuple(slice(a, b) for a, b in src_box)] = volume[inside]
         volume = full
     if attrs.get("resampled_shape"):
         # canonical voxel j -> resampled index inv(A_grid) @ A_can @ j

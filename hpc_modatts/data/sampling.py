@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hpc_modatts.config import ConfigError
 from hpc_modatts.data.errors import DataError
 
+
 class RankSampler(Sampler[int]):
     """This rank's disjoint, equal share of a seeded per-epoch permutation; resumable.
 

@@ -257,7 +257,8 @@ def make_split(store: Store | str | os.PathLike, source: str, target: str, sourc
         target_labeled=_labeled(info, target_train, target_labeled, seed, _STREAM_TARGET_LABELS, "target", where),
         val=val_cases, test=test_cases,
         folds=_make_folds(info, source_train, target_train, val_cases, folds, seed, where),
-        meta={"store": str(store.path), "store_id": store.root_attrs.get("store_id"), "seed": seed, "source_labeled": source_labeled,
-              "target_labeled": target_labeled, "val": val, "test": test, "n_folds": folds})
+        meta={"store": str(store.path), "store_id": store.root_attrs.get("store_id"), "seed": seed,
+              "source_labeled": source_labeled, "target_labeled": target_labeled, "val": val, "test": test,
+              "n_folds": folds})
     split._check_consistent(where)
     return split

@@ -134,7 +134,8 @@ def _check_arrays(st: Store, case: str, attrs: dict, intact: dict[str, np.ndarra
             if bad:
                 out.append(Problem(case, "error", f"labels has values {bad}, allowed {attrs['label_values']}"))
     if bool(attrs.get("has_mask")) != ("mask" in names):
-        out.append(Problem(case, "error", f"has_mask={attrs.get('has_mask')} but mask array {'present' if 'mask' in names else 'absent'}"))
+        state = "present" if "mask" in names else "absent"
+        out.append(Problem(case, "error", f"has_mask={attrs.get('has_mask')} but mask array {state}"))
     return out
 
 
@@ -145,7 +146,8 @@ def _check_sources(case: str, sources: dict) -> list[Problem]:
         if not path.is_file():
             out.append(Problem(case, "warning", f"source moved: {key} file {path} not found (checksum not checked)"))
         elif sha256(path) != entry.get("sha256"):
-            out.append(Problem(case, "error", f"source changed: {key} file {path} no longer matches its sha256 (reconvert)"))
+            out.append(Problem(case, "error",
+                               f"source changed: {key} file {path} no longer matches its sha256 (reconvert)"))
     return out
 
 

@@ -7,14 +7,15 @@ from hpc_modatts.distributed.env import (
     barrier,
     broadcast_object,
     current_env,
+    exit_distributed_process,
     free_port,
     init_distributed,
     shutdown_distributed,
-    exit_distributed_process,
 )
 
 __all__ = [
-    "DistEnv", "init_distributed", "shutdown_distributed", "exit_distributed_process", "current_env", "free_port", "barrier", "broadcast_object",
+    "DistEnv", "init_distributed", "shutdown_distributed", "exit_distributed_process", "current_env", "free_port",
+    "barrier", "broadcast_object",
     "all_gather_object", "all_reduce_mean", "build_engine", "unwrap", "gathered_state_dict",
 ]
 

@@ -247,7 +247,8 @@ def all_reduce_mean(values: dict[str, float], device: torch.device | None = None
         return {k: float(v) for k, v in values.items()}
     keys = sorted(values)
     if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= dist.get_world_size()

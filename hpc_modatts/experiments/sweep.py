@@ -262,7 +262,8 @@ def unit_nodes(base: ExperimentConfig, u: Unit, sweep_dir: Path) -> list[Node]:
     build_variants = list(u.variants)
     if u.translator and not any(v in MODATTS_VARIANTS for v in build_variants):
         build_variants.append(MODATTS_VARIANTS[0])  # makes build_dag emit translate + synthesize; dropped below
-    cfg = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in {**over, "pipeline.variants": build_variants}.items()])
+    items = {**over, "pipeline.variants": build_variants}.items()
+    cfg = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in items])
     shared_synth = f"{u.translator_from}/synthesize"
     nodes = []
     for n in build_dag(cfg).topological():

@@ -7,8 +7,9 @@ probability maps and ``<case>_healthy`` / ``_residual`` / ``_pseudo_target`` ima
 ``predict --extras``) in the prediction folder are not cases. Predictions are binarised (> 0);
 references are label maps read with a label scheme (``--labels``; none: > 0 is tumour) and
 reduced to the evaluated region (``--region`` whole | core | enhancing, ``hpc_modatts.data.labels``),
-which the table and metrics.json name. Metrics come from MONAI (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
-``SurfaceDistanceMetric(symmetric=True)``) with the voxel spacing from the NIfTI header, so
+which the table and metrics.json name. Metrics come from MONAI (``DiceMetric``,
+``HausdorffDistanceMetric(percentile=95)``, ``SurfaceDistanceMetric(symmetric=True)``) with the
+voxel spacing from the NIfTI header, so
 distances are in mm (thesis 5.5.2, Table 5.3).
 
 Empty masks (MONAI returns nan/inf with a warning for them), the BraTS convention:
@@ -267,7 +268,8 @@ def _case_images(folders: list[Path], case: str, shape: tuple[int, ...]) -> dict
                     check_nifti_size(p, name)
                     vol = np.asanyarray(nib.load(p).dataobj).astype(np.float32)
                 except Exception as e:  # noqa: BLE001 - a panel decoration: skip it, say why
-                    log.warning("%s: unreadable (%s); not drawn", p, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    log.warning("%s: unreadable (%s); not drawn", p, why)
                     break
                 if vol.shape[:3] == shape:
                     found[name] = vol
@@ -290,7 +292,8 @@ def _csv(rows: list[dict], summary: dict) -> str:
 
 def print_table(result: dict, console: Console | None = None) -> None:
     region = result.get("region", "whole")
-    table = Table(title=f"evaluation of {result['pred']}: {REGION_NAMES[region]} ({result.get('labels', 'nonzero')} labels)")
+    table = Table(title=f"evaluation of {result['pred']}: {REGION_NAMES[region]} "
+                        f"({result.get('labels', 'nonzero')} labels)")
     for col in ("case", "Dice", "HD95 (mm)", "ASSD (mm)", "note"):
         table.add_column(col)
     for r in result["cases"]:
@@ -338,7 +341,8 @@ def run(cfg) -> Path:
 
 def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: Path) -> list[str]:
     """Translate each case's ``source`` image with the experiment's translator (the checkpoint
-    synthesis uses: ``load_translator``, the selected one) into ``folder/<case>_pseudo_target.nii.gz``, original geometry.
+    synthesis uses: ``load_translator``, the selected one) into
+    ``folder/<case>_pseudo_target.nii.gz``, original geometry.
 
     Skipped (logged) when the translator run is not DONE or no case holds ``source``; returns the
     cases written.

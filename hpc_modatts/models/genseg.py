@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 from hpc_modatts.models.medformer import (
-    EncoderSkips, MedFormerConfig, MedFormerDecoder, MedFormerEncoder, conv1, crop, instance_norm,
+    EncoderSkips,
+    MedFormerConfig,
+    MedFormerDecoder,
+    MedFormerEncoder,
+    conv1,
+    crop,
+    instance_norm,
 )
 
 NORM_MODES = ("residual", "segmentation")

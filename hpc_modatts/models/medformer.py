@@ -89,9 +89,11 @@ class MedFormerConfig:
                 raise ValueError(f"MedFormerConfig.conv_blocks[{i}] must be >= 1 (convolution up stage)")
         for i in range(1, 6):
             if self.channels[i] % self.heads[i]:
-                raise ValueError(f"MedFormerConfig: channels[{i}]={self.channels[i]} not divisible by heads[{i}]={self.heads[i]}")
+                raise ValueError(f"MedFormerConfig: channels[{i}]={self.channels[i]} "
+                                 f"not divisible by heads[{i}]={self.heads[i]}")
         if self.fusion_dim % self.fusion_heads:
-            raise ValueError(f"MedFormerConfig: fusion_dim={self.fusion_dim} not divisible by fusion_heads={self.fusion_heads}")
+            raise ValueError(f"MedFormerConfig: fusion_dim={self.fusion_dim} "
+                             f"not divisible by fusion_heads={self.fusion_heads}")
         if len(self.map_size) != 3 or math.prod(self.map_size) < 2:
             raise ValueError(f"MedFormerConfig.map_size={self.map_size} needs 3 values and >= 2 tokens")
         if self.pad_mode not in ("constant", "reflect", "replicate"):
@@ -178,7 +180,8 @@ class BMDHBlock(nn.Module):
         self.map_qv = conv1(map_dim, 2 * out_dim)
         self.feat_out = DepthwiseSeparableConv(out_dim, out_dim)
         self.map_out = conv1(out_dim, map_dim) if update_map else None
-        self.shortcut = nn.Identity() if feat_dim == out_dim else nn.Sequential(norm(feat_dim), nn.GELU(), conv1(feat_dim, out_dim))
+        self.shortcut = (nn.Identity() if feat_dim == out_dim
+                         else nn.Sequential(norm(feat_dim), nn.GELU(), conv1(feat_dim, out_dim)))
         self.feedforward = MBConv(out_dim, expansion, norm)
 
     def forward(self, feat: torch.Tensor, smap: torch.Tensor):
@@ -286,7 +289,8 @@ class TransformerUpStage(nn.Module):
         self.map_reduction = conv1(map_in + skip_map, cout)
         dims = [cin + cskip] + [cout] * (n_bmdh - 1)
         updates = [True] * (n_bmdh - 1) + [last_updates_map]
-        self.blocks = nn.ModuleList(BMDHBlock(d, cout, cout, heads, cfg.expansion, norm, u) for d, u in zip(dims, updates))
+        self.blocks = nn.ModuleList(BMDHBlock(d, cout, cout, heads, cfg.expansion, norm, u)
+                                    for d, u in zip(dims, updates))
         self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm) for _ in range(n_conv)))
 
     def forward(self, x, skip, smap, skip_map):

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 log = logging.getLogger(__name__)
 
 MIN_SIZE = 16

@@ -25,7 +25,6 @@ from submitit.core.utils import JobPaths
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.runs import is_done
 
-
 SLURM_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
 """A SLURM job id as submitit records it (``123`` or array ``123_4``)."""
 NODE_KEYS = {"name": str, "run_dir": str}

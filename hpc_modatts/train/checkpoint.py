@@ -260,7 +260,8 @@ def check_checkpoint_files(folder: Path, models: list[str] | None = None) -> Non
             raise DataError(f"{folder / name}: no DeepSpeed model states of model {name!r}")
     for path in sorted(folder.rglob("*.pt")):
         obj = load_weights(path, deepspeed=True, mmap=not path.name.startswith("rng_rank"))
-        if path.name.startswith("rng_rank") and not (isinstance(obj, dict) and {"python", "numpy", "torch"} <= set(obj)):
+        holds_rng = isinstance(obj, dict) and {"python", "numpy", "torch"} <= set(obj)
+        if path.name.startswith("rng_rank") and not holds_rng:
             raise DataError(f"{path}: not an RNG state file")
 
 

@@ -24,8 +24,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hpc_modatts.config import STAGE_SECTIONS, ConfigError, ExperimentConfig, config_from_dict, config_to_dict
-from hpc_modatts.config import lambda_seg_pt_for_fraction
+from hpc_modatts.config import (
+    STAGE_SECTIONS,
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    lambda_seg_pt_for_fraction,
+)
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.runs import atomic_path
 

@@ -117,7 +117,8 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
     if env.is_main:
         volumes = {c: done.attrs(c)["pseudo_label"]["volume_ml"] for c in cases}
         atomic_write_json(Path(out_path).parent / "pseudo_labels.json",
-                          {"alpha": cfg.train.alpha, "limit_ml": bound.limit_ml, "largest_annotated_ml": bound.largest_ml,
+                          {"alpha": cfg.train.alpha, "limit_ml": bound.limit_ml,
+                           "largest_annotated_ml": bound.largest_ml,
                            "healthy_hemispheres": cfg.train.healthy_pseudo_labels, "volume_ml": volumes})
         log.info("%s: %d pseudo-labels, %.1f ml mean, %.1f ml max", where, len(volumes),
                  float(np.mean(list(volumes.values()))), max(volumes.values()))
@@ -140,7 +141,8 @@ def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
     prev = common.require_done(init_dir(cfg, i, explicit), f"round {i}: model to start from")
     if not (prev / BEST_MODEL).is_file():
         raise ConfigError(f"round {i}: {prev} has no {BEST_MODEL} to start from")
-    pl_path = Path(cfg.train.pseudo_labels) if (explicit and cfg.train.pseudo_labels) else run_dir / "pseudo_labels.zarr"
+    pl_path = (Path(cfg.train.pseudo_labels) if (explicit and cfg.train.pseudo_labels)
+               else run_dir / "pseudo_labels.zarr")
     cfg_i = common.replace_cfg(cfg, round=i, init_from=str(prev), pseudo_labels=str(pl_path))
     task = make_task(cfg_i, run_dir, init_from=prev, pseudo_labels=pl_path)
     unannotated = [c for c in task.split.target_train if c not in task.target_labeled]

@@ -39,17 +39,26 @@ from torch.utils.data import DataLoader
 
 from hpc_modatts.config import ConfigError, ExperimentConfig, OptimConfig
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.distributed.env import (
-    DistEnv, all_gather_object, all_reduce_mean, barrier, broadcast_object, init_distributed,
-)
 from hpc_modatts.distributed.engine import unwrap as unwrap_model
+from hpc_modatts.distributed.env import (
+    DistEnv,
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
 from hpc_modatts.runs import atomic_write_text, mark_done, prepare_run_dir
 from hpc_modatts.train import checkpoint as ckpt
 from hpc_modatts.train.checkpoint import load_best_model  # noqa: F401  (re-exported)
 from hpc_modatts.train.task import (
-    loss_value, move_to_device, task_batch_ids, task_collate, task_frozen, task_model_factory,
+    loss_value,
+    move_to_device,
+    task_batch_ids,
+    task_collate,
+    task_frozen,
+    task_model_factory,
 )
-
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from torch import nn
 
 from hpc_modatts.config import ExperimentConfig
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
 from hpc_modatts.data.labels import read_region, region_array
+from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
 from hpc_modatts.distributed.engine import unwrap
 from hpc_modatts.train import common, fidelity
 from hpc_modatts.train.synthesize import translate_volume
@@ -104,7 +104,8 @@ class DiscriminatorPair(nn.Module):
         return self.nets[domain](x)
 
 
-def build_cycle_translators(size: str = "full", pretrained: str = "", keep_background: bool = False) -> CycleTranslators:
+def build_cycle_translators(size: str = "full", pretrained: str = "",
+                            keep_background: bool = False) -> CycleTranslators:
     """Factory recorded in best_model.pt (``load_best_model(run, "gen")``); checkpoints written
     before ``keep_background`` existed load with the old behaviour (False)."""
     return CycleTranslators(size, pretrained, keep_background)

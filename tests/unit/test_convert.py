@@ -14,7 +14,7 @@ from hpc_modatts.data.store import Store
 from tests.fixtures import make_phantom_store, phantom_store  # noqa: F401 (session fixture)
 
 
-def test_phantom_store_contents(phantom_store):
+def test_phantom_store_contents(phantom_store):  # noqa: F811 (the session fixture imported above)
     nifti_dir, store_path = phantom_store
     st = Store.open(store_path)
     assert st.case_ids == [f"phantom_{i:03d}" for i in range(4)]
@@ -175,4 +175,5 @@ def test_split_cli_wraps_make_split(tmp_path):
     assert rc == 0
     split = Split.load(out)
     assert split.source == "t1" and split.target == "t2"
-    assert set(split.source_train) | set(split.target_train) | set(split.val) | set(split.test) <= set(Store.open(store).case_ids)
+    used = set(split.source_train) | set(split.target_train) | set(split.val) | set(split.test)
+    assert used <= set(Store.open(store).case_ids)

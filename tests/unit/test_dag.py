@@ -96,7 +96,8 @@ def test_done_nodes_are_skipped_and_dependents_released(tmp_path):
 def test_node_config_applies_overrides(tmp_path):
     from hpc_modatts.config import apply_overrides
 
-    cfg = apply_overrides(make_cfg(tmp_path, self_training_rounds=1), ["train.stage_overrides={self-train: {max_steps: 4}}"])
+    cfg = apply_overrides(make_cfg(tmp_path, self_training_rounds=1),
+                          ["train.stage_overrides={self-train: {max_steps: 4}}"])
     node = build_dag(cfg)["segment/self-supervised/fold_0/round_1"]
     ncfg = node_config(cfg, node)
     assert ncfg.train.stage == "self-train" and ncfg.train.init_from.endswith("fold_0")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -56,8 +55,8 @@ def test_release_converts_verifies_splits_and_trains(tmp_path, release):
         labels_ = st.read_labels(case)
         tumour = np.isin(labels_, st.root_attrs["labels"]["regions"]["whole"])
         assert np.array_equal(st.read_mask(case), tumour) and 0 < tumour.sum() < (labels_ > 0).sum() + 1
-    split = make_split(store, exp.source, exp.target, source_labeled=1.0, val=0.0 if exp.layout == "crossmoda" else 0.34,
-                       test=0.0, seed=0)
+    split = make_split(store, exp.source, exp.target, source_labeled=1.0,
+                       val=0.0 if exp.layout == "crossmoda" else 0.34, test=0.0, seed=0)
     split.save(tmp_path / "split.json")
     run = one_step(tmp_path, store, tmp_path / "split.json", f"data.source={exp.source}", f"data.target={exp.target}")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -77,8 +77,8 @@ def test_bf16_segmenter_trains_without_skipped_steps(env, stage):
     from hpc_modatts.models import build_segmenter
 
     torch.manual_seed(0)
-    engine = build_engine(build_segmenter("tiny"), OptimConfig(lr=1e-3), DistributedConfig(zero_stage=stage, precision="bf16"),
-                          env, micro_batch=2, name=f"seg{stage}")
+    engine = build_engine(build_segmenter("tiny"), OptimConfig(lr=1e-3),
+                          DistributedConfig(zero_stage=stage, precision="bf16"), env, micro_batch=2, name=f"seg{stage}")
     assert engine.torch_autocast_enabled()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 1, 32, 32, 32, generator=g) * 2 - 1  # (B, 1, X, Y, Z): deepest stage 2x2x2

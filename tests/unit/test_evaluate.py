@@ -114,7 +114,8 @@ def test_panel_shows_every_extra_image_and_extras_in_the_prediction_folder_are_n
     save(tmp_path / "img" / "a.nii.gz", rng.uniform(-1, 1, shape).astype(np.float32))
     save(tmp_path / "img" / "a_pseudo_target.nii.gz", rng.uniform(-1, 1, shape).astype(np.float32))
     evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "contours")  # no images: contours only
-    full = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "full", images=[tmp_path / "img", tmp_path / "pred"])
+    full = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "full",
+                    images=[tmp_path / "img", tmp_path / "pred"])
     res = json.loads((full / "metrics.json").read_text())
     assert [c["case"] for c in res["cases"]] == ["a"]
     narrow = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "narrow", images=tmp_path / "img")

@@ -9,7 +9,11 @@ import pytest
 
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.train.guards import (
-    VolumeBound, case_volumes, summarise_volumes, voxel_ml, zero_healthy,
+    VolumeBound,
+    case_volumes,
+    summarise_volumes,
+    voxel_ml,
+    zero_healthy,
 )
 
 

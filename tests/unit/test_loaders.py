@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.data.loaders import (RankSampler, SliceDataset, VolumeCache, VolumeDataset, lazy_volumes,
-                                      make_loader, read_window)
+from hpc_modatts.data.loaders import (
+    RankSampler,
+    SliceDataset,
+    VolumeCache,
+    VolumeDataset,
+    lazy_volumes,
+    make_loader,
+    read_window,
+)
 from hpc_modatts.data.store import Store
 
 SHAPE = (24, 20, 12)  # (X, Y, Z); hemisphere split at X = 12

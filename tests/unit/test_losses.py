@@ -71,7 +71,8 @@ def test_dice_errors():
 
 
 def test_normalise_weights():
-    assert normalise_weights({"adv": 1, "seg": 1, "cyc": 10}) == pytest.approx({"adv": 1 / 12, "seg": 1 / 12, "cyc": 10 / 12})
+    expected = {"adv": 1 / 12, "seg": 1 / 12, "cyc": 10 / 12}
+    assert normalise_weights({"adv": 1, "seg": 1, "cyc": 10}) == pytest.approx(expected)
     out = normalise_weights({"adv": 5, "rec": 50, "lat": 5, "seg": 0})
     assert out["seg"] == 0 and sum(out.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="all loss weights are zero"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hpc_modatts.config import ConfigError
-from hpc_modatts.models import MedFormer, SEGMENTER_SIZES, build_segmenter, count_parameters
+from hpc_modatts.models import SEGMENTER_SIZES, MedFormer, build_segmenter, count_parameters
 from hpc_modatts.models.medformer import BMDHBlock, ConvBlock, MedFormerConfig, pad_to_stride
 
 TINY = SEGMENTER_SIZES["tiny"]
@@ -105,8 +105,8 @@ def test_blocks_declare_their_checkpoint_kind():
     model = build_segmenter("small")
     kinds = {type(m).__name__: m.checkpoint_kind for m in model.modules() if hasattr(m, "checkpoint_kind")}
     assert BMDHBlock.checkpoint_kind == "bmdh" and ConvBlock.checkpoint_kind == "conv"
-    assert kinds == {"ConvBlock": "conv", "BMDHBlock": "bmdh", "TransformerUpStage": "decoder", "ConvUpStage": "decoder",
-                     "PatchMerging": "conv", "SemanticMapGeneration": "bmdh"}
+    assert kinds == {"ConvBlock": "conv", "BMDHBlock": "bmdh", "TransformerUpStage": "decoder",
+                     "ConvUpStage": "decoder", "PatchMerging": "conv", "SemanticMapGeneration": "bmdh"}
 
 
 def test_bmdh_block_is_bidirectional_and_linear_in_voxels():

@@ -23,7 +23,8 @@ def test_layout_files_and_determinism(tmp_path):
         y = np.asarray(nib.load(b[0] / f"phantom_000_{k}.nii.gz").dataobj)
         assert x.tobytes() == y.tobytes()
     other = np.asarray(nib.load(a[1] / "phantom_001_t1.nii.gz").dataobj)
-    assert other.shape == x.shape and not np.array_equal(other, np.asarray(nib.load(a[0] / "phantom_000_t1.nii.gz").dataobj))
+    first = np.asarray(nib.load(a[0] / "phantom_000_t1.nii.gz").dataobj)
+    assert other.shape == x.shape and not np.array_equal(other, first)
     img = nib.load(a[0] / "phantom_000_t1.nii.gz")
     assert nib.aff2axcodes(img.affine) == ("L", "P", "S")  # like BraTS
     assert np.allclose(img.header.get_zooms(), 4.0) and img.shape == (48, 56, 48)

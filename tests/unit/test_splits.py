@@ -65,7 +65,7 @@ def test_folds_partition_training_cases(store):
     train = set(s.source_train) | set(s.target_train)
     vals = [set(f["val"]) for f in s.folds]
     assert set().union(*vals) == train and sum(map(len, vals)) == len(train)  # partition
-    for k, f in enumerate(s.folds):
+    for k in range(len(s.folds)):
         view = s.fold(k)
         assert set(view.val) == vals[k]
         assert not (set(view.source_train) | set(view.target_train)) & vals[k]

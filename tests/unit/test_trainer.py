@@ -170,4 +170,5 @@ def test_checkpoint_every_bounds_lost_work_and_resume_stays_exact(tmp_path):
     a, b = weights(full), weights(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert json.loads((run / "DONE").read_text())["best_score"] == json.loads((tmp_path / "full" / "DONE").read_text())["best_score"]
+    done_resumed, done_full = (json.loads((d / "DONE").read_text()) for d in (run, tmp_path / "full"))
+    assert done_resumed["best_score"] == done_full["best_score"]
