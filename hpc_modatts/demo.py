@@ -11,6 +11,7 @@ the PNG panels. The numbers are what the run gives; nothing is assumed.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.console import log_console
 from hpc_modatts.config import ConfigError, ExperimentConfig, load_config
 from hpc_modatts.pipeline.dag import Dag, build_dag
 from hpc_modatts.pipeline.submit import StagesFailed
@@ -160,7 +162,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     t0 = time.time()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    console = Console()
+    console = log_console()  # >= 120 columns when logging to a file: tables never wrap
     cfg0 = load_config(config, overrides)
     data_dir = Path(data_dir).resolve() if data_dir else out
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +196,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
                                              "pipeline_seconds": t_pipe, "job_seconds": jobs,
                                              "cases": cases, "seed": seed, "config": config,
                                              "failed": dict(failure.failed) if failure else {}})
-    rec = Console(record=True, width=120, file=open(os.devnull, "w"))
+    rec = Console(record=True, width=120, file=io.StringIO())
     rec.print(table)
     atomic_write_text(out / "results.txt", rec.export_text())
     if failure:

@@ -23,7 +23,8 @@ from rich.console import Console
 from submitit.core.utils import JobPaths
 
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.pipeline.watch import latest_metric, log_console, status_table, watch
+from hpc_modatts.console import log_console
+from hpc_modatts.pipeline.watch import latest_metric, status_table, watch
 from hpc_modatts.runs import is_done
 
 

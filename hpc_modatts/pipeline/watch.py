@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from hpc_modatts.console import log_console
+
 METRICS_TAIL_BYTES = 8192
 """Bytes read from the end of a ``metrics.jsonl`` (a line is ~300 bytes): constant cost per poll."""
-TABLE_WIDTH = 120
-"""Tables are printed at least this wide when the output is not a terminal (logs): never wrapped."""
 TERMINAL_STATES = ("DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                    "PREEMPTED", "BOOT_FAIL", "DEADLINE", "SKIPPED")
 """States after which a node changes no more (SLURM's final states included)."""
@@ -94,16 +94,6 @@ def status_table(rows: list[dict], title: str, root: str | os.PathLike | None = 
         table.add_row(r["node"], state, format_elapsed(r.get("elapsed_s")), r.get("metric", ""),
                       short_path(r.get("log", ""), root) or r["job_id"])
     return table
-
-
-def log_console(console: Console | None = None) -> Console:
-    """``console``, or a new one at least ``TABLE_WIDTH`` wide when not writing to a terminal."""
-    if console is not None:
-        return console
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(TABLE_WIDTH, console.width))
-    return console
 
 
 class PipelineWatcher:
