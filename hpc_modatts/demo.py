@@ -10,6 +10,8 @@ the PNG panels. The numbers are what the run gives; nothing is assumed.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import logging
 import math
@@ -20,8 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.console import log_console
 from hpc_modatts.config import ConfigError, ExperimentConfig, load_config
-from hpc_modatts.pipeline.dag import Dag
+from hpc_modatts.pipeline.dag import Dag, build_dag
 from hpc_modatts.pipeline.submit import StagesFailed
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, stage_dir
 
@@ -122,28 +125,23 @@ DEMO_CASES = 40
 """Phantom cases of the demo (4 mm: ~1 s each to make and convert): 24 train (12 T1 annotated,
 12 T2 unannotated), 6 validation, 10 test."""
 
-SEMI_SUPERVISED_STEP_FRACTION = 1.0
-"""The demo gives semi-supervised training this fraction of the configured ``train.max_steps``
-(segment and self-training): a GenSeg step (three encoder and decoder passes plus two 3D
-discriminators) costs about 3x a plain Dice step on CPU, so the half keeps its CPU time close
-to 1.5x the other variants' and the demo within minutes. A compute-budget choice, not the paper's."""
+SEMI_SUPERVISED_THREADS = 2
+"""Threads of the semi-supervised jobs (segment and self-training); every other job gets
+``distributed.threads_per_rank`` (1). A GenSeg step (three encoder and two decoder passes, two 3D
+discriminators) costs ~4x a plain Dice step, so the semi-supervised branch is the demo's critical
+path and runs alone once the other variants have finished: with 2 threads a step takes 2.1 s
+instead of 3.3 s (idle 2-core machine, 30 steps each). While the self-supervised jobs still run,
+3 threads share 2 cores for a while; cheaper than leaving a core idle for minutes afterwards."""
 
 
 def demo_dag(cfg: ExperimentConfig) -> Dag:
-    """The experiment's DAG with the semi-supervised jobs' ``train.max_steps`` scaled down."""
-    import dataclasses
-
-    from hpc_modatts.pipeline.dag import build_dag
-    from hpc_modatts.train.common import stage_config
-
+    """The experiment's DAG with the semi-supervised jobs given ``SEMI_SUPERVISED_THREADS``."""
     nodes = []
     for node in build_dag(cfg).topological():
-        stage = node.overrides.get("train.stage")
-        if node.overrides.get("train.variant") == "semi-supervised" and stage in ("segment", "self-train"):
-            steps = stage_config(cfg, stage).train.max_steps
-            if steps:
-                scaled = max(1, round(steps * SEMI_SUPERVISED_STEP_FRACTION))
-                node = dataclasses.replace(node, overrides={**node.overrides, "train.max_steps": scaled})
+        if node.overrides.get("train.variant") == "semi-supervised" and \
+                node.overrides.get("train.stage") in ("segment", "self-train"):
+            node = dataclasses.replace(node, overrides={**node.overrides,
+                                                        "distributed.threads_per_rank": SEMI_SUPERVISED_THREADS})
         nodes.append(node)
     return Dag(nodes)
 
@@ -164,7 +162,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     t0 = time.time()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    console = Console()
+    console = log_console()  # >= 120 columns when logging to a file: tables never wrap
     cfg0 = load_config(config, overrides)
     data_dir = Path(data_dir).resolve() if data_dir else out
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +196,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
                                              "pipeline_seconds": t_pipe, "job_seconds": jobs,
                                              "cases": cases, "seed": seed, "config": config,
                                              "failed": dict(failure.failed) if failure else {}})
-    rec = Console(record=True, width=120, file=open(os.devnull, "w"))
+    rec = Console(record=True, width=120, file=io.StringIO())
     rec.print(table)
     atomic_write_text(out / "results.txt", rec.export_text())
     if failure:

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="stages, job ids and states of a submitted pipeline (or sweep)")
     s.add_argument("run_dir", help="experiment folder (<run_root>/<name>) holding pipeline.json")
     s.add_argument("--nodes", action="store_true", help="sweeps: also every job, not only the run folders")
+    s.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
+                   help="keep refreshing (every 10 s, or SECONDS) until every stage has ended; on a terminal "
+                        "the table is redrawn in place, otherwise one line per state change")
     s.set_defaults(func=_status)
 
 
@@ -60,5 +63,7 @@ def _status(args: argparse.Namespace) -> int:
 
         print_sweep_status(args.run_dir, nodes=args.nodes)
         return 0
-    print_status(args.run_dir)
+    if args.watch is not None and args.watch <= 0:
+        raise SystemExit(f"status --watch {args.watch}: the interval must be > 0 seconds")
+    print_status(args.run_dir, watch_s=args.watch)
     return 0

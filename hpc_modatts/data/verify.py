@@ -153,10 +153,11 @@ def _check_sources(case: str, sources: dict) -> list[Problem]:
 
 def print_report(store_path: str | Path, problems: list[Problem], n_cases: int) -> None:
     """A rich table of the problems (or a one-line all-clear)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from hpc_modatts.console import log_console
+
+    console = log_console()
     if not problems:
         console.print(f"[green]{store_path}: {n_cases} case(s), no problem found[/green]")
         return

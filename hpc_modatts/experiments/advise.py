@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpc_modatts.config import ExperimentConfig, load_config
+from hpc_modatts.console import log_console
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.experiments.scorers import CaseEvidence, rank_cases
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, is_done
@@ -240,4 +241,4 @@ def _print(rows: list[dict], used: list[str], budget: int, console: Console | No
     for r in rows:
         style = "bold" if r["selected"] else "dim"
         table.add_row(str(r["rank"]), r["case"], f"{r['score']:.2f}", r["reason"], style=style)
-    (console or Console()).print(table)
+    log_console(console).print(table)

@@ -36,6 +36,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.console import log_console
 from hpc_modatts.experiments.sweep import load_sweep
 from hpc_modatts.runs import atomic_write_json, atomic_write_text
 
@@ -194,7 +195,7 @@ def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     atomic_write_text(out / "report.md", markdown(rep))
     rep["figures"] = [str(p) for p in plot_report(rep, out)]
     atomic_write_json(out / "report.json", rep)
-    (console or Console()).print(rich_table(rep))
+    log_console(console).print(rich_table(rep))
     for p in rep["figures"]:
-        (console or Console()).print(f"figure: {p}")
+        log_console(console).print(f"figure: {p}")
     return out

@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.console import log_console
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.experiments.sweep import Point, Unit, load_sweep
 from hpc_modatts.pipeline.dag import Dag
@@ -72,7 +73,7 @@ def sweep_status(sweep_dir: str | os.PathLike) -> list[dict]:
 
 def print_sweep_status(sweep_dir: str | os.PathLike, nodes: bool = False, console: Console | None = None) -> list[dict]:
     """Print the sweep table (and, with ``nodes``, the per-job table); returns the rows."""
-    console = console or Console()
+    console = log_console(console)
     rows = sweep_status(sweep_dir)
     table = Table(title=f"sweep {Path(sweep_dir).resolve().name}")
     for col in ("run folder", "shared by", "jobs", *COLUMNS, "test Dice"):
@@ -100,4 +101,4 @@ def print_plan(points: list[Point], units: list[Unit], dag: Dag, console: Consol
         jobs = sum(1 for n in dag.nodes if n.startswith(f"{u.id}/"))
         stage1 = "trains it" if u.translator else (f"from {u.translator_from}" if u.translator_from else "-")
         table.add_row(u.id, ", ".join(u.variants) or "-", stage1, ", ".join(u.shared_by), str(jobs))
-    (console or Console()).print(table)
+    log_console(console).print(table)

@@ -51,6 +51,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMe
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.console import log_console
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.labels import REGION_NAMES, REGIONS, LabelScheme, detect_scheme, get_scheme
 from hpc_modatts.data.nifti_size import check_nifti_size
@@ -302,9 +303,9 @@ def print_table(result: dict, console: Console | None = None) -> None:
     table.add_row("[bold]mean ± std", *(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in METRICS),
                   f"n = {s['dice']['n']}" + (f", {s['one_side_empty']} with one mask empty (max distance)"
                                              if s.get("one_side_empty") else ""))
-    (console or Console()).print(table)
+    log_console(console).print(table)
     if "percent_of_target_supervised" in result:
-        (console or Console()).print(f"Dice = {result['percent_of_target_supervised']:.1f} % of target-supervised")
+        log_console(console).print(f"Dice = {result['percent_of_target_supervised']:.1f} % of target-supervised")
 
 
 def run(cfg) -> Path:

@@ -16,13 +16,15 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 from submitit.core.utils import JobPaths
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.console import log_console
+from hpc_modatts.pipeline.watch import latest_metric, status_table, watch
 from hpc_modatts.runs import is_done
 
 SLURM_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
@@ -91,14 +93,17 @@ def local_state(folder: str, job_id: str) -> str:
 
 
 def pipeline_status(run_dir: str | os.PathLike) -> list[dict]:
-    """One row per node: name, job id, state, run folder."""
+    """One row per node: name, job id, state, run folder, elapsed seconds (submission to its
+    marker, or to now while it runs), latest logged metric and the job's log file."""
     rec = load_record(run_dir)
     last_job: dict[str, dict] = {}
     for j in rec.get("jobs", []):
         last_job[j["node"]] = j  # the latest submission of a node wins
     rows = []
+    shown: set[str] = set()  # synthesize shares translate's folder: its metrics are translate's
     for n in rec.get("nodes", []):
         job = last_job.get(n["name"])
+        marker = Path(n["run_dir"]) / n.get("marker", "DONE")
         if is_done(n["run_dir"], n.get("marker", "DONE")):
             state = "DONE"
         elif job is None:
@@ -108,22 +113,40 @@ def pipeline_status(run_dir: str | os.PathLike) -> list[dict]:
         else:
             state = local_state(job["folder"], job["job_id"])
         rows.append({"node": n["name"], "job_id": job["job_id"] if job else "", "state": state,
-                     "run_dir": n["run_dir"]})
+                     "run_dir": n["run_dir"], "elapsed_s": _elapsed(job, marker if state == "DONE" else None),
+                     "metric": latest_metric(n["run_dir"]) if job and n["run_dir"] not in shown else "",
+                     "log": _log_path(job)})
+        shown.add(n["run_dir"])
     return rows
 
 
-STYLE = {"DONE": "green", "COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow",
-         "FAILED": "red", "CANCELLED": "red", "TIMEOUT": "red", "OUT_OF_MEMORY": "red"}
+def _elapsed(job: dict | None, marker: Path | None) -> float | None:
+    """Seconds from the job's submission to its marker (done) or to now; None if never submitted
+    (or submitted in an earlier run whose marker predates the record: it ran before)."""
+    if job is None or not isinstance(job.get("submitted"), str):
+        return None
+    try:
+        submitted = time.mktime(time.strptime(job["submitted"], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    end = marker.stat().st_mtime if marker is not None else time.time()
+    return end - submitted if end >= submitted else None
 
 
-def print_status(run_dir: str | os.PathLike, console: Console | None = None) -> list[dict]:
-    """Print the rich table of ``pipeline_status`` and return its rows."""
+def _log_path(job: dict | None) -> str:
+    """The job's stderr file (submitit's naming), where a failing stage's traceback is."""
+    if job is None:
+        return ""
+    job_id = job["job_id"] if SLURM_JOB_ID.fullmatch(job["job_id"]) else "unknown"
+    return str(JobPaths(job["folder"], job_id=job_id, task_id=0).stderr)
+
+
+def print_status(run_dir: str | os.PathLike, console: Console | None = None, watch_s: float | None = None) -> list[dict]:
+    """Print the table of ``pipeline_status`` and return its rows; with ``watch_s``, keep
+    refreshing every ``watch_s`` seconds until every node is in a final state."""
+    title = f"pipeline {Path(run_dir).name}"
+    if watch_s is not None:
+        return watch(lambda: pipeline_status(run_dir), title, interval_s=watch_s, console=console, root=run_dir)
     rows = pipeline_status(run_dir)
-    table = Table(title=f"pipeline {Path(run_dir).name}")
-    for col in ("stage", "job id", "state", "run folder"):
-        table.add_column(col)
-    for r in rows:
-        style = STYLE.get(r["state"].split()[0], "")
-        table.add_row(r["node"], r["job_id"], f"[{style}]{r['state']}[/]" if style else r["state"], r["run_dir"])
-    (console or Console()).print(table)
+    log_console(console).print(status_table(rows, title, root=run_dir))
     return rows

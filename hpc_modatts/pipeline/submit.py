@@ -33,6 +33,8 @@ import yaml
 from hpc_modatts.config import ConfigError, ExperimentConfig, PipelineConfig, check_one_line
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import Dag, Node, build_dag, needs_convert, node_config
+from hpc_modatts.pipeline.status import pipeline_status
+from hpc_modatts.pipeline.watch import PipelineWatcher
 from hpc_modatts.runs import atomic_write_json, is_done, mark_done, stage_dir
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
@@ -278,7 +280,8 @@ def _read_json(path: Path) -> dict:
 
 def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: str | None = None,
                  dag: Dag | None = None, check: bool = True, wait: bool = False,
-                 max_parallel: int | None = None, in_flight: dict[str, str] | None = None) -> Path:
+                 max_parallel: int | None = None, in_flight: dict[str, str] | None = None,
+                 watch: bool = True) -> Path:
     """Submit every pending node of ``cfg``'s DAG; returns the ``pipeline.json`` path.
 
     ``executor``/``cluster`` default to ``cfg.pipeline``. On SLURM this returns right after
@@ -288,6 +291,7 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
     jobs at once (None = every ready node). ``in_flight`` (SLURM): node name -> id of a job of
     an earlier submission still queued or running; that node is not submitted again and its
     dependents wait on that id (a rerun while jobs are in flight submits only what is missing).
+    ``watch`` (local/debug): show the jobs while they run (``hpc_modatts.pipeline.watch``).
     """
     executor = executor or cfg.pipeline.executor
     cluster = cluster if cluster is not None else cfg.pipeline.cluster
@@ -311,6 +315,12 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
         if wait:
             for j in jobs.values():
                 j.results()  # every task of a multi-task job (``result()`` refuses those)
+    elif not pending:
+        log.info("pipeline %s: every stage is done", cfg.name)
+    elif watch:  # the live table on a terminal, one line per state change in a log
+        with PipelineWatcher(lambda: pipeline_status(root), f"pipeline {cfg.name} ({executor})",
+                             root=root) as watcher:
+            _run_in_waves(pending, cfg, executor, folder, rec, max_parallel=max_parallel, tick=watcher.update)
     else:
         _run_in_waves(pending, cfg, executor, folder, rec, max_parallel=max_parallel)
     return rec.path
@@ -341,14 +351,15 @@ class StagesFailed(RuntimeError):
 
 
 def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
-                  rec: Recorder, poll_s: float = 0.5, max_parallel: int | None = None) -> None:
+                  rec: Recorder, poll_s: float = 0.5, max_parallel: int | None = None,
+                  tick: Callable[[], object] = lambda: None) -> None:
     """Emulate afterok: submit every node whose parents finished; as soon as ANY running job
     ends, submit what it unblocked (no barrier between waves, so a short branch of the graph
     never waits for a long sibling). A failed stage fails its descendants only, as on SLURM:
     independent branches still run, then ``StagesFailed`` names every failure. ``debug`` jobs
     run in-process inside ``results()``, one at a time in submission order. ``max_parallel``
     caps the jobs alive at once (a sweep's graph can have dozens of ready nodes; each local
-    job is a whole training process)."""
+    job is a whole training process). ``tick`` is called at every poll (the watcher)."""
     finished: set[str] = set()
     failed: dict[str, str] = {}
     skipped: list[str] = []
@@ -369,7 +380,7 @@ def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, fol
                 left.remove(node)
             if not running:
                 continue
-            name = _first_done(running, executor, poll_s)
+            name = _first_done(running, executor, poll_s, tick)
             node, job = running.pop(name)
             try:
                 job.results()  # raises the stage's error (all tasks of a multi-task job)
@@ -394,7 +405,8 @@ def _last_line(e: BaseException) -> str:
     return (errors or lines or [type(e).__name__])[-1][:500]
 
 
-def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float) -> str:
+def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float,
+                tick: Callable[[], object]) -> str:
     """Name of a running job that has ended (the oldest one for ``debug``, which runs on demand)."""
     if executor == "debug":
         return next(iter(running))
@@ -402,4 +414,5 @@ def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: flo
         for name, (_, job) in running.items():
             if job.done():
                 return name
+        tick()
         time.sleep(poll_s)
