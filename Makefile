@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-quick test-integration bench clean
+.PHONY: install demo test test-quick test-integration bench lint wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,19 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slurm and not distributed" tests
 
+# ruff (lint rules and per-file exceptions in pyproject.toml) and mypy on hpc_modatts/
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hpc_modatts tests benchmarks
+	$(VENV)/bin/mypy
+
+# build the wheel, install it into a fresh venv outside the checkout, run the CLI from an empty folder
+wheel: $(STAMP)
+	bash .ci/check_wheel $(PY) '$(TORCH_SPEC)'
+
 bench: $(STAMP)
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/zero.py
 
 clean:
-	rm -rf $(VENV) demo_out runs
+	rm -rf $(VENV) demo_out runs .mypy_cache .ruff_cache

@@ -87,12 +87,12 @@ class DataConfig:
         # BraTS 2023-2025 names (t1c, t2f, ...) mean the stored t1ce, flair, ...: hpc_modatts.data.aliases
         self.source, self.target = canonical(self.source), canonical(self.target)
         _check_choice("data.region", self.region, ("whole", "core", "enhancing"))
-        self.slice_size = tuple(int(v) for v in self.slice_size)
-        self.patch_size = tuple(int(v) for v in self.patch_size)
-        if len(self.slice_size) != 2:
-            raise ConfigError(f"data.slice_size={list(self.slice_size)} must have 2 values (H, W)")
-        if len(self.patch_size) != 3:
-            raise ConfigError(f"data.patch_size={list(self.patch_size)} must have 3 values (X, Y, Z)")
+        slice_size, patch_size = tuple(int(v) for v in self.slice_size), tuple(int(v) for v in self.patch_size)
+        if len(slice_size) != 2:
+            raise ConfigError(f"data.slice_size={list(slice_size)} must have 2 values (H, W)")
+        if len(patch_size) != 3:
+            raise ConfigError(f"data.patch_size={list(patch_size)} must have 3 values (X, Y, Z)")
+        self.slice_size, self.patch_size = (slice_size[0], slice_size[1]), (patch_size[0], patch_size[1], patch_size[2])
         for k, v in (("data.slice_size", self.slice_size), ("data.patch_size", self.patch_size)):
             if min(v) < 8:
                 raise ConfigError(f"{k}={list(v)}: every side must be >= 8")
@@ -158,9 +158,10 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check_positive("optim.lr", self.lr)
         _check_positive("optim.disc_lr", self.disc_lr, allow_zero=True)
-        self.betas = tuple(float(b) for b in self.betas)
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"optim.betas={list(self.betas)} must be two values in [0, 1)")
+        betas = tuple(float(b) for b in self.betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError(f"optim.betas={list(betas)} must be two values in [0, 1)")
+        self.betas = (betas[0], betas[1])
         _check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("optim.grad_clip", self.grad_clip, allow_zero=True)
 
@@ -452,7 +453,7 @@ class ExperimentConfig:
 
 
 # ----------------------------------------------------------------------------- building
-def _resolve_type(cls: type, f: dataclasses.Field) -> Any:
+def _resolve_type(cls: Any, f: dataclasses.Field) -> Any:
     hints = typing.get_type_hints(cls)
     return hints[f.name]
 
@@ -527,7 +528,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
+def _build(cls: Any, data: dict, prefix: str = "") -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -631,7 +632,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         p: Path | Traversable = Path(path)
         if not p.is_file():
-            p = _builtin_config(p)
+            p = _builtin_config(Path(path))
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

@@ -12,12 +12,13 @@ per-scale means (thesis 5.5.1: the discriminators average over scales; Table 5.1
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-Logits = torch.Tensor | Sequence[torch.Tensor]
+Logits: TypeAlias = torch.Tensor | Sequence[torch.Tensor]
 
 
 def _as_list(logits: Logits, name: str) -> list[torch.Tensor]:

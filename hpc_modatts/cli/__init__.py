@@ -21,10 +21,10 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit code 2."""
 
 
-def _user_error_types() -> tuple[type, ...]:
+def _user_error_types() -> tuple[type[BaseException], ...]:
     from hpc_modatts.config import ConfigError
 
-    types_: list[type] = [UserError, ConfigError]
+    types_: list[type[BaseException]] = [UserError, ConfigError]
     # a failed pipeline stage prints one line per failure (its log path is in the log above)
     for mod, name in (("hpc_modatts.data.errors", "DataError"), ("hpc_modatts.pipeline.submit", "StagesFailed")):
         try:

@@ -116,8 +116,13 @@ def get_scheme(name: str | LabelScheme) -> LabelScheme:
 def _agree(schemes: list[LabelScheme], values: set[int], region: str | None = None) -> bool:
     """Do the schemes give the same regions (or ``region``) for the label values present? (only regions all define)"""
     regions = {region} if region else set.intersection(*(set(s.regions) for s in schemes))
+
+    def inside(s: LabelScheme, r: str, v: int) -> bool:
+        labels = s.regions[r]  # None: every tumour label
+        return labels is None or v in labels
+
     for r in regions:
-        masks = {frozenset(v for v in values if v > 0 and (s.regions[r] is None or v in s.regions[r])) for s in schemes}
+        masks = {frozenset(v for v in values if v > 0 and inside(s, r, v)) for s in schemes}
         if len(masks) > 1:
             return False
     return True

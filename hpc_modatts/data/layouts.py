@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def _brats_key(stem: str) -> str:
 
 
 def _brats_folder(folder: Path) -> CaseSpec | None:
-    images, names, mask, brain, namings = {}, {}, None, None, set()
+    images: dict[str, Path] = {}
+    names: dict[str, str] = {}
+    mask, brain, namings = None, None, set()
     for f in sorted(folder.iterdir()):
         stem = _strip_nifti(f.name)
         if stem is None or f.name.startswith("."):
@@ -326,7 +329,7 @@ def resolve_layout(src: str | Path, layout: str) -> str:
 
 
 def find_cases(src: str | Path, layout: str, missing: str = "fail",
-               modalities: tuple[str, ...] | None = None) -> list[CaseSpec]:
+               modalities: Sequence[str] | None = None) -> list[CaseSpec]:
     """Cases of ``src`` in ``layout`` ("auto", "brats", "crossmoda", "manifest")."""
     layout = resolve_layout(src, layout)
     kwargs = {} if modalities is None else {"modalities": tuple(modalities)}

@@ -103,9 +103,11 @@ class _LazyStore:
 
     @property
     def store(self) -> Store:
-        if self._pid != os.getpid():
-            self._store, self._arrays, self._pid = Store.open(self.path), {}, os.getpid()
-        return self._store
+        store = self._store
+        if store is None or self._pid != os.getpid():
+            store = Store.open(self.path)
+            self._store, self._arrays, self._pid = store, {}, os.getpid()
+        return store
 
     def array(self, case: str, name: str) -> zarr.Array | None:
         """The named zarr array of a case, or None when the case (or the array) is absent."""
@@ -115,6 +117,13 @@ class _LazyStore:
             ok = (store.path / CASES / case / name / "zarr.json").is_file() and case in store
             self._arrays[key] = store.array(case, name) if ok else None
         return self._arrays[key]
+
+    def required(self, case: str, name: str) -> zarr.Array:
+        """``array`` of an array the dataset checked every case has; DataError if it went missing."""
+        arr = self.array(case, name)
+        if arr is None:
+            raise DataError(f"{self.path}: case {case!r} has no array {name!r}")
+        return arr
 
     def source(self, case: str, name: str) -> np.ndarray | zarr.Array | None:
         """What to read a region of ``name`` from: the cached decoded array, else the zarr array (or None)."""
@@ -237,7 +246,7 @@ class SliceDataset(_EpochDataset):
     def _case_slices(self, case: str, min_tumour: float, min_brain: float) -> list[tuple[str, int, int]]:
         store = self.handle.store
         brain_area = store.read_brain(case).sum(axis=(0, 1), dtype=np.int64)  # (Z,)
-        shape = self.handle.array(case, self.image_name).shape
+        shape = self.handle.required(case, self.image_name).shape
         mask = store.read_mask(case)
         tumour = mask.sum(axis=(0, 1), dtype=np.int64) if mask is not None else None
         out = []
@@ -261,6 +270,8 @@ class SliceDataset(_EpochDataset):
     def __getitem__(self, i: int) -> dict:
         case, z, weak = self.index[i]
         arr = self.handle.source(case, self.image_name)
+        if arr is None:
+            raise DataError(f"{self.handle.path}: case {case!r} has no array {self.image_name!r}")
         X, Y = arr.shape[:2]
         start = ((X - self.size[0]) // 2, (Y - self.size[1]) // 2)  # centred crop / pad
         valid = ((0, X), (0, Y))
@@ -327,7 +338,7 @@ class VolumeDataset(_EpochDataset):
     def _case_items(self, case: str, half: bool) -> list:
         store = self.handle.store
         attrs = store.attrs(case)
-        X, Y, Z = self.handle.array(case, self.image_name).shape
+        X, Y, Z = self.handle.required(case, self.image_name).shape
         weak = attrs.get("weak_labels") or {}
         if half:
             split = attrs.get("hemisphere_split")

@@ -203,7 +203,7 @@ def render(fractions: np.ndarray, brain: np.ndarray, contrast: str, rng: np.rand
     None draws an independent one for this contrast (the pre-0.2 phantom)."""
     table = np.asarray(INTENSITY[contrast], np.float32) * rng.normal(1.0, 0.05, len(TISSUES)).astype(np.float32)
     img = np.tensordot(table, fractions, axes=1)  # (X, Y, Z)
-    shape = img.shape
+    shape: tuple[int, ...] = img.shape
     img *= 1.0 + 0.03 * smooth_field(rng, shape, coarse=24)                 # tissue texture
     img *= bias if bias is not None else np.exp(rng.uniform(0.05, 0.15) * smooth_field(rng, shape, coarse=3))
     sigma = rng.uniform(0.015, 0.035)

@@ -106,7 +106,8 @@ def check_labels(labels: np.ndarray, scheme: LabelScheme, path: Path) -> np.ndar
 
 
 # ----------------------------------------------------------------------------- geometry
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float] | np.ndarray,
+                    target: Sequence[float] | np.ndarray) -> tuple[int, ...]:
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
@@ -240,7 +241,7 @@ def preprocess_case(spec: CaseSpec, scheme: LabelScheme | str = "brats", spacing
     can_affine = canon[ref_mod].affine
     vols = {m: np.asarray(img.dataobj) for m, img in canon.items()}
     labels = None
-    if mask_img is not None:
+    if mask_img is not None and spec.mask is not None:  # the mask image is read from spec.mask
         labels = check_labels(np.asarray(nib.as_closest_canonical(mask_img).dataobj), scheme, spec.mask)
     can_spacing = np.sqrt((can_affine[:3, :3] ** 2).sum(axis=0))
     can_shape = vols[ref_mod].shape

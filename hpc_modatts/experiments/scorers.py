@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -132,14 +132,15 @@ def rank_cases(evidence: list[CaseEvidence], names: list[str] | None = None) -> 
     if not used:
         raise ValueError(f"none of the scorers {names} applies to this run (one fold and no self-training "
                          f"leaves only 'volume')")
-    norm = {n: rank_normalise([s.value for s in raw[n]]) for n in used}
-    rows = []
+    scores = {n: [s for s in raw[n] if s is not None] for n in used}  # every one is, for the used scorers
+    norm = {n: rank_normalise([s.value for s in scores[n]]) for n in used}
+    rows: list[dict[str, Any]] = []
     for i, ev in enumerate(evidence):
         parts = {n: norm[n][i] for n in used}
         strongest = sorted(used, key=lambda n: -parts[n])[:2]
         rows.append({"case": ev.case, "score": float(np.mean(list(parts.values()))),
-                     **{f"{n}": raw[n][i].value for n in used}, **{f"{n}_rank": parts[n] for n in used},
-                     "reason": "; ".join(raw[n][i].reason for n in strongest)})
+                     **{f"{n}": scores[n][i].value for n in used}, **{f"{n}_rank": parts[n] for n in used},
+                     "reason": "; ".join(scores[n][i].reason for n in strongest)})
     rows.sort(key=lambda r: (-r["score"], r["case"]))
     for k, r in enumerate(rows, 1):
         r["rank"] = k

@@ -187,16 +187,16 @@ def make_points(cfg: ExperimentConfig, spec: SweepSpec, sweep_dir: Path,
                 split = make_split(store, cfg.data.source, cfg.data.target, source_labeled=src, target_labeled=tgt,
                                    val=spec.val, test=spec.test, folds=cfg.pipeline.folds, seed=seed)
                 pid = point_id(src, tgt, seed)
-                path = sweep_dir / "splits" / f"{pid}.json"
-                if path.is_file():
-                    old = json.loads(path.read_text())
+                split_path = sweep_dir / "splits" / f"{pid}.json"
+                if split_path.is_file():
+                    old = json.loads(split_path.read_text())
                     new = json.loads(json.dumps(dataclasses.asdict(split)))
                     if _comparable(old) != _comparable(new):
-                        raise DataError(f"{path}: differs from the split this sweep makes now (store, --val/--test "
-                                        f"or pipeline.folds changed); use another sweep name")
+                        raise DataError(f"{split_path}: differs from the split this sweep makes now (store, "
+                                        f"--val/--test or pipeline.folds changed); use another sweep name")
                 elif write:
-                    split.save(path)
-                points.append(Point(pid, src, tgt, seed, str(path), _counts(split)))
+                    split.save(split_path)
+                points.append(Point(pid, src, tgt, seed, str(split_path), _counts(split)))
                 splits[pid] = split
     return points, splits
 

@@ -158,7 +158,8 @@ def read_label_map(path: Path, what: str) -> tuple[np.ndarray, tuple[float, floa
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"{path}: {what} must be a 3D mask, got shape {list(data.shape)} ({data.ndim}D)")
-    return data, tuple(float(s) for s in img.header.get_zooms()[:3])
+    zooms = img.header.get_zooms()
+    return data, (float(zooms[0]), float(zooms[1]), float(zooms[2]))
 
 
 def read_mask(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -34,6 +34,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from hpc_modatts.config import ExperimentConfig
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
 from hpc_modatts.runs import atomic_path, is_done, mark_done
@@ -54,7 +55,7 @@ def check_runs(runs: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def load_models(runs: list[Path], device: torch.device) -> tuple[list[torch.nn.Module], object]:
+def load_models(runs: list[Path], device: torch.device) -> tuple[list[torch.nn.Module], ExperimentConfig]:
     """The runs' best models (eval mode, on ``device``) and the first run's config."""
     from hpc_modatts.train.checkpoint import load_best_model
 
@@ -95,11 +96,16 @@ def genseg_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def ensemble(models: list[torch.nn.Module], inferer: VolumeInferer, image: np.ndarray, brain: np.ndarray,
              split: int | None, predictor, out_fill: Sequence[float]) -> np.ndarray:
     """Mean over ``models`` of the inferer's ``predictor(model, window)`` outputs: -> (C, X, Y, Z)."""
+    if not models:
+        raise ValueError("ensemble() needs at least one model")
     device = next(models[0].parameters()).device
-    total = None
-    for model in models:
-        out = inferer(lambda t, m=model: predictor(m, t), image, brain, split, device, out_fill)
-        total = out if total is None else total + out
+
+    def run(model: torch.nn.Module) -> np.ndarray:
+        return inferer(lambda t: predictor(model, t), image, brain, split, device, out_fill)
+
+    total = run(models[0])
+    for model in models[1:]:
+        total = total + run(model)
     return total / len(models)
 
 

@@ -137,7 +137,9 @@ class GenSegMedFormer(nn.Module):
 
     def _shared_decode(self, mode: str, c, u, skips: EncoderSkips) -> torch.Tensor:
         """Run the residual/segmentation decoder (or the separate one) with `mode`'s norms; cropped."""
-        decoder = self.seg_decoder if mode == "segmentation" and self.separate_seg_decoder else self.res_seg_decoder
+        decoder = self.res_seg_decoder
+        if mode == "segmentation" and self.seg_decoder is not None:  # separate_seg_decoder
+            decoder = self.seg_decoder
         with norm_mode(decoder, mode):
             features = decoder(torch.cat([c, u], dim=1), skips)
         return crop(features, skips.shape)

@@ -22,8 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from submitit.core.utils import JobPaths
 
-from hpc_modatts.data.errors import DataError
 from hpc_modatts.console import log_console
+from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.watch import latest_metric, status_table, watch
 from hpc_modatts.runs import is_done
 
@@ -141,7 +141,8 @@ def _log_path(job: dict | None) -> str:
     return str(JobPaths(job["folder"], job_id=job_id, task_id=0).stderr)
 
 
-def print_status(run_dir: str | os.PathLike, console: Console | None = None, watch_s: float | None = None) -> list[dict]:
+def print_status(run_dir: str | os.PathLike, console: Console | None = None,
+                 watch_s: float | None = None) -> list[dict]:
     """Print the table of ``pipeline_status`` and return its rows; with ``watch_s``, keep
     refreshing every ``watch_s`` seconds until every node is in a final state."""
     title = f"pipeline {Path(run_dir).name}"

@@ -320,7 +320,7 @@ def choose_resume_tag(run_dir: str | os.PathLike, models: list[str] | None = Non
         if tag != latest:
             log.warning("resume: %s; falling back to %s, the newest complete checkpoint that loads", problems[0], tag)
             damaged = [t for t in order if step_of(t) > step_of(tag)]
-            if latest_ok and latest not in damaged:  # e.g. its trainer.json was lost: keep its weights
+            if latest_ok and latest is not None and latest not in damaged:  # e.g. trainer.json lost: keep weights
                 damaged.append(latest)
             _set_aside_damaged(run_dir, damaged)
             atomic_write_text(root / "latest", tag + "\n")
@@ -373,7 +373,7 @@ def load_checkpoint(run_dir: Path, tag: str, engines: dict[str, Any], env: Any) 
 
 # ----------------------------------------------------------------------------- best model
 def save_best_model(run_dir: Path, engines: dict[str, Any], cfg: Any, factories: dict,
-                    step: int, dice: float, task_name: str) -> None:
+                    step: int, dice: float | None, task_name: str) -> None:
     """Gather every engine's fp32 weights (collective) and write best_model.pt on rank 0."""
     from hpc_modatts.distributed.engine import gathered_state_dict
 

@@ -158,8 +158,8 @@ def run(cfg: ExperimentConfig) -> Path:
     cfg = common.stage_config(cfg, "self-train")
     single = cfg.train.round > 0
     rounds = [cfg.train.round] if single else list(range(1, cfg.train.rounds + 1))
-    last = None
-    for i in rounds:
-        # an explicit init_from / pseudo_labels applies to the first round run here only
-        last = run_round(cfg, i, explicit=(i == rounds[0]))
+    # an explicit init_from / pseudo_labels applies to the first round run here only
+    last = run_round(cfg, rounds[0], explicit=True)
+    for i in rounds[1:]:
+        last = run_round(cfg, i, explicit=False)
     return last

@@ -91,7 +91,7 @@ class Trainer:
     """One loop for every stage: ``Trainer(cfg, task, run_dir).fit() -> run_dir``."""
 
     def __init__(self, cfg: ExperimentConfig, task: Any, run_dir: str | Path, env: DistEnv | None = None) -> None:
-        self.cfg, self.task, self.run_dir, self.env = cfg, task, Path(run_dir), env
+        self.cfg, self.task, self.run_dir, self._env = cfg, task, Path(run_dir), env
         self.engines: dict[str, Any] = {}
         self.frozen_models: dict[str, torch.nn.Module] = {}
         self.step = self.epoch = self.pos = 0
@@ -102,10 +102,18 @@ class Trainer:
         self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
         self._writer = None
 
+    @property
+    def env(self) -> DistEnv:
+        """This process's place in the world: given to the constructor, else set when ``fit`` starts."""
+        if self._env is None:
+            raise RuntimeError("Trainer.env is only known once fit() has initialised the process group")
+        return self._env
+
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         cfg = self.cfg
-        self.env = self.env or init_distributed(cfg.distributed)
+        if self._env is None:
+            self._env = init_distributed(cfg.distributed)
         if cfg.train.batch_size % self.env.world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                               f"{self.env.world_size} ranks")
@@ -298,7 +306,7 @@ class Trainer:
         if metrics is not None and metrics.get("plausible", 1.0) <= 0:
             log.warning("%s step %d: implausible model (guards), not a best-checkpoint candidate: %s",
                         self.task.name, self.step, {k: round(v, 3) for k, v in metrics.items()})
-        if improved:
+        if improved and metrics is not None:
             self.best_score, self.best_step = metrics[self.select_on], self.step
         if self.last_saved != self.step:
             ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),

@@ -91,7 +91,7 @@ class CycleTranslators(nn.Module):
 class DiscriminatorPair(nn.Module):
     """One multi-scale discriminator per domain; ``forward(domain, x)`` -> list of logit maps."""
 
-    def __init__(self, domains: tuple[str, str], spatial_dims: int, channels: tuple[int, ...],
+    def __init__(self, domains: tuple[str, ...], spatial_dims: int, channels: tuple[int, ...],
                  scales: int) -> None:
         super().__init__()
         from hpc_modatts.models import MultiScaleDiscriminator
@@ -132,9 +132,11 @@ class TranslateTask(TaskDefaults):
         # annotated source cases translated at each validation (as many as validation cases)
         self.fidelity_cases = list(split.source_labeled[: max(1, len(self.val_cases))])
         self._step = 0
-        self.batch_ids = common.paired_batch_ids
 
-    def model_factory(self, name: str) -> tuple[str, dict] | None:
+    def batch_ids(self, batch: dict) -> list[str]:
+        return common.paired_batch_ids(batch)
+
+    def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
         if name == "gen":
             return ("hpc_modatts.train.translate:build_cycle_translators",
