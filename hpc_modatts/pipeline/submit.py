@@ -385,7 +385,7 @@ def _run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, fol
                 log.error("FAILED %s: %s (log: %s)", name, failed[name], job.paths.stderr)
                 continue
             finished.add(name)
-            log.info("finished %s", name)
+            log.debug("finished %s", name)  # the watcher shows it
     except BaseException:  # Ctrl-C or an executor error: leave no job running behind us
         for _, job in running.values():
             job.cancel(check=False)
