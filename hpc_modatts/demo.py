@@ -10,7 +10,6 @@ the PNG panels. The numbers are what the run gives; nothing is assumed.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -24,7 +23,6 @@ from rich.table import Table
 
 from hpc_modatts.console import log_console
 from hpc_modatts.config import ConfigError, ExperimentConfig, load_config
-from hpc_modatts.pipeline.dag import Dag, build_dag
 from hpc_modatts.pipeline.submit import StagesFailed
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, stage_dir
 
@@ -125,27 +123,6 @@ DEMO_CASES = 40
 """Phantom cases of the demo (4 mm: ~1 s each to make and convert): 24 train (12 T1 annotated,
 12 T2 unannotated), 6 validation, 10 test."""
 
-SEMI_SUPERVISED_THREADS = 2
-"""Threads of the semi-supervised jobs (segment and self-training); every other job gets
-``distributed.threads_per_rank`` (1). A GenSeg step (three encoder and two decoder passes, two 3D
-discriminators) costs ~4x a plain Dice step, so the semi-supervised branch is the demo's critical
-path and runs alone once the other variants have finished: with 2 threads a step takes 2.1 s
-instead of 3.3 s (idle 2-core machine, 30 steps each). While the self-supervised jobs still run,
-3 threads share 2 cores for a while; cheaper than leaving a core idle for minutes afterwards."""
-
-
-def demo_dag(cfg: ExperimentConfig) -> Dag:
-    """The experiment's DAG with the semi-supervised jobs given ``SEMI_SUPERVISED_THREADS``."""
-    nodes = []
-    for node in build_dag(cfg).topological():
-        if node.overrides.get("train.variant") == "semi-supervised" and \
-                node.overrides.get("train.stage") in ("segment", "self-train"):
-            node = dataclasses.replace(node, overrides={**node.overrides,
-                                                        "distributed.threads_per_rank": SEMI_SUPERVISED_THREADS})
-        nodes.append(node)
-    return Dag(nodes)
-
-
 def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
              config: str = "demo_cpu", executor: str = "local", overrides: list[str] | None = None,
              data_dir: str | os.PathLike | None = None, variants: tuple[str, ...] = VARIANTS) -> Path:
@@ -179,7 +156,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     t_pipe = time.time()
     failure: StagesFailed | None = None
     try:
-        run_pipeline(cfg, dag=demo_dag(cfg))
+        run_pipeline(cfg)
     except StagesFailed as e:  # report what finished, then fail
         failure = e
     t_pipe = time.time() - t_pipe

@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from rich.logging import RichHandler
 
+    from hpc_modatts.console import log_console
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+                        handlers=[RichHandler(console=log_console(), show_path=False, rich_tracebacks=False)])
     errors = _user_error_types()
     try:
         rc = int(args.func(args) or 0)

@@ -334,8 +334,9 @@ def _ensure_store(cfg: ExperimentConfig) -> None:
 
 
 def default_parallel(cfg: ExperimentConfig) -> int:
-    """Local jobs at once: the cores divided by each job's torch threads (0 threads = all cores)."""
-    threads = cfg.distributed.threads_per_rank or (os.cpu_count() or 1)
+    """Local jobs at once: the cores divided by each job's torch threads (0 threads: one job per
+    core at most; the local executor then gives each job cores // jobs alive, see ``with_threads``)."""
+    threads = cfg.distributed.threads_per_rank or 1
     return max(1, (os.cpu_count() or 1) // threads)
 
 

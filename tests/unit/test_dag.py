@@ -4,6 +4,7 @@ executors (debug in-process, local subprocesses), pipeline.json, status, input e
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,15 @@ def record_stage(cfg: ExperimentConfig) -> Path:
     out = Path(cfg.train.pseudo_labels)
     with open(out.parent / "order.log", "a") as f:
         f.write(f"{out.name} {time.time():.6f}\n")
+    mark_done(out)
+    return out
+
+
+def threads_stage(cfg: ExperimentConfig) -> Path:
+    """A light stage that records the torch threads the executor gave it."""
+    out = Path(cfg.train.pseudo_labels)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "threads").write_text(str(cfg.distributed.threads_per_rank))
     mark_done(out)
     return out
 
@@ -138,6 +148,24 @@ def test_local_executor_real_subprocesses_and_failure(tmp_path):
         run_pipeline(cfg, executor="local", dag=bad, check=False)
     states = {r["node"]: r["state"] for r in print_status(root)}
     assert states == {"boom": "FAILED"}
+
+
+def test_local_executor_shares_the_cores_among_the_jobs_alive(tmp_path):
+    cfg = make_cfg(tmp_path, timeout_min=2)  # distributed.threads_per_rank=0: the executor decides
+    root = tmp_path / "runs" / "exp"
+    fn = "tests.unit.test_dag:threads_stage"
+    nodes = [Node(n, fn, {"train.pseudo_labels": str(root / n)}, root / n, deps)
+             for n, deps in (("a", ()), ("b", ()), ("after", ("a", "b")))]
+    run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False)
+    cores = len(os.sched_getaffinity(0))
+    got = {n: int((root / n / "threads").read_text()) for n in ("a", "b", "after")}
+    assert got == {"a": max(1, cores // 2), "b": max(1, cores // 2), "after": cores}
+    fixed = make_cfg(tmp_path / "fixed", timeout_min=2)
+    fixed.distributed.threads_per_rank = 3  # an explicit value is never changed
+    root = tmp_path / "fixed" / "runs" / "exp"
+    run_pipeline(fixed, executor="local", dag=Dag([Node("c", fn, {"train.pseudo_labels": str(root / "c")}, root / "c")]),
+                 check=False)
+    assert (root / "c" / "threads").read_text() == "3"
 
 
 def test_local_failure_fails_its_descendants_only_like_afterok(tmp_path):
