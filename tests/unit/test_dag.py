@@ -163,8 +163,8 @@ def test_local_executor_shares_the_cores_among_the_jobs_alive(tmp_path):
     fixed = make_cfg(tmp_path / "fixed", timeout_min=2)
     fixed.distributed.threads_per_rank = 3  # an explicit value is never changed
     root = tmp_path / "fixed" / "runs" / "exp"
-    run_pipeline(fixed, executor="local", dag=Dag([Node("c", fn, {"train.pseudo_labels": str(root / "c")}, root / "c")]),
-                 check=False)
+    node = Node("c", fn, {"train.pseudo_labels": str(root / "c")}, root / "c")
+    run_pipeline(fixed, executor="local", dag=Dag([node]), check=False)
     assert (root / "c" / "threads").read_text() == "3"
 
 
