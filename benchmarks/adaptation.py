@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         per_seed[seed] = seed_summary(out / f"seed_{seed}")
         print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
     agg = aggregate(per_seed)
-    (out / "adaptation.json").write_text(json.dumps(finite_or_none({"budget": args.budget, "seeds": per_seed, "aggregate": agg}),
+    record = finite_or_none({"budget": args.budget, "seeds": per_seed, "aggregate": agg})
+    (out / "adaptation.json").write_text(json.dumps(record,
                                                     indent=2, allow_nan=False, default=str))
     text = markdown(agg, args.seeds, args.budget)
     (out / "adaptation.md").write_text(text)

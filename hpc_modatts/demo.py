@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.config import ConfigError, load_config
 from hpc_modatts.console import log_console
-from hpc_modatts.config import ConfigError, ExperimentConfig, load_config
 from hpc_modatts.pipeline.submit import StagesFailed
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, stage_dir
 
@@ -75,7 +75,9 @@ def results_table(run_dir: Path, variants: tuple[str, ...] = VARIANTS,
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
 
     def fmt(s: dict, digits: int = 3) -> str:
-        return "n/a" if s["mean"] is None or math.isnan(s["mean"]) else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+        if s["mean"] is None or math.isnan(s["mean"]):
+            return "n/a"
+        return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
     out = {}
     for v in variants:

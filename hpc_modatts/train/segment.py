@@ -97,7 +97,7 @@ def _masked_l1(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor) -> torch.Ten
 
 
 def _pick(logits: list[torch.Tensor], sel: torch.Tensor) -> list[torch.Tensor] | None:
-    return [l[sel] for l in logits] if sel.any() else None
+    return [scale[sel] for scale in logits] if sel.any() else None
 
 
 class SegmentTask(TaskDefaults):
@@ -116,7 +116,6 @@ class SegmentTask(TaskDefaults):
         self.target_labeled = set(split.target_labeled)
         self.weights = self._weights()
         self.val_cases = common.val_case_list(split.val, cfg.train.val_cases)
-        self.batch_ids = common.paired_batch_ids
         self.inferer = inferer_from_config(cfg)
         self.bound = volume_bound(cfg, split)
         if pseudo_labels is not None:
@@ -136,7 +135,10 @@ class SegmentTask(TaskDefaults):
             raw.update(adv=w.adv, rec=w.rec, lat=w.lat)
         return {k: v for k, v in normalise_weights(raw).items() if v > 0}
 
-    def model_factory(self, name: str) -> tuple[str, dict] | None:
+    def batch_ids(self, batch: dict) -> list[str]:
+        return common.paired_batch_ids(batch)
+
+    def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
         if name == "gen":
             return ("hpc_modatts.models:build_segmenter",
@@ -160,6 +162,7 @@ class SegmentTask(TaskDefaults):
     def _load_init(self, models: dict[str, nn.Module]) -> None:
         from hpc_modatts.train.checkpoint import BEST_MODEL, load_weights
 
+        assert self.init_from is not None
         payload = load_weights(Path(self.init_from) / BEST_MODEL)
         for name, model in models.items():
             if name not in payload["models"]:
@@ -221,13 +224,13 @@ class SegmentTask(TaskDefaults):
         w, terms = self.weights, {}
         pt = batch["pt"]
         terms["seg_pt"] = dice_loss(gen(pt["image"]).float(), pt["mask"], pt["has_mask"])
-        real = batch.get("real")
-        outputs = None
+        real = batch.get("real")  # always there for GenSeg (check_data: target_train is not empty)
+        outputs: dict = {}
         if self.genseg:
+            assert real is not None
             outputs = self._genseg_terms(real, engines, terms)
         elif real is not None:
-            real_logits = gen(real["image"])
-            outputs = {"real_logits": real_logits}
+            outputs = {"real_logits": gen(real["image"])}
         if real is not None and ("seg_t" in w or "st" in w):
             self._real_dice_terms(real, outputs["real_logits"], terms)
         loss = sum(w[k] * v for k, v in terms.items() if k in w)
@@ -235,6 +238,7 @@ class SegmentTask(TaskDefaults):
         gen.step()
         logged = {"loss": loss, **terms}
         if self.genseg:
+            assert real is not None
             logged["disc"] = self._disc_step(real, outputs, engines["disc"])
         return logged
 
@@ -272,7 +276,8 @@ class SegmentTask(TaskDefaults):
         g_a, g_p = _pick(fake_a, is_p), _pick(fake_p, is_a)
         terms["adv"] = ((hinge_g_loss(g_a) if g_a else _zero(fake_a)) + (hinge_g_loss(g_p) if g_p else _zero(fake_p)))
         common.set_requires_grad(disc, True)
-        real_logits = net.decode_segmentation(c, u, skips) if ("seg_t" in self.weights or "st" in self.weights) else None
+        wants_real_seg = "seg_t" in self.weights or "st" in self.weights
+        real_logits = net.decode_segmentation(c, u, skips) if wants_real_seg else None
         return {"x_com": x_com.detach(), "x_res": x_res.detach(), "is_a": is_a, "is_p": is_p,
                 "real_logits": real_logits}
 
