@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default: pipeline.executor of the config")
     p.add_argument("--cluster", default=None,
                    help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
-    p.add_argument("--dry-run", action="store_true", help="print the DAG and what would be submitted")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the DAG and what would be submitted (with slurm: every sbatch script, as submitit "
+                        "writes it, with stand-in job ids)")
     p.add_argument("--seeds", type=int_list, default=None, metavar="S,S,...",
                    help="one run per train.seed on the config's split, as a sweep folder (see `sweep`, `report`)")
     p.set_defaults(func=_pipeline)
@@ -46,6 +48,12 @@ def _pipeline(args: argparse.Namespace) -> int:
 
         for n in build_dag(cfg).topological():
             print(f"{'done ' if n.done else 'todo '} {n.name:45s} <- {', '.join(n.deps) or '-'}")
+        if (args.executor or cfg.pipeline.executor) == "slurm":  # what submitit would hand to sbatch
+            from hpc_modatts.pipeline.dryrun import dry_run_slurm
+
+            for s in dry_run_slurm(cfg, args.cluster):
+                print(f"\n# ---- {s['node']} (job {s['job_id']}, afterok: {', '.join(s['after']) or '-'})")
+                print(s["script"], end="")
         return 0
     from hpc_modatts.pipeline import run_pipeline
 

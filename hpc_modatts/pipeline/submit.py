@@ -230,24 +230,6 @@ def make_executor(folder: Path, executor: str, params: dict[str, Any]) -> submit
     return ex
 
 
-def sbatch_script(params: dict[str, Any], folder: str | os.PathLike, command: str) -> str:
-    """The sbatch text submitit generates for ``params`` (``node_parameters`` output).
-
-    Uses submitit's own renaming (generic -> sbatch names, ``slurm_*`` win) and template
-    (``_make_sbatch_string``), without the ``srun`` check of ``SlurmExecutor()``: for golden
-    tests and ``--dry-run`` on a machine without SLURM.
-    """
-    from submitit.slurm import slurm
-
-    check_one_line("submitit folder", str(folder))
-    check_sbatch_values(params)
-    equivalent = slurm.SlurmExecutor._equivalence_dict()
-    generic = {equivalent[k]: (slurm._convert_mem(v) if k == "mem_gb" else v)
-               for k, v in params.items() if k in equivalent}
-    specific = {k[len("slurm_"):]: v for k, v in params.items() if k.startswith("slurm_")}
-    return slurm._make_sbatch_string(command=command, folder=folder, **{**generic, **specific})
-
-
 class Recorder:
     """``pipeline.json``: the DAG's nodes and every submitted job, rewritten atomically."""
 
@@ -312,7 +294,7 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
     log.info("pipeline %s: %d nodes, %d pending, executor %s", cfg.name, len(dag), len(pending), executor)
     folder = root / "submitit"
     if executor == "slurm":
-        jobs = _submit_slurm(pending, cfg, preset, folder, rec, in_flight)
+        jobs = submit_slurm(pending, cfg, preset, folder, rec, in_flight)
         if wait:
             for j in jobs.values():
                 j.results()  # every task of a multi-task job (``result()`` refuses those)
@@ -327,8 +309,10 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
     return rec.path
 
 
-def _submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | None, folder: Path,
-                  rec: Recorder, in_flight: dict[str, str] | None = None) -> dict[str, Any]:
+def submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | None, folder: Path,
+                 rec: Recorder, in_flight: dict[str, str] | None = None) -> dict[str, Any]:
+    """Submit ``pending`` (topological order) with ``afterok`` on their parents' job ids; name -> job.
+    Also the dry run's path (``hpc_modatts.pipeline.dryrun``: a stand-in sbatch on PATH)."""
     jobs: dict[str, Any] = {}
     earlier = in_flight or {}
     for node in pending:  # topological: parents already have ids

@@ -19,7 +19,7 @@ import submitit
 from hpc_modatts.config import ExperimentConfig, config_from_dict, load_config
 from hpc_modatts.pipeline.dag import Dag, Node, build_dag
 from hpc_modatts.pipeline.status import pipeline_status
-from hpc_modatts.pipeline.submit import load_preset, make_executor, node_parameters, run_pipeline, sbatch_script
+from hpc_modatts.pipeline.submit import run_pipeline
 from hpc_modatts.runs import atomic_write_json, mark_done
 
 pytestmark = pytest.mark.slurm
@@ -122,16 +122,6 @@ def test_pipeline_dag_runs_in_order_with_afterok(tmp_path):
     assert [r["state"] for r in pipeline_status(root)] == ["DONE", "DONE", "DONE"]
     run_pipeline(cfg, executor="slurm", cluster="local_test", dag=Dag(nodes), check=False)  # idempotent
     assert len(json.loads(record.read_text())["jobs"]) == 3
-
-
-def test_executor_writes_the_same_sbatch_text_as_the_golden_path(tmp_path):
-    """The golden tests render with ``sbatch_script``; the real SlurmExecutor must agree."""
-    cfg = config_from_dict({"name": "x", "run_root": str(tmp_path)})
-    node = Node("segment/self-supervised/fold_0", "m:f", {}, tmp_path / "n")
-    params = node_parameters(node, cfg, load_preset("example_a100"), ["12", "13"])
-    ex = make_executor(tmp_path / "jobs", "slurm", params)
-    cmd = "python -u -m submitit.core._submit FOLDER"
-    assert ex._executor._make_submission_file_text(cmd, "uid") == sbatch_script(params, ex._executor.folder, cmd)
 
 
 # ----------------------------------------------------------------------------- (d) whole pipeline

@@ -18,7 +18,7 @@ from hpc_modatts.cli import main
 from hpc_modatts.config import ConfigError, config_from_dict, config_to_dict, load_config
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import Node
-from hpc_modatts.pipeline.submit import node_parameters, sbatch_script
+from hpc_modatts.pipeline.submit import node_parameters
 from tests.fixtures import make_phantom_store
 
 pytestmark = pytest.mark.reliability
@@ -44,7 +44,7 @@ def test_no_newline_reaches_the_sbatch_script(tmp_path, preset):
     cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path)})
     node = Node("translate", "hpc_modatts.train.translate:run", {}, tmp_path / "translate")
     with pytest.raises(ConfigError, match="sbatch option .* must be one line"):
-        sbatch_script(node_parameters(node, cfg, preset, []), tmp_path / "submitit", "python -m x")
+        node_parameters(node, cfg, preset, [])  # checked before any executor sees them
     with pytest.raises(ConfigError, match="run_root=.* must be one line"):
         config_from_dict({"run_root": "runs\ntouch /tmp/pwned"})
 
