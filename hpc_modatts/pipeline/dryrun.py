@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from hpc_modatts.config import ExperimentConfig
 from hpc_modatts.pipeline.dag import Dag
@@ -41,7 +42,6 @@ FAKE_SRUN = "#!/bin/sh\nexit 0\n"
 def fake_slurm() -> Iterator[Path]:
     """A temporary folder whose ``sbatch``/``srun`` stand-ins come first on PATH (restored after)."""
     tmp = Path(tempfile.mkdtemp(prefix="hpc-modatts-dry-run-"))
-    saved = {k: os.environ.get(k) for k in ("PATH", "HPC_MODATTS_DRY_RUN")}
     try:
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
@@ -49,15 +49,11 @@ def fake_slurm() -> Iterator[Path]:
             (bin_dir / name).write_text(text)
             (bin_dir / name).chmod(0o755)
         (tmp / "next_id").write_text(str(FIRST_FAKE_ID))
-        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{saved['PATH'] or ''}"
-        os.environ["HPC_MODATTS_DRY_RUN"] = str(tmp)
-        yield tmp
+        # submitit runs sbatch with this process's environment; patch.dict restores it on exit
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "HPC_MODATTS_DRY_RUN": str(tmp)}
+        with mock.patch.dict(os.environ, env):
+            yield tmp
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(tmp, ignore_errors=True)
 
 
