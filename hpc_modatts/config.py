@@ -318,12 +318,15 @@ class TrainConfig:
                 if bad in values:
                     raise ConfigError(f"{key}.{bad} cannot be set per stage")
             train_keys = {k: v for k, v in values.items() if k not in STAGE_SECTIONS}
-            _build(TrainConfig, train_keys, key)  # checks names and values, naming the key
-            for section, cls in STAGE_SECTIONS.items():
-                if section in values:
-                    if not isinstance(values[section], dict):
-                        raise ConfigError(f"{key}.{section}={values[section]!r} must be a mapping of {section} keys")
-                    _build(cls, values[section], f"{key}.{section}")
+            try:  # checks names and values; a value error names the field only, so prefix the block
+                _build(TrainConfig, train_keys, key)
+                for section, cls in STAGE_SECTIONS.items():
+                    if section in values:
+                        if not isinstance(values[section], dict):
+                            raise ConfigError(f"{section}={values[section]!r} must be a mapping of {section} keys")
+                        _build(cls, values[section], f"{key}.{section}")
+            except ConfigError as e:
+                raise ConfigError(str(e) if key in str(e) else f"{key}.{e}") from None
 
 
 @dataclass
@@ -607,6 +610,8 @@ def _check_path(dotted: str) -> None:
         if p not in names:
             where = ".".join(parts[:i])
             raise ConfigError(f"unknown key {dotted}; allowed keys{' in ' + where if where else ''}: {sorted(names)}")
+        if cls is TrainConfig and p == "stage_overrides":
+            return  # a mapping, not a section: TrainConfig._check_stage_overrides checks its keys on rebuild
         cls = _resolve_type(cls, names[p])
 
 

@@ -31,9 +31,22 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.model.checkpointing == ["bmdh", "conv"]
 
 
+def test_stage_override_keys_can_be_overridden_on_the_command_line():
+    cfg = load_config("demo_cpu", ["train.stage_overrides.translate.max_steps=40",
+                                   "train.stage_overrides.translate.optim.disc_lr=0.01",
+                                   "train.stage_overrides.segment.val_every=5"])
+    block = cfg.train.stage_overrides
+    assert block["translate"]["max_steps"] == 40 and block["translate"]["optim"]["disc_lr"] == 0.01
+    assert block["translate"]["batch_size"] == 8  # the rest of the shipped block is kept
+    assert block["segment"] == {"val_every": 5}
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [
+        ("train.stage_overrides.translate.max_stepz=3", "train.stage_overrides.translate"),
+        ("train.stage_overrides.translate.optim.lr=-1", "train.stage_overrides.translate.optim"),
+        ("train.stage_overrides.predict.max_steps=3", "train.stage_overrides"),
         ("train.epoks=3", "train.epoks"),
         ("nope=1", "nope"),
         ("train.weights.foo=1", "train.weights.foo"),
