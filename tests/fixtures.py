@@ -14,6 +14,7 @@ gets its own copy under ``tmp_path`` so tests may modify it freely.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ def _cache_root() -> Path:
     global _CACHE_ROOT
     if _CACHE_ROOT is None:
         _CACHE_ROOT = Path(tempfile.mkdtemp(prefix="hpc-modatts-fixtures-"))
+        atexit.register(shutil.rmtree, _CACHE_ROOT, ignore_errors=True)  # one cache per session, not per run
     return _CACHE_ROOT
 
 
