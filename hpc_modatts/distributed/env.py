@@ -93,6 +93,11 @@ def _export_rendezvous(argv: list[str] | None) -> str:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if submitit.JobEnvironment().num_tasks == 1:
+            # submitit seeds the port with the job id, which the local executor takes from the PID:
+            # a recycled PID gives a port still held by an earlier job (EADDRINUSE). One task needs
+            # agreement with no other process, so it takes any port free now.
+            os.environ["MASTER_PORT"] = str(free_port())
         return "submitit"
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         missing = [k for k in _RENDEZVOUS if k not in os.environ]

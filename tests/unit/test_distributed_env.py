@@ -53,6 +53,25 @@ def test_bare_python_is_a_world_of_one_on_a_free_port():
     assert info["threads"] == info["torch_threads"] == 1
 
 
+def test_one_task_submitit_job_does_not_take_the_port_its_job_id_gives(monkeypatch):
+    """The local executor's job id is a PID; a recycled PID must not inherit a port still in use."""
+    import submitit
+
+    job = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "1",
+           "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_GLOBALID": "0",
+           "SUBMITIT_LOCAL_LOCALID": "0"}
+    for key in _LAUNCH_VARS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in job.items():
+        monkeypatch.setenv(key, value)
+    taken = submitit.helpers.TorchDistributedEnvironment().master_port  # what submitit would pick
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("", taken))
+        held.listen()
+        info = _probe(job, threads_per_rank=1)
+    assert info["launcher"] == "submitit" and info["initialised"] and int(info["port"]) != taken
+
+
 def test_torchrun_style_environment_is_used_and_threads_default_to_cores_per_rank():
     port = denv.free_port()
     info = _probe({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
