@@ -8,7 +8,7 @@
 * ``sections``: data, model, optim, distributed, pipeline, infer; ``training``: the ``train``
   section and the loss weights;
 * ``experiment``: ``ExperimentConfig``, YAML loading, ``key.sub=value`` overrides, saving;
-* ``stages``: the config a stage runs with (``train.stage_overrides`` merged in).
+* ``stages``: the config a stage runs with (``train.stage_overrides`` merged in, derived weights).
 
 Numbers follow the thesis, section 5.5.1 (experimental settings of MoDATTS).
 """
@@ -34,15 +34,8 @@ from hpc_modatts.config.sections import (
     OptimConfig,
     PipelineConfig,
 )
-from hpc_modatts.config.stages import replace_cfg, stage_config
-from hpc_modatts.config.training import (
-    STAGE_SECTIONS,
-    LossWeights,
-    TrainConfig,
-    lambda_seg_pt_for_fraction,
-    resolve_seg_pt,
-    resolve_st,
-)
+from hpc_modatts.config.stages import replace_cfg, resolve_seg_pt, resolve_st, stage_config
+from hpc_modatts.config.training import STAGE_SECTIONS, LossWeights, TrainConfig, lambda_seg_pt_for_fraction
 
 __all__ = [
     "BUILTIN_CONFIGS", "MODALITIES", "MODATTS_VARIANTS", "NAME_PATTERN", "STAGES", "STAGE_SECTIONS", "VARIANTS",

@@ -1,5 +1,6 @@
 """The config a stage runs with: ``train.stage_overrides[stage]`` merged over ``train`` (and over
-``optim`` / ``model``), and small copies of a config with some ``train`` fields replaced."""
+``optim`` / ``model``), copies with some ``train`` fields replaced, and the two loss weights that
+follow from the data when set to -1 (``resolve_seg_pt``, ``resolve_st``; thesis 5.5.1, Eq. 5.13)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from hpc_modatts.config.checks import ConfigError
 from hpc_modatts.config.experiment import ExperimentConfig, config_from_dict, config_to_dict
 from hpc_modatts.config.names import STAGES
-from hpc_modatts.config.training import STAGE_SECTIONS
+from hpc_modatts.config.training import STAGE_SECTIONS, lambda_seg_pt_for_fraction
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -44,3 +45,18 @@ def stage_config(cfg: ExperimentConfig, stage: str) -> ExperimentConfig:
 def replace_cfg(cfg: ExperimentConfig, **train: Any) -> ExperimentConfig:
     """A copy of ``cfg`` with some ``train`` fields replaced."""
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
+
+
+def resolve_seg_pt(cfg: ExperimentConfig, split: Any) -> float:
+    """lambda_seg^pT: the configured value, or from the source-annotation fraction (thesis 5.5.1)."""
+    w = cfg.train.weights.seg_pt
+    if w != -1.0:
+        return float(w)
+    fraction = len(split.source_labeled) / max(1, len(split.source_train))
+    return float(lambda_seg_pt_for_fraction(fraction))
+
+
+def resolve_st(cfg: ExperimentConfig, split: Any) -> float:
+    """lambda_st: the configured value, or lambda_seg^pT (thesis 5.4.2, Eq. 5.13)."""
+    w = cfg.train.weights.st
+    return resolve_seg_pt(cfg, split) if w == -1.0 else float(w)

@@ -1,22 +1,15 @@
-"""The ``train`` config section: stage, variant, schedule and the loss weights.
-
-Also the two weights derived from the data (``resolve_seg_pt``, ``resolve_st``): lambda_seg^pT
-from the source-annotation fraction and lambda_st from it (thesis 5.5.1, Eq. 5.13).
-"""
+"""The ``train`` config section: stage, variant, schedule and the loss weights (thesis 5.5.1)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from hpc_modatts.config.build import build_section
 from hpc_modatts.config.checks import ConfigError, check_choice, check_positive
 from hpc_modatts.config.names import STAGES, VARIANTS, Stage, Variant
 from hpc_modatts.config.sections import ModelConfig, OptimConfig
-
-if TYPE_CHECKING:  # experiment.py builds on this module
-    from hpc_modatts.config.experiment import ExperimentConfig
 
 STAGE_SECTIONS: dict[str, type] = {"optim": OptimConfig, "model": ModelConfig}
 """Config sections a ``train.stage_overrides.<stage>`` block may also override."""
@@ -159,18 +152,3 @@ class TrainConfig:
                     if not isinstance(values[section], dict):
                         raise ConfigError(f"{key}.{section}={values[section]!r} must be a mapping of {section} keys")
                     build_section(cls, values[section], f"{key}.{section}")
-
-
-def resolve_seg_pt(cfg: ExperimentConfig, split: Any) -> float:
-    """lambda_seg^pT: the configured value, or from the source-annotation fraction (thesis 5.5.1)."""
-    w = cfg.train.weights.seg_pt
-    if w != -1.0:
-        return float(w)
-    fraction = len(split.source_labeled) / max(1, len(split.source_train))
-    return float(lambda_seg_pt_for_fraction(fraction))
-
-
-def resolve_st(cfg: ExperimentConfig, split: Any) -> float:
-    """lambda_st: the configured value, or lambda_seg^pT (thesis 5.4.2, Eq. 5.13)."""
-    w = cfg.train.weights.st
-    return resolve_seg_pt(cfg, split) if w == -1.0 else float(w)

@@ -214,6 +214,13 @@ def test_other_variants_train_a_few_steps(chain, variant):
     assert any("val/dice" in r for r in rows)
 
 
+def test_every_variant_has_one_task_class():
+    from hpc_modatts.config import VARIANTS
+
+    assert list(segment.VARIANT_TASKS) == list(VARIANTS)
+    assert all(cls.variant == v for v, cls in segment.VARIANT_TASKS.items())
+
+
 def test_masked_l1_without_samples_is_a_zero_with_a_graph():
     a = torch.ones(2, 1, 4, 4, 4, requires_grad=True)
     z = segment._masked_l1(a, torch.zeros_like(a), torch.tensor([False, False]))
