@@ -8,7 +8,7 @@ What it runs, on ``cuda:LOCAL_RANK`` (world of 1 through ``init_distributed``, n
 1. For each size (tiny, full) and each stage's engines, a few real training steps in bf16
    (DeepSpeed ``torch_autocast``) with ZeRO-2, through the tasks' own step code:
    translate (CycleTranslators + 2D discriminators, ``TranslateTask.train_step``), plain
-   segmentation (Dice), semi-supervised GenSeg (``SegmentTask._genseg_terms`` + ``_disc_step``).
+   segmentation (Dice), semi-supervised GenSeg (``GenSegTask._genseg_terms`` + ``_disc_step``).
    Checks: no skipped step, finite losses, fp32 parameters, bf16 really used in the forward.
 2. Peak CUDA memory of the full-size semi-supervised generator+discriminator step at batch 2 of
    96x160x64, without and with activation checkpointing (policy bmdh, conv, decoder).
@@ -78,7 +78,7 @@ def segment_steps(size: str, steps: int, env, genseg: bool, shape, batch: int = 
     from hpc_modatts.distributed.engine import autocast_context
     from hpc_modatts.losses import dice_loss
     from hpc_modatts.models import apply_activation_checkpointing, build_segmenter
-    from hpc_modatts.train.segment import SegmentTask, build_discriminators_3d
+    from hpc_modatts.train.segment import GenSegTask, build_discriminators_3d
 
     gen = build_segmenter(size, genseg=genseg)
     if checkpointing:
@@ -87,7 +87,7 @@ def segment_steps(size: str, steps: int, env, genseg: bool, shape, batch: int = 
     if genseg:
         models["disc"] = build_discriminators_3d(*DISC[size])
     engines = _engines(models, env, batch)
-    task = SegmentTask.__new__(SegmentTask)
+    task = GenSegTask.__new__(GenSegTask)
     task.weights = {"seg_pt": 100 / 160, "adv": 5 / 160, "rec": 50 / 160, "lat": 5 / 160}
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpc_modatts.data.slices import brain_slices
 from hpc_modatts.data.store import Store
 from hpc_modatts.losses import hinge_d_loss
-from hpc_modatts.train.common import brain_slices
 from hpc_modatts.train.translate import build_discriminators
 
 

@@ -2,8 +2,8 @@
 
 Thesis 5.4.1 (stage 1: hinge adversarial, cycle L1, Dice on annotated source slices and their
 translations) and 5.4.2 (stage 2 GenSeg: hinge adversarial, image and latent reconstruction L1,
-Dice on pseudo-target volumes). The hinge terms are hand-written (three lines; MONAI
-has no hinge GAN loss); Dice is MONAI's ``DiceLoss(sigmoid=True)``.
+Dice on pseudo-target volumes, pooled over the batch: ``pooled_dice_loss``). The hinge terms are
+hand-written (three lines; MONAI has no hinge GAN loss); Dice is MONAI's ``DiceLoss(sigmoid=True)``.
 
 Multi-scale discriminators return one logit map per scale: the adversarial losses average the
 per-scale means (thesis 5.5.1: the discriminators average over scales; Table 5.1).
@@ -78,6 +78,26 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     if not mask.any():
         return logits.sum() * 0.0
     return per_sample[mask].mean()
+
+
+def pooled_dice_loss(logits: torch.Tensor, target: torch.Tensor, has_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice of the annotated samples of a batch pooled into ONE region (nnU-Net's "batch Dice").
+
+    logits, target: (B, C, *spatial); has_mask: (B,) bool or None (all annotated). Per-sample soft
+    Dice (``dice_loss``) is ~1 with a vanishing gradient on a tumour-free sample (MONAI's 1e-5
+    smoothing), so the healthy hemispheres (half of every stage-2 batch) would never penalise
+    false positives; pooled, every false positive in the batch lowers the one Dice. Stage 2 only:
+    on mostly tumour-free stage-1 slice batches it made the slice decoders collapse to empty
+    masks. A graph-keeping 0 when no sample is annotated (same backward on every rank).
+    """
+    if has_mask is not None:
+        sel = torch.as_tensor(has_mask, device=logits.device).reshape(-1).bool()
+        if not sel.any():
+            return logits.sum() * 0.0
+        logits, target = logits[sel], target[sel]
+    c = logits.shape[1]
+    pooled = logits.movedim(1, 0).reshape(1, c, -1)                     # (1, C, B * prod(spatial))
+    return dice_loss(pooled, target.to(logits.dtype).movedim(1, 0).reshape(1, c, -1))
 
 
 def normalise_weights(weights: Mapping[str, float]) -> dict[str, float]:

@@ -21,8 +21,7 @@ STAGES = {
 
 def stage_cfg(args: argparse.Namespace, stage: str):
     """CONFIG + the stage's overrides block + the command line's overrides and flags."""
-    from hpc_modatts.config import apply_overrides, load_config
-    from hpc_modatts.train.common import stage_config
+    from hpc_modatts.config import apply_overrides, load_config, stage_config
 
     cfg = stage_config(load_config(args.config), stage)
     overrides = list(args.overrides)

@@ -1,21 +1,18 @@
 """DeepSpeed engines from the typed config; one engine per optimiser.
 
 * ZeRO stage 0-3 (``distributed.zero_stage``), optional optimiser offload to CPU.
-* Precision: ``auto`` = bf16 on CUDA, fp32 on CPU (bf16 is ~6x slower on this CPU and fp16 is
-  refused; docs/architecture.md, "Measured facts"). bf16 uses DeepSpeed's ``torch_autocast`` mode: weights and
+* Precision: ``auto`` = bf16 on CUDA, fp32 on CPU (bf16 is several times slower on CPU and fp16
+  is refused; docs/architecture.md, "Measured facts"). bf16 uses DeepSpeed's ``torch_autocast`` mode: weights and
   optimiser state stay fp32, convolutions/linears run in bf16 inside ``torch.autocast``. Unlike
   the ``bf16`` mode (weights cast to bf16), tasks can call sub-methods of a model
   (``.encode``, ``.decode_common``...) with fp32 inputs; the Trainer wraps every step
   (forward, backward and optimiser step) in ``autocast_context``. DeepSpeed's settings here are
   right: fp32 master weights and optimiser state, fp32 gradient buffers, a static loss scale of
   1 (no dynamic scaler for bf16), bf16 only as the all-reduce dtype of conv/linear gradients.
-* bf16 on CPU runs WITHOUT oneDNN (``autocast_context``): oneDNN 3.12 in torch 2.13 computes
-  wrong bf16 Conv3d weight gradients (huge finite values or NaN, every call) for a 3x3x3 padded
-  kernel when the input's first spatial dim is 2 and it has >= 16 channels -- exactly
-  MedFormer's deepest stage on 32^3 patches. ZeRO-1/2 caught them ("OVERFLOW! Skipping step",
-  skipped steps), ZeRO-0/3 applied them silently; plain ``torch.autocast`` diverges to NaN in
-  ~20 steps. PyTorch's native CPU kernels are right, ~5x slower than oneDNN bf16 on the tiny
-  segmenter (CPU default is fp32 anyway). CUDA (cuDNN) is not affected.
+* bf16 on CPU runs WITHOUT oneDNN (``autocast_context``): oneDNN computes wrong bf16 Conv3d
+  weight gradients for MedFormer's deepest stage on small patches (docs/results.md, "bf16 on
+  CPU"); PyTorch's native CPU kernels are right, only slower (CPU default is fp32 anyway). CUDA
+  (cuDNN) is not affected.
 * ``gradient_clipping`` is always written (DeepSpeed 0.19.8 defaults it to 1.0; ours 0 = off).
 * Client optimiser: ``torch.optim.Adam(amsgrad=True)`` (thesis 5.5.1: Adam, lr 1e-4, betas
   (0.5, 0.999), AMSGrad); DeepSpeed's fused Adam has no AMSGrad and needs a JIT compile.
@@ -27,6 +24,7 @@ import contextlib
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from hpc_modatts.config import DistributedConfig, OptimConfig
@@ -74,7 +72,7 @@ def build_engine(model: nn.Module, ocfg: OptimConfig, dcfg: DistributedConfig, e
     ``env`` is the ``DistEnv`` of ``init_distributed`` (torch.distributed already initialised).
     ``name`` only labels the engine (``engine.hpc_name``) for logs and checkpoint folders.
     """
-    import deepspeed
+    import deepspeed  # lazy: importing deepspeed costs seconds, and only training needs engines
 
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"build_engine({name}): the model has no trainable parameters")
@@ -95,7 +93,7 @@ def register_external_parameters(module: nn.Module) -> int:
     ``F.multi_head_attention_forward``), never calling ``out_proj``; ZeRO-3 would not gather
     them ("mat2 must be a matrix, got 1-D tensor"). Returns how many were registered.
     """
-    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter  # lazy: costs seconds
 
     count = 0
     for m in module.modules():
@@ -125,7 +123,7 @@ def gathered_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     ZeRO 1-3, partitioned under ZeRO-3), else from the parameter itself; ZeRO-3 parameters
     without optimiser state are gathered with ``deepspeed.zero.GatheredParameters``.
     """
-    import torch.distributed as dist
+    import deepspeed  # lazy: importing deepspeed costs seconds (callers: the trainer, with engines)
     from deepspeed.utils import safe_get_full_fp32_param
 
     module = unwrap(engine)
@@ -134,8 +132,6 @@ def gathered_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     for pname, p in module.named_parameters():
         full = safe_get_full_fp32_param(p) if p.requires_grad else None
         if full is None and hasattr(p, "ds_id"):
-            import deepspeed
-
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 full = p.detach().clone()
         if full is None:

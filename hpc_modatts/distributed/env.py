@@ -22,8 +22,9 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
+import submitit
 import torch
 import torch.distributed as dist
 
@@ -74,8 +75,6 @@ def _in_submitit_task() -> bool:
     if not any(k.startswith("SUBMITIT_") for k in os.environ) and "SLURM_JOB_ID" not in os.environ:
         return False
     try:
-        import submitit
-
         submitit.JobEnvironment()
         return True
     except Exception:  # not a submitit job (e.g. a plain srun without submitit)
@@ -90,8 +89,6 @@ def _export_rendezvous(argv: list[str] | None) -> str:
     if all(k in os.environ for k in _RENDEZVOUS):
         return "env"
     if _in_submitit_task():
-        import submitit
-
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         if submitit.JobEnvironment().num_tasks == 1:
             # submitit seeds the port with the job id, which the local executor takes from the PID:
@@ -157,7 +154,7 @@ def init_distributed(dcfg: DistributedConfig | None = None, argv: list[str] | No
     backend = _backend(dcfg, device)
     threads = _set_threads(dcfg, local_world)
     if not dist.is_initialized():
-        import deepspeed
+        import deepspeed  # lazy: importing deepspeed costs seconds, and a set-up group never needs it
 
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     _REND_CACHE.update({k: os.environ[k] for k in ("MASTER_ADDR", "MASTER_PORT") if k in os.environ})
@@ -220,6 +217,11 @@ def current_env() -> DistEnv | None:
 # ----------------------------------------------------------------------------- collectives
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard(items: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """This rank's share of ``items`` (rank r gets r, r + world, ...)."""
+    return list(items[rank::world_size])
 
 
 def barrier() -> None:

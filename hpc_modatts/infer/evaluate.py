@@ -14,7 +14,7 @@ distances are in mm (thesis 5.5.2, Table 5.3).
 
 Empty masks (MONAI returns nan/inf with a warning for them), the BraTS convention:
 * both empty: Dice 1, HD95 0, ASSD 0 (a perfect answer), note ``both empty``;
-* one empty: Dice 0, HD95 = ASSD = the image diagonal in mm (``max_distance``: the largest
+* one empty: Dice 0, HD95 = ASSD = the image diagonal in mm (``hpc_modatts.infer.metrics.max_distance``: the largest
   distance possible in the volume; 373.13 mm for BraTS' 240x240x155 1 mm grid, the value the
   BraTS evaluation uses), note ``empty prediction`` or ``empty reference``. These cases count
   in the means (leaving them out would reward a model that predicts nothing on hard cases);
@@ -40,14 +40,12 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
 from rich.console import Console
 from rich.table import Table
 
@@ -55,7 +53,13 @@ from hpc_modatts.console import log_console
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.labels import REGION_NAMES, REGIONS, LabelScheme, detect_scheme, get_scheme
 from hpc_modatts.data.nifti_size import check_nifti_size
-from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text, mark_done
+from hpc_modatts.data.preprocess import to_original_geometry
+from hpc_modatts.data.splits import Split
+from hpc_modatts.data.store import Store
+from hpc_modatts.infer.metrics import case_metrics
+from hpc_modatts.infer.predict import EXTRAS
+from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text, is_done, mark_done, stage_dir
+from hpc_modatts.train.synthesize import load_translator, paths, translate_volume
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +71,6 @@ NOT_CASES = ("_prob",) + tuple(f"_{n}" for n in IMAGE_NAMES)
 
 
 # ----------------------------------------------------------------------------- metrics
-def max_distance(shape: Sequence[int], spacing: Sequence[float]) -> float:
-    """The image diagonal in mm: HD95 and ASSD of a case where one mask is empty (BraTS convention)."""
-    return float(np.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape[:3], spacing[:3]))))
-
-
-def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict:
-    """Dice, HD95 (mm), ASSD (mm) of two binary (X, Y, Z) masks; see the module doc for empties."""
-    p, r = pred > 0, ref > 0
-    if not p.any() and not r.any():
-        return {"dice": 1.0, "hd95": 0.0, "assd": 0.0, "note": "both empty"}
-    pt = torch.from_numpy(p)[None, None].float()  # (B=1, C=1, X, Y, Z)
-    rt = torch.from_numpy(r)[None, None].float()
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pt, rt).item()
-    if not p.any() or not r.any():
-        worst = max_distance(p.shape, spacing)
-        return {"dice": dice, "hd95": worst, "assd": worst,
-                "note": "empty prediction" if not p.any() else "empty reference"}
-    sp = [float(s) for s in spacing]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pt, rt, spacing=sp)
-        assd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(pt, rt, spacing=sp)
-    return {"dice": dice, "hd95": hd.item(), "assd": assd.item(), "note": ""}
-
-
 def summarise(rows: list[dict]) -> dict:
     """Mean/std (nan-aware) and the number of cases counted, per metric; ``one_side_empty``:
     how many cases have an empty prediction or reference (their distances are the maximum)."""
@@ -207,7 +186,7 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
         rows.append({"case": case, **case_metrics(p, r, spacing),
                      "pred_ml": float(p.sum()) * voxel_ml, "ref_ml": float(r.sum()) * voxel_ml})
     if panels:
-        from hpc_modatts.infer.panels import save_panel
+        from hpc_modatts.infer.panels import save_panel  # matplotlib: loaded only when panels are drawn
 
         for case in cases:
             p = read_mask(pred_cases[case], "prediction")[0]
@@ -311,11 +290,6 @@ def print_table(result: dict, console: Console | None = None) -> None:
 
 def run(cfg) -> Path:
     """Pipeline node: evaluate ``predict-<variant>`` on the split's test cases (target modality)."""
-    from hpc_modatts.data.preprocess import to_original_geometry
-    from hpc_modatts.data.splits import Split
-    from hpc_modatts.data.store import Store
-    from hpc_modatts.runs import stage_dir
-
     v = cfg.train.variant
     out = stage_dir(cfg.run_dir, "evaluate", v)
     store = Store.open(cfg.data.store)
@@ -349,10 +323,6 @@ def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: 
     Skipped (logged) when the translator run is not DONE or no case holds ``source``; returns the
     cases written.
     """
-    from hpc_modatts.data.preprocess import to_original_geometry
-    from hpc_modatts.runs import is_done
-    from hpc_modatts.train.synthesize import load_translator, paths, translate_volume
-
     translator_run, _ = paths(cfg)
     if not is_done(translator_run):
         log.info("evaluate: no finished translator run at %s; panels without pseudo-targets", translator_run)
@@ -377,7 +347,6 @@ def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: 
 def link_extras(pred: Path, cases: Sequence[str], folder: Path) -> int:
     """Hard-link (copy across file systems) the predict folder's ``<case>_healthy/_residual`` into
     ``folder``; returns how many files were placed."""
-    from hpc_modatts.infer.predict import EXTRAS
 
     n = 0
     for case in cases:

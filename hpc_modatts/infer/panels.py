@@ -1,10 +1,12 @@
-"""PNG panels per case: the images that exist, and predicted vs reference contours.
+"""Every PNG the package draws: per-case evaluation panels, the stage-1 report, training panels.
 
-One row of axial slices (the slice with the largest reference area, else prediction, else the
+``save_panel``: one row of axial slices (the slice with the largest reference area, else prediction, else the
 middle): target image, pseudo-target, P->A healthy image, residual (each only when given),
 then the target (or a blank) with the reference contour (green) and the prediction (red). The
 residual uses a diverging colormap centred at 0 (symmetric limits) with a colour bar.
 Arrays are (X, Y, Z) in RAS; a slice ``vol[:, :, z]`` is drawn transposed, origin lower.
+``save_translation_report``: stage-1 validation curves and slices. ``write_panel``: one row of
+2D images (a training stage's validation panel). All written atomically (``runs.atomic_path``).
 """
 
 from __future__ import annotations
@@ -96,6 +98,21 @@ def save_translation_report(path: str | os.PathLike, records: list[dict], rows: 
         for ax in axes[i]:
             ax.axis("off")
     fig.suptitle(title + (f" (selected: step {best_step}, red line)" if best_step is not None else ""), fontsize=9)
+    return _save(fig, path)
+
+
+def write_panel(path: str | os.PathLike, columns: dict[str, np.ndarray], title: str = "") -> Path:
+    """One row of 2D images (title -> (H, W) array) as a PNG; masks in [0, 1], images in [-1, 1]."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.4 * len(columns), 2.6), squeeze=False)
+    for ax, (name, img) in zip(axes[0], columns.items()):
+        lo, hi = (0.0, 1.0) if name.lower().endswith("mask") else (-1.0, 1.0)
+        ax.imshow(np.asarray(img, dtype=np.float32).T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 

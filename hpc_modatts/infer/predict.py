@@ -2,7 +2,7 @@
 
 ``hpc-modatts predict --run RUN [--run RUN2 ...] --input NIFTI_DIR|STORE --out DIR``
 
-* The best model of every run (``best_model.pt``, ``hpc_modatts.train.checkpoint``) is loaded;
+* The best model of every run (``best_model.pt``, ``hpc_modatts.train.best_model``) is loaded;
   several runs (the folds) form an ensemble: the mean of their sigmoid probabilities.
 * Each stored volume (canonical RAS, normalised) goes through THE inferer
   (``hpc_modatts.infer.inferer.VolumeInferer``, settings from the run's ``infer`` config): models
@@ -35,9 +35,15 @@ import numpy as np
 import torch
 
 from hpc_modatts.config import ExperimentConfig
+from hpc_modatts.data.convert import convert
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.preprocess import to_original_geometry
+from hpc_modatts.data.splits import Split
+from hpc_modatts.data.store import Store
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
-from hpc_modatts.runs import atomic_path, is_done, mark_done
+from hpc_modatts.pipeline.dag import final_model_dirs
+from hpc_modatts.runs import atomic_path, is_done, mark_done, stage_dir
+from hpc_modatts.train.best_model import load_best_model
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +63,6 @@ def check_runs(runs: Sequence[str | os.PathLike]) -> list[Path]:
 
 def load_models(runs: list[Path], device: torch.device) -> tuple[list[torch.nn.Module], ExperimentConfig]:
     """The runs' best models (eval mode, on ``device``) and the first run's config."""
-    from hpc_modatts.train.checkpoint import load_best_model
-
     models, cfgs = [], []
     for r in runs:
         model, cfg = load_best_model(r, "gen")
@@ -127,8 +131,6 @@ def _is_store(path: Path) -> bool:
 
 def _training_preprocessing(cfg) -> dict:
     """Preprocessing options recorded in the training store (defaults when it is not reachable)."""
-    from hpc_modatts.data.store import Store
-
     try:
         return dict(Store.open(cfg.data.store).root_attrs.get("preprocessing") or {})
     except DataError:
@@ -138,14 +140,10 @@ def _training_preprocessing(cfg) -> dict:
 
 def open_input(input_: Path, work: Path, cfg, layout: str | None, modality: str):
     """The input as a Store: opened as is, or a NIfTI folder converted into ``work``."""
-    from hpc_modatts.data.store import Store
-
     if not input_.exists():
         raise DataError(f"input {input_} does not exist")
     if _is_store(input_):
         return Store.open(input_)
-    from hpc_modatts.data.convert import convert
-
     pre = _training_preprocessing(cfg)
     path = convert(input_, work / "input.zarr", layout=layout or pre.get("layout") or "auto",
                    spacing=pre.get("spacing"), crop=pre.get("crop"), crop_margin=pre.get("crop_margin", 2),
@@ -161,8 +159,6 @@ def _save_nifti(img: nib.Nifti1Image, path: Path) -> None:
 
 def _save_float(volume: np.ndarray, attrs: dict, path: Path, fill: float = 0.0) -> None:
     """A float (X, Y, Z) stored-grid volume as float32 NIfTI in the original geometry (linear interpolation)."""
-    from hpc_modatts.data.preprocess import to_original_geometry
-
     img = to_original_geometry(volume.astype(np.float32), attrs, order=1, fill=fill)
     _save_nifti(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), path)
 
@@ -174,8 +170,6 @@ def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: st
 
     ``extras``: also write ``<case>_healthy`` / ``<case>_residual`` (GenSeg runs only; see module doc).
     """
-    from hpc_modatts.data.preprocess import to_original_geometry
-
     run_dirs = check_runs(runs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, cfg = load_models(run_dirs, device)
@@ -219,10 +213,6 @@ def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: st
 
 def run(cfg) -> Path:
     """Pipeline node: ensemble of the variant's fold models on the split's test cases (+ GenSeg extras)."""
-    from hpc_modatts.data.splits import Split
-    from hpc_modatts.pipeline.dag import final_model_dirs
-    from hpc_modatts.runs import stage_dir
-
     out = stage_dir(cfg.run_dir, "predict", cfg.train.variant)
     split = Split.load(cfg.data.split, store=cfg.data.store)
     predict(final_model_dirs(cfg, cfg.train.variant), cfg.data.store, out, modality=cfg.data.target,

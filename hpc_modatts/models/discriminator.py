@@ -1,4 +1,5 @@
-"""Multi-scale convolutional discriminator, 2D (stage 1) or 3D (stage 2 GenSeg).
+"""Multi-scale convolutional discriminator, 2D (stage 1) or 3D (stage 2 GenSeg), and the pair of
+them a GAN stage trains (``DiscriminatorPair``: one per domain).
 
 Thesis 5.5.1, Table 5.1 (same layers in 2D and 3D, kernels extended to 3D), per scale:
 
@@ -96,3 +97,17 @@ class MultiScaleDiscriminator(nn.Module):
             if k + 1 < len(self.nets):
                 x = pool(x, 2)  # (B, C, *S/2**(k+1))
         return logits
+
+
+class DiscriminatorPair(nn.Module):
+    """One multi-scale discriminator per domain; ``forward(domain, x)`` -> list of logit maps."""
+
+    def __init__(self, domains: tuple[str, ...], spatial_dims: int, channels: tuple[int, ...],
+                 scales: int) -> None:
+        super().__init__()
+        self.nets = nn.ModuleDict({d: MultiScaleDiscriminator(spatial_dims=spatial_dims, in_channels=1,
+                                                              channels=tuple(channels), scales=scales)
+                                   for d in domains})
+
+    def forward(self, domain: str, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.nets[domain](x)

@@ -26,15 +26,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from hpc_modatts.models.medformer import (
-    EncoderSkips,
-    MedFormerConfig,
-    MedFormerDecoder,
-    MedFormerEncoder,
-    conv1,
-    crop,
-    instance_norm,
-)
+from hpc_modatts.models.medformer import EncoderSkips, MedFormerConfig, MedFormerDecoder, MedFormerEncoder, crop
+from hpc_modatts.models.medformer_blocks import conv1, instance_norm
 
 NORM_MODES = ("residual", "segmentation")
 

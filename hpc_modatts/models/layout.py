@@ -1,9 +1,8 @@
 """Memory layout policy: convolution weights stored channels-last, applied after a model is built.
 
 oneDNN (CPU) runs small-channel 3D convolutions several times faster when the weights are
-channels-last (measured on the tiny MedFormer step, batch 2 of 24x56x48: 1.43 s -> 0.68 s per
-step; a lone 4-channel 3x3x3 conv at 32x64x48: 183 -> 51 ms forward + backward); outputs follow the
-weights, so inputs need no conversion. On CUDA, channels-last is the layout tensor cores prefer.
+channels-last (a tiny-MedFormer training step about twice as fast); outputs follow the weights, so
+inputs need no conversion. On CUDA, channels-last is the layout tensor cores prefer.
 Values are unchanged: only strides differ (state dicts load into either layout). Like activation
 checkpointing this is a policy, never an ``if`` in model code (``model.channels_last``).
 """

@@ -1,4 +1,8 @@
-"""Named 3D segmenter sizes and the one builder the training stages call.
+"""Named network sizes and the builders the training stages call: ``build_segmenter`` (3D
+MedFormer, optionally GenSeg-wired; sizes below) and ``build_translator`` (2D TransUNet, sizes
+in ``transunet.SIZES``, optionally with ImageNet encoder weights from ``pretrained``).
+
+3D segmenter sizes:
 
 Parameter counts (plain MedFormer / GenSeg wiring with the shared residual/segmentation decoder /
 GenSeg with a separate segmentation decoder; in_channels=1; ranges asserted in
@@ -20,7 +24,10 @@ from __future__ import annotations
 from torch import nn
 
 from hpc_modatts.config import ConfigError
+from hpc_modatts.models.genseg import GenSegMedFormer
 from hpc_modatts.models.medformer import MedFormer, MedFormerConfig
+from hpc_modatts.models.pretrained import load_pretrained
+from hpc_modatts.models.transunet import SIZES, TransUNetTranslator
 
 SEGMENTER_SIZES: dict[str, MedFormerConfig] = {
     "full": MedFormerConfig(),
@@ -49,7 +56,15 @@ def build_segmenter(size: str, in_channels: int = 1, genseg: bool = False, commo
     cfg = SEGMENTER_SIZES[size]
     if not genseg:
         return MedFormer(cfg, in_channels=in_channels)
-    from hpc_modatts.models.genseg import GenSegMedFormer
-
     return GenSegMedFormer(cfg, in_channels=in_channels, common_fraction=common_fraction,
                            separate_seg_decoder=separate_seg_decoder)
+
+
+def build_translator(size: str = "full", in_channels: int = 1, pretrained: str = "") -> TransUNetTranslator:
+    """Build a named translator size ("full" | "tiny"); load encoder weights from a local file."""
+    if size not in SIZES:
+        raise ValueError(f"unknown translator size {size!r}; choose one of {sorted(SIZES)}")
+    model = TransUNetTranslator(SIZES[size], in_channels)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model

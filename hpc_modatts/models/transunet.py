@@ -338,15 +338,3 @@ class TransUNetTranslator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.encode(x)
         return self.translate(feats), self.segment(feats)
-
-
-def build_translator(size: str = "full", in_channels: int = 1, pretrained: str = "") -> TransUNetTranslator:
-    """Build a named translator size ("full" | "tiny"); load encoder weights from a local file."""
-    if size not in SIZES:
-        raise ValueError(f"unknown translator size {size!r}; choose one of {sorted(SIZES)}")
-    model = TransUNetTranslator(SIZES[size], in_channels)
-    if pretrained:
-        from hpc_modatts.models.pretrained import load_pretrained
-
-        load_pretrained(model, pretrained)
-    return model

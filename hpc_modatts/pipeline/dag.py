@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc_modatts.config import ExperimentConfig
+from hpc_modatts.config import MODATTS_VARIANTS, ExperimentConfig, apply_overrides, stage_config
 from hpc_modatts.runs import DONE, is_done, stage_dir
 
-MODATTS_VARIANTS = ("self-supervised", "semi-supervised")
-"""Variants that train on pseudo-target volumes (need translate + synthesize) and self-train."""
 SYNTH_MARKER = "DONE_synthesize"
 """Marker synthesis writes in the translate folder (see ``hpc_modatts.runs``)."""
 
@@ -228,12 +226,8 @@ def _variant_nodes(cfg: ExperimentConfig, v: str, translator_run: str, data_deps
 
 def node_config(cfg: ExperimentConfig, node: Node) -> ExperimentConfig:
     """The experiment config with the node's overrides applied (checked again)."""
-    from hpc_modatts.config import apply_overrides
-
     stage = node.overrides.get("train.stage")
     if stage:  # as the `train` CLI does: the stage's overrides block first, then ours
-        from hpc_modatts.train.common import stage_config
-
         cfg = stage_config(cfg, stage)
     items = []
     for k, v in node.overrides.items():

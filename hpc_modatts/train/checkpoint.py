@@ -1,4 +1,4 @@
-"""Checkpoints of a run: crash-consistent latest/best DeepSpeed checkpoints and best_model.pt.
+"""Crash-consistent latest/best DeepSpeed checkpoints of a run, and resume from them.
 
 Layout inside ``<run_dir>/checkpoints/``::
 
@@ -8,8 +8,9 @@ Layout inside ``<run_dir>/checkpoints/``::
         trainer.json             counters, best score, sampler position
         config.yaml              the resolved config
     latest                       text file: the tag of the newest COMPLETE checkpoint
-    best                         text file: the tag of the best-validation-Dice checkpoint
-    ../best_model.pt             plain torch state dicts (fp32, gathered) + config, for inference
+    best                         text file: the tag of the best-validation checkpoint
+
+(``../best_model.pt``, the selected model for inference, is ``hpc_modatts.train.best_model``.)
 
 A tag folder is written in full, every rank passes a barrier, and only then rank 0 points
 ``latest`` (and ``best``) at it with an atomic ``os.replace``; folders no pointer names are
@@ -18,10 +19,9 @@ complete checkpoint or the previous one. DeepSpeed's own ``latest`` file is disa
 (``save_latest=False``): our pointer is the single source of truth.
 
 Files are data, never code (docs/reliability.md): every ``.pt`` file is read with
-``load_weights`` (``torch.load(weights_only=True)``), RNG states are stored as tensors and
-lists so they load that way, DeepSpeed's own files are checked the same way (with the few
-DeepSpeed data classes they hold allow-listed) before DeepSpeed reads them, and the model
-factory recorded in ``best_model.pt`` is a key of ``MODEL_FACTORIES``, never an import path.
+``safe_load.load_weights`` (``torch.load(weights_only=True)``), RNG states are stored as tensors
+and lists so they load that way, and DeepSpeed's own files are checked the same way before
+DeepSpeed reads them.
 
 Resume (``choose_resume_tag``) takes the checkpoint ``latest`` names when every file of it
 loads; otherwise the newest other complete, loadable one (``best``'s), says so, points
@@ -31,7 +31,6 @@ checkpoint while ``latest`` is unusable, and refuses (one line) when nothing loa
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -40,87 +39,21 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from hpc_modatts.config import config_from_dict, config_to_dict, save_config
+from hpc_modatts.config import save_config
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.distributed.env import barrier
 from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text
+from hpc_modatts.train.safe_load import load_weights
 
 log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
-BEST_MODEL = "best_model.pt"
 DAMAGED_PREFIX = "damaged-"
-
-MODEL_FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
-    "hpc_modatts.models:build_segmenter": "hpc_modatts.models:build_segmenter",
-    "hpc_modatts.train.segment:build_discriminators_3d": "hpc_modatts.train.segment:build_discriminators_3d",
-    "hpc_modatts.train.translate:build_cycle_translators": "hpc_modatts.train.translate:build_cycle_translators",
-    "hpc_modatts.train.translate:build_discriminators": "hpc_modatts.train.translate:build_discriminators",
-}
-"""THE allow-list of model factories a ``best_model.pt`` may name (``Task.model_factory``): the
-file holds only the key; the callable comes from this dict (a "module:function" of this package,
-imported on use, or a function registered by code with ``register_model_factory``)."""
-
-
-def register_model_factory(name: str, fn: Callable[..., nn.Module]) -> None:
-    """Allow ``name`` as a factory key, building with ``fn`` (for code outside hpc_modatts, e.g. tests)."""
-    MODEL_FACTORIES[name] = fn
-
-
-def build_model(factory: Any, where: str = "model factory") -> nn.Module:
-    """Build a model from a ``(key, kwargs)`` factory whose key is in ``MODEL_FACTORIES``."""
-    if not (isinstance(factory, (list, tuple)) and len(factory) == 2 and isinstance(factory[0], str)
-            and isinstance(factory[1], dict) and all(isinstance(k, str) for k in factory[1])):
-        raise DataError(f"{where}: factory must be (name, {{keyword: value}}), got {factory!r}"[:300])
-    name, kwargs = factory
-    target = MODEL_FACTORIES.get(name)
-    if target is None:
-        raise DataError(f"{where}: model factory {name!r} is not allowed; allowed: {sorted(MODEL_FACTORIES)}")
-    if isinstance(target, str):
-        module_name, _, fn_name = target.partition(":")
-        target = getattr(importlib.import_module(module_name), fn_name)
-    return target(**kwargs)
-
-
-# ----------------------------------------------------------------------------- safe loading
-def _deepspeed_safe_globals() -> list:
-    """The DeepSpeed data classes its checkpoint files pickle (ZeRO 1-3 optimiser states, bf16
-    parameter maps), measured with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on
-    ZeRO 0-3 x fp32/bf16 checkpoints of DeepSpeed 0.19. A newer DeepSpeed that pickles another
-    class makes the check refuse its files, naming the class (add it here after reading it)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def load_weights(path: str | os.PathLike, deepspeed: bool = False, mmap: bool = False) -> Any:
-    """THE loader of ``.pt`` files: ``torch.load(weights_only=True)`` on the CPU.
-
-    Tensors, containers and numbers only (no code runs); ``deepspeed`` also allows the few
-    DeepSpeed data classes of its checkpoint files; ``mmap`` maps tensors instead of reading
-    them (a check of a large file). DataError naming the file when it is missing, damaged or
-    holds anything else.
-    """
-    path = Path(path)
-    try:
-        if deepspeed:
-            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except Exception as e:  # zip/pickle/OS errors and refused globals: one line naming the file
-        first = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),
-                     str(e).strip().splitlines()[0] if str(e).strip() else "")
-        raise DataError(f"{path}: not a loadable weights file ({type(e).__name__}: {first})"[:400]) from None
 
 
 def tag_for(step: int) -> str:
@@ -369,59 +302,3 @@ def load_checkpoint(run_dir: Path, tag: str, engines: dict[str, Any], env: Any) 
     else:
         set_rng_state(load_weights(rng_file))
     return state
-
-
-# ----------------------------------------------------------------------------- best model
-def save_best_model(run_dir: Path, engines: dict[str, Any], cfg: Any, factories: dict,
-                    step: int, dice: float | None, task_name: str) -> None:
-    """Gather every engine's fp32 weights (collective) and write best_model.pt on rank 0."""
-    from hpc_modatts.distributed.engine import gathered_state_dict
-
-    models = {name: gathered_state_dict(engine) for name, engine in engines.items()}
-    if all(sd is not None for sd in models.values()):  # rank 0
-        payload = {"models": models, "factories": {k: v for k, v in factories.items() if v},
-                   "config": config_to_dict(cfg), "step": step, "dice": dice, "task": task_name}
-        _atomic_torch_save(payload, Path(run_dir) / BEST_MODEL)
-    barrier()
-
-
-def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
-                    build_fn: Callable[[Any], nn.Module] | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """The run's best model as a plain ``nn.Module`` in eval mode, and its config.
-
-    ``name`` selects the model (``"gen"``; None or a missing "gen" with a single saved model
-    picks that one). ``build_fn(cfg)`` rebuilds the architecture; without it the factory the
-    task recorded (``Task.model_factory``) is used.
-    """
-    if callable(name):  # load_best_model(run_dir, build_fn) form
-        name, build_fn = "gen", name
-    path = Path(run_dir) / BEST_MODEL
-    if not path.is_file():
-        raise DataError(f"{run_dir}: no {BEST_MODEL}; the run has not finished a validation (train it first)")
-    payload = load_weights(path)
-    if not (isinstance(payload, dict) and isinstance(payload.get("models"), dict)
-            and isinstance(payload.get("config"), dict)):
-        raise DataError(f"{path}: not a best_model.pt (needs 'models' and 'config' mappings)")
-    models = payload["models"]
-    if name is None or (name not in models and len(models) == 1):
-        name = next(iter(models)) if len(models) == 1 else name
-    if name not in models:
-        raise DataError(f"{path}: no model {name!r}; it holds {sorted(models)}")
-    cfg = config_from_dict(payload["config"])
-    if build_fn is not None:
-        model = build_fn(cfg)
-    elif name in (payload.get("factories") or {}):
-        model = build_model(payload["factories"][name], where=str(path))
-    else:
-        raise DataError(f"{path}: model {name!r} has no recorded factory; pass build_fn")
-    try:
-        model.load_state_dict(models[name])
-    except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys/shapes for the architecture
-        raise DataError(f"{path}: model {name!r} does not fit its architecture "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"[:400]) from None
-    if cfg.model.channels_last:  # the layout the run trained with (hpc_modatts.models.layout)
-        from hpc_modatts.models.layout import to_channels_last
-
-        to_channels_last(model)
-    return model.eval(), cfg

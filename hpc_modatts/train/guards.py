@@ -29,6 +29,7 @@ import numpy as np
 
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.labels import read_region
+from hpc_modatts.infer.metrics import dice_of
 
 
 def voxel_ml(spacing: Sequence[float]) -> float:
@@ -130,8 +131,6 @@ def validate_segmenter(predictor: Any, store: Any, cases: Sequence[str], modalit
     reference read with ``hpc_modatts.data.labels.read_region``. Returns ``dice`` (mean),
     ``val_cases`` and ``summarise_volumes``' keys.
     """
-    from hpc_modatts.train.common import dice_of
-
     dices, rows = [], []
     for case in cases:
         mask = read_region(store, case, region)

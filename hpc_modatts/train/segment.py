@@ -1,20 +1,25 @@
 """Stage 2: 3D tumour segmentation on the target modality (thesis 5.4.2, 5.5.1).
 
-Variants (``train.variant``):
+One Task class per variant (``train.variant``, mapped in ``VARIANT_TASKS``), each overriding
+the hooks it needs (models, data, weights, the step); ``SegmentTask`` holds what they share:
 
-* ``self-supervised``: MedFormer E + G_seg trained with soft Dice on the pseudo-target volumes
-  of synthesis (L_seg^pT, Eq. 5.5).
-* ``semi-supervised``: GenSeg on REAL target half-volumes with A/P weak labels, plus L_seg^pT
-  (Eq. 5.6-5.12): P->A X_PA = G_com(c_P), X_PP = X_PA + G_res(c_P, u_P); A->P X_AA = G_com(c_A),
-  X_AP = X_AA + G_res(c_A, u ~ N(0, I)); hinge adversarial with two 3D discriminators (X_A vs
-  X_PA, X_P vs X_AP), L_rec = |X_AA - X_A| + |X_PP - X_P|, L_lat (re-encoded X_PA and X_AP keep
-  c; u_AP matches the sampled u). Pseudo-target images are excluded from the GenSeg terms.
-* ``source-supervised`` (lower bound, no adaptation): Dice on real SOURCE volumes with masks.
-* ``target-supervised`` (upper bound): Dice on real target volumes, every target_train mask.
+* ``SourceSupervisedTask`` (``source-supervised``, lower bound, no adaptation) and
+  ``TargetSupervisedTask`` (``target-supervised``, upper bound): a MedFormer trained with Dice
+  on real SOURCE volumes with masks / on real target volumes (every target_train mask).
+* ``PseudoTargetTask`` (``self-supervised``): MedFormer E + G_seg trained with soft Dice on the
+  pseudo-target volumes of synthesis (L_seg^pT, Eq. 5.5).
+* ``GenSegTask`` (``semi-supervised``): GenSeg on REAL target half-volumes with A/P weak labels,
+  plus L_seg^pT (Eq. 5.6-5.12): P->A X_PA = G_com(c_P), X_PP = X_PA + G_res(c_P, u_P); A->P
+  X_AA = G_com(c_A), X_AP = X_AA + G_res(c_A, u ~ N(0, I)); hinge adversarial with two 3D
+  discriminators (X_A vs X_PA, X_P vs X_AP), L_rec = |X_AA - X_A| + |X_PP - X_P|, L_lat
+  (re-encoded X_PA and X_AP keep c; u_AP matches the sampled u). Pseudo-target images are
+  excluded from the GenSeg terms.
 
 Both MoDATTS variants add Dice on real annotated target volumes when ``split.target_labeled``
-is not empty (``train.weights.seg_t``) and, in self-training rounds, Dice on the pseudo-labels
-(``lambda_st``, Eq. 5.13; see ``self_training``). Active weights are normalised to sum 1.
+is not empty (``train.weights.seg_t``). Given a ``SelfTrainingRound`` (``self_training``), a
+task starts from that round's model and, for the MoDATTS variants, adds Dice on its
+pseudo-labels (``lambda_st``, Eq. 5.13). Active weights are normalised to sum 1; every Dice is
+pooled over the batch (``losses.pooled_dice_loss``: healthy hemispheres count).
 Validation: whole-volume Dice on the target validation cases with THE inferer
 (``hpc_modatts.infer.inferer``: hemisphere by hemisphere, as training saw them) plus the volume
 guards of ``hpc_modatts.train.guards`` (predicted vs reference volume, false positives in healthy
@@ -25,6 +30,8 @@ hemispheres); the trainer keeps the best plausible model.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,56 +39,52 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.config import ConfigError, ExperimentConfig, resolve_seg_pt, resolve_st, stage_config
+from hpc_modatts.data.batches import KeyedDataset, PairedDataset, paired_case_ids
+from hpc_modatts.data.inputs import load_split, open_store, val_case_list
 from hpc_modatts.data.labels import region_array
+from hpc_modatts.data.loaders import VolumeDataset
+from hpc_modatts.data.store import Store
 from hpc_modatts.distributed.engine import unwrap
 from hpc_modatts.infer.inferer import inferer_from_config
-from hpc_modatts.train import common
+from hpc_modatts.losses import hinge_d_loss, hinge_g_loss, normalise_weights, pooled_dice_loss
+from hpc_modatts.models.checkpointing import apply_activation_checkpointing
+from hpc_modatts.models.discriminator import DiscriminatorPair
+from hpc_modatts.runs import is_done, stage_dir
+from hpc_modatts.train.best_model import BEST_MODEL, build_model
 from hpc_modatts.train.guards import VolumeBound, largest_annotated_ml, validate_segmenter
+from hpc_modatts.train.safe_load import load_weights
+from hpc_modatts.train.synthesize import pseudo_target_store
 from hpc_modatts.train.task import TaskDefaults
-from hpc_modatts.train.translate import DiscriminatorPair
+from hpc_modatts.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-MODATTS_VARIANTS = ("self-supervised", "semi-supervised")
 A, P = "A", "P"
 
 
-class KeyedDataset(Dataset):
-    """Wrap a dataset so that its items come as ``{key: item}`` (same batch layout as pairs)."""
+@dataclass(frozen=True)
+class SelfTrainingRound:
+    """What a self-training round gives its task (thesis 5.4.2): the run whose best model it
+    starts from, and the store of pseudo-labels it trains on (``hpc_modatts.train.self_training``)."""
 
-    def __init__(self, dataset: Dataset, key: str) -> None:
-        self.dataset, self.key = dataset, key
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        return {self.key: self.dataset[i]}
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-
-def annotated_cases(cfg: ExperimentConfig, split: Any) -> list[str]:
-    """The cases whose masks a variant trains on (all in ``data.store``)."""
-    if cfg.train.variant == "target-supervised":
-        return list(split.target_train)
-    return list(dict.fromkeys([*split.source_labeled, *split.target_labeled]))
-
-
-def volume_bound(cfg: ExperimentConfig, split: Any) -> VolumeBound:
-    """``train.max_volume_factor`` x the largest tumour (``data.region``) the variant trains on (guards)."""
-    from hpc_modatts.data.store import Store
-
-    largest = largest_annotated_ml(Store.open(cfg.data.store), annotated_cases(cfg, split), cfg.data.region)
-    return VolumeBound(cfg.train.max_volume_factor, largest)
+    init_from: Path
+    pseudo_labels: Path
 
 
 def build_discriminators_3d(channels: list[int], scales: int) -> DiscriminatorPair:
     """The GenSeg discriminators (Table 5.1 with 3D kernels): "A" (X_A vs X_PA), "P" (X_P vs X_AP)."""
     return DiscriminatorPair((A, P), 3, tuple(channels), scales)
+
+
+def load_initial_weights(run_dir: Path, models: dict[str, nn.Module]) -> None:
+    """Load every model of ``models`` from ``run_dir``'s best model (read weights-only)."""
+    payload = load_weights(Path(run_dir) / BEST_MODEL)
+    for name, model in models.items():
+        if name not in payload["models"]:
+            raise ConfigError(f"train.init_from={run_dir}: best model has no {name!r} "
+                              f"(has {sorted(payload['models'])}); was it trained with the same variant?")
+        model.load_state_dict(payload["models"][name])
 
 
 def _zero(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -100,164 +103,259 @@ def _pick(logits: list[torch.Tensor], sel: torch.Tensor) -> list[torch.Tensor] |
     return [scale[sel] for scale in logits] if sel.any() else None
 
 
-class SegmentTask(TaskDefaults):
-    """Stage-2 Task for every variant; self-training rounds add ``pseudo_labels`` + ``init_from``."""
+# ----------------------------------------------------------------------------- shared
+class SegmentTask(TaskDefaults, ABC):
+    """What every variant shares: the segmenter, the self-training start, validation and guards."""
 
-    name = "segment"
+    variant: str = ""
+    """The ``train.variant`` this class trains (its key in ``VARIANT_TASKS``)."""
+    model_names: tuple[str, ...] = ("gen",)
+    """The models ``build`` makes, in this order (each from ``model_factory``)."""
 
     def __init__(self, cfg: ExperimentConfig, split: Any, run_dir: Path, synth_store: Path | None = None,
-                 init_from: Path | None = None, pseudo_labels: Path | None = None) -> None:
+                 self_training: SelfTrainingRound | None = None) -> None:
         self.cfg, self.split, self.run_dir = cfg, split, Path(run_dir)
-        self.variant = cfg.train.variant
-        self.synth_store, self.init_from, self.pseudo_labels = synth_store, init_from, pseudo_labels
-        if self.variant in MODATTS_VARIANTS and synth_store is None:
-            raise ConfigError(f"train.variant={self.variant} needs the pseudo-target store of synthesis")
-        self.genseg = self.variant == "semi-supervised"
+        self.synth_store, self.self_training = synth_store, self_training
         self.target_labeled = set(split.target_labeled)
         self.weights = self._weights()
-        self.val_cases = common.val_case_list(split.val, cfg.train.val_cases)
+        self.val_cases = val_case_list(split.val, cfg.train.val_cases)
         self.inferer = inferer_from_config(cfg)
-        self.bound = volume_bound(cfg, split)
-        if pseudo_labels is not None:
-            self.name = "self-train"
+        self.bound = self.volume_bound(cfg, split)
 
-    # ------------------------------------------------------------------ set-up
+    @property
+    def name(self) -> str:
+        return "segment" if self.self_training is None else "self-train"
+
+    @classmethod
+    def annotated_cases(cls, split: Any) -> list[str]:
+        """The cases whose masks the variant trains on (all in ``data.store``)."""
+        return list(dict.fromkeys([*split.source_labeled, *split.target_labeled]))
+
+    @classmethod
+    def volume_bound(cls, cfg: ExperimentConfig, split: Any) -> VolumeBound:
+        """``train.max_volume_factor`` x the largest tumour (``data.region``) the variant trains on (guards)."""
+        largest = largest_annotated_ml(Store.open(cfg.data.store), cls.annotated_cases(split), cfg.data.region)
+        return VolumeBound(cfg.train.max_volume_factor, largest)
+
     def _weights(self) -> dict[str, float]:
-        from hpc_modatts.losses import normalise_weights
+        return {"seg": 1.0}
 
-        w = self.cfg.train.weights
-        if self.variant not in MODATTS_VARIANTS:
-            return {"seg": 1.0}
-        raw = {"seg_pt": common.resolve_seg_pt(self.cfg, self.split),
-               "seg_t": w.seg_t if self.target_labeled else 0.0,
-               "st": common.resolve_st(self.cfg, self.split) if self.pseudo_labels else 0.0}
-        if self.genseg:
-            raw.update(adv=w.adv, rec=w.rec, lat=w.lat)
-        return {k: v for k, v in normalise_weights(raw).items() if v > 0}
+    def check_data(self) -> None:
+        """One-line errors for a split that lacks what the variant trains on."""
+
+    @abstractmethod
+    def train_dataset(self) -> Dataset:
+        """Items ``{"sup": volume}`` (the bounds) or ``{"pt": volume[, "real": volume]}`` (MoDATTS)."""
+
+    @abstractmethod
+    def train_step(self, batch: dict, engines: dict, step: int) -> dict[str, Any]:
+        """The variant's losses, backward and step (see ``hpc_modatts.train.task``)."""
 
     def batch_ids(self, batch: dict) -> list[str]:
-        return common.paired_batch_ids(batch)
+        return paired_case_ids(batch)
 
+    # ------------------------------------------------------------------ models
     def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
-        if name == "gen":
-            return ("hpc_modatts.models:build_segmenter",
-                    {"size": m.segmenter_size, "genseg": self.genseg, "common_fraction": m.common_fraction,
-                     "separate_seg_decoder": m.separate_seg_decoder})
-        return ("hpc_modatts.train.segment:build_discriminators_3d",
-                {"channels": list(m.disc_channels), "scales": m.disc_scales})
+        return ("hpc_modatts.models:build_segmenter",
+                {"size": m.segmenter_size, "genseg": False, "common_fraction": m.common_fraction,
+                 "separate_seg_decoder": m.separate_seg_decoder})
 
     def build(self, env: Any) -> dict[str, nn.Module]:
-        from hpc_modatts.models import apply_activation_checkpointing
-
-        models = {"gen": common.build_from(self.model_factory("gen"))}
-        if self.genseg:
-            models["disc"] = common.build_from(self.model_factory("disc"))
-        if self.init_from is not None:  # self-training: start from the previous best (thesis 5.4.2)
-            self._load_init(models)
+        models = {name: build_model(self.model_factory(name)) for name in self.model_names}
+        if self.self_training is not None:  # start from the previous best (thesis 5.4.2)
+            load_initial_weights(self.self_training.init_from, models)
         if self.cfg.model.checkpointing:
             apply_activation_checkpointing(models["gen"], list(self.cfg.model.checkpointing))
         return models
 
-    def _load_init(self, models: dict[str, nn.Module]) -> None:
-        from hpc_modatts.train.checkpoint import BEST_MODEL, load_weights
+    def _volumes(self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int,
+                 **kw: Any) -> VolumeDataset:
+        d = self.cfg.data
+        return VolumeDataset(store, cases, modality, patch_size=d.patch_size, half=d.half_volumes,
+                             annotated=set(annotated), augment=d.augment, seed=self.cfg.train.seed + offset,
+                             mask_name=region_array(d.region), **kw)
 
-        assert self.init_from is not None
-        payload = load_weights(Path(self.init_from) / BEST_MODEL)
-        for name, model in models.items():
-            if name not in payload["models"]:
-                raise ConfigError(f"train.init_from={self.init_from}: best model has no {name!r} "
-                                  f"(has {sorted(payload['models'])}); was it trained with the same variant?")
-            model.load_state_dict(payload["models"][name])
+    # ------------------------------------------------------------------ validation
+    def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
+        """Whole-volume Dice of ``data.region`` + volume guards on the target validation cases (every
+        rank, same cases); None without validation cases (no annotated target case, e.g. CrossMoDA):
+        the last model is kept."""
+        if not self.val_cases:
+            return None
+        gen = engines["gen"]
+        return validate_segmenter(lambda p: torch.sigmoid(gen(p).float()), Store.open(self.cfg.data.store),
+                                  self.val_cases, self.split.target, self.inferer, self.cfg.infer.threshold,
+                                  self.bound, env.device, region=self.cfg.data.region)
 
-    # ------------------------------------------------------------------ data
+
+# ----------------------------------------------------------------------------- the bounds
+class SupervisedTask(SegmentTask):
+    """Dice on real volumes with masks, nothing else (the bounds); ``supervised_data`` says which."""
+
+    @abstractmethod
+    def supervised_data(self) -> tuple[list[str], str]:
+        """(cases, modality) trained on; every case is annotated."""
+
     def train_dataset(self) -> Dataset:
-        from hpc_modatts.data.loaders import VolumeDataset
+        cases, modality = self.supervised_data()
+        return KeyedDataset(self._volumes(self.cfg.data.store, cases, modality, cases, 0), "sup")
 
-        d, s, seed = self.cfg.data, self.split, self.cfg.train.seed
+    def train_step(self, batch: dict, engines: dict, step: int) -> dict[str, Any]:
+        gen, sup = engines["gen"], batch["sup"]
+        loss = pooled_dice_loss(gen(sup["image"]).float(), sup["mask"], sup["has_mask"])
+        gen.backward(loss)
+        gen.step()
+        return {"loss": loss, "seg": loss}
 
-        def volumes(store, cases, modality, annotated, offset, **kw) -> VolumeDataset:
-            return VolumeDataset(store, cases, modality, patch_size=d.patch_size, half=d.half_volumes,
-                                 annotated=set(annotated), augment=d.augment, seed=seed + offset,
-                                 mask_name=region_array(d.region), **kw)
 
-        if self.variant == "source-supervised":
-            return KeyedDataset(volumes(d.store, s.source_labeled, s.source, s.source_labeled, 0), "sup")
-        if self.variant == "target-supervised":
-            return KeyedDataset(volumes(d.store, s.target_train, s.target, s.target_train, 0), "sup")
-        pt = volumes(self.synth_store, s.source_labeled, s.target, s.source_labeled, 0)
-        real_cases = s.target_train if (self.genseg or self.pseudo_labels) else s.target_labeled
-        if not real_cases:
-            return KeyedDataset(pt, "pt")
-        extra = {"extra_mask": "pseudo_label", "extra_store": self.pseudo_labels} if self.pseudo_labels else {}
-        real = volumes(d.store, real_cases, s.target, s.target_labeled, 1, **extra)
-        return common.PairedDataset(pt, real, "pt", "real")
+class SourceSupervisedTask(SupervisedTask):
+    """Lower bound: the segmenter on annotated SOURCE volumes, applied to the target unchanged."""
+
+    variant = "source-supervised"
+
+    def supervised_data(self) -> tuple[list[str], str]:
+        return list(self.split.source_labeled), self.split.source
 
     def check_data(self) -> None:
-        """One-line errors for variants whose data is missing."""
-        s = self.split
-        if self.variant == "source-supervised" and not s.source_labeled:
+        if not self.split.source_labeled:
             raise ConfigError("train.variant=source-supervised: the split has no annotated source case")
-        if self.variant in MODATTS_VARIANTS and not s.source_labeled:
+
+
+class TargetSupervisedTask(SupervisedTask):
+    """Upper bound: the segmenter on every target training volume with its real mask."""
+
+    variant = "target-supervised"
+
+    @classmethod
+    def annotated_cases(cls, split: Any) -> list[str]:
+        return list(split.target_train)
+
+    def supervised_data(self) -> tuple[list[str], str]:
+        return list(self.split.target_train), self.split.target
+
+    def check_data(self) -> None:
+        store = Store.open(self.cfg.data.store)
+        bare = [c for c in self.split.target_train if store.mask(c) is None]
+        if bare:
+            raise ConfigError(f"train.variant=target-supervised needs masks on every target_train case; "
+                              f"{len(bare)} have none in {store.path} (e.g. {bare[:3]})")
+
+
+# ----------------------------------------------------------------------------- MoDATTS
+class PseudoTargetTask(SegmentTask):
+    """MoDATTS self-supervised: Dice on pseudo-target volumes (``pt``) and on real target volumes
+    (``real``: annotated ones, plus pseudo-labelled ones in a self-training round)."""
+
+    variant = "self-supervised"
+
+    def __init__(self, cfg: ExperimentConfig, split: Any, run_dir: Path, synth_store: Path | None = None,
+                 self_training: SelfTrainingRound | None = None) -> None:
+        if synth_store is None:
+            raise ConfigError(f"train.variant={self.variant} needs the pseudo-target store of synthesis")
+        super().__init__(cfg, split, run_dir, synth_store, self_training)
+
+    def _raw_weights(self) -> dict[str, float]:
+        w = self.cfg.train.weights
+        return {"seg_pt": resolve_seg_pt(self.cfg, self.split),
+                "seg_t": w.seg_t if self.target_labeled else 0.0,
+                "st": resolve_st(self.cfg, self.split) if self.self_training else 0.0}
+
+    def _weights(self) -> dict[str, float]:
+        return {k: v for k, v in normalise_weights(self._raw_weights()).items() if v > 0}
+
+    def check_data(self) -> None:
+        if not self.split.source_labeled:
             raise ConfigError(f"train.variant={self.variant}: the split has no annotated source case "
                               f"(split.source_labeled is empty), so no pseudo-target masks")
-        if self.genseg and not s.target_train:
-            raise ConfigError("train.variant=semi-supervised needs real target cases (split.target_train is empty)")
-        if self.variant == "target-supervised":
-            from hpc_modatts.data.store import Store
 
-            store = Store.open(self.cfg.data.store)
-            bare = [c for c in s.target_train if store.mask(c) is None]
-            if bare:
-                raise ConfigError(f"train.variant=target-supervised needs masks on every target_train case; "
-                                  f"{len(bare)} have none in {store.path} (e.g. {bare[:3]})")
+    # ------------------------------------------------------------------ data
+    def real_cases(self) -> list[str]:
+        """The real target cases paired with the pseudo-targets (none: pseudo-targets alone)."""
+        s = self.split
+        return list(s.target_train if self.self_training else s.target_labeled)
+
+    def train_dataset(self) -> Dataset:
+        d, s = self.cfg.data, self.split
+        pt = self._volumes(self.synth_store, s.source_labeled, s.target, s.source_labeled, 0)
+        real_cases = self.real_cases()
+        if not real_cases:
+            return KeyedDataset(pt, "pt")
+        extra = ({"extra_mask": "pseudo_label", "extra_store": self.self_training.pseudo_labels}
+                 if self.self_training else {})
+        real = self._volumes(d.store, real_cases, s.target, s.target_labeled, 1, **extra)
+        return PairedDataset(pt, real, "pt", "real")
 
     # ------------------------------------------------------------------ step
     def train_step(self, batch: dict, engines: dict, step: int) -> dict[str, Any]:
-        dice_loss = common.pooled_dice_loss  # healthy hemispheres count (see its docstring)
-        gen = engines["gen"]
-        if "sup" in batch:
-            loss = dice_loss(gen(batch["sup"]["image"]).float(), batch["sup"]["mask"], batch["sup"]["has_mask"])
-            gen.backward(loss)
-            gen.step()
-            return {"loss": loss, "seg": loss}
-        w, terms = self.weights, {}
+        gen, w = engines["gen"], self.weights
         pt = batch["pt"]
-        terms["seg_pt"] = dice_loss(gen(pt["image"]).float(), pt["mask"], pt["has_mask"])
-        real = batch.get("real")  # always there for GenSeg (check_data: target_train is not empty)
-        outputs: dict = {}
-        if self.genseg:
-            assert real is not None
-            outputs = self._genseg_terms(real, engines, terms)
-        elif real is not None:
-            outputs = {"real_logits": gen(real["image"])}
+        terms = {"seg_pt": pooled_dice_loss(gen(pt["image"]).float(), pt["mask"], pt["has_mask"])}
+        real = batch.get("real")
+        outputs = self._real_forward(real, engines, terms) if real is not None else {}
         if real is not None and ("seg_t" in w or "st" in w):
             self._real_dice_terms(real, outputs["real_logits"], terms)
         loss = sum(w[k] * v for k, v in terms.items() if k in w)
         gen.backward(loss)
         gen.step()
         logged = {"loss": loss, **terms}
-        if self.genseg:
-            assert real is not None
-            logged["disc"] = self._disc_step(real, outputs, engines["disc"])
+        self._after_generator_step(real, outputs, engines, logged)
         return logged
+
+    def _real_forward(self, real: dict, engines: dict, terms: dict) -> dict:
+        """The real batch through the generator: its logits (``real_logits``), and any terms."""
+        return {"real_logits": engines["gen"](real["image"])}
+
+    def _after_generator_step(self, real: dict | None, outputs: dict, engines: dict, logged: dict) -> None:
+        """Anything trained after the generator's step (GenSeg: the discriminators)."""
 
     def _real_dice_terms(self, real: dict, logits: torch.Tensor, terms: dict) -> None:
         """Dice on real target volumes: true masks (seg_t) and pseudo-labels (st) apart."""
-        dice_loss = common.pooled_dice_loss
-
         has = real["has_mask"].bool().reshape(-1)
         true = torch.tensor([c in self.target_labeled for c in real["case"]], device=has.device)
         if "seg_t" in self.weights:
-            terms["seg_t"] = dice_loss(logits.float(), real["mask"], has & true)
+            terms["seg_t"] = pooled_dice_loss(logits.float(), real["mask"], has & true)
         if "st" in self.weights:
-            terms["st"] = dice_loss(logits.float(), real["mask"], has & ~true)
+            terms["st"] = pooled_dice_loss(logits.float(), real["mask"], has & ~true)
+
+
+class GenSegTask(PseudoTargetTask):
+    """MoDATTS semi-supervised: the pseudo-target Dice plus GenSeg on every real target
+    half-volume (weak A/P labels), with two 3D discriminators."""
+
+    variant = "semi-supervised"
+    model_names = ("gen", "disc")
+
+    def _raw_weights(self) -> dict[str, float]:
+        w = self.cfg.train.weights
+        return {**super()._raw_weights(), "adv": w.adv, "rec": w.rec, "lat": w.lat}
+
+    def check_data(self) -> None:
+        super().check_data()
+        if not self.split.target_train:
+            raise ConfigError("train.variant=semi-supervised needs real target cases (split.target_train is empty)")
+
+    def model_factory(self, name: str) -> tuple[str, dict]:
+        m = self.cfg.model
+        if name == "disc":
+            return ("hpc_modatts.train.segment:build_discriminators_3d",
+                    {"channels": list(m.disc_channels), "scales": m.disc_scales})
+        key, kwargs = super().model_factory(name)
+        return key, {**kwargs, "genseg": True}
+
+    def real_cases(self) -> list[str]:
+        return list(self.split.target_train)  # unannotated ones too: GenSeg needs only weak labels
+
+    def _real_forward(self, real: dict, engines: dict, terms: dict) -> dict:
+        return self._genseg_terms(real, engines, terms)
+
+    def _after_generator_step(self, real: dict | None, outputs: dict, engines: dict, logged: dict) -> None:
+        assert real is not None  # check_data: target_train is not empty
+        logged["disc"] = self._disc_step(real, outputs, engines["disc"])
 
     def _genseg_terms(self, real: dict, engines: dict, terms: dict) -> dict:
         """GenSeg on the real batch (Eq. 5.6-5.11), every sample down both paths so that every
         rank runs the same forwards (ZeRO-3); the per-sample weak label selects the terms."""
-        from hpc_modatts.losses import hinge_g_loss
-
         net, disc = unwrap(engines["gen"]), unwrap(engines["disc"])  # plain modules: see translate.py
         x = real["image"]                                                 # (B, 1, X, Y, Z)
         is_p, is_a = real["weak"].reshape(-1) == 1, real["weak"].reshape(-1) == 0  # (B,)
@@ -271,11 +369,11 @@ class SegmentTask(TaskDefaults):
         c_res, u_res, _ = net.encode(x_res)           # re-encode X_AP: keeps c_A, u_AP = u
         terms["lat"] = (_masked_l1(c_com, c, is_p) + _masked_l1(c_res, c, is_a)
                         + _masked_l1(u_res, u_rand, is_a))
-        common.set_requires_grad(disc, False)
+        disc.requires_grad_(False)
         fake_a, fake_p = disc(A, x_com), disc(P, x_res)
         g_a, g_p = _pick(fake_a, is_p), _pick(fake_p, is_a)
         terms["adv"] = ((hinge_g_loss(g_a) if g_a else _zero(fake_a)) + (hinge_g_loss(g_p) if g_p else _zero(fake_p)))
-        common.set_requires_grad(disc, True)
+        disc.requires_grad_(True)
         wants_real_seg = "seg_t" in self.weights or "st" in self.weights
         real_logits = net.decode_segmentation(c, u, skips) if wants_real_seg else None
         return {"x_com": x_com.detach(), "x_res": x_res.detach(), "is_a": is_a, "is_p": is_p,
@@ -283,8 +381,6 @@ class SegmentTask(TaskDefaults):
 
     def _disc_step(self, real: dict, out: dict, disc: Any) -> torch.Tensor:
         """Hinge update of both discriminators: X_A vs X_PA ("A"), X_P vs X_AP ("P")."""
-        from hpc_modatts.losses import hinge_d_loss
-
         x, is_a, is_p = real["image"], out["is_a"], out["is_p"]
         real_a, real_p = disc(A, x), disc(P, x)
         fake_a, fake_p = disc(A, out["x_com"]), disc(P, out["x_res"])
@@ -296,28 +392,21 @@ class SegmentTask(TaskDefaults):
         disc.step()
         return loss
 
-    # ------------------------------------------------------------------ validation
-    def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
-        """Whole-volume Dice of ``data.region`` + volume guards on the target validation cases (every
-        rank, same cases); None without validation cases (no annotated target case, e.g. CrossMoDA):
-        the last model is kept."""
-        from hpc_modatts.data.store import Store
 
-        if not self.val_cases:
-            return None
-        gen = engines["gen"]
-        return validate_segmenter(lambda p: torch.sigmoid(gen(p).float()), Store.open(self.cfg.data.store),
-                                  self.val_cases, self.split.target, self.inferer, self.cfg.infer.threshold,
-                                  self.bound, env.device, region=self.cfg.data.region)
+VARIANT_TASKS: dict[str, type[SegmentTask]] = {
+    cls.variant: cls for cls in (PseudoTargetTask, GenSegTask, SourceSupervisedTask, TargetSupervisedTask)}
+"""THE mapping ``train.variant`` -> Task class (the names: ``hpc_modatts.config.VARIANTS``)."""
+
+
+def volume_bound(cfg: ExperimentConfig, split: Any) -> VolumeBound:
+    """The plausibility bound of ``cfg``'s variant (``SegmentTask.volume_bound``)."""
+    return VARIANT_TASKS[cfg.train.variant].volume_bound(cfg, split)
 
 
 # ----------------------------------------------------------------------------- stage
 def run(cfg: ExperimentConfig) -> Path:
     """Train one variant on one fold; returns ``segment-<variant>/fold_<k>`` (skips when DONE)."""
-    from hpc_modatts.runs import is_done, stage_dir
-    from hpc_modatts.train.trainer import Trainer
-
-    cfg = common.stage_config(cfg, "segment")
+    cfg = stage_config(cfg, "segment")
     run_dir = stage_dir(cfg.run_dir, "segment", cfg.train.variant, cfg.data.fold)
     if is_done(run_dir):
         log.info("segment: %s is DONE, skipping", run_dir)
@@ -326,14 +415,12 @@ def run(cfg: ExperimentConfig) -> Path:
     return Trainer(cfg, task, run_dir).fit()
 
 
-def make_task(cfg: ExperimentConfig, run_dir: Path, init_from: Path | None = None,
-              pseudo_labels: Path | None = None) -> SegmentTask:
-    """The SegmentTask of ``cfg`` with its inputs checked (store, split, pseudo-target store)."""
-    from hpc_modatts.train.synthesize import pseudo_target_store
-
-    common.open_store(cfg.data.store)
-    split = common.load_split(cfg)
-    synth = pseudo_target_store(cfg) if cfg.train.variant in MODATTS_VARIANTS else None
-    task = SegmentTask(cfg, split, run_dir, synth, init_from=init_from, pseudo_labels=pseudo_labels)
+def make_task(cfg: ExperimentConfig, run_dir: Path, self_training: SelfTrainingRound | None = None) -> SegmentTask:
+    """The Task of ``cfg``'s variant with its inputs checked (store, split, pseudo-target store)."""
+    open_store(cfg.data.store)
+    split = load_split(cfg)
+    cls = VARIANT_TASKS[cfg.train.variant]
+    synth = pseudo_target_store(cfg) if issubclass(cls, PseudoTargetTask) else None
+    task = cls(cfg, split, run_dir, synth, self_training)
     task.check_data()
     return task

@@ -29,13 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.config import ConfigError, ExperimentConfig, replace_cfg, stage_config
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.inputs import load_split, open_store, require_done
+from hpc_modatts.data.store import Store
+from hpc_modatts.distributed.engine import autocast_context, use_bf16
+from hpc_modatts.distributed.env import barrier, init_distributed, shard
 from hpc_modatts.infer.inferer import inferer_from_config
-from hpc_modatts.runs import atomic_write_json
-from hpc_modatts.train import common
+from hpc_modatts.runs import atomic_write_json, is_done, stage_dir
+from hpc_modatts.train.best_model import BEST_MODEL, load_best_model
 from hpc_modatts.train.guards import voxel_ml, zero_healthy
-from hpc_modatts.train.segment import volume_bound
+from hpc_modatts.train.segment import SelfTrainingRound, make_task, volume_bound
+from hpc_modatts.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +49,11 @@ _DROP_ATTRS = ("complete", "has_mask", "shape")
 
 
 def round_dir(cfg: ExperimentConfig, i: int) -> Path:
-    from hpc_modatts.runs import stage_dir
-
     return stage_dir(cfg.run_dir, "self-train", cfg.train.variant, cfg.data.fold, round_=i)
 
 
 def init_dir(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
     """The run whose best model round ``i`` starts from (and predicts pseudo-labels with)."""
-    from hpc_modatts.runs import stage_dir
-
     if explicit and cfg.train.init_from:
         return Path(cfg.train.init_from)
     if i == 1:
@@ -79,21 +80,17 @@ def pseudo_label_case(model: torch.nn.Module, store: Any, case: str, modality: s
 def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path, out_path: Path,
                        env: Any) -> Path:
     """Predict + threshold every case into a ``pseudo_labels`` store; skips complete cases."""
-    from hpc_modatts.data.store import Store
-    from hpc_modatts.distributed.engine import autocast_context, use_bf16
-    from hpc_modatts.train.checkpoint import load_best_model
-
-    src = common.open_store(cfg.data.store)
-    split = common.load_split(cfg)
+    src = open_store(cfg.data.store)
+    split = load_split(cfg)
     bound = volume_bound(cfg, split)
     inferer = inferer_from_config(cfg)
     where = f"self-training round {cfg.train.round} ({out_path})"
     if env.is_main:
         Store.create(out_path, kind="pseudo_labels", alpha=cfg.train.alpha, model_run=str(model_dir),
                      modality=cfg.data.target)
-    common.barrier()
+    barrier()
     out = Store.open(out_path)
-    todo = [c for c in common.shard(cases, env.rank, env.world_size) if c not in set(out.case_ids)]
+    todo = [c for c in shard(cases, env.rank, env.world_size) if c not in set(out.case_ids)]
     if todo:
         model, _ = load_best_model(model_dir, "gen")
         model.to(env.device)
@@ -109,7 +106,7 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
                                          "foreground_voxels": int(label.sum()), "volume_ml": volume,
                                          "healthy_hemispheres": cfg.train.healthy_pseudo_labels}
                 out.write_case(case, images={}, extra={PSEUDO_LABEL: label}, attrs=attrs)
-    common.barrier()
+    barrier()
     done = Store.open(out_path)
     missing = sorted(set(cases) - set(done.case_ids))
     if missing:
@@ -128,23 +125,17 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
 # ----------------------------------------------------------------------------- rounds
 def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
     """Self-training round ``i``: pseudo-labels from the previous model, then fine-tuning."""
-    from hpc_modatts.distributed.env import init_distributed
-    from hpc_modatts.runs import is_done
-    from hpc_modatts.train.checkpoint import BEST_MODEL
-    from hpc_modatts.train.segment import make_task
-    from hpc_modatts.train.trainer import Trainer
-
     run_dir = round_dir(cfg, i)
     if is_done(run_dir):
         log.info("self-train: round %d %s is DONE, skipping", i, run_dir)
         return run_dir
-    prev = common.require_done(init_dir(cfg, i, explicit), f"round {i}: model to start from")
+    prev = require_done(init_dir(cfg, i, explicit), f"round {i}: model to start from")
     if not (prev / BEST_MODEL).is_file():
         raise ConfigError(f"round {i}: {prev} has no {BEST_MODEL} to start from")
     pl_path = (Path(cfg.train.pseudo_labels) if (explicit and cfg.train.pseudo_labels)
                else run_dir / "pseudo_labels.zarr")
-    cfg_i = common.replace_cfg(cfg, round=i, init_from=str(prev), pseudo_labels=str(pl_path))
-    task = make_task(cfg_i, run_dir, init_from=prev, pseudo_labels=pl_path)
+    cfg_i = replace_cfg(cfg, round=i, init_from=str(prev), pseudo_labels=str(pl_path))
+    task = make_task(cfg_i, run_dir, SelfTrainingRound(init_from=prev, pseudo_labels=pl_path))
     unannotated = [c for c in task.split.target_train if c not in task.target_labeled]
     if not unannotated:
         raise ConfigError("self-training needs unannotated target cases; every target_train case is annotated")
@@ -155,7 +146,7 @@ def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
 
 def run(cfg: ExperimentConfig) -> Path:
     """Run the self-training rounds (all of them, or only ``train.round``); returns the last round's folder."""
-    cfg = common.stage_config(cfg, "self-train")
+    cfg = stage_config(cfg, "self-train")
     single = cfg.train.round > 0
     rounds = [cfg.train.round] if single else list(range(1, cfg.train.rounds + 1))
     # an explicit init_from / pseudo_labels applies to the first round run here only

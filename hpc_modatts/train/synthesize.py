@@ -31,10 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.config import ConfigError, ExperimentConfig, save_config, stage_config
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.inputs import load_split, open_store, require_done
 from hpc_modatts.data.labels import REGIONS, region_array
-from hpc_modatts.train import common
+from hpc_modatts.data.preprocess import normalise
+from hpc_modatts.data.slices import fit_slices, map_slices, unfit_slices
+from hpc_modatts.data.store import Store
+from hpc_modatts.distributed.engine import autocast_context, use_bf16
+from hpc_modatts.distributed.env import barrier, init_distributed, shard
+from hpc_modatts.runs import DONE, mark_done, stage_dir
+from hpc_modatts.train.best_model import BEST_MODEL, load_best_model
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,6 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, i
     ``load_best_model`` reads it weights-only with an allow-listed factory (docs/reliability.md);
     the step comes from the run's DONE marker (-1 when it has none or it is unreadable).
     """
-    from hpc_modatts.runs import DONE
-    from hpc_modatts.train.checkpoint import BEST_MODEL, load_best_model
-
     run_dir = Path(run_dir)
     if not (run_dir / BEST_MODEL).is_file():
         raise DataError(f"{run_dir}: no {BEST_MODEL} (the translator has not finished a validation); "
@@ -74,13 +78,11 @@ def translate_volume(model: nn.Module, image: np.ndarray, brain: np.ndarray, siz
     The restacked tanh outputs are normalised like every real volume of a store
     (``data.preprocess.normalise``: (v - mean) / (5 std) over the brain, clipped to [-1, 1]):
     stage 2 is validated and tested on real target volumes in that convention, and raw
-    translations are not in it (demo translator: brain mean 0.04, std 0.30 vs 0.00, 0.20).
+    translations are not in it.
     """
-    from hpc_modatts.data.preprocess import normalise
-
-    slices = common.fit_slices(image, size, fill=-1.0)                        # (Z, H, W)
-    translated = common.map_slices(model.to_target, slices, device, batch)    # (Z, H, W)
-    volume = common.unfit_slices(translated, image.shape, fill=-1.0)          # (X, Y, Z)
+    slices = fit_slices(image, size, fill=-1.0)                        # (Z, H, W)
+    translated = map_slices(model.to_target, slices, device, batch)    # (Z, H, W)
+    volume = unfit_slices(translated, image.shape, fill=-1.0)          # (X, Y, Z)
     volume, _ = normalise(volume, brain > 0, where)                           # -1 outside the brain
     return volume.astype(np.float32)
 
@@ -106,8 +108,6 @@ def synthesize_case(model: nn.Module, src: Any, out: Any, case: str, source: str
 # ----------------------------------------------------------------------------- stage
 def paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
     """(translator run folder, synthetic store) of ``cfg``."""
-    from hpc_modatts.runs import stage_dir
-
     translator_run = Path(cfg.train.translator_run or stage_dir(cfg.run_dir, "translate"))
     store = Path(cfg.train.pseudo_target_store or translator_run / "synth.zarr")
     return translator_run, store
@@ -115,8 +115,6 @@ def paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
 
 def is_synthesized(cfg: ExperimentConfig) -> bool:
     """True when ``DONE_synthesize`` exists and names this config's synthetic store."""
-    import json
-
     translator_run, store = paths(cfg)
     marker = translator_run / MARKER
     if not marker.is_file():
@@ -126,20 +124,14 @@ def is_synthesized(cfg: ExperimentConfig) -> bool:
 
 def run(cfg: ExperimentConfig) -> Path:
     """Write the pseudo-target store; returns its path (skips when already DONE)."""
-    from hpc_modatts.config import save_config
-    from hpc_modatts.data.store import Store
-    from hpc_modatts.distributed.engine import autocast_context, use_bf16
-    from hpc_modatts.distributed.env import init_distributed
-    from hpc_modatts.runs import mark_done
-
-    cfg = common.stage_config(cfg, "synthesize")
+    cfg = stage_config(cfg, "synthesize")
     translator_run, out_path = paths(cfg)
     if is_synthesized(cfg):
         log.info("synthesize: %s is DONE, skipping", out_path)
         return out_path
-    src = common.open_store(cfg.data.store)
-    split = common.load_split(cfg, use_fold=False)  # every source_train case, for every fold
-    common.require_done(translator_run, "translator run (train.translator_run)")
+    src = open_store(cfg.data.store)
+    split = load_split(cfg, use_fold=False)  # every source_train case, for every fold
+    require_done(translator_run, "translator run (train.translator_run)")
     env = init_distributed(cfg.distributed)
     model, tcfg, step = load_translator(translator_run)
     if tuple(tcfg.data.slice_size) != tuple(cfg.data.slice_size):
@@ -150,25 +142,25 @@ def run(cfg: ExperimentConfig) -> Path:
         save_config(cfg, translator_run / "synthesize.yaml")
         Store.create(out_path, kind="synthetic", source=split.source, target=split.target,
                      source_store=str(cfg.data.store), translator_run=str(translator_run))
-    common.barrier()
+    barrier()
     out = Store.open(out_path)
     done = set(out.case_ids)
     labeled = set(split.source_labeled)
     info = {"translator_run": str(translator_run), "translator_step": step}
-    todo = [c for c in common.shard(split.source_train, env.rank, env.world_size) if c not in done]
+    todo = [c for c in shard(split.source_train, env.rank, env.world_size) if c not in done]
     log.info("synthesize: rank %d translates %d case(s) %s->%s", env.rank, len(todo), split.source, split.target)
     with torch.no_grad(), autocast_context(use_bf16(cfg.distributed, env.device), env.device):
         for case in todo:
             synthesize_case(model, src, out, case, split.source, split.target, case in labeled,
                             cfg.data.slice_size, env.device, info)
-    common.barrier()
+    barrier()
     if env.is_main:
         missing = sorted(set(split.source_train) - set(out.case_ids))
         if missing:
             raise DataError(f"{out_path}: {len(missing)} case(s) were not written: {missing[:5]}")
         mark_done(translator_run, MARKER, store=str(out_path), cases=len(split.source_train),
                   translator_step=step)
-    common.barrier()
+    barrier()
     return out_path
 
 

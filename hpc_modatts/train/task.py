@@ -35,7 +35,7 @@ Optional members (defaults in ``TaskDefaults``; a task need not inherit from it)
     select_on: str                       # the validation metric the best checkpoint maximises
     frozen: set[str]                     # models built but not optimised (no engine), eval mode
     collate(samples) -> batch            # DataLoader collate_fn (default: torch's)
-    batch_ids(batch) -> list[str]        # case names for the NaN message (default: batch["case"])
+    batch_ids(batch) -> list[str]        # case names for the NaN message (default: data.batches.case_ids)
     model_factory(name) -> (str, dict) | None
         # "package.module:function" and kwargs that rebuild model ``name`` for inference;
         # stored in best_model.pt so ``load_best_model(run_dir, name)`` needs no build_fn.
@@ -49,12 +49,17 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from hpc_modatts.data.batches import case_ids
+
 
 @runtime_checkable
 class Task(Protocol):
     """One training stage: models, data, a step and a metric; the Trainer owns the loop."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The stage's name in logs, the progress bar, checkpoints and the DONE marker."""
+        ...
 
     def build(self, env: Any) -> dict[str, nn.Module]:
         """Build the models (on CPU; the trainer moves them and wraps them in engines)."""
@@ -82,7 +87,7 @@ class TaskDefaults:
     collate = None
 
     def batch_ids(self, batch: Any) -> list[str]:
-        return default_batch_ids(batch)
+        return case_ids(batch)
 
     def model_factory(self, name: str) -> tuple[str, dict] | None:
         return None
@@ -91,24 +96,9 @@ class TaskDefaults:
         return None
 
 
-def default_batch_ids(batch: Any) -> list[str]:
-    """Case names of a batch: ``batch["case"]`` (plus ``side``/``z`` when present)."""
-    if not isinstance(batch, dict) or "case" not in batch:
-        return []
-    cases = batch["case"]
-    cases = [cases] if isinstance(cases, str) else list(cases)
-    for extra in ("side", "z"):
-        if extra in batch:
-            vals = batch[extra]
-            vals = vals.tolist() if torch.is_tensor(vals) else list(vals) if isinstance(vals, (list, tuple)) else [vals]
-            if len(vals) == len(cases):
-                cases = [f"{c}:{v}" for c, v in zip(cases, vals)]
-    return [str(c) for c in cases]
-
-
 def task_batch_ids(task: Any, batch: Any) -> list[str]:
     fn = getattr(task, "batch_ids", None)
-    return list(fn(batch)) if callable(fn) else default_batch_ids(batch)
+    return list(fn(batch)) if callable(fn) else case_ids(batch)
 
 
 def task_frozen(task: Any) -> set[str]:

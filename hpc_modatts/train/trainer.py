@@ -25,20 +25,21 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from hpc_modatts.config import ConfigError, ExperimentConfig, OptimConfig
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.loaders import RankSampler, make_loader
+from hpc_modatts.distributed.engine import autocast_context, build_engine
 from hpc_modatts.distributed.engine import unwrap as unwrap_model
 from hpc_modatts.distributed.env import (
     DistEnv,
@@ -48,10 +49,13 @@ from hpc_modatts.distributed.env import (
     broadcast_object,
     init_distributed,
 )
-from hpc_modatts.runs import atomic_write_text, mark_done, prepare_run_dir
+from hpc_modatts.models.layout import to_channels_last
+from hpc_modatts.runs import mark_done, prepare_run_dir
 from hpc_modatts.train import checkpoint as ckpt
-from hpc_modatts.train.checkpoint import load_best_model  # noqa: F401  (re-exported)
+from hpc_modatts.train.best_model import save_best_model
+from hpc_modatts.train.metrics_log import MetricsLog
 from hpc_modatts.train.task import (
+    Task,
     loss_value,
     move_to_device,
     task_batch_ids,
@@ -75,8 +79,6 @@ def seed_everything(seed: int) -> None:
 
 def make_rank_sampler(n: int, seed: int, env: DistEnv, num_samples: int | None) -> Any:
     """hpc_modatts' RankSampler: deterministic per (seed, epoch, rank), resumable by position."""
-    from hpc_modatts.data.loaders import RankSampler
-
     return RankSampler(n, seed, env.rank, env.world_size, shuffle=True, num_samples=num_samples)
 
 
@@ -90,7 +92,7 @@ def optim_for(ocfg: OptimConfig, engine_name: str) -> OptimConfig:
 class Trainer:
     """One loop for every stage: ``Trainer(cfg, task, run_dir).fit() -> run_dir``."""
 
-    def __init__(self, cfg: ExperimentConfig, task: Any, run_dir: str | Path, env: DistEnv | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, task: Task, run_dir: str | Path, env: DistEnv | None = None) -> None:
         self.cfg, self.task, self.run_dir, self._env = cfg, task, Path(run_dir), env
         self.engines: dict[str, Any] = {}
         self.frozen_models: dict[str, torch.nn.Module] = {}
@@ -100,7 +102,7 @@ class Trainer:
         self.best_score, self.best_step, self.last_saved = -math.inf, -1, -1
         self.last_validated = -1  # checkpoint_every saves without validating
         self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
-        self._writer = None
+        self._metrics: MetricsLog | None = None
 
     @property
     def env(self) -> DistEnv:
@@ -118,14 +120,13 @@ class Trainer:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                               f"{self.env.world_size} ranks")
         self.micro = cfg.train.batch_size // self.env.world_size
+        self._metrics = MetricsLog(self.run_dir, self.env.is_main)
         if self.env.is_main:
             prepare_run_dir(self.run_dir, cfg)
         barrier()
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         models = self.task.build(self.env)
         frozen = task_frozen(self.task)
-        from hpc_modatts.distributed.engine import build_engine
-
         for name, model in models.items():
             if name in frozen:
                 self.frozen_models[name] = model.to(self.env.device).eval().requires_grad_(False)
@@ -138,8 +139,6 @@ class Trainer:
         if cfg.model.channels_last and cfg.distributed.zero_stage == 0:
             # after deepspeed.initialize (its parameter broadcast views tensors as bytes, which needs
             # contiguous ones); ZeRO 1-3 keep parameters as views of flat buffers: left as they are
-            from hpc_modatts.models.layout import to_channels_last
-
             for m in self.all_models.values():
                 to_channels_last(unwrap_model(m))
         self.bf16 = any(e.torch_autocast_enabled() for e in self.engines.values())
@@ -159,8 +158,6 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         """This epoch's loader on the rank's indices, skipping the batches already trained."""
-        from hpc_modatts.data.loaders import make_loader
-
         self.sampler.set_epoch(self.epoch)
         self.sampler.position = self.pos * self.micro  # the trainer's counters are the truth
         loader = make_loader(self.dataset, self.micro, self.sampler, self.cfg.data.num_workers, drop_last=True)
@@ -192,7 +189,7 @@ class Trainer:
             return None, str(e)
         ckpt.prune_checkpoints(self.run_dir)  # half-written folders of a killed save
         if tag is None:
-            self._truncate_metrics(0)  # a fresh start: no line of an earlier attempt stays
+            self.metrics.truncate(0)  # a fresh start: no line of an earlier attempt stays
         return tag, None
 
     def _resume(self) -> None:
@@ -211,55 +208,22 @@ class Trainer:
         if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
         if self.env.is_main:
-            self._truncate_metrics(self.step)
+            self.metrics.truncate(self.step)
             self._log({"event": "resume", "step": self.step, "epoch": self.epoch, "tag": tag})
 
     # ------------------------------------------------------------------ logging
+    @property
+    def metrics(self) -> MetricsLog:
+        """metrics.jsonl (rank 0 writes): set when ``fit`` starts, once the rank is known."""
+        if self._metrics is None:
+            raise RuntimeError("Trainer.metrics is only known once fit() has started")
+        return self._metrics
+
     def _log(self, record: dict) -> None:
-        if not self.env.is_main:
-            return
-        record = {"time": round(time.time(), 3), **record}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            for k, v in record.items():
-                if k not in ("time", "step", "epoch") and isinstance(v, (int, float)):
-                    self._writer.add_scalar(k, v, record.get("step", self.step))
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines a killed run wrote after the checkpoint we resume from (and lines
-        a kill left half-written), so every step is logged once."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        keep, dropped = [], 0
-        for ln in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(ln)
-                line_step = record.get("step", 0) if isinstance(record, dict) else None
-            except ValueError:
-                line_step = None
-            if isinstance(line_step, int) and line_step <= step:
-                keep.append(ln)
-            elif ln.strip():
-                dropped += 1
-        if dropped:
-            log.info("%s: dropped %d line(s) after step %d or unreadable", path, dropped, step)
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-    def _open_tensorboard(self) -> None:
-        if not self.env.is_main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional; metrics.jsonl is always written
-            return
-        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.metrics.write(record, self.step)
 
     # ------------------------------------------------------------------ one step
     def _train_step(self, batch: Any) -> dict[str, float]:
-        from hpc_modatts.distributed.engine import autocast_context
-
         device_batch = move_to_device(batch, self.env.device)
         for e in self.engines.values():
             e.train()
@@ -326,8 +290,6 @@ class Trainer:
         self.last_saved = self.step
 
     def _validate(self) -> dict | None:
-        from hpc_modatts.distributed.engine import autocast_context
-
         states = ckpt.rng_state()
         for m in self.all_models.values():
             m.eval()
@@ -348,7 +310,7 @@ class Trainer:
 
     def _save_best_model(self) -> None:
         factories = {name: task_model_factory(self.task, name) for name in self.engines}
-        ckpt.save_best_model(self.run_dir, self.engines, self.cfg, factories, self.step,
+        save_best_model(self.run_dir, self.engines, self.cfg, factories, self.step,
                              self.best_score if math.isfinite(self.best_score) else None, self.task.name)
 
     # ------------------------------------------------------------------ loop
@@ -383,12 +345,10 @@ class Trainer:
 
     def fit(self) -> Path:
         """Train (or resume) to the end of the schedule; return the run folder."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self._setup()
         self._resume()
         self.skipped_steps = sum(int(getattr(e, "skipped_steps", 0)) for e in self.engines.values())  # restored
-        self._open_tensorboard()
+        self.metrics.open_tensorboard()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not self.env.is_main) as progress:
             bar = progress.add_task(self.task.name, total=self.total_steps, completed=self.step)
@@ -398,8 +358,7 @@ class Trainer:
         if self.best_step < 0:  # a task without validation: the final model is the one to use
             self.best_step = self.step
             self._save_best_model()
-        if self._writer is not None:
-            self._writer.close()
+        self.metrics.close()
         if self.env.is_main:
             mark_done(self.run_dir, task=self.task.name, steps=self.step, best_step=self.best_step,
                       select_on=self.select_on,

@@ -14,6 +14,7 @@ cyc 10 normalised to sum 1. ``hpc-modatts train translate CONFIG``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -23,14 +24,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpc_modatts.config import ExperimentConfig
+from hpc_modatts.config import ExperimentConfig, stage_config
+from hpc_modatts.data.batches import PairedDataset, paired_case_ids
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.inputs import load_split, open_store, val_case_list
 from hpc_modatts.data.labels import read_region, region_array
+from hpc_modatts.data.loaders import SliceDataset
+from hpc_modatts.data.slices import brain_slices, fit_slices, map_slices
 from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
+from hpc_modatts.data.store import Store
 from hpc_modatts.distributed.engine import unwrap
-from hpc_modatts.train import common, fidelity
+from hpc_modatts.infer.metrics import dice_of
+from hpc_modatts.losses import dice_loss, hinge_d_loss, hinge_g_loss, l1, normalise_weights
+from hpc_modatts.models.discriminator import DiscriminatorPair
+from hpc_modatts.models.sizes import build_translator
+from hpc_modatts.runs import is_done, stage_dir
+from hpc_modatts.train import fidelity
+from hpc_modatts.train.best_model import build_model, load_best_model
 from hpc_modatts.train.synthesize import translate_volume
 from hpc_modatts.train.task import TaskDefaults
+from hpc_modatts.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +56,6 @@ class CycleTranslators(nn.Module):
 
     def __init__(self, size: str = "full", pretrained: str = "", keep_background: bool = False) -> None:
         super().__init__()
-        from hpc_modatts.models import build_translator
-
         self.s2t = build_translator(size, pretrained=pretrained)  # E_S, G_T, G_seg^S
         self.t2s = build_translator(size, pretrained=pretrained)  # E_T, G_S, G_seg^T
         self.keep_background = keep_background
@@ -55,7 +66,7 @@ class CycleTranslators(nn.Module):
         Beyond the thesis: the normaliser clips brain voxels at mean - 5 std (never reached in
         practice), so only background and padding sit at exactly -1. Without this the
         discriminators spend themselves on the generators' imperfect background and the stage-1
-        GAN on the demo flipped the tumour contrast for 2 of 5 seeds only (docs/results.md)."""
+        GAN more often flips the tumour contrast (docs/results.md)."""
         if not self.keep_background:
             return y
         return torch.where(x <= BACKGROUND + 1e-3, torch.full_like(y, BACKGROUND), y)
@@ -88,22 +99,6 @@ class CycleTranslators(nn.Module):
         return self.t2s.segment(self.t2s.encode(x_t))
 
 
-class DiscriminatorPair(nn.Module):
-    """One multi-scale discriminator per domain; ``forward(domain, x)`` -> list of logit maps."""
-
-    def __init__(self, domains: tuple[str, ...], spatial_dims: int, channels: tuple[int, ...],
-                 scales: int) -> None:
-        super().__init__()
-        from hpc_modatts.models import MultiScaleDiscriminator
-
-        self.nets = nn.ModuleDict({d: MultiScaleDiscriminator(spatial_dims=spatial_dims, in_channels=1,
-                                                              channels=tuple(channels), scales=scales)
-                                   for d in domains})
-
-    def forward(self, domain: str, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.nets[domain](x)
-
-
 def build_cycle_translators(size: str = "full", pretrained: str = "",
                             keep_background: bool = False) -> CycleTranslators:
     """Factory recorded in best_model.pt (``load_best_model(run, "gen")``); checkpoints written
@@ -123,18 +118,16 @@ class TranslateTask(TaskDefaults):
     select_on = "score"  # fidelity.selection_score, not the translator's own Dice
 
     def __init__(self, cfg: ExperimentConfig, split: Any, run_dir: Path) -> None:
-        from hpc_modatts.losses import normalise_weights
-
         self.cfg, self.split, self.run_dir = cfg, split, Path(run_dir)
         w = cfg.train.weights
         self.weights = normalise_weights({"adv": w.adv, "seg": w.seg, "cyc": w.cyc})
-        self.val_cases = common.val_case_list(split.val, cfg.train.val_cases)
+        self.val_cases = val_case_list(split.val, cfg.train.val_cases)
         # annotated source cases translated at each validation (as many as validation cases)
         self.fidelity_cases = list(split.source_labeled[: max(1, len(self.val_cases))])
         self._step = 0
 
     def batch_ids(self, batch: dict) -> list[str]:
-        return common.paired_batch_ids(batch)
+        return paired_case_ids(batch)
 
     def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
@@ -147,23 +140,19 @@ class TranslateTask(TaskDefaults):
                  "scales": m.disc_scales})
 
     def build(self, env: Any) -> dict[str, nn.Module]:
-        return {"gen": common.build_from(self.model_factory("gen")),
-                "disc": common.build_from(self.model_factory("disc"))}
+        return {"gen": build_model(self.model_factory("gen")),
+                "disc": build_model(self.model_factory("disc"))}
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        from hpc_modatts.data.loaders import SliceDataset
-
         d, s = self.cfg.data, self.split
         src = SliceDataset(d.store, s.source_train, s.source, annotated=set(s.source_labeled),
                            size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed,
                            mask_name=region_array(d.region))
         tgt = SliceDataset(d.store, s.target_train, s.target, annotated=set(),
                            size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed + 1)
-        return common.PairedDataset(src, tgt, SOURCE, TARGET)
+        return PairedDataset(src, tgt, SOURCE, TARGET)
 
     def train_step(self, batch: dict, engines: dict, step: int) -> dict[str, Any]:
-        from hpc_modatts.losses import dice_loss, hinge_d_loss, hinge_g_loss, l1
-
         self._step = step + 1  # optimiser steps done after this one (the trainer counts from 0)
         gen, disc = engines["gen"], engines["disc"]
         x_s, x_t = batch[SOURCE]["image"], batch[TARGET]["image"]          # (B, 1, H, W)
@@ -174,7 +163,7 @@ class TranslateTask(TaskDefaults):
         # called as plain modules (a DeepSpeed engine's forward hooks its outputs' backward to
         # that engine, which must not run inside the generator's engine.backward)
         d_net = unwrap(disc)
-        common.set_requires_grad(d_net, False)
+        d_net.requires_grad_(False)
         adv = hinge_g_loss(d_net(TARGET, out["s_to_t"])) + hinge_g_loss(d_net(SOURCE, out["t_to_s"]))
         cyc = l1(out["s_cycled"], x_s) + l1(out["t_cycled"], x_t)
         seg = (dice_loss(out["seg_s"].float(), mask, has_mask)
@@ -183,7 +172,7 @@ class TranslateTask(TaskDefaults):
         loss = w["adv"] * adv + w["cyc"] * cyc + w["seg"] * seg
         gen.backward(loss)
         gen.step()
-        common.set_requires_grad(d_net, True)
+        d_net.requires_grad_(True)
 
         # discriminator update on detached translations (hinge, Eq. 5.1)
         d_loss = (hinge_d_loss(disc(TARGET, x_t), disc(TARGET, out["s_to_t"].detach()))
@@ -209,8 +198,6 @@ class TranslateTask(TaskDefaults):
         * ``dice`` / ``dice_source``: G_seg^T(E_T(X_T)) on real target slices / G_seg^S on source.
         A panel (source / translated / cycled / predicted mask) goes to ``panels/step_N.png``.
         """
-        from hpc_modatts.data.store import Store
-
         if not self.val_cases:  # no annotated target case (CrossMoDA's hrT2): the last model is kept
             return None
         model, disc = unwrap(engines["gen"]), unwrap(engines["disc"])
@@ -231,7 +218,7 @@ class TranslateTask(TaskDefaults):
             real_values.append(fidelity.brain_values(image, brain))
             if mask is not None:
                 real_contrast.append(fidelity.tumour_contrast(image, mask, brain, store.attrs(case)["spacing"]))
-            real_slices.append(common.brain_slices(image, brain, size))
+            real_slices.append(brain_slices(image, brain, size))
         trans_values, src_values, trans_contrast, fake_slices = [], [], [], []
         for case in self.fidelity_cases:
             image, brain, mask = store.read_image(case, src), store.read_brain(case), store.read_mask(case)
@@ -239,7 +226,7 @@ class TranslateTask(TaskDefaults):
             trans_values.append(fidelity.brain_values(pseudo, brain))
             src_values.append(fidelity.brain_values(image, brain))
             trans_contrast.append(fidelity.tumour_contrast(pseudo, mask, brain, store.attrs(case)["spacing"]))
-            fake_slices.append(common.brain_slices(pseudo, brain, size))
+            fake_slices.append(brain_slices(pseudo, brain, size))
         real = np.concatenate(real_values)
         w_trans = fidelity.wasserstein(np.concatenate(trans_values), real)
         w_src = fidelity.wasserstein(np.concatenate(src_values), real)
@@ -268,10 +255,10 @@ class TranslateTask(TaskDefaults):
             mask = read_region(store, case, self.cfg.data.region)
             if mask is None:
                 continue
-            slices = common.fit_slices(store.read_image(case, modality), size, fill=-1.0)   # (Z, H, W)
-            prob = common.map_slices(lambda x: torch.sigmoid(segment(x).float()), slices, device)
-            truth = common.fit_slices(mask.astype(np.float32), size, fill=0.0)
-            scores.append(common.dice_of(prob > 0.5, truth > 0.5))
+            slices = fit_slices(store.read_image(case, modality), size, fill=-1.0)   # (Z, H, W)
+            prob = map_slices(lambda x: torch.sigmoid(segment(x).float()), slices, device)
+            truth = fit_slices(mask.astype(np.float32), size, fill=0.0)
+            scores.append(dice_of(prob > 0.5, truth > 0.5))
         if not scores:
             raise DataError(f"{self.cfg.data.store}: no validation case of {self.val_cases[:5]} has a mask")
         return float(np.mean(scores))
@@ -283,16 +270,18 @@ class TranslateTask(TaskDefaults):
         image, mask = store.read_image(case, self.split.source), read_region(store, case, self.cfg.data.region)
         z = int(np.argmax(mask.sum(axis=(0, 1)))) if mask is not None else image.shape[2] // 2
         size = self.cfg.data.slice_size
-        x = torch.from_numpy(common.fit_slices(image[:, :, z:z + 1], size, -1.0)[:, None]).to(device)
+        x = torch.from_numpy(fit_slices(image[:, :, z:z + 1], size, -1.0)[:, None]).to(device)
         translated = model.to_target(x)
         cycled = model.t2s.translate(model.t2s.encode(translated))
         pred = torch.sigmoid(model.segment_source(x).float())
         cols = {"source": x, "translated": translated, "cycled": cycled, "predicted mask": pred}
         cols = {k: v.float()[0, 0].cpu().numpy() for k, v in cols.items()}
         if mask is not None:
-            cols["true mask"] = common.fit_slices(mask[:, :, z:z + 1].astype(np.float32), size, 0.0)[0]
+            cols["true mask"] = fit_slices(mask[:, :, z:z + 1].astype(np.float32), size, 0.0)[0]
         if write:
-            common.write_panel(self.run_dir / "panels" / f"step_{self._step:08d}.png", cols,
+            from hpc_modatts.infer.panels import write_panel  # matplotlib: loaded only to draw
+
+            write_panel(self.run_dir / "panels" / f"step_{self._step:08d}.png", cols,
                                title=f"{case} z={z} ({self.split.source}->{self.split.target})")
 
 
@@ -300,11 +289,7 @@ class TranslateTask(TaskDefaults):
 def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 3) -> Path:
     """``report.png``: validation curves and source / pseudo-target / real target slices of the
     selected translator (the one synthesis uses), for a few annotated source cases."""
-    import json
-
-    from hpc_modatts.data.store import Store
-    from hpc_modatts.infer.panels import save_translation_report
-    from hpc_modatts.train.checkpoint import load_best_model
+    from hpc_modatts.infer.panels import save_translation_report  # matplotlib: loaded only to draw
 
     store = Store.open(cfg.data.store)
     records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -320,7 +305,7 @@ def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 
         other = case if tgt in store.modalities(case) else (split.val[0] if split.val else None)
         if other is not None:
             row[f"{other} real {tgt}" + ("" if other == case else " (another case)")] = store.read_image(other, tgt)
-        rows.append({k: common.fit_slices(v[:, :, z:z + 1], size, -1.0)[0] for k, v in row.items()})
+        rows.append({k: fit_slices(v[:, :, z:z + 1], size, -1.0)[0] for k, v in row.items()})
     return save_translation_report(run_dir / "report.png", records, rows,
                                    title=f"stage 1 {src}->{tgt}", best_step=done.get("best_step"))
 
@@ -328,17 +313,13 @@ def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 
 # ----------------------------------------------------------------------------- stage
 def run(cfg: ExperimentConfig) -> Path:
     """Train the translator; returns ``<run_root>/<name>/translate`` (skips when DONE)."""
-    from hpc_modatts.runs import is_done, stage_dir
-
-    cfg = common.stage_config(cfg, "translate")
+    cfg = stage_config(cfg, "translate")
     run_dir = stage_dir(cfg.run_dir, "translate")
     if is_done(run_dir):
         log.info("translate: %s is DONE, skipping", run_dir)
         return run_dir
-    common.open_store(cfg.data.store)
-    split = common.load_split(cfg, use_fold=False)  # one translator for every fold
-    from hpc_modatts.train.trainer import Trainer
-
+    open_store(cfg.data.store)
+    split = load_split(cfg, use_fold=False)  # one translator for every fold
     trainer = Trainer(cfg, TranslateTask(cfg, split, run_dir), run_dir)
     trainer.fit()
     if trainer.env.is_main:

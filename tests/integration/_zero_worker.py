@@ -22,7 +22,7 @@ from monai.losses import DiceLoss
 from torch import nn
 from torch.utils.data import Dataset
 
-from hpc_modatts.train.checkpoint import register_model_factory
+from hpc_modatts.train.best_model import register_model_factory
 from hpc_modatts.train.task import TaskDefaults
 
 

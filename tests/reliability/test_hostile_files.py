@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from hpc_modatts.config import ExperimentConfig, config_to_dict
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.status import pipeline_status
 from hpc_modatts.runs import mark_done
-from hpc_modatts.train.checkpoint import load_best_model
+from hpc_modatts.train.best_model import load_best_model
 
 pytestmark = pytest.mark.reliability
 
@@ -58,12 +57,12 @@ def test_best_model_with_pickled_code_is_refused(tmp_path):
 
 
 def test_init_from_run_with_pickled_code_is_refused(tmp_path):
-    from hpc_modatts.train.segment import SegmentTask
+    from hpc_modatts.train.segment import load_initial_weights
 
     marker = tmp_path / "code-ran"
     run = best_model(tmp_path / "run", {"gen": Exploit(marker)})
     with pytest.raises(DataError, match="not a loadable weights file"):
-        SegmentTask._load_init(SimpleNamespace(init_from=str(run)), {"gen": torch.nn.Linear(1, 1)})
+        load_initial_weights(run, {"gen": torch.nn.Linear(1, 1)})
     assert not marker.exists()
 
 

@@ -237,7 +237,7 @@ def test_bogus_scheduler_leaves_no_store_behind(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- a split made for another store
 def test_split_of_another_store_with_the_same_case_ids_is_refused(tmp_path):
-    from hpc_modatts.train.common import load_split
+    from hpc_modatts.data.inputs import load_split
 
     nifti, a = make_phantom_store(tmp_path / "a", cases=4)
     b = tmp_path / "b.zarr"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc_modatts.config import BUILTIN_CONFIGS, ConfigError, apply_overrides, builtin_configs, load_config
+from hpc_modatts.config import BUILTIN_CONFIGS, ConfigError, apply_overrides, builtin_configs, load_config, stage_config
 from hpc_modatts.pipeline.submit import available_presets, load_preset
-from hpc_modatts.train.common import stage_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs"
 ALL = sorted(CONFIGS.glob("*.yaml"))

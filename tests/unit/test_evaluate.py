@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from hpc_modatts.data.errors import DataError
-from hpc_modatts.infer.evaluate import case_metrics, evaluate
+from hpc_modatts.infer.evaluate import evaluate
+from hpc_modatts.infer.metrics import case_metrics
 
 
 def cube(shape=(24, 16, 16), start=(4, 3, 3), n=10) -> np.ndarray:

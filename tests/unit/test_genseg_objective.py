@@ -10,7 +10,7 @@ import torch
 
 from hpc_modatts.losses import hinge_d_loss, hinge_g_loss
 from hpc_modatts.models import build_segmenter
-from hpc_modatts.train.segment import SegmentTask, build_discriminators_3d
+from hpc_modatts.train.segment import GenSegTask, build_discriminators_3d
 
 SHAPE = (2, 1, 32, 32, 16)  # (B, C, X, Y, Z): sample 0 healthy (A), sample 1 diseased (P)
 
@@ -25,7 +25,7 @@ def setup():
     task = types.SimpleNamespace(weights={})  # no Dice on real target volumes in this objective
     terms: dict = {}
     torch.manual_seed(123)  # the u ~ N(0, I) drawn for healthy samples
-    out = SegmentTask._genseg_terms(task, batch, {"gen": net, "disc": disc}, terms)
+    out = GenSegTask._genseg_terms(task, batch, {"gen": net, "disc": disc}, terms)
     return net, disc, x, terms, out
 
 
@@ -68,7 +68,7 @@ def test_each_term_depends_only_on_its_samples(setup):
     x = x.clone().requires_grad_(True)
     terms: dict = {}
     torch.manual_seed(123)
-    SegmentTask._genseg_terms(types.SimpleNamespace(weights={}), {"image": x, "weak": torch.tensor([0, 1])},
+    GenSegTask._genseg_terms(types.SimpleNamespace(weights={}), {"image": x, "weak": torch.tensor([0, 1])},
                               {"gen": net, "disc": disc}, terms)
     for k in ("rec", "lat", "adv"):
         (g,) = torch.autograd.grad(terms[k], x, retain_graph=True)
@@ -77,7 +77,7 @@ def test_each_term_depends_only_on_its_samples(setup):
 
 def test_discriminator_pairs_real_a_with_x_pa_and_real_p_with_x_ap(setup):
     net, disc, x, _, out = setup
-    loss = SegmentTask._disc_step(None, {"image": x}, out, _Engine(disc))
+    loss = GenSegTask._disc_step(None, {"image": x}, out, _Engine(disc))
     with torch.no_grad():
         expected = (hinge_d_loss([t[0:1] for t in disc("A", x)], [t[1:2] for t in disc("A", out["x_com"])])
                     + hinge_d_loss([t[1:2] for t in disc("P", x)], [t[0:1] for t in disc("P", out["x_res"])]))

@@ -5,7 +5,8 @@ import torch
 
 from hpc_modatts.config import ConfigError
 from hpc_modatts.models import SEGMENTER_SIZES, MedFormer, build_segmenter, count_parameters
-from hpc_modatts.models.medformer import BMDHBlock, ConvBlock, MedFormerConfig, pad_to_stride
+from hpc_modatts.models.medformer import MedFormerConfig, pad_to_stride
+from hpc_modatts.models.medformer_blocks import BMDHBlock, ConvBlock
 
 TINY = SEGMENTER_SIZES["tiny"]
 

@@ -14,7 +14,7 @@ from hpc_modatts.data.store import Store
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
 from hpc_modatts.infer.predict import ensemble, genseg_outputs, predict, predict_case
 from hpc_modatts.runs import mark_done
-from hpc_modatts.train.checkpoint import register_model_factory
+from hpc_modatts.train.best_model import register_model_factory
 
 SHAPE = (20, 16, 12)   # (X, Y, Z) stored, canonical RAS
 ROI = (8, 16, 8)       # a "half-volume" patch: X is less than half of the volume
@@ -131,10 +131,10 @@ GENSEG_FACTORY = ("hpc_modatts.models:build_segmenter", {"size": "tiny", "genseg
 
 def make_genseg_run(path, seed: int = 0):
     """A finished run holding a tiny (untrained, seeded) GenSeg MedFormer, saved like the trainer does."""
-    from hpc_modatts.train.common import build_from
+    from hpc_modatts.train.best_model import build_model
 
     torch.manual_seed(seed)
-    model = build_from(GENSEG_FACTORY)
+    model = build_model(GENSEG_FACTORY)
     cfg = config_from_dict({"data": {"patch_size": list(GENSEG_ROI), "target": "t2", "store": "/nonexistent"}})
     path.mkdir(parents=True)
     torch.save({"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg),
@@ -144,10 +144,10 @@ def make_genseg_run(path, seed: int = 0):
 
 
 def test_genseg_window_outputs_are_probability_healthy_and_residual():
-    from hpc_modatts.train.common import build_from
+    from hpc_modatts.train.best_model import build_model
 
     torch.manual_seed(0)
-    model = build_from(GENSEG_FACTORY).eval()
+    model = build_model(GENSEG_FACTORY).eval()
     image = np.random.default_rng(0).uniform(-1, 1, GENSEG_ROI).astype(np.float32)
     whole = VolumeInferer(GENSEG_ROI, hemispheres=False)  # one window = the whole volume
     out = dict(zip(("prob", "healthy", "residual"),

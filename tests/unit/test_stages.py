@@ -15,10 +15,12 @@ import pytest
 import torch
 import yaml
 
-from hpc_modatts.config import ConfigError, apply_overrides, config_to_dict, load_config
+from hpc_modatts.config import ConfigError, apply_overrides, config_to_dict, load_config, stage_config
+from hpc_modatts.data.slices import fit_slices, unfit_slices
 from hpc_modatts.data.store import Store
+from hpc_modatts.losses import pooled_dice_loss
 from hpc_modatts.runs import stage_dir
-from hpc_modatts.train import common, segment, self_training, synthesize, translate
+from hpc_modatts.train import segment, self_training, synthesize, translate
 from tests.fixtures import make_phantom_store
 
 DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
@@ -70,7 +72,7 @@ def test_translate_weights_are_normalised():
     from hpc_modatts.data.splits import Split
 
     split = Split("t1", "t2", ["a"], ["a"], ["b"], [], ["c"], [])
-    task = translate.TranslateTask(common.stage_config(load_config(DEMO), "translate"), split, Path("."))
+    task = translate.TranslateTask(stage_config(load_config(DEMO), "translate"), split, Path("."))
     assert task.weights == pytest.approx({"adv": 1 / 12, "seg": 1 / 12, "cyc": 10 / 12})
 
 
@@ -115,9 +117,9 @@ def test_synthesis_resumes_only_missing_cases(chain):
 
 def test_fit_and_unfit_slices_round_trip():
     vol = np.random.default_rng(0).uniform(-1, 1, (20, 40, 5)).astype(np.float32)
-    slices = common.fit_slices(vol, (32, 32), fill=-1.0)  # X padded, Y cropped
+    slices = fit_slices(vol, (32, 32), fill=-1.0)  # X padded, Y cropped
     assert slices.shape == (5, 32, 32) and np.all(slices[:, :6] == -1.0)
-    back = common.unfit_slices(slices, vol.shape, fill=-1.0)
+    back = unfit_slices(slices, vol.shape, fill=-1.0)
     assert np.array_equal(back[:, 4:36], vol[:, 4:36]) and np.all(back[:, :4] == -1.0)
 
 
@@ -129,7 +131,7 @@ def test_segment_self_supervised_trains_on_pseudo_targets_and_validates(chain):
     rows = _metrics(run)
     assert {"train/seg_pt", "train/seg_t"} <= set(rows[0])  # target_labeled is not empty
     assert any("val/dice" in r for r in rows)
-    from hpc_modatts.train.checkpoint import load_best_model
+    from hpc_modatts.train.best_model import load_best_model
 
     model, saved = load_best_model(run, "gen")
     assert saved.train.variant == "self-supervised"
@@ -144,7 +146,7 @@ def test_self_training_round_pseudo_labels_are_thresholded_predictions(chain):
     labels = Store.open(run / "pseudo_labels.zarr")
     unannotated = sorted(set(split.target_train) - set(split.target_labeled))
     assert labels.root_attrs["kind"] == "pseudo_labels" and labels.case_ids == unannotated
-    from hpc_modatts.train.checkpoint import load_best_model
+    from hpc_modatts.train.best_model import load_best_model
 
     model, _ = load_best_model(out["segment"], "gen")
     src, case = Store.open(cfg.data.store), unannotated[0]
@@ -165,8 +167,9 @@ def test_self_training_round_pseudo_labels_are_thresholded_predictions(chain):
 
 def test_self_training_starts_from_the_previous_best(chain):
     cfg, split, out = chain
-    task = segment.SegmentTask(cfg, split, out["round_1"], out["synth"], init_from=out["segment"],
-                               pseudo_labels=out["round_1"] / "pseudo_labels.zarr")
+    round_1 = segment.SelfTrainingRound(init_from=out["segment"], pseudo_labels=out["round_1"] / "pseudo_labels.zarr")
+    task = segment.PseudoTargetTask(cfg, split, out["round_1"], out["synth"], round_1)
+    assert task.name == "self-train"
     model = task.build(None)["gen"]
     best = torch.load(out["segment"] / "best_model.pt", weights_only=False)["models"]["gen"]
     for k, v in model.state_dict().items():
@@ -211,6 +214,13 @@ def test_other_variants_train_a_few_steps(chain, variant):
     assert any("val/dice" in r for r in rows)
 
 
+def test_every_variant_has_one_task_class():
+    from hpc_modatts.config import VARIANTS
+
+    assert list(segment.VARIANT_TASKS) == list(VARIANTS)
+    assert all(cls.variant == v for v, cls in segment.VARIANT_TASKS.items())
+
+
 def test_masked_l1_without_samples_is_a_zero_with_a_graph():
     a = torch.ones(2, 1, 4, 4, 4, requires_grad=True)
     z = segment._masked_l1(a, torch.zeros_like(a), torch.tensor([False, False]))
@@ -231,16 +241,16 @@ def test_pooled_dice_penalises_false_positives_on_tumour_free_samples():
     logits[1, 0, 0:4, 0:4] = 2.0                      # sample 1: 16 false positives (p 0.88)
     logits.requires_grad_(True)
     has = torch.tensor([True, True])
-    pooled = common.pooled_dice_loss(logits, target, has)
+    pooled = pooled_dice_loss(logits, target, has)
     assert 0.4 < pooled.item() < 0.5                  # 1 - 2*9 / (9 + 9 + 16*0.88): the FPs count
     pooled.backward()
     assert logits.grad[1, 0, 0:4, 0:4].min() > 1e-4   # and are pushed down
     per_sample = torch.autograd.grad(dice_loss(logits, target, has), logits)[0]
     assert per_sample[1].abs().max() < 1e-6           # what the per-sample Dice gave them
     # only the annotated samples are pooled; none annotated: a zero that keeps the graph
-    only_0 = common.pooled_dice_loss(logits, target, torch.tensor([True, False]))
+    only_0 = pooled_dice_loss(logits, target, torch.tensor([True, False]))
     assert only_0.item() < 0.01
-    zero = common.pooled_dice_loss(logits, target, torch.tensor([False, False]))
+    zero = pooled_dice_loss(logits, target, torch.tensor([False, False]))
     assert zero.item() == 0.0 and zero.requires_grad
 
 

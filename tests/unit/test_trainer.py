@@ -15,7 +15,8 @@ from _zero_worker import ToyTask, toy_net  # noqa: E402
 
 from hpc_modatts.config import ExperimentConfig, config_from_dict  # noqa: E402
 from hpc_modatts.data.errors import DataError  # noqa: E402
-from hpc_modatts.train.checkpoint import load_best_model, read_pointer  # noqa: E402
+from hpc_modatts.train.best_model import load_best_model  # noqa: E402
+from hpc_modatts.train.checkpoint import read_pointer  # noqa: E402
 from hpc_modatts.train.task import Task  # noqa: E402
 from hpc_modatts.train.trainer import Trainer, TrainingDiverged  # noqa: E402
 

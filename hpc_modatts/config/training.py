@@ -1,0 +1,157 @@
+"""The ``train`` config section: stage, variant, schedule and the loss weights (thesis 5.5.1)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hpc_modatts.config.build import build_section
+from hpc_modatts.config.checks import ConfigError, check_choice, check_positive
+from hpc_modatts.config.names import STAGES, VARIANTS, Stage, Variant
+from hpc_modatts.config.sections import ModelConfig, OptimConfig
+
+STAGE_SECTIONS: dict[str, type] = {"optim": OptimConfig, "model": ModelConfig}
+"""Config sections a ``train.stage_overrides.<stage>`` block may also override."""
+
+
+@dataclass
+class LossWeights:
+    """Raw loss weights; the trainer normalises the active ones to sum 1 (thesis 5.5.1)."""
+
+    adv: float = 1.0
+    """Adversarial (hinge) weight. Stage 1: 1. Stage 2 GenSeg: 5 (BraTS and CrossMoDA)."""
+    seg: float = 1.0
+    """Stage 1 Dice on annotated source slices and on their translations: 1."""
+    cyc: float = 10.0
+    """Stage 1 cycle-consistency L1: 10."""
+    rec: float = 50.0
+    """Stage 2 GenSeg image reconstruction L1: 50 BraTS, 75 CrossMoDA."""
+    lat: float = 5.0
+    """Stage 2 GenSeg latent reconstruction L1: 5 BraTS, 10 CrossMoDA."""
+    seg_pt: float = -1.0
+    """lambda_seg^pT, Dice on pseudo-target volumes; -1 = from the source-annotation fraction
+    (100 at 100 %, 50/25/1/0.1 at 70/40/10/1 %)."""
+    st: float = -1.0
+    """lambda_st, self-training Dice on pseudo-labels; -1 = equal to lambda_seg^pT."""
+    seg_t: float = 100.0
+    """Dice on annotated real target volumes (target-labeled fraction > 0 / upper bound)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("seg_pt", "st") and v == -1.0:
+                continue
+            check_positive(f"train.weights.{f.name}", v, allow_zero=True)
+
+
+def lambda_seg_pt_for_fraction(fraction: float) -> float:
+    """lambda_seg^pT from the source-annotation fraction (thesis 5.5.1): interpolate the table."""
+    table = [(0.01, 0.1), (0.10, 1.0), (0.40, 25.0), (0.70, 50.0), (1.00, 100.0)]
+    if fraction <= table[0][0]:
+        return table[0][1]
+    for (f0, w0), (f1, w1) in zip(table, table[1:]):
+        if fraction <= f1:
+            return w0 + (w1 - w0) * (fraction - f0) / (f1 - f0)
+    return table[-1][1]
+
+
+@dataclass
+class TrainConfig:
+    stage: Stage = "segment"
+    """Which stage this config trains."""
+    variant: Variant = "self-supervised"
+    """Stage 2 variant: MoDATTS self-/semi-supervised, or the lower/upper bounds."""
+    epochs: int = 300
+    """Epochs (stage 1: 200, stage 2: 300, each self-training round: 150)."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = run all epochs). Used by tests and the demo."""
+    steps_per_epoch: int = 0
+    """Samples drawn per epoch = steps_per_epoch x global batch (0 = one pass over the data)."""
+    batch_size: int = 2
+    """Global batch size (stage 1: 15, stage 2: 2), split over ranks."""
+    val_every: int = 0
+    """Validate every N steps (0 = at the end of every epoch)."""
+    val_cases: int = 0
+    """Cap on validation cases per validation (0 = all)."""
+    checkpoint_every: int = 0
+    """Also write the latest checkpoint every N steps without validating (0 = only when
+    validating): bounds the work a preempted or timed-out SLURM job loses on requeue."""
+    log_every: int = 10
+    """Write metrics.jsonl every N steps."""
+    seed: int = 0
+    """Seed of weights, sampling and augmentation."""
+    weights: LossWeights = field(default_factory=LossWeights)
+    """Loss weights before normalisation."""
+    rounds: int = 3
+    """Self-training rounds k (thesis: 3 rounds of 150 epochs)."""
+    round: int = 0
+    """Self-training: run only this round (1..rounds; the pipeline's one job per round);
+    0 = run rounds 1..rounds in turn, skipping finished ones."""
+    alpha: float = 0.6
+    """Self-training pseudo-label threshold on probabilities."""
+    max_volume_factor: float = 3.0
+    """Plausibility bound (``hpc_modatts.train.guards``): a model predicting, for any validation
+    case, a tumour larger than this multiple of the largest annotated training tumour is never
+    selected as best, and pseudo-labels beyond it stop self-training with an error."""
+    healthy_pseudo_labels: Literal["zero", "keep"] = "zero"
+    """Self-training pseudo-labels in hemispheres weakly labelled healthy (A): ``zero`` them (they
+    are known to be wrong; beyond the thesis, see docs/results.md for the ablation) or ``keep``
+    them as thresholded (the thesis)."""
+    init_from: str = ""
+    """Run folder whose best model initialises this run (self-training rounds)."""
+    translator_run: str = ""
+    """Stage 1 run folder used by synthesis."""
+    pseudo_target_store: str = ""
+    """Store of synthesised pseudo-target volumes (default: <translator_run>/synth.zarr)."""
+    pseudo_labels: str = ""
+    """Store of pseudo-labels for self-training (written by the previous round)."""
+    resume: bool = True
+    """Resume from the run folder's latest checkpoint when one exists."""
+    stage_overrides: dict[str, dict] = field(default_factory=dict)
+    """Per-stage values of ``train.*`` keys (and of ``optim.*`` / ``model.*`` keys under ``optim`` /
+    ``model``), merged over
+    those sections when a stage runs, e.g. ``{translate: {epochs: 200, batch_size: 15,
+    weights: {adv: 1}, optim: {disc_lr: 4e-4}}, self-train: {epochs: 150}}``
+    (thesis 5.5.1: stage 1 200 epochs batch 15; stage 2 300 epochs batch 2; rounds 150 epochs).
+    Applied by ``hpc_modatts.config.stages.stage_config`` (command-line overrides win)."""
+
+    def __post_init__(self) -> None:
+        check_choice("train.stage", self.stage, STAGES)
+        self._check_stage_overrides()
+        check_choice("train.variant", self.variant, VARIANTS)
+        for k in ("epochs", "batch_size", "rounds"):
+            check_positive(f"train.{k}", getattr(self, k))
+        for k in ("max_steps", "steps_per_epoch", "val_every", "val_cases", "seed", "round", "checkpoint_every"):
+            check_positive(f"train.{k}", getattr(self, k), allow_zero=True)
+        check_positive("train.log_every", self.log_every)
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"train.alpha={self.alpha} must be in (0, 1)")
+        if not self.max_volume_factor > 0:
+            raise ConfigError(f"train.max_volume_factor={self.max_volume_factor} must be > 0")
+        check_choice("train.healthy_pseudo_labels", self.healthy_pseudo_labels, ("zero", "keep"))
+        if isinstance(self.weights, dict):
+            self.weights = build_section(LossWeights, self.weights, "train.weights")
+
+    def _check_stage_overrides(self) -> None:
+        """Every per-stage block names a stage and holds valid ``train.*`` keys and values."""
+        if not isinstance(self.stage_overrides, dict):
+            raise ConfigError(f"train.stage_overrides={self.stage_overrides!r} must be a mapping stage -> keys")
+        for stage, values in self.stage_overrides.items():
+            check_choice("train.stage_overrides", stage, STAGES)
+            key = f"train.stage_overrides.{stage}"
+            if not isinstance(values, dict):
+                raise ConfigError(f"{key}={values!r} must be a mapping of train keys")
+            for bad in ("stage", "stage_overrides"):
+                if bad in values:
+                    raise ConfigError(f"{key}.{bad} cannot be set per stage")
+            train_keys = {k: v for k, v in values.items() if k not in STAGE_SECTIONS}
+            try:  # checks names and values; a value error names the field only, so prefix the block
+                build_section(TrainConfig, train_keys, key)
+                for section, cls in STAGE_SECTIONS.items():
+                    if section in values:
+                        if not isinstance(values[section], dict):
+                            raise ConfigError(f"{section}={values[section]!r} must be a mapping of {section} keys")
+                        build_section(cls, values[section], f"{key}.{section}")
+            except ConfigError as e:
+                raise ConfigError(str(e) if key in str(e) else f"{key}.{e}") from None
