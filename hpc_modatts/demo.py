@@ -23,12 +23,19 @@ from rich.table import Table
 
 from hpc_modatts.config import ConfigError, load_config
 from hpc_modatts.console import log_console
-from hpc_modatts.pipeline.submit import StagesFailed
+from hpc_modatts.data.convert import convert
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.phantom import make_phantom
+from hpc_modatts.data.splits import make_split
+from hpc_modatts.data.verify import verify
+from hpc_modatts.demo_defaults import DEMO_CASES, VARIANTS
+from hpc_modatts.pipeline.record import load_record
+from hpc_modatts.pipeline.submit import run_pipeline
+from hpc_modatts.pipeline.waves import StagesFailed
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, stage_dir
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("source-supervised", "self-supervised", "semi-supervised", "target-supervised")
 LABELS = {
     "source-supervised": "no adaptation (source-sup.)",
     "self-supervised": "MoDATTS self-supervised",
@@ -40,12 +47,6 @@ LABELS = {
 def prepare_data(out: Path, cases: int, seed: int, spacing: int, source: str, target: str,
                  val: float, test: float) -> tuple[Path, Path]:
     """Phantom NIfTI -> zarr store -> verified -> split JSON (each step skipped when done)."""
-    from hpc_modatts.data.convert import convert
-    from hpc_modatts.data.errors import DataError
-    from hpc_modatts.data.phantom import make_phantom
-    from hpc_modatts.data.splits import make_split
-    from hpc_modatts.data.verify import verify
-
     nifti, store, split_path = out / "phantom", out / "phantom.zarr", out / "split.json"
     if len(list(nifti.glob("*/*_seg.nii.gz"))) < cases:
         make_phantom(nifti, cases=cases, seed=seed, spacing=spacing)
@@ -101,7 +102,7 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     last act, so the difference is the job's whole life (process start, imports, DeepSpeed
     set-up, work). Jobs without a marker (failed, still running) are left out.
     """
-    record = json.loads((Path(run_dir) / "pipeline.json").read_text())
+    record = load_record(run_dir)
     markers = {n["name"]: Path(n["run_dir"]) / n["marker"] for n in record["nodes"]}
     out: dict[str, float] = {}
     for job in record["jobs"]:
@@ -120,10 +121,6 @@ def stage_table(seconds: dict[str, float]) -> Table:
         table.add_row(name, f"{s:.0f}")
     return table
 
-
-DEMO_CASES = 40
-"""Phantom cases of the demo (4 mm: ~1 s each to make and convert): 24 train (12 T1 annotated,
-12 T2 unannotated), 6 validation, 10 test."""
 
 def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
              config: str = "demo_cpu", executor: str = "local", overrides: list[str] | None = None,
@@ -153,8 +150,6 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
         f"pipeline.executor={executor}", f"pipeline.variants=[{','.join(variants)}]",
         *(overrides or []),
     ])
-    from hpc_modatts.pipeline import run_pipeline
-
     t_pipe = time.time()
     failure: StagesFailed | None = None
     try:

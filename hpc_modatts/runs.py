@@ -109,6 +109,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+def read_json(path: str | os.PathLike, missing: str) -> Any:
+    """THE reader of our JSON records: the document at ``path``, or DataError naming the file.
+
+    ``missing`` completes the message when the file does not exist (what that means, e.g.
+    "does not exist: not a pipeline run folder"); unreadable or invalid JSON is one line too.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} {missing}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not valid JSON ({type(e).__name__}: {e})") from None
+
+
 def mark_done(run_dir: str | os.PathLike, marker: str = DONE, **info: Any) -> Path:
     """Write the DONE marker (JSON with a timestamp and ``info``) once a stage has finished."""
     return atomic_write_json(Path(run_dir) / marker, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})

@@ -1,8 +1,13 @@
 """The ``hpc-modatts`` command: thin argparse wrappers around API functions.
 
-Each command group lives in its own module (``data``, ``train``, ``infer``, ``pipeline``) and
-exposes ``register(subparsers)``; every subcommand sets ``func`` to a wrapper that calls one
-API function. Errors that are the user's (bad input, bad config) print one line and exit 2.
+Each command group lives in its own module (``data``, ``train``, ``infer``, ``pipeline``,
+``experiments``, ``demo``) and exposes ``register(subparsers)``; every subcommand sets ``func``
+to a wrapper that calls one API function. Errors that are the user's (bad input, bad config, a
+failed pipeline stage) print one line and exit 2.
+
+``build_parser`` imports every group module, also for ``--help``: a group module imports at
+its top only what its parser needs, and each handler imports the API it calls when it runs,
+so ``--help`` loads neither zarr, dask nor torch.
 """
 
 from __future__ import annotations
@@ -13,7 +18,13 @@ import logging
 import os
 import sys
 
-# group modules, imported lazily so `hpc-modatts --help` stays fast
+from rich.logging import RichHandler
+
+from hpc_modatts.config import ConfigError
+from hpc_modatts.console import log_console
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.pipeline.waves import StagesFailed
+
 GROUPS = ("data", "train", "infer", "pipeline", "experiments", "demo")
 
 
@@ -21,17 +32,8 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit code 2."""
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from hpc_modatts.config import ConfigError
-
-    types_: list[type[BaseException]] = [UserError, ConfigError]
-    # a failed pipeline stage prints one line per failure (its log path is in the log above)
-    for mod, name in (("hpc_modatts.data.errors", "DataError"), ("hpc_modatts.pipeline.submit", "StagesFailed")):
-        try:
-            types_.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types_)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, DataError, StagesFailed)
+"""Printed as one line (exit 2); a failed pipeline stage's log path is in the log above it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,23 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + late
     if args.local_rank is not None:  # the deepspeed launcher appends --local_rank=N
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    from rich.logging import RichHandler
-
-    from hpc_modatts.console import log_console
-
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=log_console(), show_path=False, rich_tracebacks=False)])
-    errors = _user_error_types()
     try:
         rc = int(args.func(args) or 0)
-    except errors as e:
+    except USER_ERRORS as e:
         print(f"hpc-modatts {args.command}: error: {e}", file=sys.stderr)
         rc = 2
     except KeyboardInterrupt:
         print(f"hpc-modatts {args.command}: interrupted", file=sys.stderr)
         rc = 130
-    if process_entry:  # a real process (console script, launchers): leave a process group cleanly
-        from hpc_modatts.distributed.env import exit_distributed_process
+    # a real process (console script, launchers) leaves a process group cleanly; only one that
+    # imported torch.distributed can be in a group, so `status`, `pipeline` stay torch-free
+    if process_entry and "torch.distributed" in sys.modules:
+        from hpc_modatts.distributed.env import exit_distributed_process  # torch: see above
 
         exit_distributed_process(rc, wait_for_peers=rc == 0)
     return rc

@@ -1,9 +1,15 @@
-"""Data commands: ``phantom``, ``convert``, ``verify``, ``split`` (thin wrappers around the API)."""
+"""Data commands: ``phantom``, ``convert``, ``verify``, ``split`` (thin wrappers around the API).
+
+Each handler imports the API it calls when it runs (``hpc_modatts.cli``: keeps ``--help`` fast).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.labels import LABEL_CHOICES  # the schemes' one owner
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +31,6 @@ def _crop(values: list[str] | None):
     try:
         return [int(v) for v in values]
     except ValueError:
-        from hpc_modatts.data.errors import DataError
-
         raise DataError(f"--crop {' '.join(values)}: give three integers X Y Z or 'brain'") from None
 
 
@@ -68,8 +72,6 @@ def _split(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the data subcommands to the top-level parser's subparsers."""
-    from hpc_modatts.data.labels import LABEL_CHOICES  # the schemes' one owner
-
     p = sub.add_parser("phantom", help="write the embedded demo dataset (BraTS-layout NIfTI phantoms)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")

@@ -1,5 +1,8 @@
 """CLI group: ``sweep`` (annotation-budget sweeps), ``report`` (their table and plots) and
-``advise`` (which target cases to annotate next). Thin wrappers around ``hpc_modatts.experiments``."""
+``advise`` (which target cases to annotate next). Thin wrappers around ``hpc_modatts.experiments``.
+
+Each handler imports the API it calls when it runs (``hpc_modatts.cli``: keeps ``--help`` fast).
+"""
 
 from __future__ import annotations
 
@@ -60,11 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_advise)
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
+def executor_options(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and ``--cluster``: where the jobs of ``pipeline`` and ``sweep`` run."""
     p.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
                    help="default: pipeline.executor of the config")
     p.add_argument("--cluster", default=None,
                    help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    executor_options(p)
     p.add_argument("--max-parallel", type=int, default=None,
                    help="local executor: jobs at once (default: cores / distributed.threads_per_rank)")
     p.add_argument("--dry-run", action="store_true", help="print the run folders, what they share and the jobs")

@@ -1,4 +1,7 @@
-"""CLI group: ``predict`` (masks from trained runs) and ``evaluate`` (Dice/HD95/ASSD)."""
+"""CLI group: ``predict`` (masks from trained runs) and ``evaluate`` (Dice/HD95/ASSD).
+
+Each handler imports the API it calls when it runs (``hpc_modatts.cli``: keeps ``--help`` fast).
+"""
 
 from __future__ import annotations
 

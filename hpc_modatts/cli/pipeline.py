@@ -1,10 +1,15 @@
-"""CLI group: ``pipeline`` (submit an experiment's DAG) and ``status`` (its jobs' states)."""
+"""CLI group: ``pipeline`` (submit an experiment's DAG) and ``status`` (its jobs' states).
+
+Each handler imports the API it calls when it runs (``hpc_modatts.cli``: keeps ``--help`` fast);
+``status`` and ``pipeline --dry-run`` never load torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from hpc_modatts.cli.experiments import int_list
+from hpc_modatts.cli.experiments import executor_options, int_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,10 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "rounds -> predict -> evaluate; done stages are skipped.")
     p.add_argument("config", help="experiment YAML (or a built-in config name)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pipeline.folds=5")
-    p.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
-                   help="default: pipeline.executor of the config")
-    p.add_argument("--cluster", default=None,
-                   help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")
+    executor_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print the DAG and what would be submitted (with slurm: every sbatch script, as submitit "
                         "writes it, with stand-in job ids)")
@@ -55,15 +57,13 @@ def _pipeline(args: argparse.Namespace) -> int:
                 print(f"\n# ---- {s['node']} (job {s['job_id']}, afterok: {', '.join(s['after']) or '-'})")
                 print(s["script"], end="")
         return 0
-    from hpc_modatts.pipeline import run_pipeline
+    from hpc_modatts.pipeline.submit import run_pipeline
 
     print(run_pipeline(cfg, executor=args.executor, cluster=args.cluster))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hpc_modatts.pipeline.status import print_status
 
     if (Path(args.run_dir) / "sweep.json").is_file():  # a sweep: one row per run folder

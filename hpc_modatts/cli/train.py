@@ -3,11 +3,13 @@
 Each loads CONFIG, merges the stage's ``train.stage_overrides`` block, applies the command
 line's ``key.sub=value`` overrides (they win), and calls the stage's ``run(cfg) -> Path``.
 Works the same under ``deepspeed``/``torchrun`` launchers (every rank runs the command).
+Each handler imports the API it calls when it runs (``hpc_modatts.cli``: keeps ``--help`` fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ def stage_cfg(args: argparse.Namespace, stage: str):
 
 def _runner(stage: str, module: str):
     def run(args: argparse.Namespace) -> int:
-        import importlib
-
         cfg = stage_cfg(args, stage)
         out = importlib.import_module(module).run(cfg)
         log.info("%s done: %s", stage, out)

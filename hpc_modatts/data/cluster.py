@@ -1,7 +1,7 @@
 """Dask workers on SLURM for ``convert --scheduler slurm --cluster PRESET`` (dask-jobqueue).
 
 The preset is the pipeline's (``hpc_modatts/clusters/<name>.yaml`` or a YAML path, read by
-``hpc_modatts.pipeline.submit.load_preset``): partition, account, qos, constraint, extra sbatch
+``hpc_modatts.presets.load_preset``): partition, account, qos, constraint, extra sbatch
 options and setup lines are the same; each worker is one SLURM job of ``cpus_per_task`` cores
 (threads, one case each), ``mem_gb`` GB and ``timeout_min`` minutes, running this Python
 (``sys.executable``: the cluster must see the same environment and file system, as the pipeline's
@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from hpc_modatts.config import ConfigError
+from hpc_modatts.config import check_one_line
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.presets import load_preset
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,7 @@ WORKER_TIMEOUT_S = 1800.0     # the first worker must join within this time (que
 
 def _no_newline(key: str, value: Any) -> str:
     """Preset strings go into an sbatch script: a newline would end the #SBATCH block."""
-    text = str(value)
-    if "\n" in text or "\r" in text:
-        raise ConfigError(f"cluster preset {key}={text!r}: must not contain a newline")
-    return text
+    return check_one_line(f"cluster preset {key}", str(value))
 
 
 def _walltime(minutes: int) -> str:
@@ -79,10 +77,9 @@ def _quiet(logger: str) -> Iterator[None]:
 @contextlib.contextmanager
 def slurm_client(cluster: str, jobs: int, log_dir: str | Path, worker_timeout_s: float = WORKER_TIMEOUT_S) -> Iterator:
     """A ``distributed.Client`` on ``jobs`` SLURM worker jobs started from preset ``cluster``."""
+    # heavy (dask.distributed with its servers) and needed by `--scheduler slurm` only
     from dask_jobqueue import SLURMCluster
     from distributed import Client
-
-    from hpc_modatts.pipeline.submit import load_preset
 
     preset = load_preset(cluster)
     Path(log_dir).mkdir(parents=True, exist_ok=True)

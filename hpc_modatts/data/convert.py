@@ -27,13 +27,18 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import dask
 import numpy as np
+from dask.callbacks import Callback
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpc_modatts.data.aliases import alias_table, canonical
+from hpc_modatts.data.cluster import slurm_client
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.integrity import store_lock
 from hpc_modatts.data.labels import LabelScheme, detect_scheme, get_scheme, scan_label_values
 from hpc_modatts.data.layouts import CaseSpec, describe, find_cases, resolve_layout
+from hpc_modatts.data.preprocess import preprocess_case
 from hpc_modatts.data.store import DATASET_DTYPE, SHARDED, Store
 
 log = logging.getLogger(__name__)
@@ -77,8 +82,6 @@ def convert_one(spec: CaseSpec, store_path: str, scheme: str, spacing, crop, cro
                 resample_to: str | None = None) -> dict:
     """Convert one case (a dask task). Returns {"case", "status": converted|skipped|error, "error",
     "warnings"} (warnings travel back to the driver: a SLURM worker's log is not the user's terminal)."""
-    from hpc_modatts.data.preprocess import preprocess_case
-
     try:
         store = Store.open(store_path)
         sources = source_checksums(spec)
@@ -172,15 +175,13 @@ def task_runner(scheduler: str, workers: int, progress: bool, cluster: str | Non
         yield lambda tasks, cases, prefix, label: _run_local(tasks, prefix, label, scheduler, workers, progress)
         return
     if scheduler == "slurm":
-        from hpc_modatts.data.cluster import slurm_client
-
         if not cluster:
             raise DataError("--scheduler slurm needs --cluster PRESET (a shipped preset name such as example_a100, "
                             "or a YAML path)")
         with slurm_client(cluster, workers, log_dir or "convert-slurm-logs") as client:
             yield lambda tasks, cases, prefix, label: _run_on_client(client, tasks, cases, label, progress)
         return
-    try:
+    try:  # heavy (dask.distributed with its servers), and only a scheduler address needs it
         from distributed import Client
     except ImportError:
         raise DataError("--scheduler ADDRESS needs the 'distributed' package (pip install distributed)") from None
@@ -193,16 +194,11 @@ def task_runner(scheduler: str, workers: int, progress: bool, cluster: str | Non
 
 
 def _bar(label: str, progress: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress)
 
 
 def _run_local(tasks: list, prefix: str, label: str, scheduler: str, workers: int, progress: bool) -> list[dict]:
     """Compute the delayed tasks with a local dask scheduler; the bar advances per finished task."""
-    import dask
-    from dask.callbacks import Callback
-
     with _bar(label, progress) as bar:
         task_id = bar.add_task(label, total=len(tasks))
 
@@ -217,7 +213,7 @@ def _run_local(tasks: list, prefix: str, label: str, scheduler: str, workers: in
 
 def _run_on_client(client, tasks: list, cases: list[str], label: str, progress: bool) -> list[dict]:
     """Compute the delayed tasks on a distributed client; a task lost with its worker is a case error."""
-    from distributed import as_completed
+    from distributed import as_completed  # loaded already: the client came from it (see ``task_runner``)
 
     with _bar(label, progress) as bar:
         task_id = bar.add_task(label, total=len(tasks))
@@ -239,8 +235,6 @@ def choose_scheme(specs: list[CaseSpec], labels: str, src: str | Path, run: Runn
     """The label scheme: ``labels`` itself, or detected from every mask's values (one task per mask)."""
     if labels != "auto":
         return get_scheme(labels), "--labels"
-    import dask
-
     masked = [s for s in specs if s.mask is not None]
     run_id = os.urandom(4).hex()  # keys unique per run: a shared dask scheduler may serve other conversions
     tasks = [dask.delayed(scan_label_values, pure=False)(str(s.mask), s.case_id,
@@ -263,8 +257,8 @@ def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: S
     """Convert a NIfTI dataset (``layout`` auto|brats|crossmoda|manifest) into one zarr store; returns its path.
 
     ``dtype`` ("float16" | "float32") and ``sharded``: the image dtype and zarr v3 sharding of a
-    new store; None = float16 images and sharding on (store.py's layout block gives the measured
-    round-off and sizes); a store being resumed keeps its own layout.
+    new store; None = float16 images and sharding on (store.py's layout block says why;
+    docs/results.md has the round-off and sizes); a store being resumed keeps its own layout.
 
     ``labels``: a label scheme (``hpc_modatts.data.labels.LABEL_CHOICES``) or "auto".
     ``resample_to``: a modality onto whose grid other files are resampled (None: files off the
@@ -273,8 +267,6 @@ def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: S
     ("tcp://host:8786"), or "slurm" with ``cluster`` (a preset): ``workers`` SLURM worker jobs.
     Resumable: cases already complete with unchanged source checksums are skipped.
     """
-    import dask
-
     store_path = Path(store)
     scheduler = scheduler or ("threads" if workers > 1 else "sync")
     check_scheduler(scheduler)

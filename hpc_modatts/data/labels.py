@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import nibabel as nib
 import numpy as np
 
 from hpc_modatts.data.errors import DataError
@@ -165,8 +166,6 @@ def detect_scheme(values: Iterable[int], generation: str, where: str,
 
 def scan_label_values(path: str, case: str) -> dict:
     """Label values of one mask file (a dask task): {"case", "values", "error"}."""
-    import nibabel as nib
-
     try:
         check_nifti_size(path, "mask")  # before allocating what a forged header claims
         data = np.asanyarray(nib.load(str(path)).dataobj)

@@ -59,9 +59,9 @@ class Anatomy:
 
 
 def _nilearn_data_dir() -> Path:
-    try:
+    try:  # an optional dependency (the demo extra): only the phantom needs it
         import nilearn
-    except ImportError:  # the demo extra
+    except ImportError:
         raise DataError("the phantom needs the 'nilearn' package (pip install 'hpc-modatts[demo]')") from None
     d = Path(nilearn.__file__).parent / "datasets" / "data"
     if not (d / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").is_file():

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
+from nibabel.processing import resample_from_to
 from scipy import ndimage as ndi
 
 from hpc_modatts.data.aliases import canonical
@@ -83,8 +84,6 @@ def grid_mismatch(ref_mod: str, ref: nib.Nifti1Image, ref_path: Path, other: nib
 def resample_onto(img: nib.Nifti1Image, ref: nib.Nifti1Image, order: int, cval: float = 0.0) -> nib.Nifti1Image:
     """``img`` resampled onto ``ref``'s voxel grid through both affines (world coordinates);
     order 1 for images, 0 for label maps; ``cval`` where ``img`` does not reach."""
-    from nibabel.processing import resample_from_to
-
     data = np.asarray(img.dataobj)
     src = nib.Nifti1Image(data.astype(np.float32) if order else data, img.affine)
     out = resample_from_to(src, (ref.shape, ref.affine), order=order, mode="constant", cval=cval)

@@ -14,7 +14,8 @@ Layout on disk (local file system only: atomic case writes rely on ``os.replace`
             .tmp-<case>~<host>~<pid>~<rand>/   a case being written; renamed to <case> when complete
     .STORE.zarr.lock                beside the store while a convert run holds it (``store_lock``)
 
-Arrays are in canonical RAS orientation, index order (X, Y, Z).
+Arrays are in canonical RAS orientation, index order (X, Y, Z); a writer's arrays are named
+and checked first (``hpc_modatts.data.case_arrays``).
 
 Integrity: the case attribute ``arrays`` lists every array with the sha256 of its decoded
 bytes (``array_record``); ``complete`` is set only after the written arrays were read back and
@@ -26,7 +27,6 @@ any value are all caught. Temp folders are removed only once their writer is gon
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import time
@@ -38,6 +38,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from hpc_modatts.data.case_arrays import IMAGE_PREFIX, case_arrays, check_case_id, chunks_for, json_safe, shards_for
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.integrity import STALE_AFTER_S, array_record, check_arrays, temp_name, temp_owner_alive
 
@@ -45,24 +46,19 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 KINDS = ("dataset", "synthetic", "pseudo_labels")
-IMAGE_PREFIX = "image_"
 CASES = "cases"
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 
-# --- storage layout (chosen by benchmarks/loader.py) -----------------------------------------
+# --- storage layout (chosen by benchmarks/loader.py; its numbers are in docs/results.md) --------
 # Only this block may be tuned by the loader benchmark; everything else reads these constants.
-# `python benchmarks/loader.py --sweep` (4 synthetic 240x240x155 cases, reads per CPU-second):
-# (120, 120, 16) chunks + blosc-lz4 read random 240x240 axial slices ~6x and random 128^3
-# patches ~1.3x faster than 64^3 + zstd (a slice touches 4 chunks, a half-brain patch
-# 96x160x64 at most 2x2x5). Images are written with fill value -1 (the background), so
-# all-background chunks are never written (zarr's write_empty_chunks=False) and read back as -1.
-# float16 images take ~0.08x the raw float32 bytes (float32: ~0.16x); the round-off is at most
-# 2^-12 = 2.4e-4 for |v| in [0.5, 1] and 1.2e-4 below 0.5 (measured: 2.44e-4 max, 8.1e-5 mean on
-# 10^7 uniform [-1, 1] values; 1.2e-4 max on the benchmark's brain-like volumes), far under the
-# MRI noise after the 5-std normalisation. Datasets (``convert``) default to float16 + shards;
-# ``Store.create`` keeps float32 by default, so stores the pipeline writes from float32 arrays
-# (synthetic volumes, pseudo-labels, predictions' inputs) read back exactly.
+# (120, 120, 16) chunks + blosc-lz4 read axial slices and half-brain patches fastest of the
+# layouts swept (a slice touches 4 chunks, a 96x160x64 patch at most 2x2x5). Images are written
+# with fill value -1 (the background), so all-background chunks are never written (zarr's
+# write_empty_chunks=False) and read back as -1. float16 halves the image bytes at a round-off
+# far under the MRI noise after the 5-std normalisation: datasets (``convert``) default to
+# float16 + shards; ``Store.create`` keeps float32 by default, so stores the pipeline writes
+# from float32 arrays (synthetic volumes, pseudo-labels, predictions' inputs) read back exactly.
 IMAGE_DTYPE = "float32"          # Store.create's default image dtype (exact round trip)
 DATASET_DTYPE = "float16"        # convert's default for new dataset stores (half the bytes)
 IMAGE_CHUNKS = (120, 120, 16)    # (X, Y, Z) chunk of image arrays, clipped to the array shape
@@ -70,43 +66,13 @@ LABEL_CHUNKS = (120, 120, 16)    # chunk of mask / labels / brain / extra arrays
 IMAGE_CODEC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 LABEL_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
 IMAGE_FILL = -1.0                # fill value of image arrays (background; chunks of it are not written)
-SHARDED = True                   # one zarr v3 shard per array: ~8 files per 240x240x155 case instead of ~80
+SHARDED = True                   # one zarr v3 shard per array: a few files per case instead of one per chunk
 # --- end of storage layout -------------------------------------------------------------------
 
 
 def _ours(root_attrs: Mapping[str, Any]) -> bool:
     meta = root_attrs.get("hpc_modatts")
     return isinstance(meta, Mapping) and meta.get("format") == FORMAT
-
-
-def _check_case_id(case: str) -> str:
-    if not case or "/" in case or "\\" in case or case.startswith(".") or case != case.strip():
-        raise DataError(f"case id {case!r} is not usable as a folder name (no '/', no leading '.')")
-    return case
-
-
-def _chunks_for(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(max(1, min(int(s), int(c))) for s, c in zip(shape, chunks))
-
-
-def _shards_for(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
-    """One shard covering the whole array, as a multiple of the chunk shape (zarr v3 requires it)."""
-    return tuple(c * math.ceil(s / c) for s, c in zip(shape, chunks))
-
-
-def _json_safe(obj: Any) -> Any:
-    """Attributes go to JSON: convert numpy scalars/arrays and tuples."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 class Store:
@@ -159,7 +125,7 @@ class Store:
         layout = {"image_dtype": dtype, "image_chunks": list(IMAGE_CHUNKS), "label_chunks": list(LABEL_CHUNKS),
                   "image_codec": IMAGE_CODEC, "label_codec": LABEL_CODEC, "sharded": bool(sharded)}
         root.create_group(CASES)
-        root.attrs["hpc_modatts"] = _json_safe({"format": FORMAT, "kind": kind, "layout": layout,
+        root.attrs["hpc_modatts"] = json_safe({"format": FORMAT, "kind": kind, "layout": layout,
                                                 "store_id": uuid.uuid4().hex, **root_attrs})
         return cls(path, root)
 
@@ -170,7 +136,7 @@ class Store:
 
     def update_root_attrs(self, **attrs: Any) -> None:
         meta = self.root_attrs
-        meta.update(_json_safe(attrs))
+        meta.update(json_safe(attrs))
         self._root.attrs["hpc_modatts"] = meta
 
     @property
@@ -312,7 +278,7 @@ class Store:
 
     def dask(self, case: str, name: str):
         """A named array ("image_t1", "mask", ...) or a modality name, as a dask array."""
-        import dask.array as da
+        import dask.array as da  # heavy, and only the whole-dataset view needs it
 
         if not (self._cases_dir / case / name).is_dir() and (self._cases_dir / case / f"{IMAGE_PREFIX}{name}").is_dir():
             name = f"{IMAGE_PREFIX}{name}"
@@ -322,9 +288,9 @@ class Store:
     def _create_array(self, group: zarr.Group, name: str, data: np.ndarray, image: bool) -> None:
         layout = self.root_attrs["layout"]
         shape = tuple(int(s) for s in data.shape)
-        chunks = _chunks_for(shape, tuple(layout["image_chunks" if image else "label_chunks"]))
+        chunks = chunks_for(shape, tuple(layout["image_chunks" if image else "label_chunks"]))
         codec = BloscCodec(**(layout["image_codec"] if image else layout["label_codec"]))
-        shards = _shards_for(shape, chunks) if layout.get("sharded") else None
+        shards = shards_for(shape, chunks) if layout.get("sharded") else None
         fill = IMAGE_FILL if name.startswith(IMAGE_PREFIX) else 0
         arr = group.create_array(name, shape=shape, dtype=data.dtype, chunks=chunks, shards=shards,
                                  compressors=codec, fill_value=fill)
@@ -334,15 +300,16 @@ class Store:
                    labels: np.ndarray | None = None, brain: np.ndarray | None = None,
                    extra: Mapping[str, np.ndarray] | None = None, attrs: Mapping[str, Any] | None = None) -> None:
         """Write (or replace) one case atomically: a temp group renamed into place when complete."""
-        _check_case_id(case)
-        arrays = self._validate_case_arrays(case, images, mask, labels, brain, extra)
+        check_case_id(case)
+        image_dtype = np.dtype(self.root_attrs["layout"]["image_dtype"])
+        arrays = case_arrays(case, image_dtype, images, mask, labels, brain, extra)
         self._cases_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._cases_dir / temp_name(TMP_PREFIX, case)
         try:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             for name, (data, is_image) in arrays.items():
                 self._create_array(group, name, data, is_image)
-            meta = _json_safe(dict(attrs or {}))
+            meta = json_safe(dict(attrs or {}))
             meta.setdefault("shape", list(next(iter(arrays.values()))[0].shape))
             meta["has_mask"] = mask is not None
             meta["arrays"] = {name: array_record(data) for name, (data, _) in arrays.items()}
@@ -358,32 +325,6 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _validate_case_arrays(self, case, images, mask, labels, brain, extra) -> dict[str, tuple[np.ndarray, bool]]:
-        dtype = np.dtype(self.root_attrs["layout"]["image_dtype"])
-        arrays: dict[str, tuple[np.ndarray, bool]] = {}
-        for mod, img in images.items():
-            if not mod or "/" in mod:
-                raise DataError(f"case {case!r}: modality name {mod!r} is not usable")
-            arrays[f"{IMAGE_PREFIX}{mod}"] = (np.asarray(img, dtype=dtype), True)
-        for name, arr in (("mask", mask), ("labels", labels), ("brain", brain)):
-            if arr is not None:
-                arrays[name] = (np.asarray(arr, dtype=np.uint8), False)
-        for name, arr in (extra or {}).items():
-            if name in arrays or name.startswith((IMAGE_PREFIX, ".")) or "/" in name:
-                raise DataError(f"case {case!r}: extra array name {name!r} clashes with the store layout")
-            arr = np.asarray(arr)
-            arrays[name] = (arr, arr.dtype.kind == "f")
-        for name, (arr, _) in arrays.items():
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise DataError(f"case {case!r}: array {name!r} has {int(np.count_nonzero(~np.isfinite(arr)))} "
-                                "NaN/Inf values; nothing was written")
-        if not arrays:
-            raise DataError(f"case {case!r}: nothing to write (no images, masks or arrays)")
-        shapes = {name: a.shape for name, (a, _) in arrays.items()}
-        if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 3:
-            raise DataError(f"case {case!r}: arrays must share one 3D (X, Y, Z) shape, got {shapes}")
-        return arrays
-
     @staticmethod
     def _swap_into_place(tmp: Path, final: Path) -> None:
         """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted."""
@@ -396,7 +337,7 @@ class Store:
             shutil.rmtree(old, ignore_errors=True)
 
     def delete_case(self, case: str) -> None:
-        d = self._cases_dir / _check_case_id(case)
+        d = self._cases_dir / check_case_id(case)
         if d.exists():
             old = d.with_name(temp_name(OLD_PREFIX, case))
             os.replace(d, old)

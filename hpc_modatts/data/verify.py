@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.table import Table
 
+from hpc_modatts.console import log_console
 from hpc_modatts.data.convert import sha256
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.integrity import temp_owner_alive
@@ -153,10 +155,6 @@ def _check_sources(case: str, sources: dict) -> list[Problem]:
 
 def print_report(store_path: str | Path, problems: list[Problem], n_cases: int) -> None:
     """A rich table of the problems (or a one-line all-clear)."""
-    from rich.table import Table
-
-    from hpc_modatts.console import log_console
-
     console = log_console()
     if not problems:
         console.print(f"[green]{store_path}: {n_cases} case(s), no problem found[/green]")

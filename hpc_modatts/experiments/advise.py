@@ -37,8 +37,13 @@ from rich.table import Table
 from hpc_modatts.config import ExperimentConfig, load_config
 from hpc_modatts.console import log_console
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.data.splits import Split
+from hpc_modatts.data.store import Store
 from hpc_modatts.experiments.scorers import CaseEvidence, rank_cases
+from hpc_modatts.infer.inferer import inferer_from_config
+from hpc_modatts.infer.predict import load_models, predict_case
 from hpc_modatts.runs import atomic_write_json, atomic_write_text, is_done
+from hpc_modatts.train.guards import voxel_ml, zero_healthy
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +85,6 @@ def pick_variant(run: Path, variant: str | None) -> str:
 
 def candidates(cfg: ExperimentConfig) -> tuple[object, list[str]]:
     """The run's split and its target training cases without a mask in use."""
-    from hpc_modatts.data.splits import Split
-
     split = Split.load(cfg.data.split)
     labeled = set(split.target_labeled)
     todo = [c for c in split.target_train if c not in labeled]
@@ -93,11 +96,6 @@ def candidates(cfg: ExperimentConfig) -> tuple[object, list[str]]:
 # ----------------------------------------------------------------------------- evidence
 def gather(cfg: ExperimentConfig, folds: list[tuple[Path, list[Path]]], cases: list[str]) -> tuple[list, dict]:
     """``CaseEvidence`` per case, and per case the 2D slices the panel draws."""
-    from hpc_modatts.data.store import Store
-    from hpc_modatts.infer.inferer import inferer_from_config
-    from hpc_modatts.infer.predict import load_models, predict_case
-    from hpc_modatts.train.guards import voxel_ml, zero_healthy
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, _ = load_models([f for f, _ in folds], device)
     inferer = inferer_from_config(cfg)
@@ -151,10 +149,7 @@ def _csv(rows: list[dict], used: list[str]) -> str:
 
 def save_panel(path: Path, rows: list[dict], slices: dict) -> Path:
     """One row per selected case (at most ``PANEL_ROWS``): its slices and the advisor's reason."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hpc_modatts.experiments.plots import plt, save_png  # matplotlib is heavy: loaded when drawing
 
     top = [r for r in rows if r["selected"]][:PANEL_ROWS]
     cols = max(len([k for k in slices[r["case"]] if k != "z"]) for r in top)
@@ -172,18 +167,11 @@ def save_panel(path: Path, rows: list[dict], slices: dict) -> Path:
                         va="center", wrap=True)
         for ax in ax_row[len(panels):]:
             ax.axis("off")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, dpi=80)
 
 
 def write_advised_split(split, selected: list[str], path: str | os.PathLike, run: Path, variant: str) -> Path:
     """The split with ``selected`` added to ``target_labeled`` (the split tool's format)."""
-    from hpc_modatts.data.store import Store
-
     store = Store.open(split.meta["store"]) if split.meta.get("store") and Path(split.meta["store"]).exists() else None
     if store is not None:
         bare = [c for c in selected if store.mask(c) is None]

@@ -10,10 +10,11 @@ seed gets one bar chart with the same error bars. Files are written atomically.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
+
+from hpc_modatts.runs import atomic_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,12 +27,13 @@ def _ok(v: float | None) -> bool:
     return v is not None and not math.isnan(v)
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+def save_png(fig, path: Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG atomically (``runs.atomic_path``) and close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -73,7 +75,7 @@ def plot_axis(report: dict, axis: str, path: Path) -> Path:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test Dice (mean ± std, seeds x cases)")
     fig.suptitle(f"sweep {report['sweep']}: Dice vs annotated {axis} fraction", fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_variants(report: dict, path: Path) -> Path:
@@ -85,7 +87,7 @@ def plot_variants(report: dict, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_ylabel("test Dice (mean ± std, seeds x cases)")
     ax.set_title(f"sweep {report['sweep']}", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_report(report: dict, out: Path) -> list[Path]:

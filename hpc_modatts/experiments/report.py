@@ -12,7 +12,7 @@ per (variant, source fraction, target fraction):
   seed (same test cases), then mean ± std over seeds.
 
 A fraction a variant does not depend on (its runs are shared across it, see
-``experiments.sweep``) is collapsed to "any": the target-supervised bound is one row per sweep,
+``experiments.plan``) is collapsed to "any": the target-supervised bound is one row per sweep,
 the source-supervised bound one row per source fraction. Outputs in ``SWEEP_DIR/report/`` (or
 ``--out``): ``report.csv``, ``report.json``, ``report.md``, the rich table on the console, and
 the figures ``dice_vs_target_fraction.png`` / ``dice_vs_source_fraction.png`` (one panel per
@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpc_modatts.console import log_console
-from hpc_modatts.experiments.sweep import load_sweep
+from hpc_modatts.experiments.plan import load_sweep
 from hpc_modatts.runs import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def csv_text(report: dict) -> str:
 def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
            console: Console | None = None) -> Path:
     """Aggregate a sweep and write the table (CSV, JSON, Markdown) and the plots; returns the folder."""
-    from hpc_modatts.experiments.plots import plot_report
+    from hpc_modatts.experiments.plots import plot_report  # matplotlib is heavy: loaded when plotting
 
     rep = aggregate(sweep_dir)
     out = Path(out) if out else Path(sweep_dir) / "report"

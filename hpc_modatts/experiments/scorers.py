@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from monai.metrics import compute_dice
+from scipy.stats import rankdata
 
 
 @dataclass
@@ -60,9 +63,6 @@ class Score:
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two binary masks, 1 when both are empty (MONAI ``compute_dice``, ``ignore_empty=False``)."""
-    import torch
-    from monai.metrics import compute_dice
-
     ta = torch.from_numpy(np.asarray(a) > 0)[None, None].float()  # (B=1, C=1, X, Y, Z)
     tb = torch.from_numpy(np.asarray(b) > 0)[None, None].float()
     return float(compute_dice(ta, tb, include_background=True, ignore_empty=False).item())
@@ -107,8 +107,6 @@ def register(name: str, scorer: Callable[[CaseEvidence], Score | None]) -> None:
 
 def rank_normalise(values: list[float]) -> list[float]:
     """Values -> [0, 1] by rank (ties share their mean rank), so scorers in different units combine."""
-    from scipy.stats import rankdata
-
     if len(values) == 1:
         return [1.0]
     r = rankdata(values, method="average")

@@ -1,4 +1,4 @@
-"""What a sweep will run (``--dry-run``) and where it stands (``hpc-modatts status SWEEP_DIR``).
+"""Where a sweep stands (``hpc-modatts status SWEEP_DIR``); what it will run is ``plan.print_plan``.
 
 The status has one row per run folder of the sweep (a point's MoDATTS variants, or a shared
 group): how many of its jobs are done, running, queued, failed or waiting, which points share
@@ -9,11 +9,8 @@ view and the per-job view (``--nodes``) never disagree.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -21,10 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hpc_modatts.console import log_console
-from hpc_modatts.data.errors import DataError
-from hpc_modatts.experiments.sweep import Point, Unit, load_sweep
-from hpc_modatts.pipeline.dag import Dag
-from hpc_modatts.pipeline.status import load_record, pipeline_status, print_status
+from hpc_modatts.experiments.plan import load_sweep
+from hpc_modatts.pipeline.status import pipeline_status, print_status
 
 GROUPS = {"DONE": "done", "COMPLETED": "done", "RUNNING": "running", "COMPLETING": "running",
           "PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "SUSPENDED": "queued",
@@ -32,25 +27,6 @@ GROUPS = {"DONE": "done", "COMPLETED": "done", "RUNNING": "running", "COMPLETING
           "NODE_FAIL": "failed", "PREEMPTED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
 """Job state -> column of the sweep table; anything else (NOT SUBMITTED, UNKNOWN) is "waiting"."""
 COLUMNS = ("done", "running", "queued", "failed", "waiting")
-SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-                "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"}
-"""squeue states of a job that will still run: a rerun must not submit its node again."""
-
-
-def slurm_in_flight(sweep_dir: Path) -> dict[str, str]:
-    """Node -> job id of the sweep's jobs still queued or running on SLURM (``squeue``)."""
-    if not (sweep_dir / "pipeline.json").is_file():  # first submission
-        return {}
-    rec = load_record(sweep_dir)  # a damaged record is an error, not "nothing in flight" (duplicate jobs)
-    last = {j["node"]: j["job_id"] for j in rec.get("jobs", []) if j.get("executor") == "slurm"}
-    if not last or shutil.which("squeue") is None:
-        return {}
-    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"],
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise DataError(f"squeue failed ({out.stderr.strip()}): cannot tell which jobs of {sweep_dir} are in flight")
-    states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
-    return {node: jid for node, jid in last.items() if states.get(jid) in SLURM_ACTIVE}
 
 
 def sweep_status(sweep_dir: str | os.PathLike) -> list[dict]:
@@ -89,16 +65,3 @@ def print_sweep_status(sweep_dir: str | os.PathLike, nodes: bool = False, consol
     if nodes:
         print_status(sweep_dir, console)
     return rows
-
-
-def print_plan(points: list[Point], units: list[Unit], dag: Dag, console: Console | None = None) -> None:
-    """``sweep --dry-run``: every run folder, its variants, its stage 1 and who shares it."""
-    table = Table(title=f"sweep plan: {len(points)} points, {len(units)} run folders, {len(dag)} jobs "
-                        f"({len(dag.pending())} to run)")
-    for col in ("run folder", "variants", "stage 1", "shared by", "jobs"):
-        table.add_column(col)
-    for u in units:
-        jobs = sum(1 for n in dag.nodes if n.startswith(f"{u.id}/"))
-        stage1 = "trains it" if u.translator else (f"from {u.translator_from}" if u.translator_from else "-")
-        table.add_row(u.id, ", ".join(u.variants) or "-", stage1, ", ".join(u.shared_by), str(jobs))
-    log_console(console).print(table)

@@ -4,8 +4,9 @@ The scripts come out of submitit's public submission path, not a re-implementati
 template: a temporary folder with a stand-in ``sbatch`` (it keeps a copy of the script it is
 given and answers ``Submitted batch job N`` like the real one) and ``srun`` (submitit's check
 that it runs on a SLURM cluster) goes first on ``PATH``, and the pending nodes are submitted
-exactly as ``run_pipeline`` submits them (same executors, parameters, dependency chain). Nothing
-is written under the run folder; the scripts show the real submitit folder.
+exactly as ``run_pipeline`` submits them (``jobs.submit_slurm``: same executors, parameters,
+dependency chain). Nothing is written under the run folder; the scripts show the real
+submitit folder.
 The stand-ins are fixed text written by this module; no user string reaches a shell.
 """
 
@@ -21,7 +22,10 @@ from typing import Any
 from unittest import mock
 
 from hpc_modatts.config import ExperimentConfig
-from hpc_modatts.pipeline.dag import Dag
+from hpc_modatts.pipeline.dag import Dag, build_dag
+from hpc_modatts.pipeline.jobs import submit_slurm
+from hpc_modatts.pipeline.record import RECORD_FILE, Recorder
+from hpc_modatts.presets import apply_preset, load_preset
 
 FIRST_FAKE_ID = 1000
 """Job ids handed out by the stand-in sbatch (shown in the scripts' ``--dependency`` lines)."""
@@ -59,13 +63,11 @@ def fake_slurm() -> Iterator[Path]:
 
 def sbatch_scripts(cfg: ExperimentConfig, dag: Dag, preset: dict[str, Any] | None) -> list[dict]:
     """One entry per pending node: ``{"node", "job_id", "after": [node names], "script"}``."""
-    from hpc_modatts.pipeline.submit import Recorder, submit_slurm
-
     pending = dag.pending()
     real_folder = str(cfg.run_dir / "submitit")
     with fake_slurm() as tmp:
         folder = tmp / "submitit"
-        rec = Recorder(tmp / "pipeline.json", cfg, "slurm", dag)
+        rec = Recorder(tmp / RECORD_FILE, cfg, "slurm", dag)
         jobs = submit_slurm(pending, cfg, preset, folder, rec, {})
         out = []
         for node in pending:
@@ -78,9 +80,6 @@ def sbatch_scripts(cfg: ExperimentConfig, dag: Dag, preset: dict[str, Any] | Non
 
 def dry_run_slurm(cfg: ExperimentConfig, cluster: str | None = None) -> list[dict]:
     """``sbatch_scripts`` of ``cfg``'s DAG with the cluster preset applied as ``run_pipeline`` does."""
-    from hpc_modatts.pipeline.dag import build_dag
-    from hpc_modatts.pipeline.submit import apply_preset, load_preset
-
     cluster = cluster if cluster is not None else cfg.pipeline.cluster
     preset = load_preset(cluster) if cluster else None
     if preset:

@@ -3,7 +3,8 @@
 State of a node, first that applies: ``DONE`` (its marker exists); the SLURM state from
 ``sacct`` (slurm jobs); ``FAILED`` (a local/debug job whose submitit result file exists, so the
 job ended, but whose stage wrote no DONE marker); ``RUNNING`` (a local job's process is alive);
-``NOT SUBMITTED`` / ``UNKNOWN``.
+``NOT SUBMITTED`` / ``UNKNOWN``. ``slurm_in_flight`` names the nodes whose SLURM jobs are still
+queued or running (``squeue``), which a rerun must not submit again.
 
 ``pipeline.json`` and the submitit folder are read as data only: the result pickles are never
 unpickled (a pickle can run code), job ids are checked before they reach ``sacct``.
@@ -11,7 +12,7 @@ unpickled (a pickle can run code), job ids are checked before they reach ``sacct
 
 from __future__ import annotations
 
-import json
+import getpass
 import os
 import re
 import shutil
@@ -24,45 +25,15 @@ from submitit.core.utils import JobPaths
 
 from hpc_modatts.console import log_console
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.pipeline.record import RECORD_FILE, load_record
 from hpc_modatts.pipeline.watch import latest_metric, status_table, watch
 from hpc_modatts.runs import is_done
 
 SLURM_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
 """A SLURM job id as submitit records it (``123`` or array ``123_4``)."""
-NODE_KEYS = {"name": str, "run_dir": str}
-JOB_KEYS = {"node": str, "job_id": str, "executor": str, "folder": str}
-
-
-def load_record(run_dir: str | os.PathLike) -> dict:
-    """The ``pipeline.json`` of an experiment folder (DataError if missing, unreadable or malformed)."""
-    path = Path(run_dir) / "pipeline.json"
-    try:
-        rec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist: not a pipeline run folder") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is not valid JSON ({e})") from None
-    _check_record(rec, path)
-    return rec
-
-
-def _check_record(rec: object, path: Path) -> None:
-    """The shape ``pipeline_status`` relies on: lists of node and job mappings with string fields."""
-    if not isinstance(rec, dict):
-        raise DataError(f"{path}: top level must be a JSON object, not {type(rec).__name__}")
-    for section, keys in (("nodes", NODE_KEYS), ("jobs", JOB_KEYS)):
-        items = rec.get(section, [])
-        if not isinstance(items, list):
-            raise DataError(f"{path}: {section!r} must be a list, not {type(items).__name__}")
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise DataError(f"{path}: {section}[{i}] must be an object, not {type(item).__name__}")
-            for key, tp in keys.items():
-                if not isinstance(item.get(key), tp):
-                    raise DataError(f"{path}: {section}[{i}].{key} must be a {tp.__name__}, "
-                                    f"got {item.get(key)!r}")
-            if section == "nodes" and not isinstance(item.get("marker", "DONE"), str):
-                raise DataError(f"{path}: nodes[{i}].marker must be a string")
+SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+"""squeue states of a job that will still run: a rerun must not submit its node again."""
 
 
 def sacct_state(job_id: str) -> str | None:
@@ -76,6 +47,22 @@ def sacct_state(job_id: str) -> str | None:
         return None
     lines = [line.strip() for line in out.splitlines() if line.strip()]
     return lines[-1].split()[0] if lines else None
+
+
+def slurm_in_flight(run_dir: str | os.PathLike) -> dict[str, str]:
+    """Node -> job id of the run's SLURM jobs still queued or running (``squeue``)."""
+    if not (Path(run_dir) / RECORD_FILE).is_file():  # first submission
+        return {}
+    rec = load_record(run_dir)  # a damaged record is an error, not "nothing in flight" (duplicate jobs)
+    last = {j["node"]: j["job_id"] for j in rec.get("jobs", []) if j.get("executor") == "slurm"}
+    if not last or shutil.which("squeue") is None:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise DataError(f"squeue failed ({out.stderr.strip()}): cannot tell which jobs of {run_dir} are in flight")
+    states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+    return {node: jid for node, jid in last.items() if states.get(jid) in SLURM_ACTIVE}
 
 
 def local_state(folder: str, job_id: str) -> str:

@@ -32,7 +32,7 @@ def test_preset_becomes_the_worker_job_script(tmp_path):
 def test_newline_in_a_preset_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"partition": "debug\nrm -rf /", "cpus_per_task": 1}))
-    with pytest.raises(ConfigError, match="must not contain a newline"):
+    with pytest.raises(ConfigError, match="must be one line"):
         slurm_cluster_options(load_preset(str(bad)), tmp_path)
 
 

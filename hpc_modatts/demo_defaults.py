@@ -1,0 +1,10 @@
+"""The demo's defaults: the rows of its table and the size of its phantom.
+
+Apart from ``hpc_modatts.demo`` so that ``hpc-modatts --help`` can show them (the demo's
+``--variants`` choices and ``--cases`` default) without loading the data stack and the pipeline.
+"""
+
+VARIANTS = ("source-supervised", "self-supervised", "semi-supervised", "target-supervised")
+"""Rows of the demo's table, in order: no adaptation, MoDATTS self- and semi-supervised, the upper bound."""
+DEMO_CASES = 40
+"""Phantom cases of the demo: 24 train (12 T1 annotated, 12 T2 unannotated), 6 validation, 10 test."""

@@ -1,0 +1,117 @@
+"""The ``local`` and ``debug`` executors: the DAG run in waves, ``afterok`` emulated here.
+
+submitit's ``local`` (real subprocesses) and ``debug`` (in-process) executors ignore
+``slurm_*`` options and have no dependencies (docs/architecture.md, "Measured facts"), so a
+node is submitted once its parents have finished, and a failed node fails its descendants
+only, as ``afterok`` does on SLURM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hpc_modatts.config import ExperimentConfig
+from hpc_modatts.pipeline.dag import Node
+from hpc_modatts.pipeline.jobs import StageJob, make_executor, node_parameters
+from hpc_modatts.pipeline.record import Recorder
+
+log = logging.getLogger(__name__)
+
+
+class StagesFailed(RuntimeError):
+    """Local/debug pipeline: some stages failed (their descendants never ran, the rest did)."""
+
+    def __init__(self, failed: dict[str, str], skipped: list[str]):
+        self.failed, self.skipped = failed, skipped
+        lines = [f"{name}: {err}" for name, err in failed.items()]
+        super().__init__(f"{len(failed)} stage(s) failed, {len(skipped)} dependent stage(s) not run: "
+                         + "; ".join(lines))
+
+
+def run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
+                 rec: Recorder, poll_s: float = 0.5, max_parallel: int | None = None,
+                 tick: Callable[[], object] = lambda: None) -> None:
+    """Emulate afterok: submit every node whose parents finished; as soon as ANY running job
+    ends, submit what it unblocked (no barrier between waves, so a short branch of the graph
+    never waits for a long sibling). A failed stage fails its descendants only, as on SLURM:
+    independent branches still run, then ``StagesFailed`` names every failure. ``debug`` jobs
+    run in-process inside ``results()``, one at a time in submission order. ``max_parallel``
+    caps the jobs alive at once (a sweep's graph can have dozens of ready nodes; each local
+    job is a whole training process). ``tick`` is called at every poll (the watcher)."""
+    finished: set[str] = set()
+    failed: dict[str, str] = {}
+    skipped: list[str] = []
+    running: dict[str, tuple[Node, Any]] = {}
+    left = list(pending)
+    try:
+        while left or running:
+            for node in [n for n in left if any(d in failed or d in skipped for d in n.deps)]:
+                skipped.append(node.name)  # topological order: a skipped parent is seen first
+                left.remove(node)
+            ready = [n for n in left if all(d in finished for d in n.deps)]
+            if max_parallel:
+                ready = ready[:max(0, max_parallel - len(running))]
+            alive = len(running) + len(ready)
+            for node in ready:
+                left.remove(node)
+                if executor == "local" and cfg.distributed.threads_per_rank == 0:
+                    node = with_threads(node, alive)
+                job = make_executor(folder, executor, node_parameters(node, cfg, None, [])).submit(StageJob(node, cfg))
+                rec.add(node, job, folder, executor)
+                running[node.name] = (node, job)
+            if not running:
+                continue
+            name = _first_done(running, executor, poll_s, tick)
+            node, job = running.pop(name)
+            try:
+                job.results()  # raises the stage's error (all tasks of a multi-task job)
+            except Exception as e:  # noqa: BLE001 - any stage error fails that branch only
+                failed[name] = _last_line(e)
+                log.error("FAILED %s: %s (log: %s)", name, failed[name], job.paths.stderr)
+                continue
+            finished.add(name)
+            log.debug("finished %s", name)  # the watcher shows it
+    except BaseException:  # Ctrl-C or an executor error: leave no job running behind us
+        for _, job in running.values():
+            job.cancel(check=False)
+        raise
+    if failed:
+        raise StagesFailed(failed, skipped)
+
+
+def with_threads(node: Node, alive: int) -> Node:
+    """``node`` with ``distributed.threads_per_rank`` = cores // (jobs alive x its ranks), at least 1.
+
+    The local executor's share of the machine for ``threads_per_rank=0``: jobs started side by
+    side get one share each, because an oversubscribed core stalls every OpenMP team on it
+    (docs/results.md), and a job started alone, e.g. the last self-training round, gets every
+    core. A job keeps its share for its whole life: it cannot know when its neighbours end.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(1, alive * node.resources.tasks_per_node))
+    return dataclasses.replace(node, overrides={**node.overrides, "distributed.threads_per_rank": threads})
+
+
+def _last_line(e: BaseException) -> str:
+    """The stage's own error line (submitit wraps it in a multi-line FailedJobError)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(("-", " "))]
+    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
+    return (errors or lines or [type(e).__name__])[-1][:500]
+
+
+def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float,
+                tick: Callable[[], object]) -> str:
+    """Name of a running job that has ended (the oldest one for ``debug``, which runs on demand)."""
+    if executor == "debug":
+        return next(iter(running))
+    while True:
+        for name, (_, job) in running.items():
+            if job.done():
+                return name
+        tick()
+        time.sleep(poll_s)
