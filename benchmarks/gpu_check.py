@@ -78,7 +78,7 @@ def segment_steps(size: str, steps: int, env, genseg: bool, shape, batch: int = 
     from hpc_modatts.distributed.engine import autocast_context
     from hpc_modatts.losses import dice_loss
     from hpc_modatts.models import apply_activation_checkpointing, build_segmenter
-    from hpc_modatts.train.segment import GenSegTask, build_discriminators_3d
+    from hpc_modatts.train.segment_variants import GenSegTask, build_discriminators_3d
 
     gen = build_segmenter(size, genseg=genseg)
     if checkpointing:

@@ -1,7 +1,7 @@
 """The names of the training stages and of the stage-2 variants, each listed once.
 
 The ``Literal`` types annotate the config fields (``train.stage``, ``train.variant``); the tuples
-are for checks and loops. ``hpc_modatts.train.segment.VARIANT_TASKS`` maps each variant to its Task.
+are for checks and loops. ``hpc_modatts.train.segment_variants.VARIANT_TASKS`` maps each variant to its Task.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """THE inferer: whole-volume outputs of a 3D model, fed exactly what training fed it.
 
-Validation (``train/segment.py``), pseudo-labelling (``train/self_training.py``) and
+Validation (``train/segment_task.py``), pseudo-labelling (``train/self_training.py``) and
 ``hpc-modatts predict`` all call ``VolumeInferer``; its settings live once in the config
 (``infer.*``, ``hpc_modatts.config.InferConfig``).
 

@@ -29,13 +29,14 @@ BEST_MODEL = "best_model.pt"
 
 MODEL_FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
     "hpc_modatts.models:build_segmenter": "hpc_modatts.models:build_segmenter",
-    "hpc_modatts.train.segment:build_discriminators_3d": "hpc_modatts.train.segment:build_discriminators_3d",
+    "hpc_modatts.train.segment:build_discriminators_3d": "hpc_modatts.train.segment_variants:build_discriminators_3d",
     "hpc_modatts.train.translate:build_cycle_translators": "hpc_modatts.train.translate:build_cycle_translators",
     "hpc_modatts.train.translate:build_discriminators": "hpc_modatts.train.translate:build_discriminators",
 }
 """THE allow-list of model factories a ``best_model.pt`` may name (``Task.model_factory``): the
 file holds only the key; the callable comes from this dict (a "module:function" of this package,
-imported on use, or a function registered by code with ``register_model_factory``)."""
+imported on use, or a function registered by code with ``register_model_factory``). Keys are
+names written into files: they stay when a factory moves (only the value changes)."""
 
 
 def register_model_factory(name: str, fn: Callable[..., nn.Module]) -> None:

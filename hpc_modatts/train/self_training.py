@@ -39,7 +39,8 @@ from hpc_modatts.infer.inferer import inferer_from_config
 from hpc_modatts.runs import atomic_write_json, is_done, stage_dir
 from hpc_modatts.train.best_model import BEST_MODEL, load_best_model
 from hpc_modatts.train.guards import voxel_ml, zero_healthy
-from hpc_modatts.train.segment import SelfTrainingRound, make_task, volume_bound
+from hpc_modatts.train.segment import make_task, volume_bound
+from hpc_modatts.train.segment_task import SelfTrainingRound
 from hpc_modatts.train.trainer import Trainer
 
 log = logging.getLogger(__name__)

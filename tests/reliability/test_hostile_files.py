@@ -57,7 +57,7 @@ def test_best_model_with_pickled_code_is_refused(tmp_path):
 
 
 def test_init_from_run_with_pickled_code_is_refused(tmp_path):
-    from hpc_modatts.train.segment import load_initial_weights
+    from hpc_modatts.train.segment_task import load_initial_weights
 
     marker = tmp_path / "code-ran"
     run = best_model(tmp_path / "run", {"gen": Exploit(marker)})

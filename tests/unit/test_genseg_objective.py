@@ -10,7 +10,7 @@ import torch
 
 from hpc_modatts.losses import hinge_d_loss, hinge_g_loss
 from hpc_modatts.models import build_segmenter
-from hpc_modatts.train.segment import GenSegTask, build_discriminators_3d
+from hpc_modatts.train.segment_variants import GenSegTask, build_discriminators_3d
 
 SHAPE = (2, 1, 32, 32, 16)  # (B, C, X, Y, Z): sample 0 healthy (A), sample 1 diseased (P)
 

@@ -20,7 +20,8 @@ from hpc_modatts.data.slices import fit_slices, unfit_slices
 from hpc_modatts.data.store import Store
 from hpc_modatts.losses import pooled_dice_loss
 from hpc_modatts.runs import stage_dir
-from hpc_modatts.train import segment, self_training, synthesize, translate
+from hpc_modatts.train import segment, segment_variants, self_training, synthesize, translate
+from hpc_modatts.train.segment_task import SelfTrainingRound
 from tests.fixtures import make_phantom_store
 
 DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
@@ -167,8 +168,8 @@ def test_self_training_round_pseudo_labels_are_thresholded_predictions(chain):
 
 def test_self_training_starts_from_the_previous_best(chain):
     cfg, split, out = chain
-    round_1 = segment.SelfTrainingRound(init_from=out["segment"], pseudo_labels=out["round_1"] / "pseudo_labels.zarr")
-    task = segment.PseudoTargetTask(cfg, split, out["round_1"], out["synth"], round_1)
+    round_1 = SelfTrainingRound(init_from=out["segment"], pseudo_labels=out["round_1"] / "pseudo_labels.zarr")
+    task = segment_variants.PseudoTargetTask(cfg, split, out["round_1"], out["synth"], round_1)
     assert task.name == "self-train"
     model = task.build(None)["gen"]
     best = torch.load(out["segment"] / "best_model.pt", weights_only=False)["models"]["gen"]
@@ -217,16 +218,16 @@ def test_other_variants_train_a_few_steps(chain, variant):
 def test_every_variant_has_one_task_class():
     from hpc_modatts.config import VARIANTS
 
-    assert list(segment.VARIANT_TASKS) == list(VARIANTS)
-    assert all(cls.variant == v for v, cls in segment.VARIANT_TASKS.items())
+    assert list(segment_variants.VARIANT_TASKS) == list(VARIANTS)
+    assert all(cls.variant == v for v, cls in segment_variants.VARIANT_TASKS.items())
 
 
 def test_masked_l1_without_samples_is_a_zero_with_a_graph():
     a = torch.ones(2, 1, 4, 4, 4, requires_grad=True)
-    z = segment._masked_l1(a, torch.zeros_like(a), torch.tensor([False, False]))
+    z = segment_variants._masked_l1(a, torch.zeros_like(a), torch.tensor([False, False]))
     z.backward()
     assert z.item() == 0.0 and a.grad is not None
-    assert segment._masked_l1(a, torch.zeros_like(a), torch.tensor([True, False])).item() == 1.0
+    assert segment_variants._masked_l1(a, torch.zeros_like(a), torch.tensor([True, False])).item() == 1.0
 
 
 def test_pooled_dice_penalises_false_positives_on_tumour_free_samples():
