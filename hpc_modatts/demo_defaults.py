@@ -4,7 +4,9 @@ Apart from ``hpc_modatts.demo`` so that ``hpc-modatts --help`` can show them (th
 ``--variants`` choices and ``--cases`` default) without loading the data stack and the pipeline.
 """
 
-VARIANTS = ("source-supervised", "self-supervised", "semi-supervised", "target-supervised")
+from hpc_modatts.config import TABLE_ORDER
+
+VARIANTS = TABLE_ORDER
 """Rows of the demo's table, in order: no adaptation, MoDATTS self- and semi-supervised, the upper bound."""
 DEMO_CASES = 40
 """Phantom cases of the demo: 24 train (12 T1 annotated, 12 T2 unannotated), 6 validation, 10 test."""

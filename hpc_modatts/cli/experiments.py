@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from hpc_modatts.config import EXECUTORS
+
 
 def float_list(text: str) -> list[float]:
     try:
@@ -65,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def executor_options(p: argparse.ArgumentParser) -> None:
     """``--executor`` and ``--cluster``: where the jobs of ``pipeline`` and ``sweep`` run."""
-    p.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
+    p.add_argument("--executor", choices=EXECUTORS, default=None,
                    help="default: pipeline.executor of the config")
     p.add_argument("--cluster", default=None,
                    help="cluster preset: a shipped name (hpc_modatts/clusters/) or a YAML path")

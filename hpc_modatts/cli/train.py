@@ -12,6 +12,8 @@ import argparse
 import importlib
 import logging
 
+from hpc_modatts.config import MODATTS_VARIANTS, VARIANTS
+
 log = logging.getLogger(__name__)
 
 STAGES = {
@@ -66,10 +68,9 @@ def register(sub) -> None:
         s = stages.add_parser(stage, help=text, description=text)
         _common_args(s)
         if stage == "segment":
-            s.add_argument("--variant", choices=["self-supervised", "semi-supervised", "source-supervised",
-                                                 "target-supervised"], help="overrides train.variant")
+            s.add_argument("--variant", choices=VARIANTS, help="overrides train.variant")
         if stage == "self-train":
-            s.add_argument("--variant", choices=["self-supervised", "semi-supervised"],
+            s.add_argument("--variant", choices=MODATTS_VARIANTS,
                            help="overrides train.variant (which segment run to refine)")
             s.add_argument("--rounds", type=int, help="overrides train.rounds (k)")
             s.add_argument("--round", type=int, help="run only this round (train.round)")

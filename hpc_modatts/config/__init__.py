@@ -24,7 +24,16 @@ from hpc_modatts.config.experiment import (
     load_config,
     save_config,
 )
-from hpc_modatts.config.names import MODATTS_VARIANTS, STAGES, VARIANTS, Stage, Variant
+from hpc_modatts.config.names import (
+    EXECUTORS,
+    MODATTS_VARIANTS,
+    STAGES,
+    TABLE_ORDER,
+    VARIANTS,
+    Executor,
+    Stage,
+    Variant,
+)
 from hpc_modatts.config.sections import (
     MODALITIES,
     DataConfig,
@@ -38,7 +47,8 @@ from hpc_modatts.config.stages import replace_cfg, resolve_seg_pt, resolve_st, s
 from hpc_modatts.config.training import STAGE_SECTIONS, LossWeights, TrainConfig, lambda_seg_pt_for_fraction
 
 __all__ = [
-    "BUILTIN_CONFIGS", "MODALITIES", "MODATTS_VARIANTS", "NAME_PATTERN", "STAGES", "STAGE_SECTIONS", "VARIANTS",
+    "BUILTIN_CONFIGS", "EXECUTORS", "Executor", "TABLE_ORDER",
+    "MODALITIES", "MODATTS_VARIANTS", "NAME_PATTERN", "STAGES", "STAGE_SECTIONS", "VARIANTS",
     "ConfigError", "DataConfig", "DistributedConfig", "ExperimentConfig", "InferConfig", "LossWeights",
     "ModelConfig", "OptimConfig", "PipelineConfig", "Stage", "TrainConfig", "Variant",
     "apply_overrides", "builtin_configs", "check_name", "check_one_line", "config_from_dict", "config_to_dict",

@@ -19,3 +19,10 @@ VARIANTS: tuple[str, ...] = get_args(Variant)
 MODATTS_VARIANTS: tuple[str, ...] = VARIANTS[:2]
 """MoDATTS proper: trained on pseudo-target volumes (so after translate + synthesize), self-trained.
 The bounds (``source-supervised``, ``target-supervised``) are the same segmenter on real masks only."""
+
+TABLE_ORDER: tuple[str, ...] = ("source-supervised", *MODATTS_VARIANTS, "target-supervised")
+"""Row order of every results table: the lower bound, MoDATTS self- and semi-supervised, the upper bound."""
+
+Executor = Literal["local", "debug", "slurm"]
+EXECUTORS: tuple[str, ...] = get_args(Executor)
+"""Where a pipeline runs: local subprocesses in waves, in-process (debug), or SLURM via submitit."""

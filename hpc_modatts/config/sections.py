@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hpc_modatts.config.checks import ConfigError, check_choice, check_positive
-from hpc_modatts.config.names import VARIANTS
+from hpc_modatts.config.names import EXECUTORS, VARIANTS, Executor
 from hpc_modatts.data.aliases import canonical
 
 MODALITIES = ("t1", "t1ce", "t2", "flair", "ceT1", "hrT2", "ct")
@@ -178,7 +178,7 @@ class InferConfig:
 
 @dataclass
 class PipelineConfig:
-    executor: Literal["local", "debug", "slurm"] = "local"
+    executor: Executor = "local"
     """submitit executor: slurm (afterok chains), local (subprocesses, in order), debug (in-process)."""
     cluster: str = ""
     """Cluster preset: a name in launchers/ or a YAML path (partition, gpus, time...)."""
@@ -209,7 +209,7 @@ class PipelineConfig:
     or manifest (see ``hpc_modatts.data.layouts``)."""
 
     def __post_init__(self) -> None:
-        check_choice("pipeline.executor", self.executor, ("local", "debug", "slurm"))
+        check_choice("pipeline.executor", self.executor, EXECUTORS)
         for k in ("folds", "nodes", "timeout_min", "cpus_per_task", "tasks_per_node"):
             check_positive(f"pipeline.{k}", getattr(self, k))
         for k in ("self_training_rounds", "gpus_per_node", "mem_gb"):

@@ -37,7 +37,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, apply_overrides
+from hpc_modatts.config import VARIANTS, ConfigError, ExperimentConfig, apply_overrides
 from hpc_modatts.console import log_console
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.splits import Split, make_split
@@ -84,10 +84,9 @@ class SweepSpec:
         self.seeds = [int(s) for s in self.seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ConfigError(f"--seeds {self.seeds}: give distinct integers >= 0")
-        allowed = ("self-supervised", "semi-supervised", "source-supervised", "target-supervised")
         for v in self.variants:
-            if v not in allowed:
-                raise ConfigError(f"--variants: {v!r} is not one of {list(allowed)}")
+            if v not in VARIANTS:
+                raise ConfigError(f"--variants: {v!r} is not one of {list(VARIANTS)}")
         for key in ("val", "test"):
             if not 0.0 <= getattr(self, key) <= 0.9:
                 raise ConfigError(f"--{key} {getattr(self, key)} must be in [0, 0.9]")

@@ -36,6 +36,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from hpc_modatts.config import TABLE_ORDER
 from hpc_modatts.console import log_console
 from hpc_modatts.experiments.plan import load_sweep
 from hpc_modatts.runs import atomic_write_json, atomic_write_text
@@ -43,7 +44,7 @@ from hpc_modatts.runs import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 METRICS = ("dice", "hd95", "assd")
-ORDER = ("source-supervised", "self-supervised", "semi-supervised", "target-supervised")
+ORDER = TABLE_ORDER
 """Row order: lower bound, MoDATTS variants, upper bound."""
 TS = "target-supervised"
 

@@ -16,7 +16,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from hpc_modatts.config import ConfigError, ExperimentConfig
+from hpc_modatts.config import EXECUTORS, ConfigError, ExperimentConfig
 from hpc_modatts.data.convert import convert
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.splits import Split
@@ -36,7 +36,6 @@ __all__ = ["EXECUTORS", "check_inputs", "convert_stage", "run_pipeline",
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("slurm", "local", "debug")
 
 
 def convert_stage(cfg: ExperimentConfig) -> Path:
