@@ -115,3 +115,19 @@ def selection_score(contrast_ratio: float, appearance: float) -> float:
     if not math.isfinite(contrast_ratio) or not math.isfinite(appearance):
         return -1.0
     return float(0.5 * (min(contrast_ratio, 1.0) + appearance))
+
+
+MIN_CONTRAST_RATIO = 0.3
+"""Below this the pseudo-target tumours keep less than 30 % of the real target's tumour contrast:
+stage 2 trained on them finds no tumour (one of the advisor benchmark's splits: ratio 0.10, test
+Dice 0.000), so the run says so instead of passing the failure on silently."""
+
+
+def translation_warning(metrics: dict) -> str | None:
+    """A one-line warning when the selected stage-1 validation shows an untranslated tumour, else None."""
+    ratio = metrics.get("val/contrast_ratio")
+    if ratio is None or not math.isfinite(ratio) or ratio >= MIN_CONTRAST_RATIO:
+        return None
+    return (f"stage 1 did not learn the translation: tumour contrast ratio {ratio:.2f} at the selected step "
+            f"{metrics.get('step')} (< {MIN_CONTRAST_RATIO}); stage-2 models trained on this pseudo-target are "
+            "unlikely to find tumours: train longer, try another seed, or check the modality pair")

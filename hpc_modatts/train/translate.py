@@ -324,4 +324,13 @@ def run(cfg: ExperimentConfig) -> Path:
     trainer.fit()
     if trainer.env.is_main:
         write_report(cfg, split, run_dir)
+        warning = fidelity.translation_warning(_selected_validation(run_dir, trainer.best_step))
+        if warning:
+            log.warning("translate: %s", warning)
     return run_dir
+
+
+def _selected_validation(run_dir: Path, step: int) -> dict:
+    """The metrics.jsonl validation row of the selected checkpoint (the last one if none matches)."""
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val/' in ln]
+    return next((r for r in rows if r.get("step") == step), rows[-1] if rows else {})

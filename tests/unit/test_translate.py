@@ -1,5 +1,7 @@
 """Stage-1 translators: the background of the input is the background of every translation."""
 
+import json
+
 import torch
 
 from hpc_modatts.train.translate import CycleTranslators
@@ -29,3 +31,20 @@ def test_keep_background_copies_the_inputs_background_and_nothing_else():
     assert torch.equal(synth, out_k["s_to_t"])
     # the segmentation heads see the same features either way on the source side
     assert torch.equal(out_k["seg_s"], out_f["seg_s"])
+
+
+def test_an_untranslated_stage_1_is_reported_at_its_selected_step(tmp_path):
+    from hpc_modatts.train import fidelity
+    from hpc_modatts.train.translate import _selected_validation
+
+    rows = [{"step": 25, "train/loss": 1.0}, {"step": 150, "val/contrast_ratio": 0.10, "val/score": 0.30},
+            {"step": 300, "val/contrast_ratio": 0.05, "val/score": 0.20}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    selected = _selected_validation(tmp_path, 150)
+    assert selected["step"] == 150
+    warning = fidelity.translation_warning(selected)
+    assert warning and "0.10" in warning and "150" in warning
+    assert _selected_validation(tmp_path, 7)["step"] == 300  # no row at that step: the last validation
+    assert fidelity.translation_warning({"step": 300, "val/contrast_ratio": 0.74}) is None
+    assert fidelity.translation_warning({"step": 300, "val/contrast_ratio": float("nan")}) is None
+    assert fidelity.translation_warning({}) is None  # no validation cases (CrossMoDA): nothing to judge
