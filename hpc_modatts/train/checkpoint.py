@@ -31,7 +31,6 @@ checkpoint while ``latest`` is unusable, and refuses (one line) when nothing loa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -47,7 +46,7 @@ import torch
 from hpc_modatts.config import save_config
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.distributed.env import barrier
-from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text
+from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text, read_json
 from hpc_modatts.train.safe_load import load_weights
 
 log = logging.getLogger(__name__)
@@ -163,12 +162,7 @@ TRAINER_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "best_step": i
 def read_trainer_state(folder: Path) -> dict:
     """``trainer.json`` of a checkpoint folder, checked; DataError naming the file."""
     path = Path(folder) / "trainer.json"
-    try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing (the checkpoint is incomplete)") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    state = read_json(path, "is missing (the checkpoint is incomplete)")
     if not isinstance(state, dict):
         raise DataError(f"{path}: must hold a JSON object")
     for key, tp in TRAINER_KEYS.items():
