@@ -8,6 +8,7 @@ stage wrote for the next one, idempotency, resumability and the one-line errors.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,16 +104,21 @@ def test_synthesis_keeps_geometry_weak_labels_and_only_annotated_masks(chain):
     assert set(split.source_train) - set(split.source_labeled), "the test needs an unannotated source case"
 
 
-def test_synthesis_resumes_only_missing_cases(chain):
-    cfg, split, out = chain
-    store = Store.open(out["synth"])
+def test_synthesis_resumes_only_missing_cases(chain, tmp_path):
+    cfg, split, _ = chain
+    # on a copy of the chain's run folder: the other tests read the original pseudo-targets
+    shutil.copytree(cfg.run_dir, tmp_path / cfg.name)
+    cfg = apply_overrides(cfg, [f"run_root={tmp_path}"])
+    translator_run, synth = synthesize.paths(cfg)
+    assert synth.is_relative_to(tmp_path)
+    store = Store.open(synth)
     kept, removed = store.case_ids[0], store.case_ids[-1]
-    stamp = (out["synth"] / "cases" / kept / "zarr.json").stat().st_mtime_ns
+    stamp = (synth / "cases" / kept / "zarr.json").stat().st_mtime_ns
     store.delete_case(removed)
-    (out["translate"] / synthesize.MARKER).unlink()
+    (translator_run / synthesize.MARKER).unlink()
     synthesize.run(cfg)
-    assert Store.open(out["synth"]).case_ids == sorted(split.source_train)
-    assert (out["synth"] / "cases" / kept / "zarr.json").stat().st_mtime_ns == stamp
+    assert Store.open(synth).case_ids == sorted(split.source_train)
+    assert (synth / "cases" / kept / "zarr.json").stat().st_mtime_ns == stamp
     assert synthesize.is_synthesized(cfg)
 
 
