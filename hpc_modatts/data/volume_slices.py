@@ -19,14 +19,17 @@ hrT2) only the hemisphere label is known: slices of an A hemisphere are 0, of a 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import torch
 
 from hpc_modatts.data import augment as aug
 from hpc_modatts.data.loaders import VolumeDataset, read_window
-from hpc_modatts.data.store_access import DEFAULT_CACHE_BYTES
+from hpc_modatts.data.store_access import DEFAULT_CACHE_BYTES, Range
+
+SliceItem = tuple[str, str, list[Range], list[Range], int, int]
+"""(case, side, valid ranges, brain box, weak label, z): one entry of ``VolumeSliceDataset.index``."""
 
 
 class VolumeSliceDataset(VolumeDataset):
@@ -49,7 +52,7 @@ class VolumeSliceDataset(VolumeDataset):
         self.chain = aug.augment_2d() if augment else None
 
     def _case_items(self, case: str, half: bool) -> list:
-        """(case, side, valid, box, weak, z) for every slice of every part with enough brain."""
+        """A ``SliceItem`` for every slice of every part with enough brain."""
         store = self.handle.store
         mask = store.read_mask(case)                                       # (X, Y, Z) or None
         min_area = max(1.0, self.min_brain_fraction * self.patch_size[0] * self.patch_size[1])
@@ -71,7 +74,7 @@ class VolumeSliceDataset(VolumeDataset):
         return 1 if tumour[z] >= self.min_tumour_fraction * brain else -1
 
     def __getitem__(self, i: int) -> dict:
-        case, side, valid, box, weak, z = self.index[i]
+        case, side, valid, box, weak, z = cast(SliceItem, self.index[i])  # VolumeDataset's entry + z
         start = self._window_start([box[0], box[1], (z, z + 1)], i)  # in-plane as VolumeDataset, at slice z
         image = read_window(self.handle.source(case, self.image_name), valid, start, self.patch_size,
                             -1.0, np.float32)[..., 0]                 # (X, Y)

@@ -104,6 +104,22 @@ def test_slice_inferer_restacks_what_a_2d_model_sees_per_slice():
         VolumeInferer((10, 30, 2), slices=True)
 
 
+def test_2d_variants_are_pipeline_nodes_sharing_stage_1(tmp_path):
+    from hpc_modatts.config import config_from_dict
+    from hpc_modatts.pipeline.dag import build_dag, final_model_dirs
+
+    cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path), "pipeline": {
+        "self_training_rounds": 1, "variants": ["self-supervised", *SLICE_VARIANTS, "target-supervised"]}})
+    dag = build_dag(cfg)
+    assert [n for n in dag.nodes if n in ("translate", "synthesize")] == ["translate", "synthesize"]  # one stage 1
+    for v in SLICE_VARIANTS:
+        assert dag[f"segment/{v}/fold_0"].deps == ("synthesize",)
+        assert dag[f"predict/{v}"].deps == (f"segment/{v}/fold_0/round_1",)
+        assert dag[f"predict/{v}"].run_dir == stage_dir(cfg.run_dir, "predict", v)
+        assert "evaluate/target-supervised" in dag[f"evaluate/{v}"].deps  # % of the 3D upper bound
+        assert final_model_dirs(cfg, v) == [stage_dir(cfg.run_dir, "self-train", v, 0, 1)]
+
+
 # ----------------------------------------------------------------------------- training
 @pytest.mark.parametrize("variant", SLICE_VARIANTS)
 def test_2d_variant_trains_self_trains_and_predicts_in_the_original_geometry(chain2d, variant):
