@@ -78,6 +78,8 @@ def test_slices_of_hemispheres_carry_m_genseg_weak_labels(chain2d):
         expected = 0 if tumour == 0 else (1 if tumour >= 0.01 * area else -1)  # thesis 4.4.1
         assert item["weak"] == expected, (item["side"], item["z"])
     assert {ds[i]["weak"] for i in range(len(ds))} >= {0, 1}
+    whole = VolumeSliceDataset(cfg.data.store, [case], "t2", slice_size=(48, 56), half=False)
+    assert {s for _, s, *_ in whole.index} == {"whole"} and whole[0]["image"].shape == (1, 48, 56)
     # the pseudo-target store's slices of annotated cases carry the source masks
     pt = VolumeSliceDataset(cfg.train.pseudo_target_store or cfg.run_dir / "translate" / "synth.zarr",
                             [split.source_labeled[0]], "t2", slice_size=(24, 56), annotated={split.source_labeled[0]})
@@ -160,6 +162,16 @@ def test_2d_variant_trains_self_trains_and_predicts_in_the_original_geometry(cha
 
     _, table = results_table(cfg.run_dir, (variant,))
     assert set(table) == {variant}
+
+
+def test_cli_offers_the_2d_variants(capsys):
+    from hpc_modatts.cli import main
+
+    for stage in ("segment", "self-train"):
+        with pytest.raises(SystemExit):  # argparse's own usage error
+            main(["train", stage, "exp.yaml", "--variant", "bogus"])
+        err = capsys.readouterr().err
+        assert all(f"'{v}'" in err for v in SLICE_VARIANTS), err
 
 
 def test_2d_inferer_from_config_and_task_classes(chain2d):
