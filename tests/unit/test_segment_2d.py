@@ -108,7 +108,7 @@ def test_slice_inferer_restacks_what_a_2d_model_sees_per_slice():
 
 def test_2d_variants_are_pipeline_nodes_sharing_stage_1(tmp_path):
     from hpc_modatts.config import config_from_dict
-    from hpc_modatts.pipeline.dag import build_dag, final_model_dirs
+    from hpc_modatts.pipeline.dag import build_dag
 
     cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path), "pipeline": {
         "self_training_rounds": 1, "variants": ["self-supervised", *SLICE_VARIANTS, "target-supervised"]}})
@@ -119,7 +119,7 @@ def test_2d_variants_are_pipeline_nodes_sharing_stage_1(tmp_path):
         assert dag[f"predict/{v}"].deps == (f"segment/{v}/fold_0/round_1",)
         assert dag[f"predict/{v}"].run_dir == stage_dir(cfg.run_dir, "predict", v)
         assert "evaluate/target-supervised" in dag[f"evaluate/{v}"].deps  # % of the 3D upper bound
-        assert final_model_dirs(cfg, v) == [stage_dir(cfg.run_dir, "self-train", v, 0, 1)]
+        assert cfg.final_model_dirs(v) == [stage_dir(cfg.run_dir, "self-train", v, 0, 1)]
 
 
 # ----------------------------------------------------------------------------- training
