@@ -28,7 +28,7 @@ from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.phantom import make_phantom
 from hpc_modatts.data.splits import make_split
 from hpc_modatts.data.verify import verify
-from hpc_modatts.demo_defaults import DEMO_CASES, VARIANTS
+from hpc_modatts.demo_defaults import CHOICES, DEMO_CASES, VARIANTS
 from hpc_modatts.pipeline.record import load_record
 from hpc_modatts.pipeline.submit import run_pipeline
 from hpc_modatts.pipeline.waves import StagesFailed
@@ -40,6 +40,8 @@ LABELS = {
     "source-supervised": "no adaptation (source-sup.)",
     "self-supervised": "MoDATTS self-supervised",
     "semi-supervised": "MoDATTS semi-supervised",
+    "self-supervised-2d": "MoDATTS-2D self-supervised",
+    "semi-supervised-2d": "MoDATTS-2D semi-supervised",
     "target-supervised": "target-supervised (upper bound)",
 }
 
@@ -148,9 +150,9 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     ``prepared``: (store, split) that ``demo_data`` made beforehand, for runs started side by side
     (the store's writer lock would refuse all but one of them).
     """
-    unknown = sorted(set(variants) - set(VARIANTS))
+    unknown = sorted(set(variants) - set(CHOICES))
     if unknown or not variants:
-        raise ConfigError(f"demo variants {unknown or list(variants)} are not among {list(VARIANTS)}")
+        raise ConfigError(f"demo variants {unknown or list(variants)} are not among {list(CHOICES)}")
     t0 = time.time()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from hpc_modatts.config import EXECUTORS
-from hpc_modatts.demo_defaults import DEMO_CASES, VARIANTS
+from hpc_modatts.demo_defaults import CHOICES, DEMO_CASES, VARIANTS
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=int, default=4, choices=(2, 4), help="phantom voxel size in mm (default 4)")
     p.add_argument("--config", default="demo_cpu", help="built-in config name (hpc_modatts/configs/) or a YAML path")
     p.add_argument("--executor", default="local", choices=EXECUTORS)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
-                   help="rows of the table (default: all four; without semi-supervised, about half the time): "
-                        + ", ".join(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=CHOICES, metavar="VARIANT",
+                   help="rows of the table (default: the four 3D ones; without semi-supervised, about half the "
+                        "time): " + ", ".join(CHOICES))
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=_demo)

@@ -27,12 +27,14 @@ from hpc_modatts.config.experiment import (
 from hpc_modatts.config.names import (
     EXECUTORS,
     MODATTS_VARIANTS,
+    SLICE_VARIANTS,
     STAGES,
     TABLE_ORDER,
     VARIANTS,
     Executor,
     Stage,
     Variant,
+    variant_dims,
 )
 from hpc_modatts.config.sections import (
     MODALITIES,
@@ -48,10 +50,10 @@ from hpc_modatts.config.training import STAGE_SECTIONS, LossWeights, TrainConfig
 
 __all__ = [
     "BUILTIN_CONFIGS", "EXECUTORS", "Executor", "TABLE_ORDER",
-    "MODALITIES", "MODATTS_VARIANTS", "NAME_PATTERN", "STAGES", "STAGE_SECTIONS", "VARIANTS",
+    "MODALITIES", "MODATTS_VARIANTS", "NAME_PATTERN", "SLICE_VARIANTS", "STAGES", "STAGE_SECTIONS", "VARIANTS",
     "ConfigError", "DataConfig", "DistributedConfig", "ExperimentConfig", "InferConfig", "LossWeights",
     "ModelConfig", "OptimConfig", "PipelineConfig", "Stage", "TrainConfig", "Variant",
     "apply_overrides", "builtin_configs", "check_name", "check_one_line", "config_from_dict", "config_to_dict",
     "lambda_seg_pt_for_fraction", "load_config", "replace_cfg", "resolve_seg_pt", "resolve_st", "save_config",
-    "stage_config",
+    "stage_config", "variant_dims",
 ]

@@ -12,16 +12,31 @@ Stage = Literal["translate", "synthesize", "segment", "self-train"]
 STAGES: tuple[str, ...] = get_args(Stage)
 """The training stages, in pipeline order (``train.stage``)."""
 
-Variant = Literal["self-supervised", "semi-supervised", "source-supervised", "target-supervised"]
+Variant = Literal["self-supervised", "semi-supervised", "source-supervised", "target-supervised",
+                  "self-supervised-2d", "semi-supervised-2d"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
-"""Stage-2 variants: MoDATTS self-/semi-supervised, then the lower and upper bounds."""
+"""Stage-2 variants: MoDATTS self-/semi-supervised, the lower and upper bounds, then MoDATTS-2D."""
 
-MODATTS_VARIANTS: tuple[str, ...] = VARIANTS[:2]
+SLICE_VARIANTS: tuple[str, ...] = ("self-supervised-2d", "semi-supervised-2d")
+"""MoDATTS-2D (thesis 5.5.1 "Model comparison", 5.5.2: "a 2D version of MoDATTS", 87 % of
+target-supervised on BraTS): stage 1 unchanged; stage 2 the same two variants with a 2D MedFormer
+on axial slices of the hemispheres (``data.volume_slices``), predicted slice by slice into volumes.
+Variants of their own rather than a ``model.dims`` option, so that their run folders, pipeline
+nodes and table rows sit beside the 3D ones in one experiment."""
+
+MODATTS_VARIANTS: tuple[str, ...] = ("self-supervised", "semi-supervised", *SLICE_VARIANTS)
 """MoDATTS proper: trained on pseudo-target volumes (so after translate + synthesize), self-trained.
 The bounds (``source-supervised``, ``target-supervised``) are the same segmenter on real masks only."""
 
-TABLE_ORDER: tuple[str, ...] = ("source-supervised", *MODATTS_VARIANTS, "target-supervised")
-"""Row order of every results table: the lower bound, MoDATTS self- and semi-supervised, the upper bound."""
+TABLE_ORDER: tuple[str, ...] = ("source-supervised", "self-supervised", "semi-supervised", *SLICE_VARIANTS,
+                                "target-supervised")
+"""Row order of every results table: the lower bound, MoDATTS self- and semi-supervised (3D, then 2D),
+the upper bound."""
+
+
+def variant_dims(variant: str) -> int:
+    """Spatial dims of a variant's segmenter: 2 for MoDATTS-2D (``SLICE_VARIANTS``), else 3."""
+    return 2 if variant in SLICE_VARIANTS else 3
 
 Executor = Literal["local", "debug", "slurm"]
 EXECUTORS: tuple[str, ...] = get_args(Executor)

@@ -18,6 +18,12 @@ Modes:
 * ``whole`` (models trained on whole volumes): MONAI ``sliding_window_inference`` over the
   volume.
 
+2D models (MoDATTS-2D, ``slices=True``): the patch is (X, Y, 1), so the same windows are tiled
+slice by slice along Z (each window one axial slice of a hemisphere, centred in-plane exactly as
+``data.volume_slices.VolumeSliceDataset`` shows it in training) and the predictor is handed
+(B, 1, X, Y) slices; its (B, C, X, Y) outputs are restacked into the volume. Every caller's
+predictor (probabilities, GenSeg extras) is thus the same for 2D and 3D models.
+
 ``predictor`` maps a (B, 1, *patch) float tensor to (B, C, *patch) outputs to be averaged
 (probabilities, images...); ``__call__`` returns (C, X, Y, Z) float32 numpy.
 """
@@ -31,6 +37,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from hpc_modatts.config import variant_dims
 from hpc_modatts.data.loaders import brain_box, centred_window, read_window
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -48,13 +55,19 @@ class Window:
 
 
 class VolumeInferer:
-    """``VolumeInferer(patch_size, hemispheres=True)(predictor, image, brain, split) -> (C, X, Y, Z)``."""
+    """``VolumeInferer(patch_size, hemispheres=True)(predictor, image, brain, split) -> (C, X, Y, Z)``.
+
+    ``slices``: the model is 2D; ``patch_size`` must then be (X, Y, 1) (see the module docstring).
+    """
 
     def __init__(self, patch_size: Sequence[int], hemispheres: bool = True, overlap: float = 0.5,
-                 sw_batch_size: int = 2) -> None:
+                 sw_batch_size: int = 2, slices: bool = False) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != 3:
             raise ValueError(f"patch_size {list(patch_size)} must have 3 values (X, Y, Z)")
+        self.slices = bool(slices)
+        if self.slices and self.patch_size[2] != 1:
+            raise ValueError(f"slice-wise inference needs a (X, Y, 1) patch, got {list(self.patch_size)}")
         self.hemispheres = bool(hemispheres)
         self.overlap = float(overlap)
         self.sw_batch_size = int(sw_batch_size)
@@ -78,6 +91,8 @@ class VolumeInferer:
     def __call__(self, predictor: Predictor, image: np.ndarray, brain: np.ndarray, split: int | None,
                  device: torch.device | str = "cpu", out_fill: float | Sequence[float] = 0.0) -> np.ndarray:
         """Outputs of ``predictor`` over the whole (X, Y, Z) ``image`` -> (C, X, Y, Z) float32."""
+        if self.slices:
+            predictor = _slice_wise(predictor)
         result: np.ndarray | None = None
         for w in self.windows(brain, split):
             x = read_window(image, w.valid, w.start, w.size, FILL, np.float32)          # (*size)
@@ -97,6 +112,11 @@ class VolumeInferer:
         return result
 
 
+def _slice_wise(predictor: Predictor) -> Predictor:
+    """A 2D predictor on (B, 1, X, Y, 1) windows: (B, 1, X, Y) in, (B, C, X, Y) -> (B, C, X, Y, 1) out."""
+    return lambda t: predictor(t[..., 0])[..., None]
+
+
 def _paste(result: np.ndarray, window_out: np.ndarray, w: Window) -> None:
     """Copy the part of a window's output that lies inside its valid region into ``result``."""
     dst, src = [], []
@@ -110,7 +130,12 @@ def _paste(result: np.ndarray, window_out: np.ndarray, w: Window) -> None:
 
 
 def inferer_from_config(cfg) -> VolumeInferer:
-    """The inferer of an experiment config: its ``infer`` section and training patch."""
+    """The inferer of an experiment config: its ``infer`` section and training patch; for a 2D
+    variant (``config.SLICE_VARIANTS``) the patch's (X, Y) slices, ``infer.sw_batch_size`` x patch Z
+    of them per forward (the voxels of ``sw_batch_size`` 3D windows: same memory, few small calls)."""
     mode = cfg.infer.mode
     hemispheres = cfg.data.half_volumes if mode == "auto" else mode == "hemisphere"
+    if variant_dims(cfg.train.variant) == 2:
+        x, y, z = cfg.data.patch_size
+        return VolumeInferer((x, y, 1), hemispheres, cfg.infer.overlap, cfg.infer.sw_batch_size * z, slices=True)
     return VolumeInferer(cfg.data.patch_size, hemispheres, cfg.infer.overlap, cfg.infer.sw_batch_size)

@@ -1,4 +1,7 @@
-"""GenSeg wiring of the 3D MedFormer for the semi-supervised segmentation stage (thesis 5.4.2).
+"""GenSeg wiring of the MedFormer for the semi-supervised segmentation stage (thesis 5.4.2).
+
+3D as in the thesis, or 2D when the config's ``spatial_dims`` is 2 (MoDATTS-2D: GenSeg on axial
+slices, as M-GenSeg does, thesis chapter 4); shapes below are written for 3D.
 
 One encoder E; its bottleneck (B, W, X/16, Y/16, Z/16) is split channel-wise into a common code c
 (`common_fraction` of W, 3/4 in the authors' code) and a unique code u (the rest).
@@ -22,22 +25,24 @@ when it recomputes a block during backward (see checkpointing.py).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import nn
 
 from hpc_modatts.models.medformer import EncoderSkips, MedFormerConfig, MedFormerDecoder, MedFormerEncoder, crop
-from hpc_modatts.models.medformer_blocks import conv1, instance_norm
+from hpc_modatts.models.medformer_blocks import INSTANCE_NORM, check_dims, conv1, default_norm
 
 NORM_MODES = ("residual", "segmentation")
 
 
 class SwitchableNorm(nn.Module):
-    """Two InstanceNorm3d(affine=True) parameter sets; `mode` selects the one used."""
+    """Two InstanceNorm3d(affine=True) (InstanceNorm2d in 2D) parameter sets; `mode` selects the one used."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dims: int = 3):
         super().__init__()
-        self.norms = nn.ModuleDict({m: nn.InstanceNorm3d(channels, affine=True) for m in NORM_MODES})
+        norm = INSTANCE_NORM[check_dims(dims)]
+        self.norms = nn.ModuleDict({m: norm(channels, affine=True) for m in NORM_MODES})
         self.mode = NORM_MODES[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,14 +93,16 @@ class GenSegMedFormer(nn.Module):
                              f"of the {width}-channel bottleneck")
         self.unique_channels = width - self.common_channels
         self.separate_seg_decoder = separate_seg_decoder
+        dims = cfg.spatial_dims
         self.encoder = MedFormerEncoder(cfg, in_channels)
-        self.common_in = conv1(self.common_channels, width, bias=True)  # c -> encoder width
+        self.common_in = conv1(self.common_channels, width, bias=True, dims=dims)  # c -> encoder width
         self.common_decoder = MedFormerDecoder(cfg)
-        self.common_head = conv1(out_width, in_channels, bias=True)
-        self.res_seg_decoder = MedFormerDecoder(cfg, instance_norm if separate_seg_decoder else SwitchableNorm)
+        self.common_head = conv1(out_width, in_channels, bias=True, dims=dims)
+        shared_norm = default_norm(dims) if separate_seg_decoder else partial(SwitchableNorm, dims=dims)
+        self.res_seg_decoder = MedFormerDecoder(cfg, shared_norm)
         self.seg_decoder = MedFormerDecoder(cfg) if separate_seg_decoder else None
-        self.residual_head = conv1(out_width, in_channels, bias=True)
-        self.segmentation_head = conv1(out_width, 1, bias=True)
+        self.residual_head = conv1(out_width, in_channels, bias=True, dims=dims)
+        self.segmentation_head = conv1(out_width, 1, bias=True, dims=dims)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, EncoderSkips]:
         """x (B, C, X, Y, Z) -> c (B, Wc, X/16, ..), u (B, Wu, X/16, ..), skips."""

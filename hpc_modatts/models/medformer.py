@@ -1,4 +1,4 @@
-"""3D MedFormer (Gao et al., "A data-scalable transformer for medical image segmentation").
+"""MedFormer (Gao et al., "A data-scalable transformer for medical image segmentation"), 3D or 2D.
 
 MONAI has no MedFormer (docs/architecture.md, "Measured facts"), so the blocks are our own code, written from
 the published design (docs/architecture.md "Published designs"; thesis 5.4.2 and Table 5.2); they
@@ -14,6 +14,11 @@ class the authors ran does. It is lossless before the learned projection (trilin
 down-sampling throws away high frequencies before any weight sees them) and it reproduces the
 published parameter counts. Up-sampling is trilinear x2 as in the thesis.
 
+``MedFormerConfig.spatial_dims = 2`` builds the same network on 2D slices (every kernel loses its
+last axis; the semantic map is ``map_size[:2]``): MoDATTS-2D's segmenter (thesis 5.5.1 "Model
+comparison" evaluates "a 2D version of MoDATTS" without describing its network; the reference
+MedFormer code the authors ran has a 2D and a 3D model of the same design).
+
 Inputs whose spatial shape is not a multiple of 16 are padded at the far end of each axis (by
 default with the constant -1, the background value of our images, so padding looks like more
 background; `pad_mode="reflect"` mirrors instead) and every output is cropped back.
@@ -21,6 +26,7 @@ background; `pad_mode="reflect"` mirrors instead) and every output is cropped ba
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -30,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpc_modatts.models.medformer_blocks import (
+    INTERPOLATION,
     BMDHBlock,
     ConvBlock,
     Norm,
@@ -38,7 +45,7 @@ from hpc_modatts.models.medformer_blocks import (
     SemanticMapGeneration,
     conv1,
     conv3,
-    instance_norm,
+    default_norm,
 )
 
 STRIDE = 16  # four 2x down stages
@@ -61,8 +68,8 @@ class MedFormerConfig:
     """B-MDH blocks per stage (only stages 1-5 may have them; up stages 4-5 need >= 1)."""
     heads: tuple[int, ...] = (1, 2, 8, 10, 8, 4, 1, 1)
     """Attention heads per stage (thesis Table 5.2)."""
-    map_size: tuple[int, int, int] = (3, 3, 3)
-    """Semantic-map grid: tokens each B-MDH stage attends to."""
+    map_size: tuple[int, ...] = (3, 3, 3)
+    """Semantic-map grid: tokens each B-MDH stage attends to (one value per spatial dim)."""
     fusion_dim: int = 320
     """Token width inside the semantic-map fusion transformer."""
     fusion_depth: int = 2
@@ -75,6 +82,13 @@ class MedFormerConfig:
     """How inputs are padded to a multiple of 16: constant (pad_value), reflect or replicate."""
     pad_value: float = -1.0
     """Constant used by pad_mode="constant" (-1 = image background)."""
+    spatial_dims: int = 3
+    """3 = the thesis's 3D MedFormer on (B, C, X, Y, Z); 2 = the same design on axial slices
+    (B, C, X, Y) (MoDATTS-2D; ``in_2d``)."""
+
+    def in_2d(self) -> MedFormerConfig:
+        """This size on 2D slices: same widths and depths, semantic map ``map_size[:2]``."""
+        return dataclasses.replace(self, spatial_dims=2, map_size=tuple(self.map_size[:2]))
 
     def __post_init__(self):
         for name in ("channels", "conv_blocks", "bmdh_blocks", "heads"):
@@ -96,8 +110,11 @@ class MedFormerConfig:
         if self.fusion_dim % self.fusion_heads:
             raise ValueError(f"MedFormerConfig: fusion_dim={self.fusion_dim} "
                              f"not divisible by fusion_heads={self.fusion_heads}")
-        if len(self.map_size) != 3 or math.prod(self.map_size) < 2:
-            raise ValueError(f"MedFormerConfig.map_size={self.map_size} needs 3 values and >= 2 tokens")
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"MedFormerConfig.spatial_dims={self.spatial_dims} must be 2 or 3")
+        if len(self.map_size) != self.spatial_dims or math.prod(self.map_size) < 2:
+            raise ValueError(f"MedFormerConfig.map_size={self.map_size} needs {self.spatial_dims} values "
+                             f"and >= 2 tokens")
         if self.pad_mode not in ("constant", "reflect", "replicate"):
             raise ValueError(f"MedFormerConfig.pad_mode={self.pad_mode!r} must be constant, reflect or replicate")
 
@@ -105,10 +122,10 @@ class MedFormerConfig:
 class ConvDownStage(nn.Module):
     """Patch merging + conv blocks (no semantic map)."""
 
-    def __init__(self, cin: int, cout: int, n_conv: int, norm: Norm):
+    def __init__(self, cin: int, cout: int, n_conv: int, norm: Norm, dims: int = 3):
         super().__init__()
-        self.merge = PatchMerging(cin, cout, norm)
-        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm) for _ in range(n_conv)))
+        self.merge = PatchMerging(cin, cout, norm, dims)
+        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm, dims) for _ in range(n_conv)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(self.merge(x))
@@ -119,10 +136,12 @@ class TransformerDownStage(nn.Module):
 
     def __init__(self, cin: int, cout: int, n_conv: int, n_bmdh: int, heads: int, cfg: MedFormerConfig, norm: Norm):
         super().__init__()
-        self.merge = PatchMerging(cin, cout, norm)
-        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm) for _ in range(n_conv)))
+        dims = cfg.spatial_dims
+        self.merge = PatchMerging(cin, cout, norm, dims)
+        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm, dims) for _ in range(n_conv)))
         self.map_gen = SemanticMapGeneration(cout, cout, cfg.map_size)
-        self.blocks = nn.ModuleList(BMDHBlock(cout, cout, cout, heads, cfg.expansion, norm) for _ in range(n_bmdh))
+        self.blocks = nn.ModuleList(BMDHBlock(cout, cout, cout, heads, cfg.expansion, norm, dims=dims)
+                                    for _ in range(n_bmdh))
 
     def forward(self, x: torch.Tensor):
         x = self.convs(self.merge(x))
@@ -140,15 +159,16 @@ class TransformerUpStage(nn.Module):
     def __init__(self, cin: int, cskip: int, cout: int, map_in: int, skip_map: int, n_conv: int, n_bmdh: int,
                  heads: int, cfg: MedFormerConfig, norm: Norm, last_updates_map: bool):
         super().__init__()
-        self.map_reduction = conv1(map_in + skip_map, cout)
-        dims = [cin + cskip] + [cout] * (n_bmdh - 1)
+        dims, self.mode = cfg.spatial_dims, INTERPOLATION[cfg.spatial_dims]
+        self.map_reduction = conv1(map_in + skip_map, cout, dims=dims)
+        widths = [cin + cskip] + [cout] * (n_bmdh - 1)
         updates = [True] * (n_bmdh - 1) + [last_updates_map]
-        self.blocks = nn.ModuleList(BMDHBlock(d, cout, cout, heads, cfg.expansion, norm, u)
-                                    for d, u in zip(dims, updates))
-        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm) for _ in range(n_conv)))
+        self.blocks = nn.ModuleList(BMDHBlock(w, cout, cout, heads, cfg.expansion, norm, u, dims)
+                                    for w, u in zip(widths, updates))
+        self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm, dims) for _ in range(n_conv)))
 
     def forward(self, x, skip, smap, skip_map):
-        x = torch.cat([F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False), skip], dim=1)
+        x = torch.cat([F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False), skip], dim=1)
         smap = self.map_reduction(torch.cat([smap, skip_map], dim=1))
         for block in self.blocks:
             x, smap = block(x, smap)
@@ -160,13 +180,14 @@ class ConvUpStage(nn.Module):
 
     checkpoint_kind = "decoder"
 
-    def __init__(self, cin: int, cskip: int, cout: int, n_conv: int, norm: Norm):
+    def __init__(self, cin: int, cskip: int, cout: int, n_conv: int, norm: Norm, dims: int = 3):
         super().__init__()
+        self.mode = INTERPOLATION[dims]
         widths = [cin + cskip] + [cout] * n_conv
-        self.convs = nn.Sequential(*(ConvBlock(a, b, norm) for a, b in zip(widths[:-1], widths[1:])))
+        self.convs = nn.Sequential(*(ConvBlock(a, b, norm, dims) for a, b in zip(widths[:-1], widths[1:])))
 
     def forward(self, x, skip):
-        x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+        x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
         return self.convs(torch.cat([x, skip], dim=1))
 
 
@@ -179,12 +200,13 @@ class EncoderSkips(NamedTuple):
 
 
 def pad_to_stride(x: torch.Tensor, cfg: MedFormerConfig, in_channels: int) -> torch.Tensor:
-    """Validate (B, C, X, Y, Z) and pad the far end of each axis up to a multiple of 16."""
-    if x.dim() != 5 or x.shape[1] != in_channels:
-        raise ValueError(f"MedFormer expects input (B, {in_channels}, X, Y, Z), got shape {tuple(x.shape)}")
+    """Validate (B, C, X, Y, Z) ((B, C, X, Y) in 2D) and pad the far end of each axis up to a multiple of 16."""
+    if x.dim() != 2 + cfg.spatial_dims or x.shape[1] != in_channels:
+        axes = "X, Y, Z" if cfg.spatial_dims == 3 else "X, Y"
+        raise ValueError(f"MedFormer expects input (B, {in_channels}, {axes}), got shape {tuple(x.shape)}")
     shape = tuple(x.shape[2:])
     padded = [math.ceil(s / STRIDE) * STRIDE for s in shape]
-    if min(shape) < STRIDE or math.prod(padded) < 2 * STRIDE**3:
+    if min(shape) < STRIDE or math.prod(padded) < 2 * STRIDE**cfg.spatial_dims:
         raise ValueError(f"MedFormer input spatial shape {shape} is too small: each axis needs >= {STRIDE} voxels "
                          f"and at least one axis > {STRIDE} (the 1/16 bottleneck needs > 1 voxel)")
     pads = [v for s, p in zip(reversed(shape), reversed(padded)) for v in (0, p - s)]
@@ -196,23 +218,24 @@ def pad_to_stride(x: torch.Tensor, cfg: MedFormerConfig, in_channels: int) -> to
 
 
 def crop(x: torch.Tensor, shape: tuple) -> torch.Tensor:
-    """Undo `pad_to_stride`: (B, C, X', Y', Z') -> (B, C, *shape)."""
-    return x[:, :, : shape[0], : shape[1], : shape[2]]
+    """Undo `pad_to_stride`: (B, C, X', Y', Z') -> (B, C, *shape) (any number of spatial axes)."""
+    return x[(slice(None), slice(None), *(slice(0, s) for s in shape))]
 
 
 class MedFormerEncoder(nn.Module):
     """Stem, 4 down stages, semantic-map fusion. forward(x) -> (bottleneck (B, channels[3], X/16, ..), skips)."""
 
-    def __init__(self, cfg: MedFormerConfig, in_channels: int = 1, norm: Norm = instance_norm):
+    def __init__(self, cfg: MedFormerConfig, in_channels: int = 1, norm: Norm | None = None):
         super().__init__()
         self.cfg, self.in_channels = cfg, in_channels
-        ch, base = cfg.channels, cfg.base_channels
-        self.stem = nn.Sequential(conv3(in_channels, base), ConvBlock(base, base, norm))
-        self.down1 = ConvDownStage(base, ch[0], cfg.conv_blocks[0], norm)
+        ch, base, dims = cfg.channels, cfg.base_channels, cfg.spatial_dims
+        norm = norm or default_norm(dims)
+        self.stem = nn.Sequential(conv3(in_channels, base, dims=dims), ConvBlock(base, base, norm, dims))
+        self.down1 = ConvDownStage(base, ch[0], cfg.conv_blocks[0], norm, dims)
         self.down = nn.ModuleList(
             TransformerDownStage(ch[i - 1], ch[i], cfg.conv_blocks[i], cfg.bmdh_blocks[i], cfg.heads[i], cfg, norm)
             for i in (1, 2, 3))
-        self.fusion = SemanticMapFusion(ch[1:4], cfg.fusion_dim, cfg.fusion_depth, cfg.fusion_heads)
+        self.fusion = SemanticMapFusion(ch[1:4], cfg.fusion_dim, cfg.fusion_depth, cfg.fusion_heads, dims)
 
     def forward(self, x: torch.Tensor):
         shape = tuple(x.shape[2:])
@@ -228,13 +251,14 @@ class MedFormerEncoder(nn.Module):
 class MedFormerDecoder(nn.Module):
     """2 B-MDH up stages + 2 conv up stages. forward(bottleneck, skips) -> (B, channels[7], padded X, Y, Z)."""
 
-    def __init__(self, cfg: MedFormerConfig, norm: Norm = instance_norm):
+    def __init__(self, cfg: MedFormerConfig, norm: Norm | None = None):
         super().__init__()
         ch, base, nc, nb, hd = cfg.channels, cfg.base_channels, cfg.conv_blocks, cfg.bmdh_blocks, cfg.heads
+        norm, dims = norm or default_norm(cfg.spatial_dims), cfg.spatial_dims
         self.up1 = TransformerUpStage(ch[3], ch[2], ch[4], ch[3], ch[2], nc[4], nb[4], hd[4], cfg, norm, True)
         self.up2 = TransformerUpStage(ch[4], ch[1], ch[5], ch[4], ch[1], nc[5], nb[5], hd[5], cfg, norm, False)
-        self.up3 = ConvUpStage(ch[5], ch[0], ch[6], nc[6], norm)
-        self.up4 = ConvUpStage(ch[6], base, ch[7], nc[7], norm)
+        self.up3 = ConvUpStage(ch[5], ch[0], ch[6], nc[6], norm, dims)
+        self.up4 = ConvUpStage(ch[6], base, ch[7], nc[7], norm, dims)
 
     def forward(self, bottleneck: torch.Tensor, skips: EncoderSkips) -> torch.Tensor:
         x0, x1, x2, x3 = skips.features
@@ -245,14 +269,15 @@ class MedFormerDecoder(nn.Module):
 
 
 class MedFormer(nn.Module):
-    """Plain segmenter: forward(x (B, in_channels, X, Y, Z)) -> logits (B, out_channels, X, Y, Z)."""
+    """Plain segmenter: forward(x (B, in_channels, X, Y, Z)) -> logits (B, out_channels, X, Y, Z)
+    ((B, C, X, Y) in and out when ``cfg.spatial_dims == 2``)."""
 
     def __init__(self, cfg: MedFormerConfig | None = None, in_channels: int = 1, out_channels: int = 1):
         super().__init__()
         self.cfg = cfg or MedFormerConfig()
         self.encoder = MedFormerEncoder(self.cfg, in_channels)
         self.decoder = MedFormerDecoder(self.cfg)
-        self.head = conv1(self.cfg.channels[7], out_channels, bias=True)
+        self.head = conv1(self.cfg.channels[7], out_channels, bias=True, dims=self.cfg.spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bottleneck, skips = self.encoder(x)

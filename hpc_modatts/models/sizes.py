@@ -1,6 +1,7 @@
 """Named network sizes and the builders the training stages call: ``build_segmenter`` (3D
-MedFormer, optionally GenSeg-wired; sizes below) and ``build_translator`` (2D TransUNet, sizes
-in ``transunet.SIZES``, optionally with ImageNet encoder weights from ``pretrained``).
+MedFormer, optionally GenSeg-wired; sizes below; ``spatial_dims=2``: the same size on 2D slices
+for MoDATTS-2D) and ``build_translator`` (2D TransUNet, sizes in ``transunet.SIZES``, optionally
+with ImageNet encoder weights from ``pretrained``).
 
 3D segmenter sizes:
 
@@ -17,6 +18,16 @@ tests/unit/test_medformer.py and test_genseg.py):
 - small:  1.7 M / 2.0 M, for CPU demos.
 - tiny:   0.16 M / 0.19 M, for fast tests.
 Heads follow Table 5.2 (2, 8, 10 | 8, 4); 256-wide stages use 8 (256 is not divisible by 10).
+
+2D sizes (``spatial_dims=2``, ``MedFormerConfig.in_2d``: same widths and depths, 3x3 kernels, a
+3x3 semantic map): the thesis gives no size for MoDATTS-2D (5.5.1 only says "a 2D version of
+MoDATTS" was evaluated), so the 2D sizes are the 3D ones with one kernel axis fewer. Counts
+(plain / GenSeg shared / GenSeg separate; asserted in tests/unit/test_medformer_2d.py):
+- full:   31.8 M / 39.4 M / 46.9 M (most weights are in 1x1 projections, MBConvs and the fusion
+          transformer, which lose nothing in 2D).
+- semi8m:  6.4 M /  7.7 M /  8.9 M.
+- small:   1.2 M /  1.5 M.
+- tiny:   0.09 M / 0.11 M.
 """
 
 from __future__ import annotations
@@ -49,11 +60,16 @@ SEGMENTER_SIZES: dict[str, MedFormerConfig] = {
 
 
 def build_segmenter(size: str, in_channels: int = 1, genseg: bool = False, common_fraction: float = 0.75,
-                    separate_seg_decoder: bool = False) -> nn.Module:
-    """A 3D MedFormer of a named size: plain (forward -> logits) or GenSeg-wired (`GenSegMedFormer`)."""
+                    separate_seg_decoder: bool = False, spatial_dims: int = 3) -> nn.Module:
+    """A MedFormer of a named size, 3D or (``spatial_dims=2``) 2D: plain (forward -> logits) or
+    GenSeg-wired (`GenSegMedFormer`)."""
     if size not in SEGMENTER_SIZES:
         raise ConfigError(f"model.segmenter_size={size!r} must be one of {sorted(SEGMENTER_SIZES)}")
     cfg = SEGMENTER_SIZES[size]
+    if spatial_dims == 2:
+        cfg = cfg.in_2d()
+    elif spatial_dims != 3:
+        raise ValueError(f"spatial_dims={spatial_dims} must be 2 or 3")
     if not genseg:
         return MedFormer(cfg, in_channels=in_channels)
     return GenSegMedFormer(cfg, in_channels=in_channels, common_fraction=common_fraction,

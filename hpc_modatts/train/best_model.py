@@ -30,6 +30,8 @@ BEST_MODEL = "best_model.pt"
 MODEL_FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
     "hpc_modatts.models:build_segmenter": "hpc_modatts.models:build_segmenter",
     "hpc_modatts.train.segment:build_discriminators_3d": "hpc_modatts.train.segment_variants:build_discriminators_3d",
+    "hpc_modatts.train.segment_variants:build_discriminators_2d":
+        "hpc_modatts.train.segment_variants:build_discriminators_2d",
     "hpc_modatts.train.translate:build_cycle_translators": "hpc_modatts.train.translate:build_cycle_translators",
     "hpc_modatts.train.translate:build_discriminators": "hpc_modatts.train.translate:build_discriminators",
 }

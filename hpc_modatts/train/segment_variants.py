@@ -14,6 +14,12 @@ to classes.
   (re-encoded X_PA and X_AP keep c; u_AP matches the sampled u). Pseudo-target images are
   excluded from the GenSeg terms.
 
+* ``SliceTask`` mixes into both: ``PseudoTargetTask2D`` (``self-supervised-2d``) and
+  ``GenSegTask2D`` (``semi-supervised-2d``) are MoDATTS-2D (thesis 5.5.1 "Model comparison"):
+  the same objectives on 2D axial slices of the hemispheres (``data.volume_slices``: pseudo-target
+  slices with the source masks; real target slices with the M-GenSeg slice weak labels), a 2D
+  MedFormer and 2D discriminators.
+
 Both MoDATTS variants add Dice on real annotated target volumes when ``split.target_labeled``
 is not empty (``train.weights.seg_t``) and, in a self-training round, Dice on its pseudo-labels
 (``lambda_st``, Eq. 5.13). Active weights are normalised to sum 1; every Dice is pooled over the
@@ -31,7 +37,9 @@ from torch.utils.data import Dataset
 
 from hpc_modatts.config import ConfigError, ExperimentConfig, resolve_seg_pt, resolve_st
 from hpc_modatts.data.batches import KeyedDataset, PairedDataset
+from hpc_modatts.data.labels import region_array
 from hpc_modatts.data.store import Store
+from hpc_modatts.data.volume_slices import VolumeSliceDataset
 from hpc_modatts.distributed.engine import unwrap
 from hpc_modatts.losses import hinge_d_loss, hinge_g_loss, normalise_weights, pooled_dice_loss
 from hpc_modatts.models.discriminator import DiscriminatorPair
@@ -43,6 +51,11 @@ A, P = "A", "P"
 def build_discriminators_3d(channels: list[int], scales: int) -> DiscriminatorPair:
     """The GenSeg discriminators (Table 5.1 with 3D kernels): "A" (X_A vs X_PA), "P" (X_P vs X_AP)."""
     return DiscriminatorPair((A, P), 3, tuple(channels), scales)
+
+
+def build_discriminators_2d(channels: list[int], scales: int) -> DiscriminatorPair:
+    """MoDATTS-2D's GenSeg discriminators (Table 5.1, the 2D kernels of stage 1): "A", "P"."""
+    return DiscriminatorPair((A, P), 2, tuple(channels), scales)
 
 
 def _zero(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -205,7 +218,7 @@ class GenSegTask(PseudoTargetTask):
     def check_data(self) -> None:
         super().check_data()
         if not self.split.target_train:
-            raise ConfigError("train.variant=semi-supervised needs real target cases (split.target_train is empty)")
+            raise ConfigError(f"train.variant={self.variant} needs real target cases (split.target_train is empty)")
 
     def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
@@ -265,6 +278,41 @@ class GenSegTask(PseudoTargetTask):
         return loss
 
 
+# ----------------------------------------------------------------------------- MoDATTS-2D
+class SliceTask(SegmentTask):
+    """Mixin of the MoDATTS-2D variants: overrides the two hooks that fix the dimension, the
+    data (``_volumes``: slices of the same parts, ``data.volume_slices``, in-plane window
+    ``data.patch_size[:2]``) and the models (``model_factory``: ``spatial_dims=2``, 2D
+    discriminators). Losses, steps, validation, self-training and prediction are the 3D
+    variant's: THE inferer runs the model slice by slice (``infer.inferer``)."""
+
+    def _volumes(self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int,
+                 **kw: Any) -> VolumeSliceDataset:
+        d = self.cfg.data
+        return VolumeSliceDataset(store, cases, modality, slice_size=d.patch_size[:2], half=d.half_volumes,
+                                  annotated=set(annotated), augment=d.augment, seed=self.cfg.train.seed + offset,
+                                  mask_name=region_array(d.region), min_tumour_fraction=d.min_tumour_fraction, **kw)
+
+    def model_factory(self, name: str) -> tuple[str, dict]:
+        key, kwargs = super().model_factory(name)
+        if name == "disc":
+            return "hpc_modatts.train.segment_variants:build_discriminators_2d", kwargs
+        return key, {**kwargs, "spatial_dims": 2}
+
+
+class PseudoTargetTask2D(SliceTask, PseudoTargetTask):
+    """MoDATTS-2D self-supervised: Dice on pseudo-target slices (+ real target slices, as 3D)."""
+
+    variant = "self-supervised-2d"
+
+
+class GenSegTask2D(SliceTask, GenSegTask):
+    """MoDATTS-2D semi-supervised: + 2D GenSeg on real target slices with slice weak labels."""
+
+    variant = "semi-supervised-2d"
+
+
 VARIANT_TASKS: dict[str, type[SegmentTask]] = {
-    cls.variant: cls for cls in (PseudoTargetTask, GenSegTask, SourceSupervisedTask, TargetSupervisedTask)}
+    cls.variant: cls for cls in (PseudoTargetTask, GenSegTask, SourceSupervisedTask, TargetSupervisedTask,
+                                 PseudoTargetTask2D, GenSegTask2D)}
 """THE mapping ``train.variant`` -> Task class (the names: ``hpc_modatts.config.VARIANTS``)."""
