@@ -24,11 +24,15 @@ STAGES = {
 
 
 def stage_cfg(args: argparse.Namespace, stage: str):
-    """CONFIG + the stage's overrides block + the command line's overrides and flags."""
+    """CONFIG + the stage's and the variant's override blocks + the command line's overrides and flags."""
     from hpc_modatts.config import apply_overrides, load_config, stage_config
 
-    cfg = stage_config(load_config(args.config), stage)
     overrides = list(args.overrides)
+    # the variant the run will have (flag, else a train.variant= override, else the config's) picks
+    # its block before the command line's overrides are applied, so those win
+    variant = getattr(args, "variant", None) or next(
+        (o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("train.variant=")), None)
+    cfg = stage_config(load_config(args.config), stage, variant)
     if getattr(args, "resume", None) is not None:
         overrides.append(f"train.resume={str(args.resume).lower()}")
     if getattr(args, "variant", None):

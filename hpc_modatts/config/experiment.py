@@ -141,8 +141,8 @@ def _check_path(dotted: str) -> None:
         if p not in names:
             where = ".".join(parts[:i])
             raise ConfigError(f"unknown key {dotted}; allowed keys{' in ' + where if where else ''}: {sorted(names)}")
-        if cls is TrainConfig and p == "stage_overrides":
-            return  # a mapping, not a section: TrainConfig._check_stage_overrides checks its keys on rebuild
+        if cls is TrainConfig and p in ("stage_overrides", "variant_overrides"):
+            return  # a mapping, not a section: TrainConfig._check_blocks checks its keys on rebuild
         cls = field_type(cls, names[p])
 
 

@@ -1,6 +1,7 @@
-"""The config a stage runs with: ``train.stage_overrides[stage]`` merged over ``train`` (and over
-``optim`` / ``model``), copies with some ``train`` fields replaced, and the two loss weights that
-follow from the data when set to -1 (``resolve_seg_pt``, ``resolve_st``; thesis 5.5.1, Eq. 5.13)."""
+"""The config a stage runs with: ``train.stage_overrides[stage]`` and ``train.variant_overrides[variant]``
+merged over ``train`` (and over ``optim`` / ``model``), copies with some ``train`` fields replaced,
+and the two loss weights that follow from the data when set to -1 (``resolve_seg_pt``,
+``resolve_st``; thesis 5.5.1, Eq. 5.13)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from hpc_modatts.config.checks import ConfigError
 from hpc_modatts.config.experiment import ExperimentConfig, config_from_dict, config_to_dict
 from hpc_modatts.config.names import STAGES
-from hpc_modatts.config.training import STAGE_SECTIONS, lambda_seg_pt_for_fraction
+from hpc_modatts.config.training import STAGE_SECTIONS, VARIANT_STAGES, lambda_seg_pt_for_fraction
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -21,23 +22,31 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def stage_config(cfg: ExperimentConfig, stage: str) -> ExperimentConfig:
-    """``cfg`` for ``stage``: its ``train.stage_overrides[stage]`` merged into ``train``.
+def stage_config(cfg: ExperimentConfig, stage: str, variant: str | None = None) -> ExperimentConfig:
+    """``cfg`` for ``stage`` (and ``variant``, default ``train.variant``): its
+    ``train.stage_overrides[stage]`` merged into ``train``, then, for the stages that train a
+    variant (``VARIANT_STAGES``), ``train.variant_overrides[variant]``.
 
-    The result has ``train.stage = stage`` and no ``stage_overrides`` left, so applying it
-    again is a no-op (the CLI applies it, then the user's ``key=value`` overrides, then calls
-    ``run``, which applies it again harmlessly).
+    The result has ``train.stage = stage``, ``train.variant = variant`` and no override blocks left,
+    so applying it again is a no-op (the CLI and ``pipeline.dag.node_config`` apply it with the
+    variant they will set, then the user's ``key=value`` overrides, so those win; ``run`` applies it
+    again harmlessly).
     """
     if stage not in STAGES:
         raise ConfigError(f"train.stage={stage!r} is not one of {list(STAGES)}")
     data = config_to_dict(cfg)
     train = data["train"]
-    overrides = copy.deepcopy((train.pop("stage_overrides", None) or {}).get(stage, {}))
-    for section in STAGE_SECTIONS:  # optim / model keys of this stage
-        data[section] = _merge(data[section], overrides.pop(section, None) or {})
-    train = _merge(train, overrides)
-    train["stage"] = stage
-    train["stage_overrides"] = {}
+    variant = variant or train["variant"]
+    blocks = [(train.pop("stage_overrides", None) or {}).get(stage, {})]
+    variant_blocks = train.pop("variant_overrides", None) or {}
+    if stage in VARIANT_STAGES:
+        blocks.append(variant_blocks.get(variant, {}))
+    for block in blocks:
+        overrides = copy.deepcopy(block)
+        for section in STAGE_SECTIONS:  # optim / model keys of this stage / variant
+            data[section] = _merge(data[section], overrides.pop(section, None) or {})
+        train = _merge(train, overrides)
+    train.update(stage=stage, variant=variant, stage_overrides={}, variant_overrides={})
     data["train"] = train
     return config_from_dict(data)
 

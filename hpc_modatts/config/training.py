@@ -12,7 +12,14 @@ from hpc_modatts.config.names import STAGES, VARIANTS, Stage, Variant
 from hpc_modatts.config.sections import ModelConfig, OptimConfig
 
 STAGE_SECTIONS: dict[str, type] = {"optim": OptimConfig, "model": ModelConfig}
-"""Config sections a ``train.stage_overrides.<stage>`` block may also override."""
+"""Config sections a ``train.stage_overrides.<stage>`` (or ``variant_overrides.<variant>``) block may
+also override."""
+
+VARIANT_STAGES: tuple[str, ...] = ("segment", "self-train")
+"""The stages that train a variant: the ones ``train.variant_overrides`` applies to."""
+
+BLOCK_KEYS = ("stage", "stage_overrides", "variant", "variant_overrides")
+"""``train`` keys an override block cannot set (they choose or hold the blocks)."""
 
 
 @dataclass
@@ -115,10 +122,16 @@ class TrainConfig:
     weights: {adv: 1}, optim: {disc_lr: 4e-4}}, self-train: {epochs: 150}}``
     (thesis 5.5.1: stage 1 200 epochs batch 15; stage 2 300 epochs batch 2; rounds 150 epochs).
     Applied by ``hpc_modatts.config.stages.stage_config`` (command-line overrides win)."""
+    variant_overrides: dict[str, dict] = field(default_factory=dict)
+    """Per-variant values, as ``stage_overrides`` but keyed by ``train.variant`` and applied to the
+    stages that train a variant (segment, self-train) after the stage's block, e.g. the 2D variants'
+    batch in slices: ``{self-supervised-2d: {batch_size: 16}}`` (M-GenSeg's 2D batch is 15, thesis
+    4.3.3; a 3D batch of 2 half volumes is 2 slices in 2D). Command-line overrides still win."""
 
     def __post_init__(self) -> None:
         check_choice("train.stage", self.stage, STAGES)
-        self._check_stage_overrides()
+        self._check_blocks("stage_overrides", STAGES)
+        self._check_blocks("variant_overrides", VARIANTS)
         check_choice("train.variant", self.variant, VARIANTS)
         for k in ("epochs", "batch_size", "rounds"):
             check_positive(f"train.{k}", getattr(self, k))
@@ -133,18 +146,20 @@ class TrainConfig:
         if isinstance(self.weights, dict):
             self.weights = build_section(LossWeights, self.weights, "train.weights")
 
-    def _check_stage_overrides(self) -> None:
-        """Every per-stage block names a stage and holds valid ``train.*`` keys and values."""
-        if not isinstance(self.stage_overrides, dict):
-            raise ConfigError(f"train.stage_overrides={self.stage_overrides!r} must be a mapping stage -> keys")
-        for stage, values in self.stage_overrides.items():
-            check_choice("train.stage_overrides", stage, STAGES)
-            key = f"train.stage_overrides.{stage}"
+    def _check_blocks(self, name: str, choices: tuple[str, ...]) -> None:
+        """Every block of ``train.<name>`` names one of ``choices`` and holds valid ``train.*`` keys
+        and values (``optim`` / ``model`` keys under those names)."""
+        blocks = getattr(self, name)
+        if not isinstance(blocks, dict):
+            raise ConfigError(f"train.{name}={blocks!r} must be a mapping {name.split('_')[0]} -> keys")
+        for choice, values in blocks.items():
+            check_choice(f"train.{name}", choice, choices)
+            key = f"train.{name}.{choice}"
             if not isinstance(values, dict):
                 raise ConfigError(f"{key}={values!r} must be a mapping of train keys")
-            for bad in ("stage", "stage_overrides"):
+            for bad in BLOCK_KEYS:
                 if bad in values:
-                    raise ConfigError(f"{key}.{bad} cannot be set per stage")
+                    raise ConfigError(f"{key}.{bad} cannot be set in an override block")
             train_keys = {k: v for k, v in values.items() if k not in STAGE_SECTIONS}
             try:  # checks names and values; a value error names the field only, so prefix the block
                 build_section(TrainConfig, train_keys, key)

@@ -218,8 +218,8 @@ def _variant_nodes(cfg: ExperimentConfig, v: str, translator_run: str, data_deps
 def node_config(cfg: ExperimentConfig, node: Node) -> ExperimentConfig:
     """The experiment config with the node's overrides applied (checked again)."""
     stage = node.overrides.get("train.stage")
-    if stage:  # as the `train` CLI does: the stage's overrides block first, then ours
-        cfg = stage_config(cfg, stage)
+    if stage:  # as the `train` CLI does: the stage's and the variant's override blocks first, then ours
+        cfg = stage_config(cfg, stage, node.overrides.get("train.variant"))
     items = []
     for k, v in node.overrides.items():
         items.append(f"{k}={_yaml_scalar(v)}")

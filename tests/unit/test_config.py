@@ -41,9 +41,42 @@ def test_stage_override_keys_can_be_overridden_on_the_command_line():
     assert block["segment"] == {"val_every": 5}
 
 
+def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_command_line_wins(tmp_path):
+    from argparse import Namespace
+
+    from hpc_modatts.cli.train import stage_cfg
+    from hpc_modatts.config import stage_config
+    from hpc_modatts.pipeline.dag import Node, node_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"train": {
+        "batch_size": 2, "max_steps": 10,
+        "stage_overrides": {"segment": {"batch_size": 4, "max_steps": 20}, "translate": {"batch_size": 8}},
+        "variant_overrides": {"self-supervised-2d": {"batch_size": 16, "optim": {"lr": 3e-4}}}}}))
+    cfg = load_config(p)
+    two_d = stage_config(cfg, "segment", "self-supervised-2d")
+    assert (two_d.train.batch_size, two_d.train.max_steps, two_d.optim.lr) == (16, 20, 3e-4)  # variant > stage
+    assert two_d.train.variant == "self-supervised-2d" and two_d.train.variant_overrides == {}
+    assert stage_config(two_d, "segment") == two_d  # applying it again changes nothing
+    assert stage_config(cfg, "segment", "self-supervised").train.batch_size == 4  # another variant: stage block
+    assert stage_config(cfg, "translate", "self-supervised-2d").train.batch_size == 8  # not a variant's stage
+    # the CLI picks the block of the variant it will set (flag or override), then its overrides win
+    args = Namespace(config=str(p), overrides=[], variant="self-supervised-2d")
+    assert stage_cfg(args, "segment").train.batch_size == 16
+    args = Namespace(config=str(p), overrides=["train.variant=self-supervised-2d", "train.batch_size=32"])
+    assert stage_cfg(args, "segment").train.batch_size == 32
+    # a pipeline node of the variant gets it too
+    node = Node("segment/self-supervised-2d/fold_0", "x:y", run_dir=tmp_path,
+                overrides={"train.stage": "segment", "train.variant": "self-supervised-2d"})
+    assert node_config(cfg, node).train.batch_size == 16
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [
+        ("train.variant_overrides.self-supervised-2d.batch_size=0", "train.variant_overrides.self-supervised-2d"),
+        ("train.variant_overrides.nnunet.batch_size=4", "train.variant_overrides"),
+        ("train.variant_overrides.self-supervised.variant=semi-supervised", "variant cannot be set"),
         ("train.stage_overrides.translate.max_stepz=3", "train.stage_overrides.translate"),
         ("train.stage_overrides.translate.optim.lr=-1", "train.stage_overrides.translate.optim"),
         ("train.stage_overrides.predict.max_steps=3", "train.stage_overrides"),
