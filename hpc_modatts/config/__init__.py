@@ -61,6 +61,6 @@ __all__ = [
     "ConfigError", "DataConfig", "DistributedConfig", "ExperimentConfig", "InferConfig", "LossWeights",
     "MGenSegWeights", "ModelConfig", "OptimConfig", "PipelineConfig", "Stage", "TrainConfig", "Variant",
     "apply_overrides", "builtin_configs", "check_name", "check_one_line", "config_from_dict", "config_to_dict",
-    "lambda_seg_pt_for_fraction", "load_config", "replace_cfg", "resolve_mgenseg_seg", "resolve_seg_pt", "resolve_st", "save_config",
-    "stage_config", "variant_dims",
+    "lambda_seg_pt_for_fraction", "load_config", "replace_cfg", "resolve_mgenseg_seg", "resolve_seg_pt",
+    "resolve_st", "save_config", "stage_config", "variant_dims",
 ]

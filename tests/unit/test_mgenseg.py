@@ -130,7 +130,8 @@ def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(phantom
     rows = _metrics(run)
     train = [r for r in rows if "train/loss" in r]
     assert len(train) == 2 and all(np.isfinite(v) for r in train for v in r.values())
-    assert {f"train/{k}" for k in ("mod_adv", "mod_cyc", "gen_adv", "gen_rec", "gen_lat", "seg", "disc")} <= set(train[0])
+    terms = ("mod_adv", "mod_cyc", "gen_adv", "gen_rec", "gen_lat", "seg", "disc")
+    assert {f"train/{k}" for k in terms} <= set(train[0])
     assert any("val/dice" in r for r in rows)
     best = torch.load(run / "best_model.pt", weights_only=False)
     assert set(best["models"]) == {"gen", "disc"}
