@@ -24,6 +24,7 @@ from hpc_modatts.models.mgenseg import MGenSeg, build_mgenseg
 from hpc_modatts.models.sizes import build_segmenter
 from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment
+from hpc_modatts.train.best_model import build_model
 from hpc_modatts.train.checkpoint import read_pointer
 from hpc_modatts.train.mgenseg import DOMAINS, MGenSegTask
 from hpc_modatts.train.trainer import Trainer
@@ -120,6 +121,56 @@ def test_weights_follow_the_thesis_and_sum_to_one(phantom):
     assert inferer_from_config(cfg).slices
     with pytest.raises(Exception, match="train.mgenseg_weights.gen_adv"):
         apply_overrides(cfg, ["train.mgenseg_weights.gen_adv=-1"])
+
+
+class _GradEngine:
+    """An engine that keeps the gradients of one backward and never steps (to inspect them)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+    def backward(self, loss):
+        self.module.zero_grad(set_to_none=True)
+        loss.backward()
+        self.grads = {k: None if p.grad is None else p.grad.abs().sum().item()
+                      for k, p in self.module.named_parameters()}
+
+    def step(self):
+        pass
+
+
+def test_the_translation_dice_trains_the_translator_and_the_target_segmenter(phantom):
+    """Only lambda_seg active: Dice(y_S, G_seg^T(E_T(G_T(E_S(S))))) reaches G_T (the source network's
+    translation decoder) and the target's encoder and residual/segmentation decoder, never the
+    common decoders nor the target's translation decoder G_S (used by T->S and the cycles only)."""
+    from torch.utils.data import default_collate
+
+    cfg, split, _ = phantom
+    zeros = [f"train.mgenseg_weights.{k}=0" for k in ("mod_adv", "mod_cyc", "gen_adv", "gen_rec", "gen_lat")]
+    task = MGenSegTask(apply_overrides(cfg, zeros), split, Path("unused"))
+    assert set(task.weights) == {"seg"}
+    ds = task.train_dataset()
+    torch.manual_seed(0)
+    diseased = [i for i, item in enumerate(ds.first.index) if item[4] == 1]  # source slices weakly P
+    batch = default_collate([ds[i] for i in (diseased[0], diseased[-1], 0, len(ds.first) - 1)])
+    assert batch["source"]["has_mask"].all() and batch["source"]["mask"].sum() > 0
+    gen = _GradEngine(build_mgenseg("tiny"))
+    disc = _GradEngine(build_model(task.model_factory("disc")))
+    out = task.train_step(batch, {"gen": gen, "disc": disc}, 0)
+    assert out["seg"] > 0
+    grads = gen.grads
+
+    def touched(prefix: str) -> bool:
+        return any(v for k, v in grads.items() if k.startswith(prefix))
+
+    for prefix in ("source.encoder.", "source.translation_decoder.", "target.encoder.", "target.res_seg_decoder.",
+                   "source.res_seg_decoder."):
+        assert touched(prefix), prefix
+    for prefix in ("source.common_decoder.", "target.common_decoder.", "target.translation_decoder."):
+        assert not touched(prefix), prefix
 
 
 # ----------------------------------------------------------------------------- training
