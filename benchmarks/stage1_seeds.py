@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/stage1_seeds.py                          # seeds 0-4, background on/off (~25 min)
     .venv/bin/python benchmarks/stage1_seeds.py --seeds 0 1 --ablate ""  # the shipped setting only
+    .venv/bin/python benchmarks/stage1_seeds.py --seeds 0 --no-shipped --steps 1200 --val-every 100 \
+        --ablate "optim.lr=1e-4 train.stage_overrides.translate.optim.disc_lr=2e-4"   # the thesis's lr
 
 Trains the demo's stage 1 (``hpc-modatts train translate demo_cpu``, T1 -> T2 on the demo
 phantom) once per training seed and per ablated setting, two runs side by side (one thread
@@ -28,12 +30,13 @@ KEYS = ("contrast_ratio", "paired_corr", "disc_accuracy", "score")
 
 def train(out: Path, data: Path, seed: int, setting: str, steps: int, val_every: int) -> list[dict]:
     """One stage-1 run through the CLI (a subprocess: one thread, its own process group)."""
-    name = f"seed{seed}_{setting or 'shipped'}".replace("=", "-").replace(".", "_")
+    name = f"seed{seed}_{setting or 'shipped'}".replace("=", "-").replace(".", "_").replace(" ", "__")
     overrides = [f"run_root={out / 'runs'}", f"name={name}", f"data.store={data / 'phantom.zarr'}",
                  f"data.split={data / 'split.json'}", f"train.seed={seed}", "distributed.threads_per_rank=1",
                  f"train.stage_overrides.translate.max_steps={steps}",
-                 f"train.stage_overrides.translate.val_every={val_every}", *([setting] if setting else [])]
-    cmd = [str(Path(sys.executable).parent / "hpc-modatts"), "train", "translate", "demo_cpu", *overrides]
+                 f"train.stage_overrides.translate.val_every={val_every}", *setting.split()]
+    # `python -m hpc_modatts`, not the console script: works from a source tree on PYTHONPATH too
+    cmd = [sys.executable, "-m", "hpc_modatts", "train", "translate", "demo_cpu", *overrides]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     metrics = out / "runs" / name / "translate" / "metrics.jsonl"
     rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if '"val/score"' in ln]
@@ -45,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench_stage1", help="output folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--ablate", nargs="*", default=["model.keep_background=false"],
-                    help="overrides compared with the shipped config ('' = shipped only)")
+                    help="settings compared with the shipped config ('' = shipped only); one setting may "
+                         "hold several overrides separated by spaces")
+    ap.add_argument("--no-shipped", action="store_true", help="only the --ablate settings")
     ap.add_argument("--steps", type=int, default=450)
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     cfg = load_config("demo_cpu")
     prepare_data(out / "data", DEMO_CASES, 0, 4, cfg.data.source, cfg.data.target, val=0.15, test=0.25)
-    settings = [""] + [a for a in args.ablate if a]
+    settings = ([] if args.no_shipped else [""]) + [a for a in args.ablate if a]
     jobs = [(seed, s) for s in settings for seed in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
         curves = list(pool.map(lambda j: train(out, out / "data", j[0], j[1], args.steps, args.val_every), jobs))

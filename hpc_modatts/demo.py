@@ -125,15 +125,31 @@ def stage_table(seconds: dict[str, float]) -> Table:
     return table
 
 
+def demo_data(data_dir: Path, cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
+              config: str = "demo_cpu", overrides: list[str] | None = None) -> tuple[Path, Path]:
+    """The demo's dataset in ``data_dir`` (phantom, store, split; each step skipped when done).
+
+    Separate from ``run_demo`` so that runs sharing one dataset (``benchmarks/adaptation.py``'s
+    seeds side by side) prepare it once, before they start, instead of racing on it.
+    """
+    cfg0 = load_config(config, overrides)
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return prepare_data(data_dir, cases, seed, spacing, cfg0.data.source, cfg0.data.target, val=0.15, test=0.25)
+
+
 def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
              config: str = "demo_cpu", executor: str = "local", overrides: list[str] | None = None,
-             data_dir: str | os.PathLike | None = None, variants: tuple[str, ...] = VARIANTS) -> Path:
+             data_dir: str | os.PathLike | None = None, variants: tuple[str, ...] = VARIANTS,
+             prepared: tuple[Path, Path] | None = None) -> Path:
     """Run the demo end to end into ``out``; returns the folder with ``results.json``.
 
     ``seed`` makes the phantom and the split; the training seed is ``train.seed`` (an override).
     ``data_dir``: where the phantom, store and split live (default ``out``), so several runs
     (e.g. ``benchmarks/adaptation.py``'s seeds) can share one dataset. ``variants``: the rows of
     the table (default all four; without semi-supervised the demo takes about half the time).
+    ``prepared``: (store, split) that ``demo_data`` made beforehand, for runs started side by side
+    (the store's writer lock would refuse all but one of them).
     """
     unknown = sorted(set(variants) - set(CHOICES))
     if unknown or not variants:
@@ -142,11 +158,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     console = log_console()  # >= 120 columns when logging to a file: tables never wrap
-    cfg0 = load_config(config, overrides)
-    data_dir = Path(data_dir).resolve() if data_dir else out
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store, split = prepare_data(data_dir, cases, seed, spacing, cfg0.data.source, cfg0.data.target,
-                                val=0.15, test=0.25)
+    store, split = prepared or demo_data(Path(data_dir) if data_dir else out, cases, seed, spacing, config, overrides)
     t_data = time.time() - t0
     cfg = load_config(config, [
         f"run_root={out / 'runs'}", f"data.store={store}", f"data.split={split}",

@@ -19,6 +19,7 @@ import yaml
 
 from hpc_modatts.config.build import build_section, field_type
 from hpc_modatts.config.checks import ConfigError, check_name, check_one_line
+from hpc_modatts.config.names import MODATTS_VARIANTS
 from hpc_modatts.config.sections import (
     DataConfig,
     DistributedConfig,
@@ -28,7 +29,7 @@ from hpc_modatts.config.sections import (
     PipelineConfig,
 )
 from hpc_modatts.config.training import TrainConfig
-from hpc_modatts.runs import atomic_write_text
+from hpc_modatts.runs import atomic_write_text, stage_dir
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
     from importlib.resources.abc import Traversable
@@ -71,6 +72,12 @@ class ExperimentConfig:
     def run_dir(self) -> Path:
         return Path(self.run_root) / self.name
 
+    def final_model_dirs(self, variant: str) -> list[Path]:
+        """Run folders whose best models ``predict`` ensembles: one per fold, of the last round."""
+        rounds = self.pipeline.self_training_rounds if variant in MODATTS_VARIANTS else 0
+        if rounds:
+            return [stage_dir(self.run_dir, "self-train", variant, k, rounds) for k in range(self.pipeline.folds)]
+        return [stage_dir(self.run_dir, "segment", variant, k) for k in range(self.pipeline.folds)]
 
 
 def config_from_dict(data: dict | None) -> ExperimentConfig:

@@ -162,7 +162,7 @@ class InferConfig:
     overlap: float = 0.5
     """Sliding-window overlap where a region is larger than the patch (MONAI, gaussian blending)."""
     sw_batch_size: int = 2
-    """Windows per forward pass."""
+    """Windows per forward pass (2D variants: this many times ``data.patch_size`` Z slices)."""
     threshold: float = 0.5
     """Probability above which a voxel is tumour (validation Dice and predicted masks)."""
 

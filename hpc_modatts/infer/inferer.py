@@ -131,10 +131,11 @@ def _paste(result: np.ndarray, window_out: np.ndarray, w: Window) -> None:
 
 def inferer_from_config(cfg) -> VolumeInferer:
     """The inferer of an experiment config: its ``infer`` section and training patch; for a 2D
-    variant (``config.variant_dims``: MoDATTS-2D and M-GenSeg) the patch's (X, Y) slices."""
+    variant (``config.variant_dims``: MoDATTS-2D and M-GenSeg) the patch's (X, Y) slices, ``infer.sw_batch_size``
+    x patch Z of them per forward (the voxels of ``sw_batch_size`` 3D windows: same memory, few small calls)."""
     mode = cfg.infer.mode
     hemispheres = cfg.data.half_volumes if mode == "auto" else mode == "hemisphere"
     if variant_dims(cfg.train.variant) == 2:
-        return VolumeInferer((*cfg.data.patch_size[:2], 1), hemispheres, cfg.infer.overlap, cfg.infer.sw_batch_size,
-                             slices=True)
+        x, y, z = cfg.data.patch_size
+        return VolumeInferer((x, y, 1), hemispheres, cfg.infer.overlap, cfg.infer.sw_batch_size * z, slices=True)
     return VolumeInferer(cfg.data.patch_size, hemispheres, cfg.infer.overlap, cfg.infer.sw_batch_size)

@@ -41,7 +41,6 @@ from hpc_modatts.data.preprocess import to_original_geometry
 from hpc_modatts.data.splits import Split
 from hpc_modatts.data.store import Store
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
-from hpc_modatts.pipeline.dag import final_model_dirs
 from hpc_modatts.runs import atomic_path, is_done, mark_done, stage_dir
 from hpc_modatts.train.best_model import load_best_model
 
@@ -215,7 +214,7 @@ def run(cfg) -> Path:
     """Pipeline node: ensemble of the variant's fold models on the split's test cases (+ GenSeg extras)."""
     out = stage_dir(cfg.run_dir, "predict", cfg.train.variant)
     split = Split.load(cfg.data.split, store=cfg.data.store)
-    predict(final_model_dirs(cfg, cfg.train.variant), cfg.data.store, out, modality=cfg.data.target,
+    predict(cfg.final_model_dirs(cfg.train.variant), cfg.data.store, out, modality=cfg.data.target,
             cases=split.test, extras=True)
     mark_done(out)
     return out

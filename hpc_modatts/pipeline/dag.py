@@ -125,15 +125,6 @@ class Dag:
 
 
 # ----------------------------------------------------------------------------- building
-def final_model_dirs(cfg: ExperimentConfig, variant: str) -> list[Path]:
-    """Run folders whose best models are ensembled at prediction: one per fold, last round."""
-    rounds = cfg.pipeline.self_training_rounds if variant in MODATTS_VARIANTS else 0
-    root = cfg.run_dir
-    if rounds:
-        return [stage_dir(root, "self-train", variant, k, rounds) for k in range(cfg.pipeline.folds)]
-    return [stage_dir(root, "segment", variant, k) for k in range(cfg.pipeline.folds)]
-
-
 def _training_resources(cfg: ExperimentConfig) -> Resources:
     p = cfg.pipeline
     tasks = p.gpus_per_node or p.tasks_per_node  # one rank per GPU; CPU ranks as configured

@@ -72,6 +72,19 @@ def check_inputs(cfg: ExperimentConfig, executor: str) -> None:
             raise DataError(f"train.{key} {run} is not a finished run folder (no DONE marker)")
 
 
+def hidden_gpu_warning(cfg: ExperimentConfig, executor: str) -> str | None:
+    """The warning for a local run that would leave this machine's NVIDIA GPUs idle, else None.
+
+    submitit's local executor sets ``CUDA_VISIBLE_DEVICES`` to the GPUs a job asks for, so with
+    ``pipeline.gpus_per_node: 0`` (the CPU default) every training job runs on the CPU. The
+    driver's ``nvidia-smi`` on PATH is the check: it needs no torch import and no CUDA context.
+    """
+    if executor != "local" or cfg.pipeline.gpus_per_node or shutil.which("nvidia-smi") is None:
+        return None
+    return ("pipeline.gpus_per_node is 0: the local executor hides this machine's GPUs from every job "
+            "(CUDA_VISIBLE_DEVICES is empty), so training runs on the CPU; set pipeline.gpus_per_node=1 to use one")
+
+
 def _check_folds(cfg: ExperimentConfig) -> None:
     store = cfg.data.store if Path(cfg.data.store).exists() else None  # a convert node makes it later
     split = Split.load(cfg.data.split, store=store)
@@ -105,6 +118,9 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
         cfg = apply_preset(cfg, preset)
     if check:
         check_inputs(cfg, executor)
+    warning = hidden_gpu_warning(cfg, executor)
+    if warning:
+        log.warning(warning)
     dag = dag or build_dag(cfg)
     in_flight = dict(in_flight or {}) if executor == "slurm" else {}
     pending = [n for n in dag.pending() if n.name not in in_flight]

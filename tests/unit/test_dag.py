@@ -216,3 +216,22 @@ def test_missing_store_split_or_run_folder_fail_before_submission(tmp_path):
     with pytest.raises(DataError, match="nowhere is not a finished run folder"):
         run_pipeline(cfg, executor="debug")
     assert not (tmp_path / "runs").exists()
+
+
+def test_local_run_warns_when_gpus_per_node_0_would_hide_this_machines_gpu(tmp_path, monkeypatch):
+    """submitit's local executor exports CUDA_VISIBLE_DEVICES="" to a job asking for no GPU: on a
+    GPU machine (here: a driver's nvidia-smi on PATH) the CPU default would train on the CPU."""
+    from hpc_modatts.pipeline.submit import hidden_gpu_warning
+
+    cfg = make_cfg(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert hidden_gpu_warning(cfg, "local") is None  # no GPU here: nothing to say
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert "pipeline.gpus_per_node=1" in hidden_gpu_warning(cfg, "local")
+    assert hidden_gpu_warning(cfg, "slurm") is None and hidden_gpu_warning(cfg, "debug") is None
+    gpu_cfg = make_cfg(tmp_path, gpus_per_node=1)
+    assert hidden_gpu_warning(gpu_cfg, "local") is None

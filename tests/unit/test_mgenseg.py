@@ -128,7 +128,7 @@ def test_parameter_counts():
 # ----------------------------------------------------------------------------- pipeline
 def test_mgenseg_is_a_pipeline_node_without_stage_1(tmp_path):
     from hpc_modatts.config import config_from_dict
-    from hpc_modatts.pipeline.dag import build_dag, final_model_dirs
+    from hpc_modatts.pipeline.dag import build_dag
 
     cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path), "pipeline": {
         "self_training_rounds": 1, "variants": ["m-genseg", "target-supervised"]}})
@@ -138,7 +138,7 @@ def test_mgenseg_is_a_pipeline_node_without_stage_1(tmp_path):
     assert dag["segment/m-genseg/fold_0"].deps == ()
     assert dag["predict/m-genseg"].deps == ("segment/m-genseg/fold_0",)
     assert "evaluate/target-supervised" in dag["evaluate/m-genseg"].deps
-    assert final_model_dirs(cfg, "m-genseg") == [stage_dir(cfg.run_dir, "segment", "m-genseg", 0)]
+    assert cfg.final_model_dirs("m-genseg") == [stage_dir(cfg.run_dir, "segment", "m-genseg", 0)]
 
 
 def test_weights_follow_the_thesis_and_sum_to_one(phantom):

@@ -33,7 +33,7 @@ def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:
     """32x32 stage-1 slices; stage 2 on 24x56 slice windows (a whole hemisphere of the 48x56 phantom)."""
     return [f"data.store={store}", f"data.split={split}", f"run_root={root / 'runs'}", "name=t",
             "data.slice_size=[32,32]", "data.patch_size=[24,56,16]", "train.max_steps=2",
-            "train.batch_size=4", "train.val_cases=1", "train.log_every=1", "infer.sw_batch_size=16",
+            "train.batch_size=4", "train.val_cases=1", "train.log_every=1",
             "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}",
             "pipeline.self_training_rounds=1"]
 
@@ -108,7 +108,7 @@ def test_slice_inferer_restacks_what_a_2d_model_sees_per_slice():
 
 def test_2d_variants_are_pipeline_nodes_sharing_stage_1(tmp_path):
     from hpc_modatts.config import config_from_dict
-    from hpc_modatts.pipeline.dag import build_dag, final_model_dirs
+    from hpc_modatts.pipeline.dag import build_dag
 
     cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path), "pipeline": {
         "self_training_rounds": 1, "variants": ["self-supervised", *SLICE_VARIANTS, "target-supervised"]}})
@@ -119,7 +119,7 @@ def test_2d_variants_are_pipeline_nodes_sharing_stage_1(tmp_path):
         assert dag[f"predict/{v}"].deps == (f"segment/{v}/fold_0/round_1",)
         assert dag[f"predict/{v}"].run_dir == stage_dir(cfg.run_dir, "predict", v)
         assert "evaluate/target-supervised" in dag[f"evaluate/{v}"].deps  # % of the 3D upper bound
-        assert final_model_dirs(cfg, v) == [stage_dir(cfg.run_dir, "self-train", v, 0, 1)]
+        assert cfg.final_model_dirs(v) == [stage_dir(cfg.run_dir, "self-train", v, 0, 1)]
 
 
 # ----------------------------------------------------------------------------- training
@@ -177,7 +177,7 @@ def test_cli_offers_the_2d_variants(capsys):
 def test_2d_inferer_from_config_and_task_classes(chain2d):
     cfg, _, _ = chain2d
     inferer = inferer_from_config(apply_overrides(cfg, ["train.variant=self-supervised-2d"]))
-    assert inferer.slices and inferer.patch_size == (24, 56, 1)
+    assert inferer.slices and inferer.patch_size == (24, 56, 1) and inferer.sw_batch_size == 2 * 16
     assert not inferer_from_config(cfg).slices
     for v in SLICE_VARIANTS:
         assert issubclass(segment_variants.VARIANT_TASKS[v], segment_variants.SliceTask)
