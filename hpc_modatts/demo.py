@@ -42,6 +42,7 @@ LABELS = {
     "semi-supervised": "MoDATTS semi-supervised",
     "self-supervised-2d": "MoDATTS-2D self-supervised",
     "semi-supervised-2d": "MoDATTS-2D semi-supervised",
+    "m-genseg": "M-GenSeg (2D, end to end)",
     "target-supervised": "target-supervised (upper bound)",
 }
 

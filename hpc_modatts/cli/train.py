@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 STAGES = {
     "translate": ("hpc_modatts.train.translate", "stage 1: tumour-aware 2D CycleGAN translation (source <-> target)"),
-    "segment": ("hpc_modatts.train.segment", "stage 2: MedFormer segmentation of the target (3D; 2D: -2d variants)"),
+    "segment": ("hpc_modatts.train.segment",
+                "stage 2: MedFormer segmentation of the target (3D; 2D: -2d variants; m-genseg: end to end)"),
     "self-train": ("hpc_modatts.train.self_training", "self-training rounds on thresholded pseudo-labels"),
 }
 

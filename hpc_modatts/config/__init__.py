@@ -25,6 +25,7 @@ from hpc_modatts.config.experiment import (
     save_config,
 )
 from hpc_modatts.config.names import (
+    END_TO_END_VARIANTS,
     EXECUTORS,
     MODATTS_VARIANTS,
     SLICE_VARIANTS,
@@ -45,15 +46,21 @@ from hpc_modatts.config.sections import (
     OptimConfig,
     PipelineConfig,
 )
-from hpc_modatts.config.stages import replace_cfg, resolve_seg_pt, resolve_st, stage_config
-from hpc_modatts.config.training import STAGE_SECTIONS, LossWeights, TrainConfig, lambda_seg_pt_for_fraction
+from hpc_modatts.config.stages import replace_cfg, resolve_mgenseg_seg, resolve_seg_pt, resolve_st, stage_config
+from hpc_modatts.config.training import (
+    STAGE_SECTIONS,
+    LossWeights,
+    MGenSegWeights,
+    TrainConfig,
+    lambda_seg_pt_for_fraction,
+)
 
 __all__ = [
-    "BUILTIN_CONFIGS", "EXECUTORS", "Executor", "TABLE_ORDER",
+    "BUILTIN_CONFIGS", "END_TO_END_VARIANTS", "EXECUTORS", "Executor", "TABLE_ORDER",
     "MODALITIES", "MODATTS_VARIANTS", "NAME_PATTERN", "SLICE_VARIANTS", "STAGES", "STAGE_SECTIONS", "VARIANTS",
     "ConfigError", "DataConfig", "DistributedConfig", "ExperimentConfig", "InferConfig", "LossWeights",
-    "ModelConfig", "OptimConfig", "PipelineConfig", "Stage", "TrainConfig", "Variant",
+    "MGenSegWeights", "ModelConfig", "OptimConfig", "PipelineConfig", "Stage", "TrainConfig", "Variant",
     "apply_overrides", "builtin_configs", "check_name", "check_one_line", "config_from_dict", "config_to_dict",
-    "lambda_seg_pt_for_fraction", "load_config", "replace_cfg", "resolve_seg_pt", "resolve_st", "save_config",
-    "stage_config", "variant_dims",
+    "lambda_seg_pt_for_fraction", "load_config", "replace_cfg", "resolve_mgenseg_seg", "resolve_seg_pt",
+    "resolve_st", "save_config", "stage_config", "variant_dims",
 ]

@@ -59,10 +59,18 @@ def replace_cfg(cfg: ExperimentConfig, **train: Any) -> ExperimentConfig:
 def resolve_seg_pt(cfg: ExperimentConfig, split: Any) -> float:
     """lambda_seg^pT: the configured value, or from the source-annotation fraction (thesis 5.5.1)."""
     w = cfg.train.weights.seg_pt
-    if w != -1.0:
-        return float(w)
+    return float(w) if w != -1.0 else _lambda_for_source_fraction(split)
+
+
+def _lambda_for_source_fraction(split: Any) -> float:
     fraction = len(split.source_labeled) / max(1, len(split.source_train))
     return float(lambda_seg_pt_for_fraction(fraction))
+
+
+def resolve_mgenseg_seg(cfg: ExperimentConfig, split: Any) -> float:
+    """M-GenSeg's lambda_seg: the configured value, or lambda_seg^pT's table (``resolve_seg_pt``)."""
+    w = cfg.train.mgenseg_weights.seg
+    return float(w) if w != -1.0 else _lambda_for_source_fraction(split)
 
 
 def resolve_st(cfg: ExperimentConfig, split: Any) -> float:

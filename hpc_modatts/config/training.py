@@ -52,6 +52,36 @@ class LossWeights:
             check_positive(f"train.weights.{f.name}", v, allow_zero=True)
 
 
+@dataclass
+class MGenSegWeights:
+    """Raw loss weights of M-GenSeg (``train.variant=m-genseg``, thesis 4.3.2 Eq. 4.5 and 4.3.3);
+    the task normalises the active ones to sum 1 ("All weights sum to 1")."""
+
+    mod_adv: float = 3.0
+    """lambda_adv^mod: hinge adversarial of the modality translation (real S vs T->S, real T vs S->T): 3."""
+    mod_cyc: float = 20.0
+    """lambda_cyc^mod: cycle L1 over A and P slices of both modalities (Eq. 4.4): 20."""
+    gen_adv: float = 6.0
+    """lambda_adv^Gen: hinge adversarial of healthy <-> diseased translation on both modalities: 6."""
+    gen_rec: float = 20.0
+    """lambda_rec^Gen: GenSeg image reconstruction L1 (X_AA, X_PP; Eq. 4.4): 20."""
+    gen_lat: float = 2.0
+    """lambda_lat^Gen: GenSeg latent reconstruction L1: 2."""
+    seg: float = -1.0
+    """lambda_seg: Dice on annotated source slices and on their translations (Eq. 4.3). The thesis
+    tunes it per annotation fraction without giving values; -1 = MoDATTS's lambda_seg^pT table from
+    the source-annotation fraction (100 at 100 %, 50/25/1/0.1 at 70/40/10/1 %)."""
+    seg_t: float = -1.0
+    """Dice on annotated real target slices (target-labeled fraction > 0, thesis 4.4.2 "Reaching
+    supervised performance"); -1 = equal to lambda_seg."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not (f.name in ("seg", "seg_t") and v == -1.0):
+                check_positive(f"train.mgenseg_weights.{f.name}", v, allow_zero=True)
+
+
 def lambda_seg_pt_for_fraction(fraction: float) -> float:
     """lambda_seg^pT from the source-annotation fraction (thesis 5.5.1): interpolate the table."""
     table = [(0.01, 0.1), (0.10, 1.0), (0.40, 25.0), (0.70, 50.0), (1.00, 100.0)]
@@ -68,7 +98,8 @@ class TrainConfig:
     stage: Stage = "segment"
     """Which stage this config trains."""
     variant: Variant = "self-supervised"
-    """Stage 2 variant: MoDATTS self-/semi-supervised, or the lower/upper bounds."""
+    """Stage 2 variant: MoDATTS self-/semi-supervised (3D or -2d), the lower/upper bounds, or
+    M-GenSeg (``m-genseg``, end to end, no stage 1)."""
     epochs: int = 300
     """Epochs (stage 1: 200, stage 2: 300, each self-training round: 150)."""
     max_steps: int = 0
@@ -90,6 +121,8 @@ class TrainConfig:
     """Seed of weights, sampling and augmentation."""
     weights: LossWeights = field(default_factory=LossWeights)
     """Loss weights before normalisation."""
+    mgenseg_weights: MGenSegWeights = field(default_factory=MGenSegWeights)
+    """Loss weights of the ``m-genseg`` variant (thesis 4.3.3), before normalisation."""
     rounds: int = 3
     """Self-training rounds k (thesis: 3 rounds of 150 epochs)."""
     round: int = 0
@@ -145,6 +178,8 @@ class TrainConfig:
         check_choice("train.healthy_pseudo_labels", self.healthy_pseudo_labels, ("zero", "keep"))
         if isinstance(self.weights, dict):
             self.weights = build_section(LossWeights, self.weights, "train.weights")
+        if isinstance(self.mgenseg_weights, dict):
+            self.mgenseg_weights = build_section(MGenSegWeights, self.mgenseg_weights, "train.mgenseg_weights")
 
     def _check_blocks(self, name: str, choices: tuple[str, ...]) -> None:
         """Every block of ``train.<name>`` names one of ``choices`` and holds valid ``train.*`` keys

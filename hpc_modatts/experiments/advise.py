@@ -47,8 +47,8 @@ from hpc_modatts.train.guards import voxel_ml, zero_healthy
 
 log = logging.getLogger(__name__)
 
-PREFERRED = ("semi-supervised", "self-supervised", "semi-supervised-2d", "self-supervised-2d", "source-supervised",
-             "target-supervised")
+PREFERRED = ("semi-supervised", "self-supervised", "semi-supervised-2d", "self-supervised-2d", "m-genseg",
+             "source-supervised", "target-supervised")
 """Variant advised on when none is given: the first the run trained."""
 PANEL_ROWS = 8
 LIMITS = {"target image": (-1.0, 1.0), "ensemble probability": (0.0, 1.0), "pseudo-label change": (0.0, 1.0)}

@@ -203,9 +203,10 @@ def plan_units(points: list[Point], variants: list[str]) -> list[Unit]:
                 u = unit(f"shared/seed{p.seed}", p)
             else:
                 u = unit(f"points/{p.id}", p)
-                translator = unit(group, p)
-                translator.translator = True
-                u.translator_from = translator.id
+                if v in MODATTS_VARIANTS:  # M-GenSeg trains end to end: no stage 1
+                    translator = unit(group, p)
+                    translator.translator = True
+                    u.translator_from = translator.id
             if v not in u.variants:
                 u.variants.append(v)
             p.units[v] = u.id

@@ -18,7 +18,7 @@ Modes:
 * ``whole`` (models trained on whole volumes): MONAI ``sliding_window_inference`` over the
   volume.
 
-2D models (MoDATTS-2D, ``slices=True``): the patch is (X, Y, 1), so the same windows are tiled
+2D models (MoDATTS-2D and M-GenSeg, ``slices=True``): the patch is (X, Y, 1), so the same windows are tiled
 slice by slice along Z (each window one axial slice of a hemisphere, centred in-plane exactly as
 ``data.volume_slices.VolumeSliceDataset`` shows it in training) and the predictor is handed
 (B, 1, X, Y) slices; its (B, C, X, Y) outputs are restacked into the volume. Every caller's
@@ -131,8 +131,8 @@ def _paste(result: np.ndarray, window_out: np.ndarray, w: Window) -> None:
 
 def inferer_from_config(cfg) -> VolumeInferer:
     """The inferer of an experiment config: its ``infer`` section and training patch; for a 2D
-    variant (``config.SLICE_VARIANTS``) the patch's (X, Y) slices, ``infer.sw_batch_size`` x patch Z
-    of them per forward (the voxels of ``sw_batch_size`` 3D windows: same memory, few small calls)."""
+    variant (``config.variant_dims``: MoDATTS-2D and M-GenSeg) the patch's (X, Y) slices, ``infer.sw_batch_size``
+    x patch Z of them per forward (the voxels of ``sw_batch_size`` 3D windows: same memory, few small calls)."""
     mode = cfg.infer.mode
     hemispheres = cfg.data.half_volumes if mode == "auto" else mode == "hemisphere"
     if variant_dims(cfg.train.variant) == 2:

@@ -1,4 +1,4 @@
-"""Networks: 3D MedFormer (+ GenSeg wiring), 2D TransUNet translator, multi-scale discriminators.
+"""Networks: 3D MedFormer (+ GenSeg wiring), M-GenSeg (2D), 2D TransUNet translator, multi-scale discriminators.
 
 Names are resolved lazily so importing one model does not import the others.
 """
@@ -9,6 +9,8 @@ import importlib
 
 _EXPORTS = {
     "build_segmenter": "hpc_modatts.models.sizes",
+    "build_mgenseg": "hpc_modatts.models.mgenseg",
+    "MGenSeg": "hpc_modatts.models.mgenseg",
     "SEGMENTER_SIZES": "hpc_modatts.models.sizes",
     "MedFormer": "hpc_modatts.models.medformer",
     "GenSegMedFormer": "hpc_modatts.models.genseg",

@@ -151,8 +151,17 @@ class TransformerDownStage(nn.Module):
         return x, smap
 
 
+class PassSkip(nn.Module):
+    """The long skip as is: ``forward(up, skip) -> skip``. The up stages call ``self.gate(up, skip)``
+    on the skip before the concatenation; M-GenSeg (``models.mgenseg``) swaps in attention gates
+    (thesis 4.3.3). No parameters, so the state-dict keys of ungated networks are unchanged."""
+
+    def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return skip
+
+
 class TransformerUpStage(nn.Module):
-    """Trilinear x2 up-sampling, concat the long skip, fuse maps (1x1x1), B-MDH blocks, conv blocks."""
+    """Trilinear x2 up-sampling, concat the (gated) long skip, fuse maps (1x1x1), B-MDH blocks, conv blocks."""
 
     checkpoint_kind = "decoder"
 
@@ -166,9 +175,11 @@ class TransformerUpStage(nn.Module):
         self.blocks = nn.ModuleList(BMDHBlock(w, cout, cout, heads, cfg.expansion, norm, u, dims)
                                     for w, u in zip(widths, updates))
         self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm, dims) for _ in range(n_conv)))
+        self.gate: nn.Module = PassSkip()
 
     def forward(self, x, skip, smap, skip_map):
-        x = torch.cat([F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False), skip], dim=1)
+        up = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        x = torch.cat([up, self.gate(up, skip)], dim=1)
         smap = self.map_reduction(torch.cat([smap, skip_map], dim=1))
         for block in self.blocks:
             x, smap = block(x, smap)
@@ -176,7 +187,7 @@ class TransformerUpStage(nn.Module):
 
 
 class ConvUpStage(nn.Module):
-    """Trilinear x2 up-sampling, concat the long skip, conv blocks."""
+    """Trilinear x2 up-sampling, concat the (gated) long skip, conv blocks."""
 
     checkpoint_kind = "decoder"
 
@@ -185,10 +196,11 @@ class ConvUpStage(nn.Module):
         self.mode = INTERPOLATION[dims]
         widths = [cin + cskip] + [cout] * n_conv
         self.convs = nn.Sequential(*(ConvBlock(a, b, norm, dims) for a, b in zip(widths[:-1], widths[1:])))
+        self.gate: nn.Module = PassSkip()
 
     def forward(self, x, skip):
-        x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
-        return self.convs(torch.cat([x, skip], dim=1))
+        up = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        return self.convs(torch.cat([up, self.gate(up, skip)], dim=1))
 
 
 class EncoderSkips(NamedTuple):

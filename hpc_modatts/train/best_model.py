@@ -29,6 +29,7 @@ BEST_MODEL = "best_model.pt"
 
 MODEL_FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
     "hpc_modatts.models:build_segmenter": "hpc_modatts.models:build_segmenter",
+    "hpc_modatts.models:build_mgenseg": "hpc_modatts.models:build_mgenseg",
     "hpc_modatts.train.segment:build_discriminators_3d": "hpc_modatts.train.segment_variants:build_discriminators_3d",
     "hpc_modatts.train.segment_variants:build_discriminators_2d":
         "hpc_modatts.train.segment_variants:build_discriminators_2d",

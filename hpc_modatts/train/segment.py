@@ -4,7 +4,8 @@
 (``source-supervised``, ``target-supervised``) or MoDATTS (``self-supervised``: pseudo-target
 Dice; ``semi-supervised``: + GenSeg on real target half-volumes), or MoDATTS-2D
 (``self-supervised-2d``, ``semi-supervised-2d``: the same on axial slices of the half-volumes,
-with a 2D MedFormer; thesis 5.5.1 "Model comparison"). What they share, validation
+with a 2D MedFormer; thesis 5.5.1 "Model comparison"), or M-GenSeg (``m-genseg``, ``train.mgenseg``:
+end to end on source and target slices, thesis chapter 4). What they share, validation
 included, is ``segment_task.SegmentTask``; a self-training round is the same task given a
 ``SelfTrainingRound`` (``hpc_modatts.train.self_training``).
 ``hpc-modatts train segment CONFIG [train.variant=...]``.

@@ -24,6 +24,7 @@ from hpc_modatts.data.inputs import val_case_list
 from hpc_modatts.data.labels import region_array
 from hpc_modatts.data.loaders import VolumeDataset
 from hpc_modatts.data.store import Store
+from hpc_modatts.data.volume_slices import VolumeSliceDataset
 from hpc_modatts.infer.inferer import inferer_from_config
 from hpc_modatts.models.checkpointing import apply_activation_checkpointing
 from hpc_modatts.train.best_model import BEST_MODEL, build_model
@@ -134,3 +135,25 @@ class SegmentTask(TaskDefaults, ABC):
         return validate_segmenter(lambda p: torch.sigmoid(gen(p).float()), Store.open(self.cfg.data.store),
                                   self.val_cases, self.split.target, self.inferer, self.cfg.infer.threshold,
                                   self.bound, env.device, region=self.cfg.data.region)
+
+
+class SliceTask(SegmentTask):
+    """Mixin of the 2D variants: overrides the two hooks that fix the dimension, the
+    data (``_volumes``: slices of the same parts, ``data.volume_slices``, in-plane window
+    ``data.patch_size[:2]``) and the models (``model_factory``: ``spatial_dims=2``, 2D
+    discriminators). For MoDATTS-2D (``segment_variants``) losses, steps, validation,
+    self-training and prediction are the 3D variant's: THE inferer runs the model slice by slice
+    (``infer.inferer``). M-GenSeg (``train.mgenseg``) takes its slices and builds its own models."""
+
+    def _volumes(self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int,
+                 **kw: Any) -> VolumeSliceDataset:
+        d = self.cfg.data
+        return VolumeSliceDataset(store, cases, modality, slice_size=d.patch_size[:2], half=d.half_volumes,
+                                  annotated=set(annotated), augment=d.augment, seed=self.cfg.train.seed + offset,
+                                  mask_name=region_array(d.region), min_tumour_fraction=d.min_tumour_fraction, **kw)
+
+    def model_factory(self, name: str) -> tuple[str, dict]:
+        key, kwargs = super().model_factory(name)
+        if name == "disc":
+            return "hpc_modatts.train.segment_variants:build_discriminators_2d", kwargs
+        return key, {**kwargs, "spatial_dims": 2}

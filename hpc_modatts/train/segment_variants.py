@@ -14,11 +14,13 @@ to classes.
   (re-encoded X_PA and X_AP keep c; u_AP matches the sampled u). Pseudo-target images are
   excluded from the GenSeg terms.
 
-* ``SliceTask`` mixes into both: ``PseudoTargetTask2D`` (``self-supervised-2d``) and
+* ``SliceTask`` (``segment_task``) mixes into both: ``PseudoTargetTask2D`` (``self-supervised-2d``) and
   ``GenSegTask2D`` (``semi-supervised-2d``) are MoDATTS-2D (thesis 5.5.1 "Model comparison"):
   the same objectives on 2D axial slices of the hemispheres (``data.volume_slices``: pseudo-target
   slices with the source masks; real target slices with the M-GenSeg slice weak labels), a 2D
   MedFormer and 2D discriminators.
+* ``MGenSegTask`` (``m-genseg``, ``train.mgenseg``): M-GenSeg, end to end on source and target
+  slices (thesis chapter 4).
 
 Both MoDATTS variants add Dice on real annotated target volumes when ``split.target_labeled``
 is not empty (``train.weights.seg_t``) and, in a self-training round, Dice on its pseudo-labels
@@ -37,15 +39,13 @@ from torch.utils.data import Dataset
 
 from hpc_modatts.config import ConfigError, ExperimentConfig, resolve_seg_pt, resolve_st
 from hpc_modatts.data.batches import KeyedDataset, PairedDataset
-from hpc_modatts.data.labels import region_array
 from hpc_modatts.data.store import Store
-from hpc_modatts.data.volume_slices import VolumeSliceDataset
 from hpc_modatts.distributed.engine import unwrap
-from hpc_modatts.losses import hinge_d_loss, hinge_g_loss, normalise_weights, pooled_dice_loss
+from hpc_modatts.losses import normalise_weights, pooled_dice_loss
 from hpc_modatts.models.discriminator import DiscriminatorPair
-from hpc_modatts.train.segment_task import SegmentTask, SelfTrainingRound
-
-A, P = "A", "P"
+from hpc_modatts.train.genseg_objective import A, P, genseg_disc_loss, genseg_terms
+from hpc_modatts.train.mgenseg import MGenSegTask
+from hpc_modatts.train.segment_task import SegmentTask, SelfTrainingRound, SliceTask
 
 
 def build_discriminators_3d(channels: list[int], scales: int) -> DiscriminatorPair:
@@ -56,22 +56,6 @@ def build_discriminators_3d(channels: list[int], scales: int) -> DiscriminatorPa
 def build_discriminators_2d(channels: list[int], scales: int) -> DiscriminatorPair:
     """MoDATTS-2D's GenSeg discriminators (Table 5.1, the 2D kernels of stage 1): "A", "P"."""
     return DiscriminatorPair((A, P), 2, tuple(channels), scales)
-
-
-def _zero(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A zero that keeps every tensor in the graph (same backward on every rank)."""
-    return sum(t.sum() for t in tensors) * 0.0
-
-
-def _masked_l1(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """Mean |a - b| over the selected samples (sel: (B,) bool); a graph-keeping 0 when none."""
-    if not sel.any():
-        return _zero([a])
-    return (a[sel] - b[sel]).abs().mean()
-
-
-def _pick(logits: list[torch.Tensor], sel: torch.Tensor) -> list[torch.Tensor] | None:
-    return [scale[sel] for scale in logits] if sel.any() else None
 
 
 # ----------------------------------------------------------------------------- the bounds
@@ -239,67 +223,24 @@ class GenSegTask(PseudoTargetTask):
         logged["disc"] = self._disc_step(real, outputs, engines["disc"])
 
     def _genseg_terms(self, real: dict, engines: dict, terms: dict) -> dict:
-        """GenSeg on the real batch (Eq. 5.6-5.11), every sample down both paths so that every
-        rank runs the same forwards (ZeRO-3); the per-sample weak label selects the terms."""
+        """GenSeg on the real batch (Eq. 5.6-5.11, ``genseg_objective.genseg_terms``) into ``terms``;
+        the real Dice's logits from the same encoding."""
         net, disc = unwrap(engines["gen"]), unwrap(engines["disc"])  # plain modules: see translate.py
-        x = real["image"]                                                 # (B, 1, X, Y, Z)
-        is_p, is_a = real["weak"].reshape(-1) == 1, real["weak"].reshape(-1) == 0  # (B,)
-        c, u, skips = net.encode(x)
-        u_rand = net.sample_u(u)
-        u_mix = torch.where(is_p.view(-1, *[1] * (u.ndim - 1)), u, u_rand)  # u_P for P, N(0,I) for A
-        x_com = net.decode_common(c, skips)           # X_PA (P samples) / X_AA (A samples)
-        x_res = x_com + net.decode_residual(c, u_mix, skips)  # X_PP (P) / X_AP (A)
-        terms["rec"] = _masked_l1(x_com, x, is_a) + _masked_l1(x_res, x, is_p)
-        c_com, _, _ = net.encode(x_com)               # re-encode X_PA: keeps c_P
-        c_res, u_res, _ = net.encode(x_res)           # re-encode X_AP: keeps c_A, u_AP = u
-        terms["lat"] = (_masked_l1(c_com, c, is_p) + _masked_l1(c_res, c, is_a)
-                        + _masked_l1(u_res, u_rand, is_a))
-        disc.requires_grad_(False)
-        fake_a, fake_p = disc(A, x_com), disc(P, x_res)
-        g_a, g_p = _pick(fake_a, is_p), _pick(fake_p, is_a)
-        terms["adv"] = ((hinge_g_loss(g_a) if g_a else _zero(fake_a)) + (hinge_g_loss(g_p) if g_p else _zero(fake_p)))
-        disc.requires_grad_(True)
+        code = net.encode(real["image"])                               # x (B, 1, X, Y, Z) -> c, u, skips
+        genseg, out = genseg_terms(net, disc, real["image"], real["weak"], code)
+        terms.update(genseg)
         wants_real_seg = "seg_t" in self.weights or "st" in self.weights
-        real_logits = net.decode_segmentation(c, u, skips) if wants_real_seg else None
-        return {"x_com": x_com.detach(), "x_res": x_res.detach(), "is_a": is_a, "is_p": is_p,
-                "real_logits": real_logits}
+        return {**out, "real_logits": net.decode_segmentation(*code) if wants_real_seg else None}
 
     def _disc_step(self, real: dict, out: dict, disc: Any) -> torch.Tensor:
         """Hinge update of both discriminators: X_A vs X_PA ("A"), X_P vs X_AP ("P")."""
-        x, is_a, is_p = real["image"], out["is_a"], out["is_p"]
-        real_a, real_p = disc(A, x), disc(P, x)
-        fake_a, fake_p = disc(A, out["x_com"]), disc(P, out["x_res"])
-        loss = _zero(real_a + real_p + fake_a + fake_p)
-        if is_a.any() and is_p.any():  # each pair needs a real A and a real P sample
-            loss = loss + hinge_d_loss(_pick(real_a, is_a), _pick(fake_a, is_p))
-            loss = loss + hinge_d_loss(_pick(real_p, is_p), _pick(fake_p, is_a))
+        loss = genseg_disc_loss(disc, real["image"], out)
         disc.backward(loss)
         disc.step()
         return loss
 
 
 # ----------------------------------------------------------------------------- MoDATTS-2D
-class SliceTask(SegmentTask):
-    """Mixin of the MoDATTS-2D variants: overrides the two hooks that fix the dimension, the
-    data (``_volumes``: slices of the same parts, ``data.volume_slices``, in-plane window
-    ``data.patch_size[:2]``) and the models (``model_factory``: ``spatial_dims=2``, 2D
-    discriminators). Losses, steps, validation, self-training and prediction are the 3D
-    variant's: THE inferer runs the model slice by slice (``infer.inferer``)."""
-
-    def _volumes(self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int,
-                 **kw: Any) -> VolumeSliceDataset:
-        d = self.cfg.data
-        return VolumeSliceDataset(store, cases, modality, slice_size=d.patch_size[:2], half=d.half_volumes,
-                                  annotated=set(annotated), augment=d.augment, seed=self.cfg.train.seed + offset,
-                                  mask_name=region_array(d.region), min_tumour_fraction=d.min_tumour_fraction, **kw)
-
-    def model_factory(self, name: str) -> tuple[str, dict]:
-        key, kwargs = super().model_factory(name)
-        if name == "disc":
-            return "hpc_modatts.train.segment_variants:build_discriminators_2d", kwargs
-        return key, {**kwargs, "spatial_dims": 2}
-
-
 class PseudoTargetTask2D(SliceTask, PseudoTargetTask):
     """MoDATTS-2D self-supervised: Dice on pseudo-target slices (+ real target slices, as 3D)."""
 
@@ -314,5 +255,5 @@ class GenSegTask2D(SliceTask, GenSegTask):
 
 VARIANT_TASKS: dict[str, type[SegmentTask]] = {
     cls.variant: cls for cls in (PseudoTargetTask, GenSegTask, SourceSupervisedTask, TargetSupervisedTask,
-                                 PseudoTargetTask2D, GenSegTask2D)}
+                                 PseudoTargetTask2D, GenSegTask2D, MGenSegTask)}
 """THE mapping ``train.variant`` -> Task class (the names: ``hpc_modatts.config.VARIANTS``)."""

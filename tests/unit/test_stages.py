@@ -22,6 +22,7 @@ from hpc_modatts.data.store import Store
 from hpc_modatts.losses import pooled_dice_loss
 from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment, segment_variants, self_training, synthesize, translate
+from hpc_modatts.train.genseg_objective import masked_l1
 from hpc_modatts.train.segment_task import SelfTrainingRound
 from tests.fixtures import make_phantom_store
 
@@ -230,10 +231,10 @@ def test_every_variant_has_one_task_class():
 
 def test_masked_l1_without_samples_is_a_zero_with_a_graph():
     a = torch.ones(2, 1, 4, 4, 4, requires_grad=True)
-    z = segment_variants._masked_l1(a, torch.zeros_like(a), torch.tensor([False, False]))
+    z = masked_l1(a, torch.zeros_like(a), torch.tensor([False, False]))
     z.backward()
     assert z.item() == 0.0 and a.grad is not None
-    assert segment_variants._masked_l1(a, torch.zeros_like(a), torch.tensor([True, False])).item() == 1.0
+    assert masked_l1(a, torch.zeros_like(a), torch.tensor([True, False])).item() == 1.0
 
 
 def test_pooled_dice_penalises_false_positives_on_tumour_free_samples():

@@ -84,6 +84,17 @@ def test_dag_shares_stage1_per_source_fraction_and_seed_and_the_bounds(tmp_path,
     assert shared["shared/src0.5_seed1"].shared_by == ["src0.5_tgt0_seed1", "src0.5_tgt0.5_seed1"]
 
 
+def test_m_genseg_points_train_no_translator(tmp_path, store):
+    """M-GenSeg trains end to end: its points' segment nodes wait on nothing, and a sweep of it
+    alone has no stage 1 at all."""
+    spec = sw.SweepSpec(source_labeled=[1.0], target_labeled=[0.0], seeds=[0], variants=["m-genseg"],
+                        val=0.15, test=0.25)
+    _, _, points, _, units, dag = plan(tmp_path, store, spec)
+    assert not any(n.endswith(("/translate", "/synthesize")) for n in dag.nodes)
+    assert [u.translator_from for u in units] == [""]
+    assert dag[f"points/{points[0].id}/segment/m-genseg/fold_0"].deps == ()
+
+
 def test_every_node_config_points_the_stage_at_the_node_folder(tmp_path, store):
     """What each stage computes from its node's config is the folder the DAG waits on."""
     cfg, sweep_dir, _, _, units, dag = plan(tmp_path, store)
