@@ -95,3 +95,58 @@ def _retarget_sources(store_path: Path, old_root: Path, new_root: Path) -> None:
 def phantom_store(tmp_path_factory) -> tuple[Path, Path]:
     """Session-wide READ-ONLY 4-case small phantom: ``(nifti_dir, store_path)``. Don't modify it."""
     return make_phantom_store(tmp_path_factory.mktemp("phantom"), cases=4, seed=0, size="small")
+
+
+# ----------------------------------------------------------------------------- shared harnesses
+def assert_segment_resumes_bit_exactly(cfg0, tmp_path: Path, overrides: list[str]) -> None:
+    """Train ``cfg0`` + ``overrides`` (4 steps, checkpoint every 2) once uninterrupted and once
+    killed during step 3 then resumed: the weights of every engine must be equal, bit for bit."""
+    import torch
+
+    from hpc_modatts.config import apply_overrides
+    from hpc_modatts.train import segment
+    from hpc_modatts.train.checkpoint import read_pointer
+    from hpc_modatts.train.trainer import Trainer
+
+    def weights(trainer: Trainer) -> dict:
+        return {f"{name}.{k}": v.detach().clone() for name, e in trainer.engines.items()
+                for k, v in e.module.state_dict().items()}
+
+    common = ["train.max_steps=4", "train.checkpoint_every=2", "train.val_every=0", *overrides]
+    full_cfg = apply_overrides(cfg0, [*common, f"run_root={tmp_path / 'full'}"])
+    full = Trainer(full_cfg, segment.make_task(full_cfg, tmp_path / "full_run"), tmp_path / "full_run")
+    full.fit()
+    cfg = apply_overrides(cfg0, [*common, f"run_root={tmp_path / 'killed'}"])
+    run = tmp_path / "killed_run"
+    task = segment.make_task(cfg, run)
+    step_fn = task.train_step
+
+    def killed(batch, engines, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return step_fn(batch, engines, step)
+
+    task.train_step = killed  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, task, run).fit()
+    assert read_pointer(run, "latest") == "step_00000002" and not (run / "DONE").exists()
+    resumed = Trainer(cfg, segment.make_task(cfg, run), run)
+    resumed.fit()
+    assert resumed.step == full.step == 4
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys() and any(k.startswith("disc.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def torchrun_two_ranks(*cli_args: str, timeout: int = 300) -> None:
+    """``torchrun --nproc_per_node 2 -m hpc_modatts CLI_ARGS`` with one thread per rank; asserts exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "hpc_modatts", *cli_args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cli_args}: {proc.stderr[-3000:]}"

@@ -25,10 +25,8 @@ from hpc_modatts.models.sizes import build_segmenter
 from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment
 from hpc_modatts.train.best_model import build_model
-from hpc_modatts.train.checkpoint import read_pointer
 from hpc_modatts.train.mgenseg import DOMAINS, MGenSegTask
-from hpc_modatts.train.trainer import Trainer
-from tests.fixtures import make_phantom_store
+from tests.fixtures import assert_segment_resumes_bit_exactly, make_phantom_store, torchrun_two_ranks
 
 DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
 
@@ -55,11 +53,6 @@ def phantom(tmp_path_factory):
 
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-
-
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v.detach().clone() for name, e in trainer.engines.items()
-            for k, v in e.module.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- model
@@ -237,52 +230,19 @@ def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(phantom
 def test_mgenseg_resumes_bit_exactly_after_a_kill(phantom, tmp_path):
     """Killed during step 3 (latest checkpoint: step 2), resumed: the weights of both engines
     equal those of an uninterrupted run, bit for bit."""
-    cfg0, _, _ = phantom
-    common = ["train.max_steps=4", "train.checkpoint_every=2", "train.val_every=0", "train.batch_size=2"]
-    full_cfg = apply_overrides(cfg0, [*common, f"run_root={tmp_path / 'full'}"])
-    full = Trainer(full_cfg, segment.make_task(full_cfg, tmp_path / "full_run"), tmp_path / "full_run")
-    full.fit()
-    cfg = apply_overrides(cfg0, [*common, f"run_root={tmp_path / 'killed'}"])
-    run = tmp_path / "killed_run"
-    task = segment.make_task(cfg, run)
-    step_fn = task.train_step
-
-    def killed(batch, engines, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return step_fn(batch, engines, step)
-
-    task.train_step = killed  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, task, run).fit()
-    assert read_pointer(run, "latest") == "step_00000002" and not (run / "DONE").exists()
-    resumed = Trainer(cfg, segment.make_task(cfg, run), run)
-    resumed.fit()
-    assert resumed.step == full.step == 4
-    a, b = _weights(full), _weights(resumed)
-    assert a.keys() == b.keys() and any(k.startswith("disc.") for k in a)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_segment_resumes_bit_exactly(phantom[0], tmp_path, ["train.batch_size=2"])
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_ranks_zero2_mgenseg(phantom, tmp_path):
     """2 gloo ranks under torchrun, ZeRO-2: M-GenSeg trains, validates and saves."""
-    import os
-    import subprocess
-    import sys
-
     cfg, _, _ = phantom
     data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=2",
                                                 "train.batch_size=4"]))
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "hpc_modatts", "train", "segment",
-                           str(path)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_ranks("train", "segment", str(path))
     run = stage_dir(tmp_path / "t", "segment", "m-genseg", 0)
     assert (run / "DONE").is_file()
     best = torch.load(run / "best_model.pt", weights_only=False)

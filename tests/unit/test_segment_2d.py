@@ -22,9 +22,7 @@ from hpc_modatts.infer import evaluate, predict
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
 from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment, segment_variants, self_training, synthesize, translate
-from hpc_modatts.train.checkpoint import read_pointer
-from hpc_modatts.train.trainer import Trainer
-from tests.fixtures import make_phantom_store
+from tests.fixtures import assert_segment_resumes_bit_exactly, make_phantom_store, torchrun_two_ranks
 
 DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
 
@@ -55,11 +53,6 @@ def chain2d(tmp_path_factory):
 
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-
-
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v.detach().clone() for name, e in trainer.engines.items()
-            for k, v in e.module.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- data
@@ -187,53 +180,21 @@ def test_2d_semi_supervised_resumes_bit_exactly_after_a_kill(chain2d, tmp_path):
     """Killed during step 3 (latest checkpoint: step 2), resumed: the weights of both engines
     equal those of an uninterrupted run, bit for bit."""
     cfg0, _, _ = chain2d
-    common = ["train.variant=semi-supervised-2d", "train.max_steps=4", "train.checkpoint_every=2",
-              "train.val_every=0", "train.batch_size=2", f"train.translator_run={cfg0.run_dir / 'translate'}"]
-    full_cfg = apply_overrides(cfg0, [*common, f"run_root={tmp_path / 'full'}"])
-    full = Trainer(full_cfg, segment.make_task(full_cfg, tmp_path / "full_run"), tmp_path / "full_run")
-    full.fit()
-    cfg = apply_overrides(cfg0, [*common, f"run_root={tmp_path / 'killed'}"])
-    run = tmp_path / "killed_run"
-    task = segment.make_task(cfg, run)
-    step_fn = task.train_step
-
-    def killed(batch, engines, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return step_fn(batch, engines, step)
-
-    task.train_step = killed  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, task, run).fit()
-    assert read_pointer(run, "latest") == "step_00000002" and not (run / "DONE").exists()
-    resumed = Trainer(cfg, segment.make_task(cfg, run), run)
-    resumed.fit()
-    assert resumed.step == full.step == 4
-    a, b = _weights(full), _weights(resumed)
-    assert a.keys() == b.keys() and any(k.startswith("disc.") for k in a)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_segment_resumes_bit_exactly(cfg0, tmp_path, [
+        "train.variant=semi-supervised-2d", "train.batch_size=2", f"train.translator_run={cfg0.run_dir / 'translate'}"])
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_ranks_zero2_semi_supervised_2d(chain2d, tmp_path):
     """2 gloo ranks under torchrun, ZeRO-2: MoDATTS-2D semi-supervised trains, validates and saves."""
-    import os
-    import subprocess
-    import sys
-
     cfg, _, _ = chain2d
     data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=2",
                                                 "train.batch_size=4", "train.variant=semi-supervised-2d"]))
     data["train"]["translator_run"] = str(cfg.run_dir / "translate")  # stage 1 of the module's chain
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "hpc_modatts", "train", "segment",
-                           str(path)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_ranks("train", "segment", str(path))
     run = stage_dir(tmp_path / "t", "segment", "semi-supervised-2d", 0)
     assert (run / "DONE").is_file()
     best = torch.load(run / "best_model.pt", weights_only=False)

@@ -24,7 +24,7 @@ from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment, segment_variants, self_training, synthesize, translate
 from hpc_modatts.train.genseg_objective import masked_l1
 from hpc_modatts.train.segment_task import SelfTrainingRound
-from tests.fixtures import make_phantom_store
+from tests.fixtures import make_phantom_store, torchrun_two_ranks
 
 DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
 
@@ -299,22 +299,14 @@ def test_cli_runs_a_stage_and_reports_errors_in_one_line(chain, tmp_path, capsys
 def test_two_ranks_zero3_translate_synthesize_semi_supervised(chain, tmp_path):
     """2 gloo ranks under torchrun, ZeRO-3: every rank runs the same forwards (validation panel,
     GenSeg on mixed A/P batches), synthesis shards cases over ranks without collisions."""
-    import os
-    import subprocess
-    import sys
-
     cfg, split, _ = chain
     data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=3",
                                                 "train.batch_size=4",
                                                 "train.stage_overrides={translate: {batch_size: 4}}"]))
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for cmd in (["train", "translate"], ["synthesize"], ["train", "segment", "--variant", "semi-supervised"]):
-        proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "hpc_modatts", *cmd, str(path)],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{cmd}: {proc.stderr[-2000:]}"
+        torchrun_two_ranks(*cmd, str(path))
     root = tmp_path / "t"
     assert Store.open(root / "translate" / "synth.zarr").case_ids == sorted(split.source_train)
     assert (root / "translate" / synthesize.MARKER).is_file()
