@@ -39,7 +39,7 @@ from rich.table import Table
 from hpc_modatts.config import TABLE_ORDER
 from hpc_modatts.console import log_console
 from hpc_modatts.experiments.plan import load_sweep
-from hpc_modatts.runs import atomic_write_json, atomic_write_text
+from hpc_modatts.runs import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,29 @@ def aggregate(sweep_dir: str | os.PathLike) -> dict:
             pct = [100.0 * r["dice"] / ts_dice[r["seed"]] for r in done if ts_dice.get(r["seed"])]
             row["percent_of_target_supervised"] = _stats(pct) if pct else None
             rows.append(row)
-    return {"sweep": info["name"], "variants": variants, "rows": rows,
+    return {"sweep": info["name"], "variants": variants, "rows": rows, "stage1_warnings": stage1_warnings(sweep_dir),
             "per_seed": [{k: r[k] for k in ("variant", "unit", "seed", "dice", "metrics")} for r in per_seed],
             "missing": [r["metrics"] for r in per_seed if not r["cases"]]}
+
+
+def stage1_warnings(sweep_dir: Path) -> list[str]:
+    """One line per finished stage 1 of the sweep whose selected checkpoint left the tumour
+    untranslated (``fidelity.translation_warning``), naming the points that train on it: their
+    MoDATTS rows are then about a failed translation, not about the annotated fraction."""
+    from hpc_modatts.train.fidelity import translation_warning  # fidelity imports torch: keep `report` light
+
+    out = []
+    for unit in load_sweep(sweep_dir).get("units", []):
+        run = sweep_dir / unit["id"] / "translate"
+        if not unit.get("translator") or not (run / "DONE").is_file():
+            continue
+        best = read_json(run / "DONE", "is missing").get("best_step")
+        rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"val/score"' in ln]
+        selected = next((r for r in rows if r["step"] == best), rows[-1] if rows else {})
+        warning = translation_warning(selected)
+        if warning:
+            out.append(f"{unit['id']} (points {', '.join(unit['shared_by'])}): {warning}")
+    return out
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -155,6 +175,9 @@ def markdown(report: dict) -> str:
              "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in report["rows"]]
     lines += ["", NOTE + "."]
+    if report.get("stage1_warnings"):
+        lines += ["", "Stage 1 did not learn the translation (MoDATTS rows of these points are about that):"]
+        lines += [f"- {w}" for w in report["stage1_warnings"]]
     if report["missing"]:
         lines += ["", f"Missing ({len(report['missing'])} runs not evaluated yet): "
                   + ", ".join(f"`{m}`" for m in report["missing"][:10])]
@@ -197,6 +220,8 @@ def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     rep["figures"] = [str(p) for p in plot_report(rep, out)]
     atomic_write_json(out / "report.json", rep)
     log_console(console).print(rich_table(rep))
+    for w in rep["stage1_warnings"]:
+        log.warning("report: %s", w)
     for p in rep["figures"]:
         log_console(console).print(f"figure: {p}")
     return out

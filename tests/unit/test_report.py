@@ -93,6 +93,29 @@ def test_report_writes_csv_json_markdown_and_the_target_fraction_figure(tmp_path
     assert not math.isnan(saved["rows"][0]["dice"]["mean"])
 
 
+def test_report_names_the_points_whose_stage_1_did_not_learn_the_translation(tmp_path):
+    """A sweep split whose stage 1 failed (the demo phantom's seed-1 split: contrast ratio 0.10)
+    drags its MoDATTS rows down for a reason unrelated to the annotated fraction: say which."""
+    root = make_sweep(tmp_path / "sw")
+    info = json.loads((root / "sweep.json").read_text())
+    info["units"] = [{"id": f"shared/src1_seed{s}", "translator": True, "shared_by": [f"src1_tgt0_seed{s}"]}
+                     for s in (0, 1)]
+    atomic_write_json(root / "sweep.json", info)
+    for seed, ratios in ((0, [0.5, 0.77]), (1, [0.2, 0.10])):  # selected: the second validation
+        run = root / f"shared/src1_seed{seed}" / "translate"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": 150 * (i + 1), "val/score": 0.5, "val/contrast_ratio": r}) + "\n"
+            for i, r in enumerate(ratios)))
+        atomic_write_json(run / "DONE", {"best_step": 300})
+    out = report(root, tmp_path / "out")
+    saved = json.loads((out / "report.json").read_text())
+    assert len(saved["stage1_warnings"]) == 1
+    assert saved["stage1_warnings"][0].startswith("shared/src1_seed1 (points src1_tgt0_seed1): ")
+    assert "contrast ratio 0.10 at the selected step 300" in saved["stage1_warnings"][0]
+    assert "Stage 1 did not learn the translation" in (out / "report.md").read_text()
+
+
 def test_report_of_a_folder_that_is_not_a_sweep_names_the_file(tmp_path):
     with pytest.raises(DataError, match="sweep.json does not exist"):
         report(tmp_path)
