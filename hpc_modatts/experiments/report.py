@@ -122,8 +122,8 @@ def stage1_warnings(sweep_dir: Path) -> list[str]:
     out = []
     for unit in load_sweep(sweep_dir).get("units", []):
         run = sweep_dir / unit["id"] / "translate"
-        if not unit.get("translator") or not (run / "DONE").is_file():
-            continue
+        if not unit.get("translator") or not (run / "DONE").is_file() or not (run / "metrics.jsonl").is_file():
+            continue  # not trained here, not finished, or no validation log to judge it by
         best = read_json(run / "DONE", "is missing").get("best_step")
         rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"val/score"' in ln]
         selected = next((r for r in rows if r["step"] == best), rows[-1] if rows else {})
