@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hpc_modatts.config import TABLE_ORDER
+from hpc_modatts.demo_defaults import VARIANTS as DEMO_VARIANTS
+
 ON_GPU = "pipeline.gpus_per_node=1"
 """Training jobs ask for one GPU: the local executor sets CUDA_VISIBLE_DEVICES to the GPUs a job asks
 for, so a job asking for none (the demo config's default) runs on the CPU even on a GPU node."""
@@ -54,9 +57,6 @@ LONG_OVERRIDES = [
     "train.stage_overrides.self-train.max_steps=600", "train.stage_overrides.self-train.val_every=200",
 ]
 """The longer budget (GPU). Spacing 2 mm doubles every side of the phantom, hence the sizes."""
-
-VARIANTS = ("source-supervised", "self-supervised", "semi-supervised", "target-supervised")
-
 
 def stage1_summary(translate_dir: Path) -> dict:
     """Fidelity of the selected stage-1 checkpoint and the discriminator at the first/last validation."""
@@ -86,15 +86,17 @@ def seed_summary(out: Path) -> dict:
 
     run_dir = out / "runs" / "demo_cpu"
     variants = {}
-    for v in VARIANTS:
+    for v in TABLE_ORDER:
         path = stage_dir(run_dir, "evaluate", v) / "metrics.json"
         if path.is_file():
             s = json.loads(path.read_text())["summary"]
             variants[v] = {"dice": s["dice"]["mean"], "hd95": s["hd95"]["mean"], "assd": s["assd"]["mean"],
                            "pred_ml": s.get("volume_ml", {}).get("pred"), "ref_ml": s.get("volume_ml", {}).get("ref")}
     results = json.loads((out / "results.json").read_text())
-    return {"variants": variants, "stage1": stage1_summary(stage_dir(run_dir, "translate")),
-            "stage1_curve": stage1_curve(stage_dir(run_dir, "translate")),
+    translate = stage_dir(run_dir, "translate")
+    has_stage1 = (translate / "DONE").is_file()  # M-GenSeg alone trains end to end: no stage 1
+    return {"variants": variants, "stage1": stage1_summary(translate) if has_stage1 else {},
+            "stage1_curve": stage1_curve(translate) if has_stage1 else [],
             "seconds": results["seconds"], "job_seconds": results.get("job_seconds"),
             "failed": results.get("failed")}
 
@@ -107,7 +109,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def aggregate(seeds: dict[int, dict]) -> dict:
     table = {}
     ts = mean_std([s["variants"].get("target-supervised", {}).get("dice") for s in seeds.values()])[0]
-    for v in VARIANTS:
+    for v in TABLE_ORDER:
         per = [s["variants"][v] for s in seeds.values() if v in s["variants"]]
         if not per:
             continue
@@ -153,7 +155,7 @@ BUDGETS = {"demo": (4, []), "gpu": (4, GPU_OVERRIDES), "long": (2, LONG_OVERRIDE
 
 
 def run_seed(out: Path, seed: int, cases: int, data_seed: int, spacing: int, executor: str,
-             overrides: list[str], prepared: tuple[Path, Path]) -> dict:
+             overrides: list[str], prepared: tuple[Path, Path], variants: tuple[str, ...]) -> dict:
     """One training seed's demo pipeline (reused when an earlier invocation finished it)."""
     from hpc_modatts.demo import run_demo
     from hpc_modatts.pipeline.waves import StagesFailed
@@ -163,7 +165,7 @@ def run_seed(out: Path, seed: int, cases: int, data_seed: int, spacing: int, exe
     if not (done.is_file() and not json.loads(done.read_text()).get("failed")):
         try:
             run_demo(out=out / f"seed_{seed}", cases=cases, seed=data_seed, spacing=spacing, executor=executor,
-                     overrides=[f"train.seed={seed}", *overrides], prepared=prepared)
+                     overrides=[f"train.seed={seed}", *overrides], prepared=prepared, variants=variants)
         except StagesFailed as e:  # the variants that finished still count; the summary says which failed
             print(f"seed {seed}: {e}", flush=True)
         print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", choices=tuple(BUDGETS), default="demo")
     ap.add_argument("--parallel", action="store_true", help="run the seeds side by side (GPU nodes)")
     ap.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
+    ap.add_argument("--variants", nargs="+", choices=TABLE_ORDER, default=list(DEMO_VARIANTS),
+                    help="the rows (default: the demo's four 3D rows)")
     ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides")
     args = ap.parse_args(argv)
 
@@ -199,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = [*budget_overrides, *args.overrides]
     cases = args.cases or DEMO_CASES
     prepared = demo_data(out / "data", cases, args.data_seed, spacing, overrides=extra)  # once, before any seed
-    jobs = [(out, seed, cases, args.data_seed, spacing, args.executor, extra, prepared) for seed in args.seeds]
+    jobs = [(out, seed, cases, args.data_seed, spacing, args.executor, extra, prepared, tuple(args.variants))
+            for seed in args.seeds]
     t0 = time.time()
     if args.parallel:
         # one process per seed: run_demo drives its own executor and console; spawn, not fork (torch threads)
