@@ -31,9 +31,10 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slurm and not distributed" tests
 
-# ruff (lint rules and per-file exceptions in pyproject.toml) and mypy on hpc_modatts/
+# ruff (lint rules and per-file exceptions in pyproject.toml; `ruff format` is the code style) and mypy on hpc_modatts/
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hpc_modatts tests benchmarks
+	$(VENV)/bin/ruff format --check hpc_modatts tests benchmarks
 	$(VENV)/bin/mypy
 
 # build the wheel, install it into a fresh venv outside the checkout, run the CLI from an empty folder

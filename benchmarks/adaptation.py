@@ -43,39 +43,61 @@ ON_GPU = "pipeline.gpus_per_node=1"
 for, so a job asking for none (the demo config's default) runs on the CPU even on a GPU node."""
 
 GPU_OVERRIDES = [
-    ON_GPU, "train.max_steps=600", "train.val_every=100",
-    "train.stage_overrides.translate.max_steps=1200", "train.stage_overrides.translate.val_every=50",
-    "train.stage_overrides.self-train.max_steps=120", "train.stage_overrides.self-train.val_every=60",
+    ON_GPU,
+    "train.max_steps=600",
+    "train.val_every=100",
+    "train.stage_overrides.translate.max_steps=1200",
+    "train.stage_overrides.translate.val_every=50",
+    "train.stage_overrides.self-train.max_steps=120",
+    "train.stage_overrides.self-train.val_every=60",
 ]
 """One short GPU lease: the demo's configuration (phantom, models, learning rates) at 4x its steps."""
 
 LONG_OVERRIDES = [
-    ON_GPU, "data.slice_size=[96,112]", "data.patch_size=[48,112,96]", "data.augment=true",
-    "model.segmenter_size=small", "distributed.precision=auto", "distributed.threads_per_rank=0",
-    "train.max_steps=2000", "train.val_every=200",
-    "train.stage_overrides.translate.max_steps=6000", "train.stage_overrides.translate.val_every=500",
-    "train.stage_overrides.self-train.max_steps=600", "train.stage_overrides.self-train.val_every=200",
+    ON_GPU,
+    "data.slice_size=[96,112]",
+    "data.patch_size=[48,112,96]",
+    "data.augment=true",
+    "model.segmenter_size=small",
+    "distributed.precision=auto",
+    "distributed.threads_per_rank=0",
+    "train.max_steps=2000",
+    "train.val_every=200",
+    "train.stage_overrides.translate.max_steps=6000",
+    "train.stage_overrides.translate.val_every=500",
+    "train.stage_overrides.self-train.max_steps=600",
+    "train.stage_overrides.self-train.val_every=200",
 ]
 """The longer budget (GPU). Spacing 2 mm doubles every side of the phantom, hence the sizes."""
 
+
 def stage1_summary(translate_dir: Path) -> dict:
     """Fidelity of the selected stage-1 checkpoint and the discriminator at the first/last validation."""
-    rows = [json.loads(ln) for ln in (translate_dir / "metrics.jsonl").read_text().splitlines()
-            if ln.strip() and '"val/score"' in ln]
+    rows = [
+        json.loads(ln)
+        for ln in (translate_dir / "metrics.jsonl").read_text().splitlines()
+        if ln.strip() and '"val/score"' in ln
+    ]
     done = json.loads((translate_dir / "DONE").read_text())
     best = next((r for r in rows if r["step"] == done.get("best_step")), rows[-1])
     keys = ("score", "contrast_ratio", "appearance", "paired_corr", "paired_mae", "disc_accuracy")
     out = {k: best.get(f"val/{k}") for k in keys}
-    out.update(selected_step=best["step"], disc_accuracy_first=rows[0].get("val/disc_accuracy"),
-               disc_accuracy_max=max((r.get("val/disc_accuracy") or 0.0) for r in rows),
-               disc_accuracy_last=rows[-1].get("val/disc_accuracy"))
+    out.update(
+        selected_step=best["step"],
+        disc_accuracy_first=rows[0].get("val/disc_accuracy"),
+        disc_accuracy_max=max((r.get("val/disc_accuracy") or 0.0) for r in rows),
+        disc_accuracy_last=rows[-1].get("val/disc_accuracy"),
+    )
     return out
 
 
 def stage1_curve(translate_dir: Path) -> list[dict]:
     """Every stage-1 validation: step, discriminator accuracy, contrast ratio, paired correlation, score."""
-    rows = [json.loads(ln) for ln in (translate_dir / "metrics.jsonl").read_text().splitlines()
-            if ln.strip() and '"val/score"' in ln]
+    rows = [
+        json.loads(ln)
+        for ln in (translate_dir / "metrics.jsonl").read_text().splitlines()
+        if ln.strip() and '"val/score"' in ln
+    ]
     keys = ("disc_accuracy", "contrast_ratio", "paired_corr", "score")
     return [{"step": r["step"], **{k: r.get(f"val/{k}") for k in keys}} for r in rows]
 
@@ -90,15 +112,24 @@ def seed_summary(out: Path) -> dict:
         path = stage_dir(run_dir, "evaluate", v) / "metrics.json"
         if path.is_file():
             s = json.loads(path.read_text())["summary"]
-            variants[v] = {"dice": s["dice"]["mean"], "hd95": s["hd95"]["mean"], "assd": s["assd"]["mean"],
-                           "pred_ml": s.get("volume_ml", {}).get("pred"), "ref_ml": s.get("volume_ml", {}).get("ref")}
+            variants[v] = {
+                "dice": s["dice"]["mean"],
+                "hd95": s["hd95"]["mean"],
+                "assd": s["assd"]["mean"],
+                "pred_ml": s.get("volume_ml", {}).get("pred"),
+                "ref_ml": s.get("volume_ml", {}).get("ref"),
+            }
     results = json.loads((out / "results.json").read_text())
     translate = stage_dir(run_dir, "translate")
     has_stage1 = (translate / "DONE").is_file()  # M-GenSeg alone trains end to end: no stage 1
-    return {"variants": variants, "stage1": stage1_summary(translate) if has_stage1 else {},
-            "stage1_curve": stage1_curve(translate) if has_stage1 else [],
-            "seconds": results["seconds"], "job_seconds": results.get("job_seconds"),
-            "failed": results.get("failed")}
+    return {
+        "variants": variants,
+        "stage1": stage1_summary(translate) if has_stage1 else {},
+        "stage1_curve": stage1_curve(translate) if has_stage1 else [],
+        "seconds": results["seconds"],
+        "job_seconds": results.get("job_seconds"),
+        "failed": results.get("failed"),
+    }
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -119,8 +150,7 @@ def aggregate(seeds: dict[int, dict]) -> dict:
         table[v] = row
     keys = dict.fromkeys(k for s in seeds.values() for k in s["stage1"])  # seeds without stage 1 add none
     stage1 = {k: mean_std([s["stage1"].get(k) for s in seeds.values()]) for k in keys}
-    return {"variants": table, "stage1": stage1,
-            "seconds": mean_std([s["seconds"] for s in seeds.values()])}
+    return {"variants": table, "stage1": stage1, "seconds": mean_std([s["seconds"] for s in seeds.values()])}
 
 
 def finite_or_none(obj):
@@ -135,13 +165,18 @@ def finite_or_none(obj):
 
 
 def markdown(agg: dict, seeds: list[int], budget: str) -> str:
-    lines = [f"Budget `{budget}`, training seeds {seeds} (mean ± std over seeds of the per-seed test mean).", "",
-             "| method | Dice | HD95 (mm) | % of target-sup. | pred. volume (ml) | ref. volume (ml) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Budget `{budget}`, training seeds {seeds} (mean ± std over seeds of the per-seed test mean).",
+        "",
+        "| method | Dice | HD95 (mm) | % of target-sup. | pred. volume (ml) | ref. volume (ml) |",
+        "|---|---|---|---|---|---|",
+    ]
     for v, r in agg["variants"].items():
         pct = r["percent_of_target_supervised"]
-        lines.append(f"| {v} | {r['dice'][0]:.3f} ± {r['dice'][1]:.3f} | {r['hd95'][0]:.1f} ± {r['hd95'][1]:.1f} | "
-                     f"{'n/a' if pct is None else f'{pct:.0f} %'} | {r['pred_ml'][0]:.1f} | {r['ref_ml'][0]:.1f} |")
+        lines.append(
+            f"| {v} | {r['dice'][0]:.3f} ± {r['dice'][1]:.3f} | {r['hd95'][0]:.1f} ± {r['hd95'][1]:.1f} | "
+            f"{'n/a' if pct is None else f'{pct:.0f} %'} | {r['pred_ml'][0]:.1f} | {r['ref_ml'][0]:.1f} |"
+        )
     lines += ["", "| stage 1 (selected checkpoint) | mean ± std |", "|---|---|"]
     for k, (m, s) in agg["stage1"].items():
         lines.append(f"| {k} | {m:.3f} ± {s:.3f} |")
@@ -154,8 +189,17 @@ BUDGETS = {"demo": (4, []), "gpu": (4, GPU_OVERRIDES), "long": (2, LONG_OVERRIDE
 """Budget -> (phantom spacing in mm, config overrides)."""
 
 
-def run_seed(out: Path, seed: int, cases: int, data_seed: int, spacing: int, executor: str,
-             overrides: list[str], prepared: tuple[Path, Path], variants: tuple[str, ...]) -> dict:
+def run_seed(
+    out: Path,
+    seed: int,
+    cases: int,
+    data_seed: int,
+    spacing: int,
+    executor: str,
+    overrides: list[str],
+    prepared: tuple[Path, Path],
+    variants: tuple[str, ...],
+) -> dict:
     """One training seed's demo pipeline (reused when an earlier invocation finished it)."""
     from hpc_modatts.demo import run_demo
     from hpc_modatts.pipeline.waves import StagesFailed
@@ -164,8 +208,16 @@ def run_seed(out: Path, seed: int, cases: int, data_seed: int, spacing: int, exe
     done = out / f"seed_{seed}" / "results.json"
     if not (done.is_file() and not json.loads(done.read_text()).get("failed")):
         try:
-            run_demo(out=out / f"seed_{seed}", cases=cases, seed=data_seed, spacing=spacing, executor=executor,
-                     overrides=[f"train.seed={seed}", *overrides], prepared=prepared, variants=variants)
+            run_demo(
+                out=out / f"seed_{seed}",
+                cases=cases,
+                seed=data_seed,
+                spacing=spacing,
+                executor=executor,
+                overrides=[f"train.seed={seed}", *overrides],
+                prepared=prepared,
+                variants=variants,
+            )
         except StagesFailed as e:  # the variants that finished still count; the summary says which failed
             print(f"seed {seed}: {e}", flush=True)
         print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
@@ -191,8 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", choices=tuple(BUDGETS), default="demo")
     ap.add_argument("--parallel", action="store_true", help="run the seeds side by side (GPU nodes)")
     ap.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
-    ap.add_argument("--variants", nargs="+", choices=TABLE_ORDER, default=list(DEMO_VARIANTS),
-                    help="the rows (default: the demo's four 3D rows)")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=TABLE_ORDER,
+        default=list(DEMO_VARIANTS),
+        help="the rows (default: the demo's four 3D rows)",
+    )
     ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides")
     args = ap.parse_args(argv)
 
@@ -203,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = [*budget_overrides, *args.overrides]
     cases = args.cases or DEMO_CASES
     prepared = demo_data(out / "data", cases, args.data_seed, spacing, overrides=extra)  # once, before any seed
-    jobs = [(out, seed, cases, args.data_seed, spacing, args.executor, extra, prepared, tuple(args.variants))
-            for seed in args.seeds]
+    jobs = [
+        (out, seed, cases, args.data_seed, spacing, args.executor, extra, prepared, tuple(args.variants))
+        for seed in args.seeds
+    ]
     t0 = time.time()
     if args.parallel:
         # one process per seed: run_demo drives its own executor and console; spawn, not fork (torch threads)
@@ -213,9 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         per_seed = {job[1]: run_seed(*job) for job in jobs}
     agg = aggregate(per_seed)
-    record = finite_or_none({"budget": args.budget, "overrides": extra, "device": device_name(),
-                             "parallel": args.parallel, "wall_seconds": time.time() - t0,
-                             "seeds": per_seed, "aggregate": agg})
+    record = finite_or_none(
+        {
+            "budget": args.budget,
+            "overrides": extra,
+            "device": device_name(),
+            "parallel": args.parallel,
+            "wall_seconds": time.time() - t0,
+            "seeds": per_seed,
+            "aggregate": agg,
+        }
+    )
     (out / "adaptation.json").write_text(json.dumps(record, indent=2, allow_nan=False, default=str))
     text = markdown(agg, args.seeds, args.budget)
     (out / "adaptation.md").write_text(text)

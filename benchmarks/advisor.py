@@ -47,8 +47,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", default="1,2,4", help="k: target cases annotated")
     p.add_argument("--variant", default="self-supervised")
     p.add_argument("--folds", type=int, default=2, help="segmentation folds (>= 2 for the disagreement scorer)")
-    p.add_argument("--strategies", default="advisor,random",
-                   help="advisor (every applicable scorer), advisor:<scorer>, random")
+    p.add_argument(
+        "--strategies", default="advisor,random", help="advisor (every applicable scorer), advisor:<scorer>, random"
+    )
     p.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
     p.add_argument("--cluster", default=None)
     p.add_argument("--val", type=float, default=0.15)
@@ -72,8 +73,13 @@ def orders(args, base_dir: Path, points: list[dict], strategies: list[str], k_ma
                 out[(s, p["seed"])] = [todo[i] for i in rng.permutation(len(todo))]
             else:
                 scorers = [s.split(":", 1)[1]] if ":" in s else None
-                folder = advise(point_dir, k_max, variant=args.variant, scorers=scorers,
-                                out=Path(args.out) / "advice" / f"{s.replace(':', '-')}_seed{p['seed']}")
+                folder = advise(
+                    point_dir,
+                    k_max,
+                    variant=args.variant,
+                    scorers=scorers,
+                    out=Path(args.out) / "advice" / f"{s.replace(':', '-')}_seed{p['seed']}",
+                )
                 rows = json.loads((folder / "advice.json").read_text())["cases"]
                 out[(s, p["seed"])] = [r["case"] for r in sorted(rows, key=lambda r: r["rank"])]
     return out
@@ -94,14 +100,20 @@ def retrain_units(base_dir: Path, points: list[dict], order: dict, budgets: list
         translator = base_units[p["units"][variant]]["translator_from"]
         for k in budgets:
             rid = f"{strategy.replace(':', '-')}_k{k}_seed{seed}"
-            split = dataclasses.replace(base, target_labeled=sorted(set(base.target_labeled) | set(cases[:k])),
-                                        meta={**base.meta, "benchmark": {"strategy": strategy, "k": k}})
+            split = dataclasses.replace(
+                base,
+                target_labeled=sorted(set(base.target_labeled) | set(cases[:k])),
+                meta={**base.meta, "benchmark": {"strategy": strategy, "k": k}},
+            )
             path = split.save(base_dir / "splits" / "retrain" / f"{rid}.json")
             # the base translator is valid for this split: the fields stage 1 reads are unchanged
-            check_sharing([Unit(translator, p["split"], seed, translator=True, shared_by=[p["id"], rid])],
-                          {p["id"]: base, rid: split})
-            units.append(Unit(f"retrain/{rid}", str(path), seed, [variant], translator_from=translator,
-                              shared_by=[rid]))
+            check_sharing(
+                [Unit(translator, p["split"], seed, translator=True, shared_by=[p["id"], rid])],
+                {p["id"]: base, rid: split},
+            )
+            units.append(
+                Unit(f"retrain/{rid}", str(path), seed, [variant], translator_from=translator, shared_by=[rid])
+            )
             runs.append({"strategy": strategy, "k": k, "seed": seed, "cases": cases[:k], "unit": f"retrain/{rid}"})
     return units, runs
 
@@ -116,12 +128,21 @@ def curves(runs: list[dict], strategies: list[str], budgets: list[int]) -> dict:
     out = {}
     for s in strategies:
         for k in [0, *budgets]:
-            vals = {r["seed"]: r["dice"] for r in runs if r["k"] == k and r["strategy"] in (s, "base")
-                    and r["dice"] is not None}
-            entry = {"mean": float(np.mean(list(vals.values()))) if vals else None,
-                     "std": float(np.std(list(vals.values()))) if vals else None, "seeds": sorted(vals)}
-            rand = {r["seed"]: r["dice"] for r in runs if r["k"] == k and r["strategy"] in ("random", "base")
-                    and r["dice"] is not None}
+            vals = {
+                r["seed"]: r["dice"]
+                for r in runs
+                if r["k"] == k and r["strategy"] in (s, "base") and r["dice"] is not None
+            }
+            entry = {
+                "mean": float(np.mean(list(vals.values()))) if vals else None,
+                "std": float(np.std(list(vals.values()))) if vals else None,
+                "seeds": sorted(vals),
+            }
+            rand = {
+                r["seed"]: r["dice"]
+                for r in runs
+                if r["k"] == k and r["strategy"] in ("random", "base") and r["dice"] is not None
+            }
             diff = [vals[x] - rand[x] for x in vals if x in rand]
             if s != "random" and diff:
                 entry["minus_random"] = {"mean": float(np.mean(diff)), "std": float(np.std(diff))}
@@ -139,16 +160,24 @@ def write_outputs(out: Path, result: dict, strategies: list[str], budgets: list[
 
     c = result["curves"]
     ks = [0, *budgets]
-    lines = ["| k (target cases annotated) | " + " | ".join(strategies) + " | "
-             + " | ".join(f"{s} - random" for s in strategies if s != "random") + " |",
-             "|" + "---|" * (1 + len(strategies) + sum(s != "random" for s in strategies))]
+    lines = [
+        "| k (target cases annotated) | "
+        + " | ".join(strategies)
+        + " | "
+        + " | ".join(f"{s} - random" for s in strategies if s != "random")
+        + " |",
+        "|" + "---|" * (1 + len(strategies) + sum(s != "random" for s in strategies)),
+    ]
     fmt = lambda e: "n/a" if not e or e.get("mean") is None else f"{e['mean']:.3f} ± {e['std']:.3f}"  # noqa: E731
     for k in ks:
         row = [fmt(c[f"{s}@{k}"]) for s in strategies]
         row += [fmt(c[f"{s}@{k}"].get("minus_random")) for s in strategies if s != "random"]
         lines.append(f"| {k} | " + " | ".join(row) + " |")
-    atomic_write_text(out / "advisor.md", "\n".join(lines) + f"\n\nTest Dice, mean ± std over seeds "
-                      f"{result['seeds']}; differences paired by seed. Command: `{result['command']}`\n")
+    atomic_write_text(
+        out / "advisor.md",
+        "\n".join(lines) + f"\n\nTest Dice, mean ± std over seeds "
+        f"{result['seeds']}; differences paired by seed. Command: `{result['command']}`\n",
+    )
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for s in strategies:
         m = np.array([c[f"{s}@{k}"]["mean"] if c[f"{s}@{k}"]["mean"] is not None else np.nan for k in ks])
@@ -182,11 +211,20 @@ def main(argv: list[str] | None = None) -> Path:
     strategies = [s for s in args.strategies.split(",") if s]
     cfg0 = load_config(args.config, args.overrides)
     store, _ = prepare_data(out / "data", args.cases, 0, 4, cfg0.data.source, cfg0.data.target, args.val, args.test)
-    cfg = load_config(args.config, [f"run_root={out}", "name=base", f"data.store={store}",
-                                    f"pipeline.folds={args.folds}", f"pipeline.variants=[{args.variant}]",
-                                    *args.overrides])
-    spec = SweepSpec(source_labeled=[1.0], target_labeled=[0.0], seeds=seeds, variants=[args.variant],
-                     val=args.val, test=args.test)
+    cfg = load_config(
+        args.config,
+        [
+            f"run_root={out}",
+            "name=base",
+            f"data.store={store}",
+            f"pipeline.folds={args.folds}",
+            f"pipeline.variants=[{args.variant}]",
+            *args.overrides,
+        ],
+    )
+    spec = SweepSpec(
+        source_labeled=[1.0], target_labeled=[0.0], seeds=seeds, variants=[args.variant], val=args.val, test=args.test
+    )
     base_dir = run_sweep(cfg, spec, executor=args.executor, cluster=args.cluster)
     if args.executor == "slurm":
         raise SystemExit("slurm: the base runs are submitted; rerun this command once they are DONE")
@@ -195,17 +233,39 @@ def main(argv: list[str] | None = None) -> Path:
     order = orders(args, base_dir, points, strategies, max(budgets))
     units, runs = retrain_units(base_dir, points, order, budgets, args.variant)
     # one DAG for every retraining; recorded in <out>/retrain/pipeline.json (`hpc-modatts status`)
-    run_pipeline(apply_overrides(cfg, ["name=retrain"]), executor=args.executor, cluster=args.cluster,
-                 dag=sweep_dag(cfg, units, base_dir), check=False,
-                 max_parallel=default_parallel(cfg) if args.executor == "local" else None)
+    run_pipeline(
+        apply_overrides(cfg, ["name=retrain"]),
+        executor=args.executor,
+        cluster=args.cluster,
+        dag=sweep_dag(cfg, units, base_dir),
+        check=False,
+        max_parallel=default_parallel(cfg) if args.executor == "local" else None,
+    )
     for r in runs:
         r["dice"] = dice_of_run(base_dir / r["unit"], args.variant)
-    runs += [{"strategy": "base", "k": 0, "seed": p["seed"], "cases": [], "unit": p["units"][args.variant],
-              "dice": dice_of_run(base_dir / p["units"][args.variant], args.variant)} for p in points]
-    result = {"command": " ".join(["python benchmarks/advisor.py", *(argv if argv is not None else sys.argv[1:])]),
-              "variant": args.variant, "seeds": seeds, "budgets": budgets, "strategies": strategies,
-              "folds": args.folds, "cases": args.cases, "runs": runs, "curves": curves(runs, strategies, budgets),
-              "seconds": {"base": round(t_base, 1), "total": round(time.time() - t0, 1)}}
+    runs += [
+        {
+            "strategy": "base",
+            "k": 0,
+            "seed": p["seed"],
+            "cases": [],
+            "unit": p["units"][args.variant],
+            "dice": dice_of_run(base_dir / p["units"][args.variant], args.variant),
+        }
+        for p in points
+    ]
+    result = {
+        "command": " ".join(["python benchmarks/advisor.py", *(argv if argv is not None else sys.argv[1:])]),
+        "variant": args.variant,
+        "seeds": seeds,
+        "budgets": budgets,
+        "strategies": strategies,
+        "folds": args.folds,
+        "cases": args.cases,
+        "runs": runs,
+        "curves": curves(runs, strategies, budgets),
+        "seconds": {"base": round(t_base, 1), "total": round(time.time() - t0, 1)},
+    }
     write_outputs(out, result, strategies, budgets)
     Console().print((out / "advisor.md").read_text())
     return out

@@ -40,11 +40,16 @@ def _engines(models: dict, env, micro: int) -> dict:
 def _volume_batch(shape, batch, device):
     import torch
 
-    x = torch.rand(batch, 1, *shape, device=device) * 2 - 1                 # (B, 1, X, Y, Z)
+    x = torch.rand(batch, 1, *shape, device=device) * 2 - 1  # (B, 1, X, Y, Z)
     mask = (torch.rand(batch, 1, *shape, device=device) > 0.8).float()
-    weak = torch.arange(batch, device=device) % 2                           # A, P, A, P ...
-    return {"image": x, "mask": mask, "has_mask": torch.ones(batch, dtype=torch.bool, device=device),
-            "weak": weak, "case": [f"case{i}" for i in range(batch)]}
+    weak = torch.arange(batch, device=device) % 2  # A, P, A, P ...
+    return {
+        "image": x,
+        "mask": mask,
+        "has_mask": torch.ones(batch, dtype=torch.bool, device=device),
+        "weak": weak,
+        "case": [f"case{i}" for i in range(batch)],
+    }
 
 
 def translate_steps(size: str, steps: int, env, batch: int = 2) -> list[dict]:
@@ -54,24 +59,30 @@ def translate_steps(size: str, steps: int, env, batch: int = 2) -> list[dict]:
     from hpc_modatts.train.translate import TranslateTask, build_cycle_translators, build_discriminators
 
     hw = (64, 64) if size == "tiny" else (240, 240)
-    engines = _engines({"gen": build_cycle_translators(size),
-                        "disc": build_discriminators(["source", "target"], 2, *DISC[size])}, env, batch)
+    engines = _engines(
+        {"gen": build_cycle_translators(size), "disc": build_discriminators(["source", "target"], 2, *DISC[size])},
+        env,
+        batch,
+    )
     task = TranslateTask.__new__(TranslateTask)  # the real step code without a store/split
     task.weights = {"adv": 1 / 12, "seg": 1 / 12, "cyc": 10 / 12}
     dev = env.device
     out = []
     for step in range(steps):
-        src = {"image": torch.rand(batch, 1, *hw, device=dev) * 2 - 1,
-               "mask": (torch.rand(batch, 1, *hw, device=dev) > 0.8).float(),
-               "has_mask": torch.ones(batch, dtype=torch.bool, device=dev)}
+        src = {
+            "image": torch.rand(batch, 1, *hw, device=dev) * 2 - 1,
+            "mask": (torch.rand(batch, 1, *hw, device=dev) > 0.8).float(),
+            "has_mask": torch.ones(batch, dtype=torch.bool, device=dev),
+        }
         batch_ = {"source": src, "target": {"image": torch.rand(batch, 1, *hw, device=dev) * 2 - 1}}
         with autocast_context(True, dev):
             out.append({k: float(v) for k, v in task.train_step(batch_, engines, step).items()})
     return _report(f"translate/{size}", engines, out)
 
 
-def segment_steps(size: str, steps: int, env, genseg: bool, shape, batch: int = 2,
-                  checkpointing: list[str] | None = None) -> tuple[list, float]:
+def segment_steps(
+    size: str, steps: int, env, genseg: bool, shape, batch: int = 2, checkpointing: list[str] | None = None
+) -> tuple[list, float]:
     """Training steps of the plain or the semi-supervised segmenter; returns (report, peak GiB)."""
     import torch
 
@@ -124,8 +135,11 @@ def _report(name: str, engines: dict, losses: list[dict]) -> list[dict]:
     skipped = {n: int(e.skipped_steps) for n, e in engines.items()}
     fp32 = all(p.dtype == torch.float32 for e in engines.values() for p in e.module.parameters())
     ok = finite and not any(skipped.values()) and fp32
-    print(f"[{'ok' if ok else 'FAIL'}] {name}: {len(losses)} steps, skipped {skipped}, finite {finite}, "
-          f"fp32 weights {fp32}, first/last loss {losses[0]['loss']:.4f}/{losses[-1]['loss']:.4f}", flush=True)
+    print(
+        f"[{'ok' if ok else 'FAIL'}] {name}: {len(losses)} steps, skipped {skipped}, finite {finite}, "
+        f"fp32 weights {fp32}, first/last loss {losses[0]['loss']:.4f}/{losses[-1]['loss']:.4f}",
+        flush=True,
+    )
     return [{"check": name, "ok": ok, "skipped": skipped, "losses": losses}]
 
 
@@ -158,18 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     from hpc_modatts.distributed.env import init_distributed
 
     env = init_distributed(DistributedConfig(zero_stage=2, precision="bf16"))
-    print(f"device {env.device} ({torch.cuda.get_device_name(env.device)}), backend {env.backend}, "
-          f"torch {torch.__version__}", flush=True)
+    print(
+        f"device {env.device} ({torch.cuda.get_device_name(env.device)}), backend {env.backend}, "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
     t0 = time.time()
     results: list[dict] = [{"check": "bf16 forward", "ok": bf16_is_used(env)}]
     for size in args.sizes:
         shape = (32, 32, 32) if size == "tiny" else (96, 160, 64)
         # each lambda runs inside this iteration; the defaults bind size/shape explicitly all the same
-        for label, fn in (("translate", lambda size=size: translate_steps(size, args.steps, env)),
-                          ("segment-plain",
-                           lambda size=size, shape=shape: segment_steps(size, args.steps, env, False, shape)[0]),
-                          ("segment-semi",
-                           lambda size=size, shape=shape: segment_steps(size, args.steps, env, True, shape)[0])):
+        for label, fn in (
+            ("translate", lambda size=size: translate_steps(size, args.steps, env)),
+            ("segment-plain", lambda size=size, shape=shape: segment_steps(size, args.steps, env, False, shape)[0]),
+            ("segment-semi", lambda size=size, shape=shape: segment_steps(size, args.steps, env, True, shape)[0]),
+        ):
             try:
                 results += fn()
             except Exception as e:  # report and go on: one failure must not hide the others
@@ -179,15 +196,25 @@ def main(argv: list[str] | None = None) -> int:
         for policy in (None, ["bmdh", "conv", "decoder"]):
             try:
                 report, peak = segment_steps("full", 2, env, True, (96, 160, 64), checkpointing=policy)
-                print(f"[info] peak CUDA memory, full semi-supervised step, batch 2 of 96x160x64, "
-                      f"checkpointing {policy or 'off'}: {peak:.2f} GiB", flush=True)
+                print(
+                    f"[info] peak CUDA memory, full semi-supervised step, batch 2 of 96x160x64, "
+                    f"checkpointing {policy or 'off'}: {peak:.2f} GiB",
+                    flush=True,
+                )
                 results += [{**report[0], "peak_gib": round(peak, 3), "checkpointing": policy}]
             except Exception as e:
                 print(f"[FAIL] memory (checkpointing {policy}): {type(e).__name__}: {e}", flush=True)
                 results.append({"check": f"memory/{policy}", "ok": False, "error": repr(e)})
     failed = [r["check"] for r in results if not r["ok"]]
-    print(json.dumps({"seconds": round(time.time() - t0, 1), "failed": failed,
-                      "results": [{k: v for k, v in r.items() if k != "losses"} for r in results]}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(time.time() - t0, 1),
+                "failed": failed,
+                "results": [{k: v for k, v in r.items() if k != "losses"} for r in results],
+            }
+        )
+    )
     return 1 if failed else 0
 
 

@@ -75,8 +75,10 @@ class Layout:
 
 CANDIDATES = [
     Layout((120, 120, 16), "lz4", 5, "float32"),  # the layout before float16 + shards
-    Layout((120, 120, 16), "lz4", 5, "float16"), Layout((120, 120, 16), "zstd", 1, "float16", sharded=True),
-    Layout((120, 120, 8), "lz4", 5, "float16", sharded=True), Layout((64, 64, 64), "lz4", 5, "float16", sharded=True),
+    Layout((120, 120, 16), "lz4", 5, "float16"),
+    Layout((120, 120, 16), "zstd", 1, "float16", sharded=True),
+    Layout((120, 120, 8), "lz4", 5, "float16", sharded=True),
+    Layout((64, 64, 64), "lz4", 5, "float16", sharded=True),
 ]
 
 
@@ -142,7 +144,7 @@ def copy_read(arr, start: tuple, size: tuple, tail: tuple) -> np.ndarray:
 
 def loader_read(arr, start: tuple, size: tuple, tail: tuple) -> np.ndarray:
     """The loaders' hot path: a zarr region read or a cached-array copy, float16 -> float32."""
-    return read_window(arr, [(0, d) for d in SHAPE[:len(size)]], start, size, -1.0, np.float32, tail)
+    return read_window(arr, [(0, d) for d in SHAPE[: len(size)]], start, size, -1.0, np.float32, tail)
 
 
 def reads_per_second(arrays: list, read, kind: str, seconds: float, seed: int = 0, max_reads: int = 5000) -> float:
@@ -162,8 +164,10 @@ def reads_per_second(arrays: list, read, kind: str, seconds: float, seed: int = 
 
 def measure(arrays: list, seconds: float, read=copy_read, rounds: int = 3) -> dict:
     """Best of ``rounds`` bursts per read kind (the machine is shared: the best burst is the least disturbed)."""
-    return {k: max(reads_per_second(arrays, read, k, seconds / rounds, seed=r) for r in range(rounds))
-            for k in ("slice", "patch")}
+    return {
+        k: max(reads_per_second(arrays, read, k, seconds / rounds, seed=r) for r in range(rounds))
+        for k in ("slice", "patch")
+    }
 
 
 def measure_warm(arrays: list, seconds: float, rounds: int = 3) -> dict:
@@ -191,10 +195,15 @@ def store_row(root: Path, cases: dict, layout: Layout, seconds: float, raw_image
     write_s = time.perf_counter() - t0
     arrays = [store.image(c, "t1") for c in store.case_ids]
     err = max(float(np.abs(np.asarray(a[...], np.float32) - cases[c][0]).max()) for c, a in zip(store.case_ids, arrays))
-    row = {"layout": layout, **measure(arrays, seconds, loader_read), "write_s": write_s, "max_err": err,
-           "size_ratio": dir_bytes(path) / raw_image_bytes,
-           "image_ratio": sum(dir_bytes(path / "cases" / c / "image_t1") for c in store.case_ids) / raw_image_bytes,
-           "files": sum(1 for _ in path.rglob("*") if _.is_file())}
+    row = {
+        "layout": layout,
+        **measure(arrays, seconds, loader_read),
+        "write_s": write_s,
+        "max_err": err,
+        "size_ratio": dir_bytes(path) / raw_image_bytes,
+        "image_ratio": sum(dir_bytes(path / "cases" / c / "image_t1") for c in store.case_ids) / raw_image_bytes,
+        "files": sum(1 for _ in path.rglob("*") if _.is_file()),
+    }
     if warm:
         row["warm"] = measure_warm(arrays, seconds)
     shutil.rmtree(path)
@@ -204,12 +213,15 @@ def store_row(root: Path, cases: dict, layout: Layout, seconds: float, raw_image
 # ---------------------------------------------------------------------------- report
 def target_checks(rates: dict, nii: dict, npy: dict, image_ratio: float) -> list[tuple[str, float, float, bool]]:
     """(target, required ratio, measured ratio, met) for one set of slice/patch rates."""
-    checks = [("3D patch vs .nii.gz", TARGETS["patch_vs_nii"], rates["patch"] / nii["patch"]),
-              ("3D patch vs .npy memmap", TARGETS["patch_vs_npy"], rates["patch"] / npy["patch"]),
-              ("2D slice vs .nii.gz", TARGETS["slice_vs_nii"], rates["slice"] / nii["slice"])]
+    checks = [
+        ("3D patch vs .nii.gz", TARGETS["patch_vs_nii"], rates["patch"] / nii["patch"]),
+        ("3D patch vs .npy memmap", TARGETS["patch_vs_npy"], rates["patch"] / npy["patch"]),
+        ("2D slice vs .nii.gz", TARGETS["slice_vs_nii"], rates["slice"] / nii["slice"]),
+    ]
     out = [(name, need, got, got >= need) for name, need, got in checks]
-    return out + [("image bytes vs raw float32 (<=)", TARGETS["size_vs_raw"], image_ratio,
-                   image_ratio <= TARGETS["size_vs_raw"])]
+    return out + [
+        ("image bytes vs raw float32 (<=)", TARGETS["size_vs_raw"], image_ratio, image_ratio <= TARGETS["size_vs_raw"])
+    ]
 
 
 def meets(row: dict, nii: dict, npy: dict, mode: str = "cold") -> bool:
@@ -218,33 +230,63 @@ def meets(row: dict, nii: dict, npy: dict, mode: str = "cold") -> bool:
 
 
 def print_table(nii: dict, npy: dict, rows: list[dict], current: Layout, console: Console) -> None:
-    t = Table(title=f"random reads per CPU-second ({SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} volumes, "
-                    "slice 240x240, patch 128^3)")
-    for col in ("source", "slice/s", "patch/s", "slice x nii.gz", "patch x nii.gz", "slice x npy", "patch x npy",
-                "images/raw", "store/raw", "files", "max |err|"):
+    t = Table(
+        title=f"random reads per CPU-second ({SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} volumes, slice 240x240, patch 128^3)"
+    )
+    for col in (
+        "source",
+        "slice/s",
+        "patch/s",
+        "slice x nii.gz",
+        "patch x nii.gz",
+        "slice x npy",
+        "patch x npy",
+        "images/raw",
+        "store/raw",
+        "files",
+        "max |err|",
+    ):
         t.add_column(col, justify="right" if col != "source" else "left")
 
     def add(name, r, size="", store="", files="", err=""):
-        t.add_row(name, f"{r['slice']:.1f}", f"{r['patch']:.1f}", f"{r['slice'] / nii['slice']:.1f}",
-                  f"{r['patch'] / nii['patch']:.1f}", f"{r['slice'] / npy['slice']:.2f}",
-                  f"{r['patch'] / npy['patch']:.2f}", size, store, files, err)
+        t.add_row(
+            name,
+            f"{r['slice']:.1f}",
+            f"{r['patch']:.1f}",
+            f"{r['slice'] / nii['slice']:.1f}",
+            f"{r['patch'] / nii['patch']:.1f}",
+            f"{r['slice'] / npy['slice']:.2f}",
+            f"{r['patch'] / npy['patch']:.2f}",
+            size,
+            store,
+            files,
+            err,
+        )
 
     add(".nii.gz (nibabel dataobj)", nii, f"{nii['size_ratio']:.3f}")
     add(".npy (memmap)", npy, "1.000", "", "", "0")
     for r in rows:
         mark = "*" if r["layout"] == current else ""
-        add(f"{mark}{r['layout'].name} cold", r, f"{r['image_ratio']:.3f}", f"{r['size_ratio']:.3f}",
-            str(r["files"]), f"{r['max_err']:.1e}")
+        add(
+            f"{mark}{r['layout'].name} cold",
+            r,
+            f"{r['image_ratio']:.3f}",
+            f"{r['size_ratio']:.3f}",
+            str(r["files"]),
+            f"{r['max_err']:.1e}",
+        )
         if "warm" in r:
             w = r["warm"]
             add(f"{mark}{r['layout'].name} warm, steady", {"slice": w["slice_steady"], "patch": w["patch_steady"]})
             add(f"{mark}{r['layout'].name} warm, 1st read / {AMORTISE}", w)
     console.print(t)
     w = rows[0].get("warm", {})
-    console.print(f"* = the default layout of new datasets (store.py constants, convert's dtype/sharding). "
-                  f"cold: cache off, every read decodes zarr; warm: VolumeCache, steady state and with the "
-                  f"first whole-array read of a case (slices: {w.get('slice_first_s', 0) * 1e3:.0f} ms CPU, Z-major; "
-                  f"patches: {w.get('patch_first_s', 0) * 1e3:.0f} ms) charged to {AMORTISE} reads of that case.")
+    console.print(
+        f"* = the default layout of new datasets (store.py constants, convert's dtype/sharding). "
+        f"cold: cache off, every read decodes zarr; warm: VolumeCache, steady state and with the "
+        f"first whole-array read of a case (slices: {w.get('slice_first_s', 0) * 1e3:.0f} ms CPU, Z-major; "
+        f"patches: {w.get('patch_first_s', 0) * 1e3:.0f} ms) charged to {AMORTISE} reads of that case."
+    )
 
 
 def print_targets(nii: dict, npy: dict, row: dict, console: Console) -> None:
@@ -261,8 +303,13 @@ def print_targets(nii: dict, npy: dict, row: dict, console: Console) -> None:
 
 def current_layout() -> Layout:
     codec = store_mod.IMAGE_CODEC
-    return Layout(tuple(store_mod.IMAGE_CHUNKS), codec["cname"], int(codec["clevel"]), store_mod.DATASET_DTYPE,
-                  bool(store_mod.SHARDED))
+    return Layout(
+        tuple(store_mod.IMAGE_CHUNKS),
+        codec["cname"],
+        int(codec["clevel"]),
+        store_mod.DATASET_DTYPE,
+        bool(store_mod.SHARDED),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         good = [r for r in rows if meets(r, nii, npy)]
         if args.sweep:
             best = max(rows, key=lambda r: min(r["patch"] / npy["patch"], r["slice"] / (20 * nii["slice"])))
-            console.print(f"layouts meeting every target cold: {[r['layout'].name for r in good] or 'none'}; "
-                          f"best cold patch/slice balance: {best['layout'].name}")
+            console.print(
+                f"layouts meeting every target cold: {[r['layout'].name for r in good] or 'none'}; "
+                f"best cold patch/slice balance: {best['layout'].name}"
+            )
         return 0 if meets(rows[0], nii, npy, "warm") else 1
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -87,8 +87,17 @@ def measure(size: str, shape: tuple, batch: int, policies: list[list[str]], devi
         model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         peak = measure_peak_memory(step, device)
-        results.append({"size": size, "shape": list(shape), "batch": 2 * half, "policy": policy, "peak": peak,
-                        "time": time.perf_counter() - t0, "params": count_parameters(model)})
+        results.append(
+            {
+                "size": size,
+                "shape": list(shape),
+                "batch": 2 * half,
+                "policy": policy,
+                "peak": peak,
+                "time": time.perf_counter() - t0,
+                "params": count_parameters(model),
+            }
+        )
     return results
 
 
@@ -107,8 +116,13 @@ def extrapolate(small: dict, large: dict, batch: int) -> dict:
     intercept = small["peak"] - slope * v1
     target_v = batch * math.prod(TARGET_SHAPE)
     state = STATE_BYTES_PER_PARAM * small["params"]
-    return {"act_per_voxel": slope, "intercept": intercept, "state": state,
-            "target_voxels": target_v, "total": state + intercept + slope * target_v}
+    return {
+        "act_per_voxel": slope,
+        "intercept": intercept,
+        "state": state,
+        "target_voxels": target_v,
+        "total": state + intercept + slope * target_v,
+    }
 
 
 def report(results: list[dict], shapes: list[tuple], batch: int, gpu_gib: float) -> None:
@@ -122,36 +136,64 @@ def report(results: list[dict], shapes: list[tuple], batch: int, gpu_gib: float)
     base = {(r["size"], tuple(r["shape"])): r for r in results if not r["policy"]}
     for r in results:
         b = base[(r["size"], tuple(r["shape"]))]
-        table.add_row(r["size"], f"{r['params'] / 1e6:.1f} M", "x".join(map(str, r["shape"])),
-                      ",".join(r["policy"]) or "none", f"{r['peak'] / GIB:.3f}", f"{r['time']:.2f}",
-                      f"{b['peak'] / r['peak']:.2f}x", f"{r['time'] / b['time']:.2f}x")
+        table.add_row(
+            r["size"],
+            f"{r['params'] / 1e6:.1f} M",
+            "x".join(map(str, r["shape"])),
+            ",".join(r["policy"]) or "none",
+            f"{r['peak'] / GIB:.3f}",
+            f"{r['time']:.2f}",
+            f"{b['peak'] / r['peak']:.2f}x",
+            f"{r['time'] / b['time']:.2f}x",
+        )
     console.print(table)
-    proj = Table(title=f"Extrapolated to batch {batch} x {'x'.join(map(str, TARGET_SHAPE))} (fp32) "
-                       f"vs a {gpu_gib:.0f} GB GPU")
+    proj = Table(
+        title=f"Extrapolated to batch {batch} x {'x'.join(map(str, TARGET_SHAPE))} (fp32) vs a {gpu_gib:.0f} GB GPU"
+    )
     for col in ("size", "policy", "act B/voxel", "state GiB", "activations GiB", "total GiB", f"fits {gpu_gib:.0f} GB"):
         proj.add_column(col, justify="right")
     for r in results:
         if tuple(r["shape"]) != shapes[0]:
             continue
-        large = next(q for q in results
-                     if q["size"] == r["size"] and q["policy"] == r["policy"] and tuple(q["shape"]) == shapes[-1])
+        large = next(
+            q
+            for q in results
+            if q["size"] == r["size"] and q["policy"] == r["policy"] and tuple(q["shape"]) == shapes[-1]
+        )
         e = extrapolate(r, large, batch)
         act = e["intercept"] + e["act_per_voxel"] * e["target_voxels"]
-        proj.add_row(r["size"], ",".join(r["policy"]) or "none", f"{e['act_per_voxel']:.0f}", f"{e['state'] / GIB:.2f}",
-                     f"{act / GIB:.1f}", f"{e['total'] / GIB:.1f}", "yes" if e["total"] < gpu_gib * 1e9 else "NO")
+        proj.add_row(
+            r["size"],
+            ",".join(r["policy"]) or "none",
+            f"{e['act_per_voxel']:.0f}",
+            f"{e['state'] / GIB:.2f}",
+            f"{act / GIB:.1f}",
+            f"{e['total'] / GIB:.1f}",
+            "yes" if e["total"] < gpu_gib * 1e9 else "NO",
+        )
     console.print(proj)
-    console.print("mem(V) = 16 B x params (weights + AMSGrad state) + intercept + act_per_voxel x V, "
-                  "act_per_voxel = (peak(V2) - peak(V1)) / (V2 - V1), V = batch x X x Y x Z")
+    console.print(
+        "mem(V) = 16 B x params (weights + AMSGrad state) + intercept + act_per_voxel x V, "
+        "act_per_voxel = (peak(V2) - peak(V1)) / (V2 - V1), V = batch x X x Y x Z"
+    )
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=["semi8m", "full"])
-    p.add_argument("--shapes", nargs="+", default=["32,32,16", "32,32,32"],
-                   help="per-sample X,Y,Z; the first and last fit the projection (CPU default kept small)")
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["32,32,16", "32,32,32"],
+        help="per-sample X,Y,Z; the first and last fit the projection (CPU default kept small)",
+    )
     p.add_argument("--batch", type=int, default=2, help="P + A samples per step")
-    p.add_argument("--policies", nargs="+", default=["none", "bmdh,conv"],
-                   help="comma-separated kinds applied cumulatively in order; 'none' = off, must come first")
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=["none", "bmdh,conv"],
+        help="comma-separated kinds applied cumulatively in order; 'none' = off, must come first",
+    )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--gpu-gib", type=float, default=40.0)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -175,11 +217,25 @@ def main(argv=None) -> None:
     results = []
     for size in a.sizes:
         for shape in shapes:
-            measured = run_isolated(["--sizes", size, "--shapes", ",".join(map(str, shape)), "--batch",
-                                     str(a.batch), "--device", a.device, "--policies", *a.policies])
+            measured = run_isolated(
+                [
+                    "--sizes",
+                    size,
+                    "--shapes",
+                    ",".join(map(str, shape)),
+                    "--batch",
+                    str(a.batch),
+                    "--device",
+                    a.device,
+                    "--policies",
+                    *a.policies,
+                ]
+            )
             for r in measured:
-                print(f"measured {size} {shape} {r['policy']}: {r['peak'] / GIB:.3f} GiB, {r['time']:.2f} s",
-                      file=sys.stderr)
+                print(
+                    f"measured {size} {shape} {r['policy']}: {r['peak'] / GIB:.3f} GiB, {r['time']:.2f} s",
+                    file=sys.stderr,
+                )
             results.extend(measured)
     report(results, shapes, a.batch, a.gpu_gib)
 

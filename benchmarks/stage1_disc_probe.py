@@ -38,13 +38,16 @@ def main() -> None:
     synth = Store.open(demo / "runs" / "demo_cpu" / "translate" / "synth.zarr")
 
     def slices(src: Store, cases: list[str], modality: str) -> np.ndarray:
-        return np.concatenate([brain_slices(src.read_image(c, modality), store.read_brain(c), (48, 56))
-                               for c in cases]).astype(np.float32)                 # (N, H, W)
+        return np.concatenate(
+            [brain_slices(src.read_image(c, modality), store.read_brain(c), (48, 56)) for c in cases]
+        ).astype(np.float32)  # (N, H, W)
 
     real_train, real_val = slices(store, split["target_train"], "t2"), slices(store, split["val"], "t2")
     annotated = split["source_labeled"]
-    fakes = {"T1 (untranslated)": (slices(store, annotated[:8], "t1"), slices(store, split["val"], "t1")),
-             "final pseudo-T2": (slices(synth, annotated[:8], "t2"), slices(synth, annotated[8:], "t2"))}
+    fakes = {
+        "T1 (untranslated)": (slices(store, annotated[:8], "t1"), slices(store, split["val"], "t1")),
+        "final pseudo-T2": (slices(synth, annotated[:8], "t2"), slices(synth, annotated[8:], "t2")),
+    }
 
     def mean_logits(d: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

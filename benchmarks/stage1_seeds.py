@@ -31,10 +31,17 @@ KEYS = ("contrast_ratio", "paired_corr", "disc_accuracy", "score")
 def train(out: Path, data: Path, seed: int, setting: str, steps: int, val_every: int) -> list[dict]:
     """One stage-1 run through the CLI (a subprocess: one thread, its own process group)."""
     name = f"seed{seed}_{setting or 'shipped'}".replace("=", "-").replace(".", "_").replace(" ", "__")
-    overrides = [f"run_root={out / 'runs'}", f"name={name}", f"data.store={data / 'phantom.zarr'}",
-                 f"data.split={data / 'split.json'}", f"train.seed={seed}", "distributed.threads_per_rank=1",
-                 f"train.stage_overrides.translate.max_steps={steps}",
-                 f"train.stage_overrides.translate.val_every={val_every}", *setting.split()]
+    overrides = [
+        f"run_root={out / 'runs'}",
+        f"name={name}",
+        f"data.store={data / 'phantom.zarr'}",
+        f"data.split={data / 'split.json'}",
+        f"train.seed={seed}",
+        "distributed.threads_per_rank=1",
+        f"train.stage_overrides.translate.max_steps={steps}",
+        f"train.stage_overrides.translate.val_every={val_every}",
+        *setting.split(),
+    ]
     # `python -m hpc_modatts`, not the console script: works from a source tree on PYTHONPATH too
     cmd = [sys.executable, "-m", "hpc_modatts", "train", "translate", "demo_cpu", *overrides]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -47,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_stage1", help="output folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--ablate", nargs="*", default=["model.keep_background=false"],
-                    help="settings compared with the shipped config ('' = shipped only); one setting may "
-                         "hold several overrides separated by spaces")
+    ap.add_argument(
+        "--ablate",
+        nargs="*",
+        default=["model.keep_background=false"],
+        help="settings compared with the shipped config ('' = shipped only); one setting may "
+        "hold several overrides separated by spaces",
+    )
     ap.add_argument("--no-shipped", action="store_true", help="only the --ablate settings")
     ap.add_argument("--steps", type=int, default=450)
     ap.add_argument("--val-every", type=int, default=150)
@@ -68,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         curves = list(pool.map(lambda j: train(out, out / "data", j[0], j[1], args.steps, args.val_every), jobs))
     results = {f"{s or 'shipped'} seed {seed}": c for (seed, s), c in zip(jobs, curves)}
     (out / "stage1_seeds.json").write_text(json.dumps(results, indent=2))
-    lines = ["| run | " + " | ".join(f"step {r['step']}: ratio / corr / D acc" for r in curves[0]) + " |",
-             "|---|" + "---|" * len(curves[0])]
+    lines = [
+        "| run | " + " | ".join(f"step {r['step']}: ratio / corr / D acc" for r in curves[0]) + " |",
+        "|---|" + "---|" * len(curves[0]),
+    ]
     for name, rows in results.items():
         cells = [f"{r['contrast_ratio']:.2f} / {r['paired_corr']:.2f} / {r['disc_accuracy']:.2f}" for r in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -66,8 +66,11 @@ def _optimizer_state(engine) -> list:
 def _step_loss(model, x):
     """Use every part of the GenSeg model so all parameters receive gradients."""
     c, u, skips = model.encode(x)
-    return (model.decode_common(c, skips).mean() + model.decode_residual(c, u, skips).mean()
-            + model.decode_segmentation(c, u, skips).mean())
+    return (
+        model.decode_common(c, skips).mean()
+        + model.decode_residual(c, u, skips).mean()
+        + model.decode_segmentation(c, u, skips).mean()
+    )
 
 
 def worker(out: Path, stage: int, size: str, side: int, steps: int) -> None:
@@ -97,12 +100,20 @@ def worker(out: Path, stage: int, size: str, side: int, steps: int) -> None:
         engine.step()
         dist.barrier()
         times.append(time.perf_counter() - t0)
-    params = _nbytes(getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p.data
-                     for p in engine.module.parameters())
-    record = {"stage": stage, "rank": env.rank, "world": env.world_size, "n_params": n_params,
-              "params": params, "grads": grads, "optimizer": _nbytes(_optimizer_state(engine)),
-              "master": _nbytes(_master_tensors(engine)),
-              "step_s": sum(times[1:]) / max(1, len(times) - 1)}
+    params = _nbytes(
+        getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p.data for p in engine.module.parameters()
+    )
+    record = {
+        "stage": stage,
+        "rank": env.rank,
+        "world": env.world_size,
+        "n_params": n_params,
+        "params": params,
+        "grads": grads,
+        "optimizer": _nbytes(_optimizer_state(engine)),
+        "master": _nbytes(_master_tensors(engine)),
+        "step_s": sum(times[1:]) / max(1, len(times) - 1),
+    }
     rows = [None] * env.world_size
     dist.all_gather_object(rows, record)
     if env.is_main:
@@ -114,11 +125,29 @@ def launch(stage: int, args: argparse.Namespace, tmp: Path) -> list[dict]:
 
     out = tmp / f"zero{stage}.json"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", str(args.ranks), "--master_port", str(free_port()),
-           __file__, "--worker", str(out), "--stage", str(stage), "--size", args.size,
-           "--input", str(args.input), "--steps", str(args.steps)]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node",
+        str(args.ranks),
+        "--master_port",
+        str(free_port()),
+        __file__,
+        "--worker",
+        str(out),
+        "--stage",
+        str(stage),
+        "--size",
+        args.size,
+        "--input",
+        str(args.input),
+        "--steps",
+        str(args.steps),
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"ZeRO-{stage} run failed:\n{res.stderr[-3000:]}")
@@ -134,8 +163,10 @@ def report(results: dict[int, list[dict]]) -> dict:
     base_total = max(r["params"] + r["grads"] + r["optimizer"] + r["master"] for r in base) if base else None
     base_time = base[0]["step_s"] if base else None
     first = next(iter(results.values()))[0]
-    table = Table(title=f"ZeRO on {first['world']} CPU ranks: per-rank model state in MiB "
-                        f"(GenSeg, {first['n_params'] / 1e6:.1f} M parameters, fp32, Adam-AMSGrad)")
+    table = Table(
+        title=f"ZeRO on {first['world']} CPU ranks: per-rank model state in MiB "
+        f"(GenSeg, {first['n_params'] / 1e6:.1f} M parameters, fp32, Adam-AMSGrad)"
+    )
     for col in ("stage", "params", "grads", "optim", "master", "total", "mem/Z0", "step s", "time/Z0"):
         table.add_column(col, justify="right")
     summary = {}
@@ -146,8 +177,14 @@ def report(results: dict[int, list[dict]]) -> dict:
         ratio = total / base_total if base_total else float("nan")
         tratio = step / base_time if base_time else float("nan")
         summary[stage] = {"total_bytes": total, "ratio": ratio, "step_s": step, "time_ratio": tratio}
-        table.add_row(str(stage), *(f"{r[k] / mib:.0f}" for k in ("params", "grads", "optimizer", "master")),
-                      f"{total / mib:.0f}", f"{ratio:.2f}", f"{step:.2f}", f"{tratio:.2f}")
+        table.add_row(
+            str(stage),
+            *(f"{r[k] / mib:.0f}" for k in ("params", "grads", "optimizer", "master")),
+            f"{total / mib:.0f}",
+            f"{ratio:.2f}",
+            f"{step:.2f}",
+            f"{tratio:.2f}",
+        )
     Console().print(table)
     return summary
 

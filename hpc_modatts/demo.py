@@ -47,8 +47,9 @@ LABELS = {
 }
 
 
-def prepare_data(out: Path, cases: int, seed: int, spacing: int, source: str, target: str,
-                 val: float, test: float) -> tuple[Path, Path]:
+def prepare_data(
+    out: Path, cases: int, seed: int, spacing: int, source: str, target: str, val: float, test: float
+) -> tuple[Path, Path]:
     """Phantom NIfTI -> zarr store -> verified -> split JSON (each step skipped when done)."""
     nifti, store, split_path = out / "phantom", out / "phantom.zarr", out / "split.json"
     if len(list(nifti.glob("*/*_seg.nii.gz"))) < cases:
@@ -58,13 +59,23 @@ def prepare_data(out: Path, cases: int, seed: int, spacing: int, source: str, ta
     if errors:
         raise DataError(f"{store}: verify found {len(errors)} problem(s), first: {errors[0]}")
     if not split_path.is_file():
-        make_split(store, source=source, target=target, source_labeled=1.0, target_labeled=0.0,
-                   val=val, test=test, folds=1, seed=seed).save(split_path)
+        make_split(
+            store,
+            source=source,
+            target=target,
+            source_labeled=1.0,
+            target_labeled=0.0,
+            val=val,
+            test=test,
+            folds=1,
+            seed=seed,
+        ).save(split_path)
     return store, split_path
 
 
-def results_table(run_dir: Path, variants: tuple[str, ...] = VARIANTS,
-                  failed: frozenset[str] = frozenset()) -> tuple[Table, dict]:
+def results_table(
+    run_dir: Path, variants: tuple[str, ...] = VARIANTS, failed: frozenset[str] = frozenset()
+) -> tuple[Table, dict]:
     """Read each variant's evaluate-<variant>/metrics.json into one table (and a dict);
     ``failed`` variants (a stage of theirs failed) read "failed" instead of "missing"."""
     rows: dict[str, dict] = {}
@@ -93,8 +104,15 @@ def results_table(run_dir: Path, variants: tuple[str, ...] = VARIANTS,
         out[v] = {**s, "percent_of_target_supervised": pct}
         vol = s.get("volume_ml", {})
         volumes = f"{vol['pred']:.0f} / {vol['ref']:.0f}" if vol.get("ref") is not None else ""
-        table.add_row(LABELS[v], fmt(s["dice"]), fmt(s["hd95"], 1), fmt(s["assd"], 1),
-                      "n/a" if math.isnan(pct) else f"{pct:.0f} %", volumes, str(s["dice"]["n"]))
+        table.add_row(
+            LABELS[v],
+            fmt(s["dice"]),
+            fmt(s["hd95"], 1),
+            fmt(s["assd"], 1),
+            "n/a" if math.isnan(pct) else f"{pct:.0f} %",
+            volumes,
+            str(s["dice"]["n"]),
+        )
     return table, out
 
 
@@ -125,8 +143,14 @@ def stage_table(seconds: dict[str, float]) -> Table:
     return table
 
 
-def demo_data(data_dir: Path, cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
-              config: str = "demo_cpu", overrides: list[str] | None = None) -> tuple[Path, Path]:
+def demo_data(
+    data_dir: Path,
+    cases: int = DEMO_CASES,
+    seed: int = 0,
+    spacing: int = 4,
+    config: str = "demo_cpu",
+    overrides: list[str] | None = None,
+) -> tuple[Path, Path]:
     """The demo's dataset in ``data_dir`` (phantom, store, split; each step skipped when done).
 
     Separate from ``run_demo`` so that runs sharing one dataset (``benchmarks/adaptation.py``'s
@@ -138,10 +162,18 @@ def demo_data(data_dir: Path, cases: int = DEMO_CASES, seed: int = 0, spacing: i
     return prepare_data(data_dir, cases, seed, spacing, cfg0.data.source, cfg0.data.target, val=0.15, test=0.25)
 
 
-def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed: int = 0, spacing: int = 4,
-             config: str = "demo_cpu", executor: str = "local", overrides: list[str] | None = None,
-             data_dir: str | os.PathLike | None = None, variants: tuple[str, ...] = VARIANTS,
-             prepared: tuple[Path, Path] | None = None) -> Path:
+def run_demo(
+    out: str | os.PathLike = "demo_out",
+    cases: int = DEMO_CASES,
+    seed: int = 0,
+    spacing: int = 4,
+    config: str = "demo_cpu",
+    executor: str = "local",
+    overrides: list[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    variants: tuple[str, ...] = VARIANTS,
+    prepared: tuple[Path, Path] | None = None,
+) -> Path:
     """Run the demo end to end into ``out``; returns the folder with ``results.json``.
 
     ``seed`` makes the phantom and the split; the training seed is ``train.seed`` (an override).
@@ -160,11 +192,17 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     console = log_console()  # >= 120 columns when logging to a file: tables never wrap
     store, split = prepared or demo_data(Path(data_dir) if data_dir else out, cases, seed, spacing, config, overrides)
     t_data = time.time() - t0
-    cfg = load_config(config, [
-        f"run_root={out / 'runs'}", f"data.store={store}", f"data.split={split}",
-        f"pipeline.executor={executor}", f"pipeline.variants=[{','.join(variants)}]",
-        *(overrides or []),
-    ])
+    cfg = load_config(
+        config,
+        [
+            f"run_root={out / 'runs'}",
+            f"data.store={store}",
+            f"data.split={split}",
+            f"pipeline.executor={executor}",
+            f"pipeline.variants=[{','.join(variants)}]",
+            *(overrides or []),
+        ],
+    )
     t_pipe = time.time()
     failure: StagesFailed | None = None
     try:
@@ -172,19 +210,31 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int = DEMO_CASES, seed:
     except StagesFailed as e:  # report what finished, then fail
         failure = e
     t_pipe = time.time() - t_pipe
-    failed_variants = frozenset(v for v in variants if failure and any(
-        v in name for name in (*failure.failed, *failure.skipped)))
+    failed_variants = frozenset(
+        v for v in variants if failure and any(v in name for name in (*failure.failed, *failure.skipped))
+    )
     table, summary = results_table(cfg.run_dir, variants, failed_variants)
     jobs = stage_seconds(cfg.run_dir)
     elapsed = time.time() - t0
     console.print(stage_table(jobs))
     console.print(table)
-    console.print(f"demo finished in {elapsed / 60:.1f} min (data {t_data:.0f} s); "
-                  f"panels in {cfg.run_dir}/evaluate-*/panels/")
-    atomic_write_json(out / "results.json", {"variants": summary, "seconds": elapsed, "data_seconds": t_data,
-                                             "pipeline_seconds": t_pipe, "job_seconds": jobs,
-                                             "cases": cases, "seed": seed, "config": config,
-                                             "failed": dict(failure.failed) if failure else {}})
+    console.print(
+        f"demo finished in {elapsed / 60:.1f} min (data {t_data:.0f} s); panels in {cfg.run_dir}/evaluate-*/panels/"
+    )
+    atomic_write_json(
+        out / "results.json",
+        {
+            "variants": summary,
+            "seconds": elapsed,
+            "data_seconds": t_data,
+            "pipeline_seconds": t_pipe,
+            "job_seconds": jobs,
+            "cases": cases,
+            "seed": seed,
+            "config": config,
+            "failed": dict(failure.failed) if failure else {},
+        },
+    )
     rec = Console(record=True, width=120, file=io.StringIO())
     rec.print(table)
     atomic_write_text(out / "results.txt", rec.export_text())

@@ -96,7 +96,7 @@ def pooled_dice_loss(logits: torch.Tensor, target: torch.Tensor, has_mask: torch
             return logits.sum() * 0.0
         logits, target = logits[sel], target[sel]
     c = logits.shape[1]
-    pooled = logits.movedim(1, 0).reshape(1, c, -1)                     # (1, C, B * prod(spatial))
+    pooled = logits.movedim(1, 0).reshape(1, c, -1)  # (1, C, B * prod(spatial))
     return dice_loss(pooled, target.to(logits.dtype).movedim(1, 0).reshape(1, c, -1))
 
 

@@ -20,12 +20,29 @@ from hpc_modatts.config import ConfigError, ExperimentConfig, PipelineConfig, ap
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
     from importlib.resources.abc import Traversable
 
-PRESETS_DIR: Path | Traversable = (Path(os.environ["HPC_MODATTS_PRESETS"]) if os.environ.get("HPC_MODATTS_PRESETS")
-                                   else files("hpc_modatts") / "clusters")
+PRESETS_DIR: Path | Traversable = (
+    Path(os.environ["HPC_MODATTS_PRESETS"])
+    if os.environ.get("HPC_MODATTS_PRESETS")
+    else files("hpc_modatts") / "clusters"
+)
 """Where cluster presets are looked up by name: the package's ``clusters/`` (package data, read
 through importlib.resources so a wheel install has them), or $HPC_MODATTS_PRESETS."""
-PRESET_KEYS = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
-               "timeout_min", "nodes", "signal_delay_s", "setup", "additional", "description", "interface"}
+PRESET_KEYS = {
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "timeout_min",
+    "nodes",
+    "signal_delay_s",
+    "setup",
+    "additional",
+    "description",
+    "interface",
+}
 """Keys a preset YAML may hold (``additional``: extra ``#SBATCH --key=value`` options; ``interface``:
 the network interface of ``convert --scheduler slurm``'s dask workers, e.g. ib0)."""
 SHAPE_KEYS = ("gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes")
@@ -44,8 +61,10 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     if not p.is_file():
         p = PRESETS_DIR / f"{name_or_path}.yaml"
     if not p.is_file():
-        raise ConfigError(f"pipeline.cluster={name_or_path!r}: no such preset; available: "
-                          f"{available_presets()} (in {PRESETS_DIR}) or a YAML path")
+        raise ConfigError(
+            f"pipeline.cluster={name_or_path!r}: no such preset; available: "
+            f"{available_presets()} (in {PRESETS_DIR}) or a YAML path"
+        )
     data = yaml.safe_load(p.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"cluster preset {p}: top level must be a mapping")
@@ -58,6 +77,9 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 def apply_preset(cfg: ExperimentConfig, preset: dict[str, Any]) -> ExperimentConfig:
     """Fill the pipeline.* shape fields that ``cfg`` leaves at their defaults from the preset."""
     defaults = PipelineConfig()
-    items = [f"pipeline.{k}={int(preset[k])}" for k in SHAPE_KEYS
-             if k in preset and getattr(cfg.pipeline, k) == getattr(defaults, k)]
+    items = [
+        f"pipeline.{k}={int(preset[k])}"
+        for k in SHAPE_KEYS
+        if k in preset and getattr(cfg.pipeline, k) == getattr(defaults, k)
+    ]
     return apply_overrides(cfg, items)

@@ -144,8 +144,9 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg: Any | None = None) -> Path:
     return run_dir
 
 
-def stage_dir(root: str | os.PathLike, stage: str, variant: str | None = None,
-              fold: int | None = None, round_: int | None = None) -> Path:
+def stage_dir(
+    root: str | os.PathLike, stage: str, variant: str | None = None, fold: int | None = None, round_: int | None = None
+) -> Path:
     """The canonical folder of a stage of one experiment (see module docstring)."""
     d = Path(root)
     if stage == "translate":

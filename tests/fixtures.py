@@ -54,8 +54,9 @@ def make_phantom_nifti(tmp_path: Path, cases: int = 4, seed: int = 0, size: str 
     return dst
 
 
-def make_phantom_store(tmp_path: Path, cases: int = 4, seed: int = 0, size: str = "small",
-                       **convert_kwargs) -> tuple[Path, Path]:
+def make_phantom_store(
+    tmp_path: Path, cases: int = 4, seed: int = 0, size: str = "small", **convert_kwargs
+) -> tuple[Path, Path]:
     """Phantom NIfTI + converted zarr store (``hpc_modatts.data.convert.convert``, BraTS layout).
 
     Returns ``(nifti_dir, store_path)`` under ``tmp_path``; ``convert_kwargs`` go to ``convert``
@@ -109,8 +110,11 @@ def assert_segment_resumes_bit_exactly(cfg0, tmp_path: Path, overrides: list[str
     from hpc_modatts.train.trainer import Trainer
 
     def weights(trainer: Trainer) -> dict:
-        return {f"{name}.{k}": v.detach().clone() for name, e in trainer.engines.items()
-                for k, v in e.module.state_dict().items()}
+        return {
+            f"{name}.{k}": v.detach().clone()
+            for name, e in trainer.engines.items()
+            for k, v in e.module.state_dict().items()
+        }
 
     common = ["train.max_steps=4", "train.checkpoint_every=2", "train.val_every=0", *overrides]
     full_cfg = apply_overrides(cfg0, [*common, f"run_root={tmp_path / 'full'}"])
@@ -147,6 +151,11 @@ def torchrun_two_ranks(*cli_args: str, timeout: int = 300) -> None:
 
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "hpc_modatts", *cli_args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "hpc_modatts", *cli_args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"{cli_args}: {proc.stderr[-3000:]}"

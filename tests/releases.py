@@ -23,11 +23,11 @@ NEW_NAMES = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}  # BraTS 2
 
 @dataclass(frozen=True)
 class Expect:
-    layout: str            # what --layout auto must detect
-    scheme: str            # label scheme --labels auto must pick ("" = it must refuse)
-    source: str            # split/config names a researcher would type
+    layout: str  # what --layout auto must detect
+    scheme: str  # label scheme --labels auto must pick ("" = it must refuse)
+    source: str  # split/config names a researcher would type
     target: str
-    labelled: int          # cases with a mask
+    labelled: int  # cases with a mask
 
 
 def phantom(tmp: Path, cases: int) -> list[dict]:
@@ -72,8 +72,16 @@ def zscore(vol: np.ndarray, background: float) -> np.ndarray:
     return (v / std + background).astype(np.float32)
 
 
-def _old_brats(root: Path, cases: list[dict], ids: list[str], suffix: str = ".nii.gz", sub=None,
-               labels=lambda s: s, images=lambda v: v, brainmask: bool = False) -> None:
+def _old_brats(
+    root: Path,
+    cases: list[dict],
+    ids: list[str],
+    suffix: str = ".nii.gz",
+    sub=None,
+    labels=lambda s: s,
+    images=lambda v: v,
+    brainmask: bool = False,
+) -> None:
     for k, (case, cid) in enumerate(zip(cases, ids)):
         folder = root / (sub(k) if sub else "") / cid
         for m in CONTRASTS:
@@ -95,7 +103,7 @@ def _cochlea(seg: np.ndarray) -> np.ndarray:
     """A small blob away from the tumour: CrossMoDA labels the cochlea (not tumour)."""
     blob = np.zeros(seg.shape, bool)
     x, y, z = (np.array(seg.shape) * [0.5, 0.3, 0.3]).astype(int)
-    blob[x - 1:x + 2, y - 1:y + 2, z - 1:z + 2] = True
+    blob[x - 1 : x + 2, y - 1 : y + 2, z - 1 : z + 2] = True
     return blob & (seg == 0)
 
 
@@ -109,7 +117,7 @@ def _crossmoda(root: Path, cases: list[dict], prefix: str, sites: tuple[str, str
                 lab[case["seg"] == 1] = 1
                 lab[np.isin(case["seg"], (2, 4))] = 2
                 lab[_cochlea(case["seg"])] = 3
-            else:             # 1 vestibular schwannoma, 2 cochlea
+            else:  # 1 vestibular schwannoma, 2 cochlea
                 lab[case["seg"] > 0] = 1
                 lab[_cochlea(case["seg"])] = 2
             sub = "source_training" if year == 2021 else ""
@@ -120,9 +128,22 @@ def _crossmoda(root: Path, cases: list[dict], prefix: str, sites: tuple[str, str
             save(root / sub / f"{cid}_hrT2.nii.gz", case["t2"], case["affine"])
 
 
-RELEASES = ("brats2018", "brats2019", "brats2020", "brats2021", "brats2013-derived",
-            "brats2023-GLI", "brats2023-MEN", "brats2023-MET", "brats2023-PED", "brats2023-SSA",
-            "brats2024-GLI", "crossmoda2021", "crossmoda2022", "crossmoda2023")
+RELEASES = (
+    "brats2018",
+    "brats2019",
+    "brats2020",
+    "brats2021",
+    "brats2013-derived",
+    "brats2023-GLI",
+    "brats2023-MEN",
+    "brats2023-MET",
+    "brats2023-PED",
+    "brats2023-SSA",
+    "brats2024-GLI",
+    "crossmoda2021",
+    "crossmoda2022",
+    "crossmoda2023",
+)
 
 EXPECT = {
     **{r: Expect("brats", "brats2021", "t1", "t2", 3) for r in ("brats2018", "brats2019", "brats2020", "brats2021")},
@@ -157,8 +178,14 @@ def write_release(tmp: Path, release: str, n: int = 3) -> Path:
         _old_brats(root, cases, [f"BraTS2021_{k:05d}" for k in range(n)])
     elif release == "brats2013-derived":  # z-scored (background -3.6), brain masks shipped, labels 0-4
         root = tmp / "BRATS2015_Training_zscored"
-        _old_brats(root, cases, [f"brats_2013_pat{k + 1:04d}_1" for k in range(n)], labels=brats2013_labels,
-                   images=lambda v: zscore(v, -3.6), brainmask=True)
+        _old_brats(
+            root,
+            cases,
+            [f"brats_2013_pat{k + 1:04d}_1" for k in range(n)],
+            labels=brats2013_labels,
+            images=lambda v: zscore(v, -3.6),
+            brainmask=True,
+        )
     elif release.startswith("brats2023-"):
         sub = release.split("-")[1]
         root = tmp / f"ASNR-MICCAI-BraTS2023-{sub}-Challenge-TrainingData"

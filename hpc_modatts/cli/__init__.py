@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + late
     if args.local_rank is not None:  # the deepspeed launcher appends --local_rank=N
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=log_console(), show_path=False, rich_tracebacks=False)])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=log_console(), show_path=False, rich_tracebacks=False)],
+    )
     try:
         rc = int(args.func(args) or 0)
     except USER_ERRORS as e:

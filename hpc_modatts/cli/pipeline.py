@@ -13,25 +13,43 @@ from hpc_modatts.cli.experiments import executor_options, int_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="build an experiment's stage DAG and submit it (slurm/local/debug)",
-                       description="convert -> translate -> synthesize -> segment (folds) -> self-train "
-                                   "rounds -> predict -> evaluate; done stages are skipped.")
+    p = sub.add_parser(
+        "pipeline",
+        help="build an experiment's stage DAG and submit it (slurm/local/debug)",
+        description="convert -> translate -> synthesize -> segment (folds) -> self-train "
+        "rounds -> predict -> evaluate; done stages are skipped.",
+    )
     p.add_argument("config", help="experiment YAML (or a built-in config name)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pipeline.folds=5")
     executor_options(p)
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the DAG and what would be submitted (with slurm: every sbatch script, as submitit "
-                        "writes it, with stand-in job ids)")
-    p.add_argument("--seeds", type=int_list, default=None, metavar="S,S,...",
-                   help="one run per train.seed on the config's split, as a sweep folder (see `sweep`, `report`)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the DAG and what would be submitted (with slurm: every sbatch script, as submitit "
+        "writes it, with stand-in job ids)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int_list,
+        default=None,
+        metavar="S,S,...",
+        help="one run per train.seed on the config's split, as a sweep folder (see `sweep`, `report`)",
+    )
     p.set_defaults(func=_pipeline)
 
     s = sub.add_parser("status", help="stages, job ids and states of a submitted pipeline (or sweep)")
     s.add_argument("run_dir", help="experiment folder (<run_root>/<name>) holding pipeline.json")
     s.add_argument("--nodes", action="store_true", help="sweeps: also every job, not only the run folders")
-    s.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
-                   help="keep refreshing (every 10 s, or SECONDS) until every stage has ended; on a terminal "
-                        "the table is redrawn in place, otherwise one line per state change")
+    s.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=10.0,
+        default=None,
+        metavar="SECONDS",
+        help="keep refreshing (every 10 s, or SECONDS) until every stage has ended; on a terminal "
+        "the table is redrawn in place, otherwise one line per state change",
+    )
     s.set_defaults(func=_status)
 
 

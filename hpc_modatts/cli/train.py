@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 STAGES = {
     "translate": ("hpc_modatts.train.translate", "stage 1: tumour-aware 2D CycleGAN translation (source <-> target)"),
-    "segment": ("hpc_modatts.train.segment",
-                "stage 2: MedFormer segmentation of the target (3D; 2D: -2d variants; m-genseg: end to end)"),
+    "segment": (
+        "hpc_modatts.train.segment",
+        "stage 2: MedFormer segmentation of the target (3D; 2D: -2d variants; m-genseg: end to end)",
+    ),
     "self-train": ("hpc_modatts.train.self_training", "self-training rounds on thresholded pseudo-labels"),
 }
 
@@ -32,7 +34,8 @@ def stage_cfg(args: argparse.Namespace, stage: str):
     # the variant the run will have (flag, else a train.variant= override, else the config's) picks
     # its block before the command line's overrides are applied, so those win
     variant = getattr(args, "variant", None) or next(
-        (o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("train.variant=")), None)
+        (o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("train.variant=")), None
+    )
     cfg = stage_config(load_config(args.config), stage, variant)
     if getattr(args, "resume", None) is not None:
         overrides.append(f"train.resume={str(args.resume).lower()}")
@@ -57,11 +60,17 @@ def _runner(stage: str, module: str):
 
 def _common_args(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("config", help="experiment YAML (a path, or a built-in name such as demo_cpu)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="config overrides, e.g. train.max_steps=10 data.fold=2")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.max_steps=10 data.fold=2"
+    )
     if resume:
-        p.add_argument("--resume", dest="resume", action=argparse.BooleanOptionalAction, default=None,
-                       help="resume from the run's latest checkpoint (default: train.resume)")
+        p.add_argument(
+            "--resume",
+            dest="resume",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="resume from the run's latest checkpoint (default: train.resume)",
+        )
 
 
 def register(sub) -> None:
@@ -75,13 +84,17 @@ def register(sub) -> None:
         if stage == "segment":
             s.add_argument("--variant", choices=VARIANTS, help="overrides train.variant")
         if stage == "self-train":
-            s.add_argument("--variant", choices=MODATTS_VARIANTS,
-                           help="overrides train.variant (which segment run to refine)")
+            s.add_argument(
+                "--variant", choices=MODATTS_VARIANTS, help="overrides train.variant (which segment run to refine)"
+            )
             s.add_argument("--rounds", type=int, help="overrides train.rounds (k)")
             s.add_argument("--round", type=int, help="run only this round (train.round)")
         s.set_defaults(func=_runner(stage, module))
 
-    p = sub.add_parser("synthesize", help="translate every source training volume into a pseudo-target store",
-                       description="Stage 1 -> 2 hand-off: pseudo-target volumes from the last translator state.")
+    p = sub.add_parser(
+        "synthesize",
+        help="translate every source training volume into a pseudo-target store",
+        description="Stage 1 -> 2 hand-off: pseudo-target volumes from the last translator state.",
+    )
     _common_args(p, resume=False)
     p.set_defaults(func=_runner("synthesize", "hpc_modatts.train.synthesize"))

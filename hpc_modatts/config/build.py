@@ -108,4 +108,3 @@ def build_section(cls: Any, data: dict, prefix: str = "") -> Any:
         raise
     except TypeError as e:  # pragma: no cover - dataclass signature mismatch
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
-

@@ -37,6 +37,8 @@ def check_one_line(key: str, value: str) -> str:
 def check_name(name: str) -> str:
     """An experiment name: ``[A-Za-z0-9._-]+``, not ``.``, no ``..`` (one folder under run_root)."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name or name == ".":
-        raise ConfigError(f"name={name!r} must match [A-Za-z0-9._-]+ without '..' "
-                          "(it is a folder under run_root and the SLURM job name)")
+        raise ConfigError(
+            f"name={name!r} must match [A-Za-z0-9._-]+ without '..' "
+            "(it is a folder under run_root and the SLURM job name)"
+        )
     return name

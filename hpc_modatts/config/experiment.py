@@ -158,8 +158,9 @@ def _builtin_config(path: Path) -> Traversable:
         f = BUILTIN_CONFIGS / candidate
         if f.is_file():
             return f
-    raise ConfigError(f"config file {path} does not exist and is not a built-in config "
-                      f"({', '.join(builtin_configs())})")
+    raise ConfigError(
+        f"config file {path} does not exist and is not a built-in config ({', '.join(builtin_configs())})"
+    )
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -12,8 +12,15 @@ Stage = Literal["translate", "synthesize", "segment", "self-train"]
 STAGES: tuple[str, ...] = get_args(Stage)
 """The training stages, in pipeline order (``train.stage``)."""
 
-Variant = Literal["self-supervised", "semi-supervised", "source-supervised", "target-supervised",
-                  "self-supervised-2d", "semi-supervised-2d", "m-genseg"]
+Variant = Literal[
+    "self-supervised",
+    "semi-supervised",
+    "source-supervised",
+    "target-supervised",
+    "self-supervised-2d",
+    "semi-supervised-2d",
+    "m-genseg",
+]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 """Stage-2 variants: MoDATTS self-/semi-supervised, the lower and upper bounds, MoDATTS-2D, then
 M-GenSeg (``END_TO_END_VARIANTS``)."""
@@ -35,8 +42,14 @@ MODATTS_VARIANTS: tuple[str, ...] = ("self-supervised", "semi-supervised", *SLIC
 """MoDATTS proper: trained on pseudo-target volumes (so after translate + synthesize), self-trained.
 The bounds (``source-supervised``, ``target-supervised``) are the same segmenter on real masks only."""
 
-TABLE_ORDER: tuple[str, ...] = ("source-supervised", "self-supervised", "semi-supervised", *SLICE_VARIANTS,
-                                *END_TO_END_VARIANTS, "target-supervised")
+TABLE_ORDER: tuple[str, ...] = (
+    "source-supervised",
+    "self-supervised",
+    "semi-supervised",
+    *SLICE_VARIANTS,
+    *END_TO_END_VARIANTS,
+    "target-supervised",
+)
 """Row order of every results table: the lower bound, MoDATTS self- and semi-supervised (3D, then 2D),
 M-GenSeg, the upper bound."""
 
@@ -45,6 +58,7 @@ def variant_dims(variant: str) -> int:
     """Spatial dims of a variant's segmenter: 2 for MoDATTS-2D (``SLICE_VARIANTS``) and M-GenSeg
     (``END_TO_END_VARIANTS``), else 3."""
     return 2 if variant in SLICE_VARIANTS or variant in END_TO_END_VARIANTS else 3
+
 
 Executor = Literal["local", "debug", "slurm"]
 EXECUTORS: tuple[str, ...] = get_args(Executor)

@@ -148,8 +148,6 @@ class DistributedConfig:
         check_positive("distributed.threads_per_rank", self.threads_per_rank, allow_zero=True)
 
 
-
-
 @dataclass
 class InferConfig:
     """How a 3D model is applied to whole volumes (``hpc_modatts.infer.inferer``): validation,
@@ -173,7 +171,6 @@ class InferConfig:
         check_positive("infer.sw_batch_size", self.sw_batch_size)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"infer.threshold={self.threshold} must be in (0, 1)")
-
 
 
 @dataclass

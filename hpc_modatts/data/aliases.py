@@ -15,10 +15,10 @@ from typing import Iterable
 from hpc_modatts.data.errors import DataError
 
 ALIASES: dict[str, tuple[str, ...]] = {
-    "t1": ("t1n",),       # native T1 (BraTS 2023-2025: t1n)
-    "t1ce": ("t1c",),     # contrast-enhanced T1 (BraTS 2023-2025: t1c)
-    "t2": ("t2w",),       # T2-weighted (BraTS 2023-2025: t2w)
-    "flair": ("t2f",),    # T2-FLAIR (BraTS 2023-2025: t2f)
+    "t1": ("t1n",),  # native T1 (BraTS 2023-2025: t1n)
+    "t1ce": ("t1c",),  # contrast-enhanced T1 (BraTS 2023-2025: t1c)
+    "t2": ("t2w",),  # T2-weighted (BraTS 2023-2025: t2w)
+    "flair": ("t2f",),  # T2-FLAIR (BraTS 2023-2025: t2f)
 }
 """Canonical name -> the other names of the same contrast."""
 

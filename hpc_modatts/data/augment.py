@@ -42,14 +42,19 @@ IMAGE, MASK = "image", "mask"
 
 def _clip_unit(key: str) -> list:
     """Clip ``key`` to [-1, 1] with MONAI's ThresholdIntensityd (keep below 1, then above -1)."""
-    return [ThresholdIntensityd(key, threshold=1.0, above=False, cval=1.0),
-            ThresholdIntensityd(key, threshold=-1.0, above=True, cval=-1.0)]
+    return [
+        ThresholdIntensityd(key, threshold=1.0, above=False, cval=1.0),
+        ThresholdIntensityd(key, threshold=-1.0, above=True, cval=-1.0),
+    ]
 
 
 def _brightness(key: str, factor: float, prob: float) -> list:
     """Multiplicative brightness on (x + 1) so that the -1 background stays -1."""
-    return [ShiftIntensityd(key, offset=1.0), RandScaleIntensityd(key, factors=factor, prob=prob),
-            ShiftIntensityd(key, offset=-1.0)]
+    return [
+        ShiftIntensityd(key, offset=1.0),
+        RandScaleIntensityd(key, factors=factor, prob=prob),
+        ShiftIntensityd(key, offset=-1.0),
+    ]
 
 
 def _spatial_keys(keys: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -62,35 +67,46 @@ def _spatial_keys(keys: Sequence[str]) -> tuple[list[str], list[str], list[str]]
 def augment_2d(keys: Sequence[str] = (IMAGE, MASK)) -> Compose:
     """Stage-1 chain for (1, H, W) slices: flips, rotation +-15 deg, scaling +-10 %, intensity jitter."""
     keys, modes, pads = _spatial_keys(keys)
-    return Compose([
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandAffined(keys, prob=0.5, rotate_range=math.radians(15), scale_range=(0.1, 0.1),
-                    mode=modes, padding_mode=pads),
-        *_brightness(IMAGE, factor=0.1, prob=0.3),
-        RandAdjustContrastd(IMAGE, prob=0.3, gamma=(0.8, 1.25)),
-        *_clip_unit(IMAGE),
-    ])
+    return Compose(
+        [
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandAffined(
+                keys, prob=0.5, rotate_range=math.radians(15), scale_range=(0.1, 0.1), mode=modes, padding_mode=pads
+            ),
+            *_brightness(IMAGE, factor=0.1, prob=0.3),
+            RandAdjustContrastd(IMAGE, prob=0.3, gamma=(0.8, 1.25)),
+            *_clip_unit(IMAGE),
+        ]
+    )
 
 
 def augment_3d(keys: Sequence[str] = (IMAGE, MASK)) -> Compose:
     """Stage-2 nnU-Net-style chain for (1, X, Y, Z) patches (nnU-Net v2 default ranges)."""
     keys, modes, pads = _spatial_keys(keys)
     rot = math.radians(30)
-    return Compose([
-        # rotation +-30 deg per axis and scaling 0.7-1.4 in one resampling (nnU-Net: p 0.2 each)
-        RandAffined(keys, prob=0.3, rotate_range=(rot, rot, rot), scale_range=[(-0.3, 0.4)] * 3,
-                    mode=modes, padding_mode=pads),
-        RandGaussianNoised(IMAGE, prob=0.1, mean=0.0, std=0.1),
-        RandGaussianSmoothd(IMAGE, prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
-        *_brightness(IMAGE, factor=0.25, prob=0.15),                       # x U(0.75, 1.25)
-        RandScaleIntensityFixedMeand(IMAGE, factors=0.25, preserve_range=True, prob=0.15),  # contrast
-        RandAdjustContrastd(IMAGE, prob=0.3, gamma=(0.7, 1.5)),             # gamma, range kept
-        RandFlipd(keys, prob=0.5, spatial_axis=0),                          # mirroring per axis
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandFlipd(keys, prob=0.5, spatial_axis=2),
-        *_clip_unit(IMAGE),
-    ])
+    return Compose(
+        [
+            # rotation +-30 deg per axis and scaling 0.7-1.4 in one resampling (nnU-Net: p 0.2 each)
+            RandAffined(
+                keys,
+                prob=0.3,
+                rotate_range=(rot, rot, rot),
+                scale_range=[(-0.3, 0.4)] * 3,
+                mode=modes,
+                padding_mode=pads,
+            ),
+            RandGaussianNoised(IMAGE, prob=0.1, mean=0.0, std=0.1),
+            RandGaussianSmoothd(IMAGE, prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+            *_brightness(IMAGE, factor=0.25, prob=0.15),  # x U(0.75, 1.25)
+            RandScaleIntensityFixedMeand(IMAGE, factors=0.25, preserve_range=True, prob=0.15),  # contrast
+            RandAdjustContrastd(IMAGE, prob=0.3, gamma=(0.7, 1.5)),  # gamma, range kept
+            RandFlipd(keys, prob=0.5, spatial_axis=0),  # mirroring per axis
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandFlipd(keys, prob=0.5, spatial_axis=2),
+            *_clip_unit(IMAGE),
+        ]
+    )
 
 
 def seed_chain(chain: Compose, seed: int | Sequence[int]) -> Compose:
@@ -103,5 +119,6 @@ def seed_chain(chain: Compose, seed: int | Sequence[int]) -> Compose:
 def apply(chain: Compose, sample: dict) -> dict:
     """Run ``chain`` on a dict of channel-first tensors; returns plain float32 torch tensors."""
     out = chain(sample)
-    return {k: convert_to_tensor(v, track_meta=False).to(torch.float32) if k in (IMAGE, MASK) else v
-            for k, v in out.items()}
+    return {
+        k: convert_to_tensor(v, track_meta=False).to(torch.float32) if k in (IMAGE, MASK) else v for k, v in out.items()
+    }

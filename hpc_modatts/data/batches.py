@@ -26,8 +26,10 @@ class PairedDataset(Dataset):
 
     def __init__(self, first: Dataset, second: Dataset, first_key: str, second_key: str) -> None:
         if len(first) == 0 or len(second) == 0:
-            raise DataError(f"paired dataset: {first_key} has {len(first)} and {second_key} "
-                            f"{len(second)} samples; both need at least one")
+            raise DataError(
+                f"paired dataset: {first_key} has {len(first)} and {second_key} "
+                f"{len(second)} samples; both need at least one"
+            )
         self.first, self.second = first, second
         self.first_key, self.second_key = first_key, second_key
 

@@ -20,8 +20,16 @@ BORDER_FRACTION = 0.5
 
 def border_values(vol: np.ndarray) -> np.ndarray:
     """The voxels of the six faces of a 3D volume, flattened."""
-    return np.concatenate([vol[0].ravel(), vol[-1].ravel(), vol[:, 0].ravel(), vol[:, -1].ravel(),
-                           vol[:, :, 0].ravel(), vol[:, :, -1].ravel()])
+    return np.concatenate(
+        [
+            vol[0].ravel(),
+            vol[-1].ravel(),
+            vol[:, 0].ravel(),
+            vol[:, -1].ravel(),
+            vol[:, :, 0].ravel(),
+            vol[:, :, -1].ravel(),
+        ]
+    )
 
 
 def constant_background(vol: np.ndarray) -> float | None:

@@ -50,9 +50,15 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def case_arrays(case: str, image_dtype: np.dtype, images: Mapping[str, np.ndarray], mask: np.ndarray | None,
-                labels: np.ndarray | None, brain: np.ndarray | None,
-                extra: Mapping[str, np.ndarray] | None) -> dict[str, tuple[np.ndarray, bool]]:
+def case_arrays(
+    case: str,
+    image_dtype: np.dtype,
+    images: Mapping[str, np.ndarray],
+    mask: np.ndarray | None,
+    labels: np.ndarray | None,
+    brain: np.ndarray | None,
+    extra: Mapping[str, np.ndarray] | None,
+) -> dict[str, tuple[np.ndarray, bool]]:
     """Name -> (array, is an image) of one case; DataError on a bad name, NaN/Inf or mixed shapes."""
     arrays: dict[str, tuple[np.ndarray, bool]] = {}
     for mod, img in images.items():
@@ -69,8 +75,10 @@ def case_arrays(case: str, image_dtype: np.dtype, images: Mapping[str, np.ndarra
         arrays[name] = (arr, arr.dtype.kind == "f")
     for name, (arr, _) in arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise DataError(f"case {case!r}: array {name!r} has {int(np.count_nonzero(~np.isfinite(arr)))} "
-                            "NaN/Inf values; nothing was written")
+            raise DataError(
+                f"case {case!r}: array {name!r} has {int(np.count_nonzero(~np.isfinite(arr)))} "
+                "NaN/Inf values; nothing was written"
+            )
     if not arrays:
         raise DataError(f"case {case!r}: nothing to write (no images, masks or arrays)")
     shapes = {name: a.shape for name, (a, _) in arrays.items()}

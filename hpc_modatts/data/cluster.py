@@ -23,8 +23,8 @@ from hpc_modatts.presets import load_preset
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MEM_GB = 8            # per worker job when the preset leaves mem_gb at 0 (cluster default)
-WORKER_TIMEOUT_S = 1800.0     # the first worker must join within this time (queued jobs, wrong partition...)
+DEFAULT_MEM_GB = 8  # per worker job when the preset leaves mem_gb at 0 (cluster default)
+WORKER_TIMEOUT_S = 1800.0  # the first worker must join within this time (queued jobs, wrong partition...)
 
 
 def _no_newline(key: str, value: Any) -> str:
@@ -40,8 +40,9 @@ def _walltime(minutes: int) -> str:
 def slurm_cluster_options(preset: dict[str, Any], log_dir: str | Path) -> dict[str, Any]:
     """``dask_jobqueue.SLURMCluster`` keywords for a cluster preset (GPUs are not requested: conversion is CPU work)."""
     extra = [f"--{flag}={_no_newline(flag, preset[flag])}" for flag in ("qos", "constraint") if preset.get(flag)]
-    extra += [f"--{_no_newline('additional', k)}={_no_newline(k, v)}"
-              for k, v in (preset.get("additional") or {}).items()]
+    extra += [
+        f"--{_no_newline('additional', k)}={_no_newline(k, v)}" for k, v in (preset.get("additional") or {}).items()
+    ]
     opts: dict[str, Any] = {
         "queue": _no_newline("partition", preset["partition"]) if preset.get("partition") else None,
         "account": _no_newline("account", preset["account"]) if preset.get("account") else None,
@@ -86,11 +87,19 @@ def slurm_client(cluster: str, jobs: int, log_dir: str | Path, worker_timeout_s:
     options = slurm_cluster_options(preset, log_dir)
     with _quiet("distributed"), SLURMCluster(**options) as slurm, Client(slurm) as client:
         slurm.scale(jobs=max(1, int(jobs)))
-        log.info("convert: %d SLURM worker job(s) requested (partition %s, %d core(s), %s each); logs in %s",
-                 max(1, int(jobs)), options["queue"] or "default", options["cores"], options["memory"], log_dir)
+        log.info(
+            "convert: %d SLURM worker job(s) requested (partition %s, %d core(s), %s each); logs in %s",
+            max(1, int(jobs)),
+            options["queue"] or "default",
+            options["cores"],
+            options["memory"],
+            log_dir,
+        )
         try:
             client.wait_for_workers(1, timeout=worker_timeout_s)
         except TimeoutError:
-            raise DataError(f"--cluster {cluster}: no dask worker joined within {worker_timeout_s:.0f} s "
-                            f"(jobs still queued or failing: see `squeue` and {log_dir})") from None
+            raise DataError(
+                f"--cluster {cluster}: no dask worker joined within {worker_timeout_s:.0f} s "
+                f"(jobs still queued or failing: see `squeue` and {log_dir})"
+            ) from None
         yield client

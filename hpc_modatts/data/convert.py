@@ -78,8 +78,9 @@ def _same_sources(old: dict, new: dict) -> bool:
     return set(old) == set(new) and all(old[k].get("sha256") == new[k]["sha256"] for k in new)
 
 
-def convert_one(spec: CaseSpec, store_path: str, scheme: str, spacing, crop, crop_margin: int,
-                resample_to: str | None = None) -> dict:
+def convert_one(
+    spec: CaseSpec, store_path: str, scheme: str, spacing, crop, crop_margin: int, resample_to: str | None = None
+) -> dict:
     """Convert one case (a dask task). Returns {"case", "status": converted|skipped|error, "error",
     "warnings"} (warnings travel back to the driver: a SLURM worker's log is not the user's terminal)."""
     try:
@@ -87,18 +88,30 @@ def convert_one(spec: CaseSpec, store_path: str, scheme: str, spacing, crop, cro
         sources = source_checksums(spec)
         if _intact(store, spec.case_id, sources):
             return {"case": spec.case_id, "status": "skipped", "error": "", "warnings": []}
-        prepared = preprocess_case(spec, scheme, spacing=spacing, crop=crop, crop_margin=crop_margin,
-                                   resample_to=resample_to)
+        prepared = preprocess_case(
+            spec, scheme, spacing=spacing, crop=crop, crop_margin=crop_margin, resample_to=resample_to
+        )
         _check_finite(spec, prepared.images)
         attrs = {**prepared.attrs, "sources": sources}
-        store.write_case(spec.case_id, prepared.images, mask=prepared.mask, labels=prepared.labels,
-                         brain=prepared.brain, extra=prepared.extra or None, attrs=attrs)
+        store.write_case(
+            spec.case_id,
+            prepared.images,
+            mask=prepared.mask,
+            labels=prepared.labels,
+            brain=prepared.brain,
+            extra=prepared.extra or None,
+            attrs=attrs,
+        )
         return {"case": spec.case_id, "status": "converted", "error": "", "warnings": prepared.warnings}
     except DataError as e:
         return {"case": spec.case_id, "status": "error", "error": str(e), "warnings": []}
     except Exception as e:  # a bug or an OS error: still one line naming the case
-        return {"case": spec.case_id, "status": "error", "warnings": [],
-                "error": f"case {spec.case_id}: {type(e).__name__}: {e}".replace("\n", " ")}
+        return {
+            "case": spec.case_id,
+            "status": "error",
+            "warnings": [],
+            "error": f"case {spec.case_id}: {type(e).__name__}: {e}".replace("\n", " "),
+        }
 
 
 def _intact(store: Store, case: str, sources: dict) -> bool:
@@ -117,16 +130,20 @@ def _check_finite(spec: CaseSpec, images: dict) -> None:
     for mod, img in images.items():
         bad = int(np.count_nonzero(~np.isfinite(img)))
         if bad:
-            raise DataError(f"{spec.images[mod]}: {mod} image of case {spec.case_id} normalises to {bad} NaN/Inf "
-                            "voxels (values too large for float32 statistics?)")
+            raise DataError(
+                f"{spec.images[mod]}: {mod} image of case {spec.case_id} normalises to {bad} NaN/Inf "
+                "voxels (values too large for float32 statistics?)"
+            )
 
 
 def check_scheduler(scheduler: str | None) -> None:
     """``--scheduler``: None, sync|threads|processes|slurm, or a scheduler address; DataError otherwise."""
     if scheduler is None or scheduler in (*LOCAL_SCHEDULERS, "slurm") or SCHEDULER_ADDRESS.fullmatch(scheduler):
         return
-    raise DataError(f"--scheduler {scheduler!r}: give one of {', '.join(LOCAL_SCHEDULERS)}, slurm (with --cluster) "
-                    "or the address of a running dask.distributed scheduler (tcp://host:8786)")
+    raise DataError(
+        f"--scheduler {scheduler!r}: give one of {', '.join(LOCAL_SCHEDULERS)}, slurm (with --cluster) "
+        "or the address of a running dask.distributed scheduler (tcp://host:8786)"
+    )
 
 
 def _normalise_options(spacing, crop) -> tuple[list[float] | None, list[int] | str | None]:
@@ -141,23 +158,28 @@ def _normalise_options(spacing, crop) -> tuple[list[float] | None, list[int] | s
     return spacing, crop
 
 
-def _open_store(store_path: Path, dtype: str | None, sharded: bool | None,
-                preprocessing: dict) -> tuple[Store, bool]:
+def _open_store(store_path: Path, dtype: str | None, sharded: bool | None, preprocessing: dict) -> tuple[Store, bool]:
     """Create the store, or reopen ours when its preprocessing matches. Returns (store, created).
 
     ``dtype`` / ``sharded`` None: the defaults (DATASET_DTYPE, SHARDED) for a new store, the
     existing store's own layout when resuming.
     """
     created = not store_path.exists() or (store_path.is_dir() and not any(store_path.iterdir()))
-    store = Store.create(store_path, kind="dataset", dtype=dtype or DATASET_DTYPE,
-                         sharded=SHARDED if sharded is None else sharded, preprocessing=preprocessing)
+    store = Store.create(
+        store_path,
+        kind="dataset",
+        dtype=dtype or DATASET_DTYPE,
+        sharded=SHARDED if sharded is None else sharded,
+        preprocessing=preprocessing,
+    )
     if not created:
         have = store.root_attrs.get("preprocessing")
         if have != preprocessing:
             raise DataError(f"{store_path}: store was converted with {have}, not {preprocessing}; use a new store path")
         if dtype is not None and store.root_attrs["layout"]["image_dtype"] != dtype:
-            raise DataError(f"{store_path}: store holds {store.root_attrs['layout']['image_dtype']} images, "
-                            f"not {dtype}")
+            raise DataError(
+                f"{store_path}: store holds {store.root_attrs['layout']['image_dtype']} images, not {dtype}"
+            )
     return store, created
 
 
@@ -166,8 +188,9 @@ Runner = Callable[[list, list[str], str, str], list[dict]]
 
 
 @contextlib.contextmanager
-def task_runner(scheduler: str, workers: int, progress: bool, cluster: str | None = None,
-                log_dir: str | Path | None = None) -> Iterator[Runner]:
+def task_runner(
+    scheduler: str, workers: int, progress: bool, cluster: str | None = None, log_dir: str | Path | None = None
+) -> Iterator[Runner]:
     """A runner for per-case delayed tasks with a rich progress bar: a local dask scheduler, a
     running dask.distributed scheduler (ADDRESS), or SLURM worker jobs (``slurm`` + ``cluster``)
     that live as long as the ``with`` block."""
@@ -176,8 +199,9 @@ def task_runner(scheduler: str, workers: int, progress: bool, cluster: str | Non
         return
     if scheduler == "slurm":
         if not cluster:
-            raise DataError("--scheduler slurm needs --cluster PRESET (a shipped preset name such as example_a100, "
-                            "or a YAML path)")
+            raise DataError(
+                "--scheduler slurm needs --cluster PRESET (a shipped preset name such as example_a100, or a YAML path)"
+            )
         with slurm_client(cluster, workers, log_dir or "convert-slurm-logs") as client:
             yield lambda tasks, cases, prefix, label: _run_on_client(client, tasks, cases, label, progress)
         return
@@ -237,9 +261,10 @@ def choose_scheme(specs: list[CaseSpec], labels: str, src: str | Path, run: Runn
         return get_scheme(labels), "--labels"
     masked = [s for s in specs if s.mask is not None]
     run_id = os.urandom(4).hex()  # keys unique per run: a shared dask scheduler may serve other conversions
-    tasks = [dask.delayed(scan_label_values, pure=False)(str(s.mask), s.case_id,
-                                                         dask_key_name=f"{SCAN_PREFIX}{run_id}-{i}")
-             for i, s in enumerate(masked)]
+    tasks = [
+        dask.delayed(scan_label_values, pure=False)(str(s.mask), s.case_id, dask_key_name=f"{SCAN_PREFIX}{run_id}-{i}")
+        for i, s in enumerate(masked)
+    ]
     results = run(tasks, [s.case_id for s in masked], SCAN_PREFIX, "reading labels") if tasks else []
     bad = sorted((r for r in results if r["error"]), key=lambda r: r["case"])
     if bad:
@@ -249,11 +274,24 @@ def choose_scheme(specs: list[CaseSpec], labels: str, src: str | Path, run: Runn
     return detect_scheme(values, generation, str(src))
 
 
-def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: Sequence[float] | None = None,
-            crop: Sequence[int] | str | None = None, missing: str = "fail", workers: int = 1,
-            scheduler: str | None = None, dtype: str | None = None, modalities: Sequence[str] | None = None,
-            crop_margin: int = 2, sharded: bool | None = None, progress: bool = True, labels: str = "auto",
-            resample_to: str | None = None, cluster: str | None = None) -> Path:
+def convert(
+    src: str | Path,
+    store: str | Path,
+    layout: str = "auto",
+    spacing: Sequence[float] | None = None,
+    crop: Sequence[int] | str | None = None,
+    missing: str = "fail",
+    workers: int = 1,
+    scheduler: str | None = None,
+    dtype: str | None = None,
+    modalities: Sequence[str] | None = None,
+    crop_margin: int = 2,
+    sharded: bool | None = None,
+    progress: bool = True,
+    labels: str = "auto",
+    resample_to: str | None = None,
+    cluster: str | None = None,
+) -> Path:
     """Convert a NIfTI dataset (``layout`` auto|brats|crossmoda|manifest) into one zarr store; returns its path.
 
     ``dtype`` ("float16" | "float32") and ``sharded``: the image dtype and zarr v3 sharding of a
@@ -279,24 +317,49 @@ def convert(src: str | Path, store: str | Path, layout: str = "auto", spacing: S
     log_dir = store_path.parent / f"{store_path.name}.slurm-logs"
     with store_lock(store_path), task_runner(scheduler, workers, progress, cluster, log_dir) as run:
         scheme, how = choose_scheme(specs, labels, src, run)
-        preprocessing = {"layout": layout, "spacing": spacing, "crop": crop, "crop_margin": crop_margin,
-                         "labels": scheme.name, "resample_to": resample_to}
+        preprocessing = {
+            "layout": layout,
+            "spacing": spacing,
+            "crop": crop,
+            "crop_margin": crop_margin,
+            "labels": scheme.name,
+            "resample_to": resample_to,
+        }
         st, created = _open_store(store_path, dtype, sharded, preprocessing)
         try:
             names = {m: n for s in specs for m, n in s.names.items()}
             expected = sorted(set(st.root_attrs.get("expected_cases") or []) | {s.case_id for s in specs})
-            st.update_root_attrs(source=str(Path(src).resolve()),
-                                 modalities=sorted({m for s in specs for m in s.images}),
-                                 modality_aliases=alias_table(), modality_names=names, naming=specs[0].generation,
-                                 labels={**scheme.record(), "chosen_by": how}, expected_cases=expected)
-            log.info("%s: %s; modalities %s; labels %s (%s)", src, describe(specs),
-                     ", ".join(m if names.get(m, m) == m else f"{m} (files: {names[m]})" for m in sorted(names)),
-                     scheme.name, how)
+            st.update_root_attrs(
+                source=str(Path(src).resolve()),
+                modalities=sorted({m for s in specs for m in s.images}),
+                modality_aliases=alias_table(),
+                modality_names=names,
+                naming=specs[0].generation,
+                labels={**scheme.record(), "chosen_by": how},
+                expected_cases=expected,
+            )
+            log.info(
+                "%s: %s; modalities %s; labels %s (%s)",
+                src,
+                describe(specs),
+                ", ".join(m if names.get(m, m) == m else f"{m} (files: {names[m]})" for m in sorted(names)),
+                scheme.name,
+                how,
+            )
             run_id = os.urandom(4).hex()  # keys unique per run: a shared dask scheduler may serve others
-            tasks = [dask.delayed(convert_one, pure=False)(spec, str(store_path), scheme.name, spacing, crop,
-                                                           crop_margin, resample_to,
-                                                           dask_key_name=f"{TASK_PREFIX}{run_id}-{i}")
-                     for i, spec in enumerate(specs)]
+            tasks = [
+                dask.delayed(convert_one, pure=False)(
+                    spec,
+                    str(store_path),
+                    scheme.name,
+                    spacing,
+                    crop,
+                    crop_margin,
+                    resample_to,
+                    dask_key_name=f"{TASK_PREFIX}{run_id}-{i}",
+                )
+                for i, spec in enumerate(specs)
+            ]
             results = run(tasks, [s.case_id for s in specs], TASK_PREFIX, "converting")
         except BaseException:  # no scheduler, Ctrl-C: a store this run created and left empty goes
             if created and not st.case_ids:
@@ -310,8 +373,13 @@ def _report(results: list[dict], store: Store, created: bool, store_path: Path) 
         for warning in r.get("warnings") or []:
             log.warning("%s", warning)
     counts = {k: sum(r["status"] == k for r in results) for k in ("converted", "skipped", "error")}
-    log.info("%s: %d converted, %d already complete, %d failed", store_path, counts["converted"],
-             counts["skipped"], counts["error"])
+    log.info(
+        "%s: %d converted, %d already complete, %d failed",
+        store_path,
+        counts["converted"],
+        counts["skipped"],
+        counts["error"],
+    )
     errors = sorted((r for r in results if r["status"] == "error"), key=lambda r: r["case"])
     if errors:
         if created and not store.case_ids:
@@ -319,4 +387,3 @@ def _report(results: list[dict], store: Store, created: bool, store_path: Path) 
         more = f" (and {len(errors) - 1} more failing case(s); completed cases are kept)" if len(errors) > 1 else ""
         raise DataError(errors[0]["error"] + more)
     return store_path
-

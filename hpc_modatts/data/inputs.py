@@ -30,8 +30,10 @@ def load_split(cfg: ExperimentConfig, use_fold: bool = True) -> Split:
         raise ConfigError("data.split is not set: make one with `hpc-modatts split`")
     split = Split.load(cfg.data.split, store=cfg.data.store or None)  # refuses another store's split
     if split.source != cfg.data.source or split.target != cfg.data.target:
-        raise ConfigError(f"data.source/target={cfg.data.source}->{cfg.data.target} but split "
-                          f"{cfg.data.split} is {split.source}->{split.target}")
+        raise ConfigError(
+            f"data.source/target={cfg.data.source}->{cfg.data.target} but split "
+            f"{cfg.data.split} is {split.source}->{split.target}"
+        )
     if use_fold and split.folds:
         split = split.fold(cfg.data.fold)
     elif use_fold and cfg.data.fold != 0:

@@ -45,16 +45,18 @@ def array_record(data: np.ndarray) -> dict:
     return {"sha256": h.hexdigest(), "dtype": data.dtype.str, "shape": list(data.shape)}
 
 
-def check_arrays(folder: Path, records: Mapping[str, Mapping],
-                 on_array: Callable[[str, np.ndarray], None] | None = None) -> list[str]:
+def check_arrays(
+    folder: Path, records: Mapping[str, Mapping], on_array: Callable[[str, np.ndarray], None] | None = None
+) -> list[str]:
     """Problems of the arrays in a case folder against their records (empty list: all intact).
 
     Reads every array fully: a missing array or ``zarr.json``, an unreadable or deleted chunk or
     shard, or any changed value is reported. ``on_array(name, data)`` sees each intact array.
     """
     folder = Path(folder)
-    present = ({p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
-               if folder.is_dir() else set())
+    present = (
+        {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")} if folder.is_dir() else set()
+    )
     problems = [f"array {n!r} is not in the case's array list" for n in sorted(present - set(records))]
     for name, rec in sorted(records.items()):
         if not (folder / name / "zarr.json").is_file():
@@ -110,8 +112,10 @@ def store_lock(path: str | os.PathLike) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise DataError(f"{path}: another convert run is writing this store ({holder}); "
-                            f"wait for it to finish (lock file {lock})") from None
+            raise DataError(
+                f"{path}: another convert run is writing this store ({holder}); "
+                f"wait for it to finish (lock file {lock})"
+            ) from None
         except OSError as e:  # a file system without locks: carry on, as before locks existed
             log.warning("%s: cannot lock (%s); make sure no other convert writes this store", lock, e)
             break

@@ -34,10 +34,10 @@ class LabelScheme:
     """Allowed label values, their meaning, and the label values of each tumour region."""
 
     name: str
-    allowed: tuple[int, ...] | None          # None: any value 0-255
+    allowed: tuple[int, ...] | None  # None: any value 0-255
     meanings: dict[int, str] = field(default_factory=dict)
     regions: dict[str, tuple[int, ...] | None] = field(default_factory=dict)  # None: every non-zero value
-    auto: bool = True                        # may ``--labels auto`` pick it on its own?
+    auto: bool = True  # may ``--labels auto`` pick it on its own?
     description: str = ""
 
     @property
@@ -52,8 +52,10 @@ class LabelScheme:
     def region_mask(self, labels: np.ndarray, region: str = "whole") -> np.ndarray:
         """uint8 {0, 1} mask of ``region`` ("whole", "core", "enhancing") in a label map."""
         if region not in self.regions:
-            raise DataError(f"label scheme {self.name} has no {REGION_NAMES.get(region, region)} "
-                            f"(it defines {', '.join(self.regions)}); data.region={region} needs a BraTS scheme")
+            raise DataError(
+                f"label scheme {self.name} has no {REGION_NAMES.get(region, region)} "
+                f"(it defines {', '.join(self.regions)}); data.region={region} needs a BraTS scheme"
+            )
         values = self.regions[region]
         if values is None:
             return (labels > 0).astype(np.uint8)
@@ -61,36 +63,86 @@ class LabelScheme:
 
     def record(self) -> dict:
         """The scheme as stored in the root attributes (JSON)."""
-        return {"scheme": self.name, "allowed": None if self.allowed is None else list(self.allowed),
-                "meanings": {str(k): v for k, v in self.meanings.items()},
-                "regions": {r: (None if v is None else list(v)) for r, v in self.regions.items()},
-                "description": self.description}
+        return {
+            "scheme": self.name,
+            "allowed": None if self.allowed is None else list(self.allowed),
+            "meanings": {str(k): v for k, v in self.meanings.items()},
+            "regions": {r: (None if v is None else list(v)) for r, v in self.regions.items()},
+            "description": self.description,
+        }
 
 
 def _brats(name, allowed, meanings, whole, core, enh, auto=True, description="") -> LabelScheme:
     return LabelScheme(name, allowed, meanings, {"whole": whole, "core": core, "enhancing": enh}, auto, description)
 
 
-SCHEMES: dict[str, LabelScheme] = {s.name: s for s in (
-    _brats("brats2013", (0, 1, 2, 3, 4), {1: "necrosis", 2: "oedema", 3: "non-enhancing tumour", 4: "enhancing tumour"},
-           (1, 2, 3, 4), (1, 3, 4), (4,), description="BraTS 2013-2015 and copies derived from them"),
-    _brats("brats2021", (0, 1, 2, 4), {1: "necrotic / non-enhancing core", 2: "oedema", 4: "enhancing tumour"},
-           (1, 2, 4), (1, 4), (4,), description="BraTS 2017-2021"),
-    _brats("brats2023", (0, 1, 2, 3), {1: "non-enhancing tumour core", 2: "surrounding FLAIR hyperintensity",
-                                       3: "enhancing tumour"},
-           (1, 2, 3), (1, 3), (3,), description="BraTS 2023-2025 GLI, MEN, MET, PED, SSA"),
-    _brats("brats2024", (0, 1, 2, 3, 4), {1: "non-enhancing tumour core", 2: "surrounding FLAIR hyperintensity",
-                                          3: "enhancing tumour", 4: "resection cavity (not tumour)"},
-           (1, 2, 3), (1, 3), (3,), auto=False,
-           description="BraTS 2024-2025 post-treatment glioma (4 = resection cavity, not tumour)"),
-    LabelScheme("binary", (0, 1), {1: "tumour"}, {"whole": (1,)}, description="0 background, 1 tumour"),
-    LabelScheme("nonzero", None, {}, {"whole": None}, auto=False, description="every non-zero value is tumour"),
-    LabelScheme("crossmoda", (0, 1, 2), {1: "vestibular schwannoma", 2: "cochlea (not tumour)"}, {"whole": (1,)},
-                description="CrossMoDA 2021-2022"),
-    LabelScheme("crossmoda2023", (0, 1, 2, 3), {1: "intra-meatal vestibular schwannoma",
-                                                2: "extra-meatal vestibular schwannoma", 3: "cochlea (not tumour)"},
-                {"whole": (1, 2)}, description="CrossMoDA 2023 (tumour sub-segmented intra/extra-meatal)"),
-)}
+SCHEMES: dict[str, LabelScheme] = {
+    s.name: s
+    for s in (
+        _brats(
+            "brats2013",
+            (0, 1, 2, 3, 4),
+            {1: "necrosis", 2: "oedema", 3: "non-enhancing tumour", 4: "enhancing tumour"},
+            (1, 2, 3, 4),
+            (1, 3, 4),
+            (4,),
+            description="BraTS 2013-2015 and copies derived from them",
+        ),
+        _brats(
+            "brats2021",
+            (0, 1, 2, 4),
+            {1: "necrotic / non-enhancing core", 2: "oedema", 4: "enhancing tumour"},
+            (1, 2, 4),
+            (1, 4),
+            (4,),
+            description="BraTS 2017-2021",
+        ),
+        _brats(
+            "brats2023",
+            (0, 1, 2, 3),
+            {1: "non-enhancing tumour core", 2: "surrounding FLAIR hyperintensity", 3: "enhancing tumour"},
+            (1, 2, 3),
+            (1, 3),
+            (3,),
+            description="BraTS 2023-2025 GLI, MEN, MET, PED, SSA",
+        ),
+        _brats(
+            "brats2024",
+            (0, 1, 2, 3, 4),
+            {
+                1: "non-enhancing tumour core",
+                2: "surrounding FLAIR hyperintensity",
+                3: "enhancing tumour",
+                4: "resection cavity (not tumour)",
+            },
+            (1, 2, 3),
+            (1, 3),
+            (3,),
+            auto=False,
+            description="BraTS 2024-2025 post-treatment glioma (4 = resection cavity, not tumour)",
+        ),
+        LabelScheme("binary", (0, 1), {1: "tumour"}, {"whole": (1,)}, description="0 background, 1 tumour"),
+        LabelScheme("nonzero", None, {}, {"whole": None}, auto=False, description="every non-zero value is tumour"),
+        LabelScheme(
+            "crossmoda",
+            (0, 1, 2),
+            {1: "vestibular schwannoma", 2: "cochlea (not tumour)"},
+            {"whole": (1,)},
+            description="CrossMoDA 2021-2022",
+        ),
+        LabelScheme(
+            "crossmoda2023",
+            (0, 1, 2, 3),
+            {
+                1: "intra-meatal vestibular schwannoma",
+                2: "extra-meatal vestibular schwannoma",
+                3: "cochlea (not tumour)",
+            },
+            {"whole": (1, 2)},
+            description="CrossMoDA 2023 (tumour sub-segmented intra/extra-meatal)",
+        ),
+    )
+}
 LABEL_CHOICES = ("auto", *SCHEMES)
 """Values of ``convert --labels``."""
 
@@ -101,7 +153,7 @@ GENERATIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "crossmoda2021": (("crossmoda", "crossmoda2023", "binary"), "crossmoda"),
     "crossmoda2022": (("crossmoda", "crossmoda2023", "binary"), "crossmoda"),
     "crossmoda2023": (("crossmoda2023", "crossmoda", "binary"), None),
-    "crossmoda": (("crossmoda", "crossmoda2023", "binary"), None),   # unknown or mixed file prefixes
+    "crossmoda": (("crossmoda", "crossmoda2023", "binary"), None),  # unknown or mixed file prefixes
     "manifest": (tuple(n for n, s in SCHEMES.items() if s.auto), None),
 }
 
@@ -134,8 +186,9 @@ def _choices(values: set[int]) -> str:
     return ", ".join(f"--labels {s.name} ({s.description})" for s in fits)
 
 
-def detect_scheme(values: Iterable[int], generation: str, where: str,
-                  region: str | None = None) -> tuple[LabelScheme, str]:
+def detect_scheme(
+    values: Iterable[int], generation: str, where: str, region: str | None = None
+) -> tuple[LabelScheme, str]:
     """(scheme, how it was chosen) for the union of label values of a dataset; DataError when ambiguous.
 
     ``region``: only schemes defining it are candidates, and they need to agree on it alone
@@ -158,10 +211,14 @@ def detect_scheme(values: Iterable[int], generation: str, where: str,
     if len(fits) == 1 or (fits and _agree(fits, values, region)):
         return fits[0], f"label values {found}"
     if not fits:
-        raise DataError(f"{where}: label values {found} fit no label scheme of the {generation} naming; "
-                        f"choose one: {_choices(values)}")
-    raise DataError(f"{where}: label values {found} are ambiguous ({', '.join(s.name for s in fits)} read them "
-                    f"differently); choose one: {_choices(values)}")
+        raise DataError(
+            f"{where}: label values {found} fit no label scheme of the {generation} naming; "
+            f"choose one: {_choices(values)}"
+        )
+    raise DataError(
+        f"{where}: label values {found} are ambiguous ({', '.join(s.name for s in fits)} read them "
+        f"differently); choose one: {_choices(values)}"
+    )
 
 
 def scan_label_values(path: str, case: str) -> dict:
@@ -203,5 +260,7 @@ def read_region(store, case: str, region: str = "whole", region_slice=None) -> n
     if store.mask(case) is None:
         return None
     scheme = store.attrs(case).get("label_scheme", "unknown")
-    raise DataError(f"{store.path}: case {case!r} has no {REGION_NAMES[region]} ({name}): label scheme {scheme!r} "
-                    f"does not define it; data.region={region} needs a store converted with a BraTS scheme")
+    raise DataError(
+        f"{store.path}: case {case!r} has no {REGION_NAMES[region]} ({name}): label scheme {scheme!r} "
+        f"does not define it; data.region={region} needs a store converted with a BraTS scheme"
+    )

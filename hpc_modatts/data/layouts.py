@@ -37,8 +37,16 @@ log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 CROSSMODA_MODALITIES = ("ceT1", "hrT2")
-BRATS_NAMINGS = {"t1": "2018-2021", "t1ce": "2018-2021", "t2": "2018-2021", "flair": "2018-2021",
-                 "t1n": "2023-2025", "t1c": "2023-2025", "t2w": "2023-2025", "t2f": "2023-2025"}
+BRATS_NAMINGS = {
+    "t1": "2018-2021",
+    "t1ce": "2018-2021",
+    "t2": "2018-2021",
+    "flair": "2018-2021",
+    "t1n": "2023-2025",
+    "t1c": "2023-2025",
+    "t2w": "2023-2025",
+    "t2f": "2023-2025",
+}
 """File key (last ``_``/``-`` token of the name) -> the BraTS naming generation using it."""
 SEG_KEYS = ("seg", "segm")
 BRAIN_KEYS = ("brainmask", "mask")
@@ -53,13 +61,13 @@ class CaseSpec:
     """One case of a source dataset."""
 
     case_id: str
-    images: dict[str, Path]                       # canonical modality -> NIfTI path
-    mask: Path | None = None                      # label map (original values), or None
-    weak: dict[str, str] | None = None            # {"left": "P"|"A", "right": "P"|"A"} (manual)
+    images: dict[str, Path]  # canonical modality -> NIfTI path
+    mask: Path | None = None  # label map (original values), or None
+    weak: dict[str, str] | None = None  # {"left": "P"|"A", "right": "P"|"A"} (manual)
     extra: dict[str, str] = field(default_factory=dict)
-    brain: Path | None = None                     # brain mask file (> 0 = brain), or None
+    brain: Path | None = None  # brain mask file (> 0 = brain), or None
     names: dict[str, str] = field(default_factory=dict)  # canonical modality -> name in the files
-    generation: str = ""                          # naming generation, e.g. "brats2023-2025"
+    generation: str = ""  # naming generation, e.g. "brats2023-2025"
 
 
 def _strip_nifti(name: str) -> str | None:
@@ -86,8 +94,10 @@ def _apply_missing(specs: list[CaseSpec], required: tuple[str, ...], missing: st
         if not lacking:
             kept.append(spec)
         elif missing == "fail":
-            raise DataError(f"case {spec.case_id}: missing modality {', '.join(lacking)} in {src} "
-                            "(use --missing skip to leave such cases out)")
+            raise DataError(
+                f"case {spec.case_id}: missing modality {', '.join(lacking)} in {src} "
+                "(use --missing skip to leave such cases out)"
+            )
         else:
             log.warning("case %s: missing modality %s, skipped", spec.case_id, ", ".join(lacking))
     if not kept:
@@ -134,8 +144,10 @@ def _brats_folder(folder: Path) -> CaseSpec | None:
     if not images and mask is None:
         return None
     if len(namings) > 1:
-        raise DataError(f"{folder}: mixes the BraTS 2018-2021 (t1, t1ce, t2, flair) and 2023-2025 "
-                        f"(t1n, t1c, t2w, t2f) namings ({sorted(names.values())})")
+        raise DataError(
+            f"{folder}: mixes the BraTS 2018-2021 (t1, t1ce, t2, flair) and 2023-2025 "
+            f"(t1n, t1c, t2w, t2f) namings ({sorted(names.values())})"
+        )
     generation = f"brats{namings.pop()}" if namings else ""
     return CaseSpec(folder.name, images, mask, brain=brain, names=names, generation=generation)
 
@@ -147,12 +159,15 @@ def find_brats(src: Path, missing: str = "fail", modalities: tuple[str, ...] = B
     folders = sorted({p.parent for suf in NIFTI_SUFFIXES for p in src.rglob(f"*{suf}")})
     specs = [spec for spec in (_brats_folder(f) for f in folders) if spec is not None]
     if not specs:
-        raise DataError(f"{src}: no BraTS case found (expected <case>/<case>_t1.nii.gz ... or "
-                        f"<case>/<case>-t1n.nii.gz ...)")
+        raise DataError(
+            f"{src}: no BraTS case found (expected <case>/<case>_t1.nii.gz ... or <case>/<case>-t1n.nii.gz ...)"
+        )
     generations = {s.generation for s in specs if s.generation}
     if len(generations) > 1:
-        raise DataError(f"{src}: mixes BraTS namings {sorted(generations)} (their label values differ): "
-                        "convert each release into its own store")
+        raise DataError(
+            f"{src}: mixes BraTS namings {sorted(generations)} (their label values differ): "
+            "convert each release into its own store"
+        )
     generation = generations.pop() if generations else "brats2018-2021"
     for spec in specs:
         spec.generation = generation
@@ -197,8 +212,9 @@ def find_crossmoda(src: Path, missing: str = "fail", modalities: tuple[str, ...]
         raise DataError(f"{src}: no CrossMoDA case found (expected <case>_ceT1.nii.gz / <case>_hrT2.nii.gz)")
     for spec in by_case.values():
         if not spec.images:
-            raise DataError(f"case {spec.case_id}: label file {spec.mask or spec.brain} "
-                            "has no ceT1/hrT2 image beside it")
+            raise DataError(
+                f"case {spec.case_id}: label file {spec.mask or spec.brain} has no ceT1/hrT2 image beside it"
+            )
     generation = _crossmoda_generation(sorted(by_case))
     for spec in by_case.values():
         spec.generation = generation
@@ -249,14 +265,18 @@ def find_manifest(src: Path, missing: str = "fail", modalities: tuple[str, ...] 
             if r.get(col):
                 file = _resolve(path, r[col])
                 if getattr(spec, col) is not None and getattr(spec, col) != file:
-                    raise DataError(f"{path}: case {case!r} names two different {col} files "
-                                    f"({getattr(spec, col)}, {file})")
+                    raise DataError(
+                        f"{path}: case {case!r} names two different {col} files ({getattr(spec, col)}, {file})"
+                    )
                 setattr(spec, col, file)
         weak = _weak_labels(path, i, r)
         if weak is not None:
             spec.weak = weak
-    required = (tuple(canonical(m) for m in modalities) if modalities is not None
-                else tuple(sorted({m for s in by_case.values() for m in s.images})))
+    required = (
+        tuple(canonical(m) for m in modalities)
+        if modalities is not None
+        else tuple(sorted({m for s in by_case.values() for m in s.images}))
+    )
     return _apply_missing(sorted(by_case.values(), key=lambda s: s.case_id), required, missing, path)
 
 
@@ -281,8 +301,11 @@ def describe(specs: list[CaseSpec]) -> str:
     """One line about what was found, e.g. "5 case(s) in the BraTS 2023-2025 naming (GLI, MET), 5 with masks"."""
     gen = specs[0].generation if specs else ""
     m = re.match(r"^(brats|crossmoda)(\d{4}(?:-\d{4})?)?$", gen)
-    naming = (f"the {'BraTS' if m[1] == 'brats' else 'CrossMoDA'} {m[2] or ''} naming".replace("  ", " ")
-              if m else "a manifest")
+    naming = (
+        f"the {'BraTS' if m[1] == 'brats' else 'CrossMoDA'} {m[2] or ''} naming".replace("  ", " ")
+        if m
+        else "a manifest"
+    )
     subs = sorted({x[1] for x in (re.match(r"^BraTS-([A-Z]+)-\d", s.case_id) for s in specs) if x})
     if subs:
         naming += f" ({', '.join(subs)})"
@@ -314,9 +337,11 @@ def detect_layout(src: str | Path) -> str:
         return found.pop()
     if found:
         raise DataError(f"{src}: holds both BraTS and CrossMoDA files; give --layout brats|crossmoda (or a manifest)")
-    raise DataError(f"{src}: cannot tell the layout: no BraTS files (<case>/<case>_t1.nii.gz, "
-                    f"<case>/BraTS-GLI-00000-000-t1c.nii.gz) and no CrossMoDA files (<case>_ceT1.nii.gz, "
-                    f"<case>_hrT2.nii.gz); give --layout or a manifest (--layout manifest)")
+    raise DataError(
+        f"{src}: cannot tell the layout: no BraTS files (<case>/<case>_t1.nii.gz, "
+        f"<case>/BraTS-GLI-00000-000-t1c.nii.gz) and no CrossMoDA files (<case>_ceT1.nii.gz, "
+        f"<case>_hrT2.nii.gz); give --layout or a manifest (--layout manifest)"
+    )
 
 
 def resolve_layout(src: str | Path, layout: str) -> str:
@@ -328,8 +353,9 @@ def resolve_layout(src: str | Path, layout: str) -> str:
     return layout
 
 
-def find_cases(src: str | Path, layout: str, missing: str = "fail",
-               modalities: Sequence[str] | None = None) -> list[CaseSpec]:
+def find_cases(
+    src: str | Path, layout: str, missing: str = "fail", modalities: Sequence[str] | None = None
+) -> list[CaseSpec]:
     """Cases of ``src`` in ``layout`` ("auto", "brats", "crossmoda", "manifest")."""
     layout = resolve_layout(src, layout)
     kwargs = {} if modalities is None else {"modalities": tuple(modalities)}

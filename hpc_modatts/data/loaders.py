@@ -38,8 +38,18 @@ from hpc_modatts.data.sampling import RankLoader, RankSampler, make_loader
 from hpc_modatts.data.store import IMAGE_PREFIX
 from hpc_modatts.data.store_access import DEFAULT_CACHE_BYTES, LazyStore, Range, VolumeCache, lazy_volumes, read_window
 
-__all__ = ["SliceDataset", "VolumeDataset", "VolumeCache", "RankSampler", "RankLoader", "make_loader",
-           "lazy_volumes", "read_window", "brain_box", "centred_window"]
+__all__ = [
+    "SliceDataset",
+    "VolumeDataset",
+    "VolumeCache",
+    "RankSampler",
+    "RankLoader",
+    "make_loader",
+    "lazy_volumes",
+    "read_window",
+    "brain_box",
+    "centred_window",
+]
 
 
 def _item_seed(seed: int, epoch: int, index: int) -> tuple[int, int, int]:
@@ -49,8 +59,18 @@ def _item_seed(seed: int, epoch: int, index: int) -> tuple[int, int, int]:
 class _EpochDataset(Dataset):
     """Common part: lazy store with its decoded-array cache, epoch for deterministic augmentation."""
 
-    def __init__(self, store_path, cases: Sequence[str], modality: str, annotated, augment: bool, seed: int,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, axial_cache: bool = False, mask_name: str = "mask"):
+    def __init__(
+        self,
+        store_path,
+        cases: Sequence[str],
+        modality: str,
+        annotated,
+        augment: bool,
+        seed: int,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        axial_cache: bool = False,
+        mask_name: str = "mask",
+    ):
         self.cache = VolumeCache(cache_bytes, axial=axial_cache)
         self.mask_name = mask_name
         self.handle = LazyStore(store_path, self.cache)
@@ -68,8 +88,10 @@ class _EpochDataset(Dataset):
                 raise DataError(f"{store.path}: case {c!r} has no modality {modality!r} (has {store.modalities(c)})")
             has_mask = self.handle.array(c, "mask") is not None
             if c in self.annotated and has_mask and self.handle.array(c, mask_name) is None:
-                raise DataError(f"{store.path}: case {c!r} has a mask but no {mask_name!r} (data.region): its label "
-                                f"scheme {store.attrs(c).get('label_scheme')!r} does not define that region")
+                raise DataError(
+                    f"{store.path}: case {c!r} has a mask but no {mask_name!r} (data.region): its label "
+                    f"scheme {store.attrs(c).get('label_scheme')!r} does not define that region"
+                )
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation (and random crops) are a function of (seed, epoch, index)."""
@@ -90,12 +112,23 @@ class SliceDataset(_EpochDataset):
     ``hpc_modatts.data.labels.region_array``); weak labels always follow the whole tumour.
     """
 
-    def __init__(self, store_path, cases: Sequence[str], modality: str, annotated=frozenset(),
-                 size: tuple[int, int] = (240, 240), augment: bool = False, seed: int = 0,
-                 min_tumour_fraction: float = 0.01, min_brain_fraction: float = 0.01,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, mask_name: str = "mask") -> None:
-        super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes, axial_cache=True,
-                         mask_name=mask_name)
+    def __init__(
+        self,
+        store_path,
+        cases: Sequence[str],
+        modality: str,
+        annotated=frozenset(),
+        size: tuple[int, int] = (240, 240),
+        augment: bool = False,
+        seed: int = 0,
+        min_tumour_fraction: float = 0.01,
+        min_brain_fraction: float = 0.01,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        mask_name: str = "mask",
+    ) -> None:
+        super().__init__(
+            store_path, cases, modality, annotated, augment, seed, cache_bytes, axial_cache=True, mask_name=mask_name
+        )
         self.size = tuple(int(s) for s in size)
         self.chain = aug.augment_2d() if augment else None
         self.index: list[tuple[str, int, int]] = []  # (case, z, weak)
@@ -139,8 +172,11 @@ class SliceDataset(_EpochDataset):
         image = read_window(arr, valid, start, self.size, -1.0, np.float32, (z,))  # (H, W)
         mask_arr = self.handle.source(case, self.mask_name) if case in self.annotated else None
         has_mask = mask_arr is not None
-        mask = (read_window(mask_arr, valid, start, self.size, 0, np.float32, (z,)) if has_mask
-                else np.zeros(self.size, np.float32))
+        mask = (
+            read_window(mask_arr, valid, start, self.size, 0, np.float32, (z,))
+            if has_mask
+            else np.zeros(self.size, np.float32)
+        )
         sample = {"image": torch.from_numpy(image)[None], "mask": torch.from_numpy(mask)[None]}  # (1, H, W)
         if self.chain is not None:
             sample = self._augment(self.chain, sample, i)
@@ -179,11 +215,21 @@ class VolumeDataset(_EpochDataset):
     ``mask_core``, ...); the weak label of a window always follows the whole tumour.
     """
 
-    def __init__(self, store_path, cases: Sequence[str], modality: str,
-                 patch_size: tuple[int, int, int] = (96, 160, 64), half: bool = True, annotated=frozenset(),
-                 augment: bool = False, seed: int = 0, extra_mask: str | None = None,
-                 extra_store: str | os.PathLike | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 mask_name: str = "mask") -> None:
+    def __init__(
+        self,
+        store_path,
+        cases: Sequence[str],
+        modality: str,
+        patch_size: tuple[int, int, int] = (96, 160, 64),
+        half: bool = True,
+        annotated=frozenset(),
+        augment: bool = False,
+        seed: int = 0,
+        extra_mask: str | None = None,
+        extra_store: str | os.PathLike | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        mask_name: str = "mask",
+    ) -> None:
         super().__init__(store_path, cases, modality, annotated, augment, seed, cache_bytes, mask_name=mask_name)
         self.patch_size = tuple(int(s) for s in patch_size)
         if len(self.patch_size) != 3:
@@ -204,8 +250,9 @@ class VolumeDataset(_EpochDataset):
         if half:
             split = attrs.get("hemisphere_split")
             if not isinstance(split, int) or not 0 < split < X:
-                raise DataError(f"{store.path}: case {case!r}: attribute hemisphere_split={split!r} "
-                                f"must be an X index in (0, {X})")
+                raise DataError(
+                    f"{store.path}: case {case!r}: attribute hemisphere_split={split!r} must be an X index in (0, {X})"
+                )
             parts = [("left", (0, split)), ("right", (split, X))]
         else:
             parts = [("whole", (0, X))]
@@ -258,8 +305,9 @@ class VolumeDataset(_EpochDataset):
     def __getitem__(self, i: int) -> dict:
         case, side, valid, box, weak = self.index[i]
         start = self._window_start(box, i)
-        image = read_window(self.handle.source(case, self.image_name), valid, start, self.patch_size,
-                            -1.0, np.float32)  # (X, Y, Z)
+        image = read_window(
+            self.handle.source(case, self.image_name), valid, start, self.patch_size, -1.0, np.float32
+        )  # (X, Y, Z)
         shown, true_win = self._mask(case, valid, start)
         if true_win is not None:  # a stored mask: is there tumour in the window actually shown?
             weak = int(true_win.any())
@@ -268,4 +316,3 @@ class VolumeDataset(_EpochDataset):
         if self.chain is not None:
             sample = self._augment(self.chain, sample, i)
         return {**sample, "has_mask": torch.tensor(shown is not None), "weak": weak, "case": case, "side": side}
-

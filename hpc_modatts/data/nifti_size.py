@@ -60,12 +60,16 @@ def check_nifti_size(path: str | os.PathLike, what: str = "image", max_voxels: i
         raise DataError(f"{path}: cannot read {what} NIfTI ({type(e).__name__}: {e})".replace("\n", " ")) from None
     voxels = math.prod(shape)
     if voxels > max_voxels:
-        raise DataError(f"{path}: cannot read {what} NIfTI (header claims shape {list(shape)} = {voxels:.3g} "
-                        f"voxels, more than the {max_voxels:.3g} accepted)")
+        raise DataError(
+            f"{path}: cannot read {what} NIfTI (header claims shape {list(shape)} = {voxels:.3g} "
+            f"voxels, more than the {max_voxels:.3g} accepted)"
+        )
     offset = getattr(img.header, "get_data_offset", lambda: 0)()
     need = int(offset) + voxels * itemsize
     gz = path.name.endswith(".gz")
     have = _gzip_length(path, need) if gz else path.stat().st_size
     if have < need:
-        raise DataError(f"{path}: cannot read {what} NIfTI (header claims {need} bytes of header and voxels, "
-                        f"the file holds {have}{' uncompressed' if gz else ''}: truncated or a forged header)")
+        raise DataError(
+            f"{path}: cannot read {what} NIfTI (header claims {need} bytes of header and voxels, "
+            f"the file holds {have}{' uncompressed' if gz else ''}: truncated or a forged header)"
+        )

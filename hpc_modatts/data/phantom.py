@@ -35,9 +35,9 @@ TISSUES = ("csf", "gm", "wm", "necrosis", "oedema", "enhancing")
 # necrotic core hypo-intense in T1 (bright in T2); oedema bright in T2/FLAIR; enhancing rim
 # bright only in T1ce (gadolinium).
 INTENSITY = {
-    "t1":    (0.25, 0.55, 0.80, 0.20, 0.45, 0.50),
-    "t1ce":  (0.25, 0.55, 0.75, 0.20, 0.45, 1.15),
-    "t2":    (1.00, 0.60, 0.42, 0.90, 0.88, 0.70),
+    "t1": (0.25, 0.55, 0.80, 0.20, 0.45, 0.50),
+    "t1ce": (0.25, 0.55, 0.75, 0.20, 0.45, 1.15),
+    "t2": (1.00, 0.60, 0.42, 0.90, 0.88, 0.70),
     "flair": (0.12, 0.60, 0.45, 0.55, 1.00, 0.80),
 }
 FIELD_OF_VIEW_MM = (192, 224, 192)  # (X, Y, Z) extent of a case: 96x112x96 at 2 mm
@@ -51,11 +51,11 @@ BIAS_AMPLITUDE = (0.02, 0.06)
 class Anatomy:
     """Template tissue maps on the case grid (RAS), plus the grid's affine."""
 
-    gm: np.ndarray       # (X, Y, Z) float32 in [0, 1]
+    gm: np.ndarray  # (X, Y, Z) float32 in [0, 1]
     wm: np.ndarray
     csf: np.ndarray
     support: np.ndarray  # (X, Y, Z) float32, 1 inside the skull-stripped brain
-    affine: np.ndarray   # 4x4 RAS
+    affine: np.ndarray  # 4x4 RAS
 
 
 def _nilearn_data_dir() -> Path:
@@ -133,8 +133,10 @@ def deform(anat: Anatomy, rng: np.random.Generator, spacing: int) -> tuple[np.nd
     amp = 4.0 / spacing
     for ax in range(3):
         coords[ax] += amp * smooth_field(rng, shape, coarse=5).reshape(-1)
-    out = [ndi.map_coordinates(m, coords, order=1, mode="constant", cval=0.0).reshape(shape)
-           for m in (anat.csf, anat.gm, anat.wm, anat.support)]
+    out = [
+        ndi.map_coordinates(m, coords, order=1, mode="constant", cval=0.0).reshape(shape)
+        for m in (anat.csf, anat.gm, anat.wm, anat.support)
+    ]
     return tuple(out)
 
 
@@ -160,7 +162,7 @@ def make_tumour(brain: np.ndarray, rng: np.random.Generator, spacing: int, side:
     if side == "left":
         half[: split - 1] = True
     else:
-        half[split + 1:] = True
+        half[split + 1 :] = True
     inside = brain & half
     depth = ndi.distance_transform_edt(inside) * spacing  # mm from the edge of the hemisphere
     for _ in range(20):
@@ -195,8 +197,9 @@ def _nested_blobs(shape, centre, radii, rng) -> np.ndarray:
     return labels
 
 
-def render(fractions: np.ndarray, brain: np.ndarray, contrast: str, rng: np.random.Generator,
-           bias: np.ndarray | None = None) -> np.ndarray:
+def render(
+    fractions: np.ndarray, brain: np.ndarray, contrast: str, rng: np.random.Generator, bias: np.ndarray | None = None
+) -> np.ndarray:
     """One contrast from tissue fractions (T, X, Y, Z): table * jitter, texture, bias, Rician noise.
 
     ``bias``: the session's multiplicative bias field (X, Y, Z), shared by every contrast of a case;
@@ -204,13 +207,13 @@ def render(fractions: np.ndarray, brain: np.ndarray, contrast: str, rng: np.rand
     table = np.asarray(INTENSITY[contrast], np.float32) * rng.normal(1.0, 0.05, len(TISSUES)).astype(np.float32)
     img = np.tensordot(table, fractions, axes=1)  # (X, Y, Z)
     shape: tuple[int, ...] = img.shape
-    img *= 1.0 + 0.03 * smooth_field(rng, shape, coarse=24)                 # tissue texture
+    img *= 1.0 + 0.03 * smooth_field(rng, shape, coarse=24)  # tissue texture
     img *= bias if bias is not None else np.exp(rng.uniform(0.05, 0.15) * smooth_field(rng, shape, coarse=3))
     sigma = rng.uniform(0.015, 0.035)
     noise_r = rng.normal(0.0, sigma, shape).astype(np.float32)
     noise_i = rng.normal(0.0, sigma, shape).astype(np.float32)
-    img = np.sqrt((img + noise_r) ** 2 + noise_i**2)                        # Rician magnitude
-    img = np.where(brain, np.maximum(np.rint(img * 1000.0), 1.0), 0.0)     # background exactly 0
+    img = np.sqrt((img + noise_r) ** 2 + noise_i**2)  # Rician magnitude
+    img = np.where(brain, np.maximum(np.rint(img * 1000.0), 1.0), 0.0)  # background exactly 0
     return img.astype(np.int16)
 
 
@@ -233,8 +236,14 @@ def make_case(index: int, seed: int = 0, spacing: int = 2, healthy: bool = False
     return out
 
 
-def make_phantom(out_dir: str | Path, cases: int = 4, seed: int = 0, spacing: int = 2,
-                 healthy_fraction: float = 0.0, prefix: str = "phantom") -> list[Path]:
+def make_phantom(
+    out_dir: str | Path,
+    cases: int = 4,
+    seed: int = 0,
+    spacing: int = 2,
+    healthy_fraction: float = 0.0,
+    prefix: str = "phantom",
+) -> list[Path]:
     """Write ``cases`` BraTS-layout phantom cases under ``out_dir``; returns the case folders.
 
     ``spacing`` (mm, integer) sets the grid: 2 -> 96x112x96 (the demo), 4 -> 48x56x48 (tests).
@@ -244,8 +253,9 @@ def make_phantom(out_dir: str | Path, cases: int = 4, seed: int = 0, spacing: in
         raise DataError(f"phantom: --cases must be >= 1, got {cases}")
     out_dir = Path(out_dir)
     anat = load_anatomy(spacing)
-    ras_to_lps = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
-                                                 nib.orientations.axcodes2ornt("LPS"))
+    ras_to_lps = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt("LPS")
+    )
     folders = []
     for i in range(cases):
         case = f"{prefix}_{i:03d}"

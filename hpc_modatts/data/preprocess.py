@@ -39,13 +39,13 @@ AFFINE_ATOL = 1e-3  # mm: image/mask affines must agree to this tolerance
 class PreparedCase:
     """Arrays ready for ``Store.write_case`` (all (X, Y, Z), canonical RAS)."""
 
-    images: dict[str, np.ndarray]   # float32 in [-1, 1], background -1
-    mask: np.ndarray | None         # uint8 {0, 1} whole tumour
-    labels: np.ndarray | None       # uint8 original label values
-    brain: np.ndarray               # uint8 {0, 1}
+    images: dict[str, np.ndarray]  # float32 in [-1, 1], background -1
+    mask: np.ndarray | None  # uint8 {0, 1} whole tumour
+    labels: np.ndarray | None  # uint8 original label values
+    brain: np.ndarray  # uint8 {0, 1}
     attrs: dict[str, Any]
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # region masks ("mask_core", ...)
-    warnings: list[str] = field(default_factory=list)           # for the driver to log (workers may be remote)
+    warnings: list[str] = field(default_factory=list)  # for the driver to log (workers may be remote)
 
 
 # ----------------------------------------------------------------------------- loading / checks
@@ -72,13 +72,19 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
     return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=AFFINE_ATOL, rtol=0)
 
 
-def grid_mismatch(ref_mod: str, ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path,
-                  what: str) -> DataError:
+def grid_mismatch(
+    ref_mod: str, ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path, what: str
+) -> DataError:
     """The one-line error for a file off the reference grid, suggesting --resample-to."""
-    detail = (f"shape {other.shape} vs {ref.shape}" if other.shape != ref.shape
-              else "affine differs (spacing/origin/orientation)")
-    return DataError(f"{other_path}: {what} is not on the grid of {ref_path.name} ({detail}); add "
-                     f"--resample-to {ref_mod} to resample it onto {ref_mod}'s grid (world coordinates)")
+    detail = (
+        f"shape {other.shape} vs {ref.shape}"
+        if other.shape != ref.shape
+        else "affine differs (spacing/origin/orientation)"
+    )
+    return DataError(
+        f"{other_path}: {what} is not on the grid of {ref_path.name} ({detail}); add "
+        f"--resample-to {ref_mod} to resample it onto {ref_mod}'s grid (world coordinates)"
+    )
 
 
 def resample_onto(img: nib.Nifti1Image, ref: nib.Nifti1Image, order: int, cval: float = 0.0) -> nib.Nifti1Image:
@@ -99,21 +105,29 @@ def check_labels(labels: np.ndarray, scheme: LabelScheme, path: Path) -> np.ndar
     values = {int(v) for v in np.unique(labels)}
     unexpected = sorted(values - set(scheme.allowed if scheme.allowed is not None else range(256)))
     if unexpected:
-        raise DataError(f"{path}: mask has unexpected label values {unexpected} for --labels {scheme.name} "
-                        f"(allowed {allowed}); see --labels")
+        raise DataError(
+            f"{path}: mask has unexpected label values {unexpected} for --labels {scheme.name} "
+            f"(allowed {allowed}); see --labels"
+        )
     return labels.astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- geometry
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float] | np.ndarray,
-                    target: Sequence[float] | np.ndarray) -> tuple[int, ...]:
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray
+) -> tuple[int, ...]:
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
 def resample(vol: np.ndarray, scale: np.ndarray, out_shape: tuple[int, ...], order: int) -> np.ndarray:
     """Output voxel i samples input index ``i * scale`` (scale = new spacing / old spacing)."""
-    out = ndi.affine_transform(vol.astype(np.float32 if order else vol.dtype, copy=False), np.asarray(scale, float),
-                               output_shape=out_shape, order=order, mode="nearest")
+    out = ndi.affine_transform(
+        vol.astype(np.float32 if order else vol.dtype, copy=False),
+        np.asarray(scale, float),
+        output_shape=out_shape,
+        order=order,
+        mode="nearest",
+    )
     return out.astype(vol.dtype if order == 0 else np.float32, copy=False)
 
 
@@ -162,8 +176,9 @@ def normalise(vol: np.ndarray, brain: np.ndarray, where: str) -> tuple[np.ndarra
     with np.errstate(over="ignore", invalid="ignore"):  # checked below: one line, not numpy warnings
         mean, std = float(v.mean()), float(v.std())
     if not (np.isfinite(mean) and np.isfinite(std)):  # e.g. a 1e300 voxel: its square overflows
-        raise DataError(f"{where}: brain intensities too large to normalise (mean {mean:.3g}, std {std:.3g}: "
-                        "NaN/Inf statistics)")
+        raise DataError(
+            f"{where}: brain intensities too large to normalise (mean {mean:.3g}, std {std:.3g}: NaN/Inf statistics)"
+        )
     if not std > 0:
         raise DataError(f"{where}: constant intensity inside the brain (std 0), cannot normalise")
     with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: clipped here or refused by the caller
@@ -184,15 +199,25 @@ def _scheme(scheme: LabelScheme | str) -> LabelScheme:
     return get_scheme(scheme)
 
 
-def _on_grid(spec: CaseSpec, ref_mod: str, ref: nib.Nifti1Image, img: nib.Nifti1Image, path: Path, what: str,
-             resample: bool, order: int, cval: float, moved: dict, key: str) -> nib.Nifti1Image:
+def _on_grid(
+    spec: CaseSpec,
+    ref_mod: str,
+    ref: nib.Nifti1Image,
+    img: nib.Nifti1Image,
+    path: Path,
+    what: str,
+    resample: bool,
+    order: int,
+    cval: float,
+    moved: dict,
+    key: str,
+) -> nib.Nifti1Image:
     """``img`` on the reference grid: as it is, resampled (recorded in ``moved``), or a one-line error."""
     if same_grid(ref, img):
         return img
     if not resample:
         raise grid_mismatch(ref_mod, ref, spec.images[ref_mod], img, path, what)
-    moved[key] = {"path": str(path), "shape": list(img.shape), "affine": img.affine.tolist(),
-                  "order": order}
+    moved[key] = {"path": str(path), "shape": list(img.shape), "affine": img.affine.tolist(), "order": order}
     return resample_onto(img, ref, order=order, cval=cval)
 
 
@@ -203,8 +228,9 @@ def _load_on_grid(spec: CaseSpec, resample_to: str | None) -> tuple:
     if resample_to is not None:
         ref_mod = canonical(resample_to)
         if ref_mod not in spec.images:
-            raise DataError(f"case {spec.case_id}: --resample-to {resample_to}: the case has no {ref_mod} image "
-                            f"(has {mods})")
+            raise DataError(
+                f"case {spec.case_id}: --resample-to {resample_to}: the case has no {ref_mod} image (has {mods})"
+            )
     resample = resample_to is not None
     originals = {m: load_volume(spec.images[m], f"{m} image") for m in mods}
     ref = originals[ref_mod]
@@ -212,20 +238,47 @@ def _load_on_grid(spec: CaseSpec, resample_to: str | None) -> tuple:
     moved: dict[str, dict] = {}
     for m in mods:
         if m != ref_mod:
-            originals[m] = _on_grid(spec, ref_mod, ref, originals[m], spec.images[m], f"{m} image", resample,
-                                    1, backgrounds[m] or 0.0, moved, m)
+            originals[m] = _on_grid(
+                spec,
+                ref_mod,
+                ref,
+                originals[m],
+                spec.images[m],
+                f"{m} image",
+                resample,
+                1,
+                backgrounds[m] or 0.0,
+                moved,
+                m,
+            )
     extra = {}
     for key, path in (("mask", spec.mask), ("brain", spec.brain)):
         if path is not None:
             what = "the brain mask" if key == "brain" else "the mask"
-            extra[key] = _on_grid(spec, ref_mod, ref, load_volume(path, f"{key} mask" if key == "brain" else key),
-                                  path, what, resample, 0, 0.0, moved, key)
+            extra[key] = _on_grid(
+                spec,
+                ref_mod,
+                ref,
+                load_volume(path, f"{key} mask" if key == "brain" else key),
+                path,
+                what,
+                resample,
+                0,
+                0.0,
+                moved,
+                key,
+            )
     return ref_mod, originals, backgrounds, extra.get("mask"), extra.get("brain"), moved
 
 
-def preprocess_case(spec: CaseSpec, scheme: LabelScheme | str = "brats", spacing: Sequence[float] | None = None,
-                    crop: Sequence[int] | str | None = None, crop_margin: int = 2,
-                    resample_to: str | None = None) -> PreparedCase:
+def preprocess_case(
+    spec: CaseSpec,
+    scheme: LabelScheme | str = "brats",
+    spacing: Sequence[float] | None = None,
+    crop: Sequence[int] | str | None = None,
+    crop_margin: int = 2,
+    resample_to: str | None = None,
+) -> PreparedCase:
     """Check, reorient, resample, crop and normalise one case (see module docstring).
 
     ``scheme``: a label scheme or its name (``hpc_modatts.data.labels``). ``resample_to``: a
@@ -254,9 +307,11 @@ def preprocess_case(spec: CaseSpec, scheme: LabelScheme | str = "brats", spacing
     else:
         shifted = {m: b for m, b in backgrounds.items() if b not in (None, 0.0)}
         if shifted:
-            warnings.append(f"case {spec.case_id}: constant non-zero background "
-                            + ", ".join(f"{b:.4g} in {m}" for m, b in shifted.items())
-                            + " (z-scored data?): voxels equal to it are background")
+            warnings.append(
+                f"case {spec.case_id}: constant non-zero background "
+                + ", ".join(f"{b:.4g} in {m}" for m, b in shifted.items())
+                + " (z-scored data?): voxels equal to it are background"
+            )
         # modalities resampled onto the grid have blurred edges: the brain comes from those already on it
         on_grid = {m: v for m, v in vols.items() if m not in moved}
         brain = brain_from_images(on_grid, {m: b or 0.0 for m, b in backgrounds.items()})
@@ -290,17 +345,26 @@ def preprocess_case(spec: CaseSpec, scheme: LabelScheme | str = "brats", spacing
     split = hemisphere_split(brain)
     weak = weak_labels_of(mask, split) if mask is not None else spec.weak
     attrs = {
-        "affine": affine.tolist(), "spacing": [float(s) for s in out_spacing], "shape": list(brain.shape),
-        "original_shape": list(ref.shape), "original_affine": ref.affine.tolist(),
+        "affine": affine.tolist(),
+        "spacing": [float(s) for s in out_spacing],
+        "shape": list(brain.shape),
+        "original_shape": list(ref.shape),
+        "original_affine": ref.affine.tolist(),
         "original_orientation": "".join(nib.aff2axcodes(ref.affine)),
-        "canonical_shape": list(can_shape), "canonical_affine": can_affine.tolist(),
-        "crop_box": box, "resampled_shape": None if res_shape is None else list(res_shape),
-        "norm": norm, "hemisphere_split": split, "weak_labels": weak,
+        "canonical_shape": list(can_shape),
+        "canonical_affine": can_affine.tolist(),
+        "crop_box": box,
+        "resampled_shape": None if res_shape is None else list(res_shape),
+        "norm": norm,
+        "hemisphere_split": split,
+        "weak_labels": weak,
         "label_scheme": scheme.name,
         "label_values": None if scheme.allowed is None else list(scheme.allowed),
         "tumour_labels": list(scheme.tumour) if scheme.allowed is not None else "nonzero",
-        "brain_from": brain_from, "background": {m: (0.0 if b is None else b) for m, b in backgrounds.items()},
-        "reference_modality": ref_mod, "modality_names": {m: spec.names.get(m, m) for m in mods},
+        "brain_from": brain_from,
+        "background": {m: (0.0 if b is None else b) for m, b in backgrounds.items()},
+        "reference_modality": ref_mod,
+        "modality_names": {m: spec.names.get(m, m) for m in mods},
         "resampled_to": {"modality": ref_mod, "files": moved} if moved else None,
     }
     extra = region_masks(labels, scheme) if labels is not None else {}
@@ -337,8 +401,15 @@ def to_original_geometry(volume: np.ndarray, attrs: dict, order: int = 0, fill: 
         # canonical voxel j -> resampled index inv(A_grid) @ A_can @ j
         m = np.linalg.inv(grid_affine) @ can_affine
         dtype = volume.dtype if order == 0 else np.float32
-        volume = ndi.affine_transform(volume.astype(dtype, copy=False), m[:3, :3], offset=m[:3, 3],
-                                      output_shape=can_shape, order=order, mode="constant", cval=fill)
+        volume = ndi.affine_transform(
+            volume.astype(dtype, copy=False),
+            m[:3, :3],
+            offset=m[:3, 3],
+            output_shape=can_shape,
+            order=order,
+            mode="constant",
+            cval=fill,
+        )
     to_orig = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
     data = nib.orientations.apply_orientation(volume, to_orig)
     if data.shape != orig_shape:

@@ -23,8 +23,15 @@ class RankSampler(Sampler[int]):
     of the current epoch already delivered (kept up to date by ``make_loader``'s loader).
     """
 
-    def __init__(self, dataset_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, num_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset_len: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        num_samples: int | None = None,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank={rank} must be in [0, world_size={world_size})")
         self.dataset_len, self.seed, self.rank, self.world_size = int(dataset_len), int(seed), rank, world_size
@@ -32,8 +39,10 @@ class RankSampler(Sampler[int]):
         self.total = int(num_samples if num_samples is not None else dataset_len)
         self.per_rank = self.total // world_size
         if self.dataset_len < 1 or self.per_rank < 1:
-            raise DataError(f"{self.total} sample(s) per epoch cannot feed {world_size} rank(s) "
-                            f"(dataset of {dataset_len}); use fewer ranks or more data")
+            raise DataError(
+                f"{self.total} sample(s) per epoch cannot feed {world_size} rank(s) "
+                f"(dataset of {dataset_len}); use fewer ranks or more data"
+            )
         self.epoch, self.position = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -49,24 +58,31 @@ class RankSampler(Sampler[int]):
             order = np.concatenate([rng.permutation(self.dataset_len) for _ in range(reps)])
         else:
             order = np.arange(self.total) % self.dataset_len
-        return order[: self.per_rank * self.world_size][self.rank::self.world_size].tolist()
+        return order[: self.per_rank * self.world_size][self.rank :: self.world_size].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices()[self.position:])
+        return iter(self.indices()[self.position :])
 
     def __len__(self) -> int:
         return self.per_rank - self.position
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "world_size": self.world_size, "total": self.total}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "total": self.total,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at (epoch, position); the seed, world size and epoch size must match."""
         for key in ("seed", "world_size", "total"):
             if key in state and state[key] != getattr(self, key):
-                raise DataError(f"sampler state has {key}={state[key]}, this run has {getattr(self, key)}: "
-                                f"cannot resume the same sample order")
+                raise DataError(
+                    f"sampler state has {key}={state[key]}, this run has {getattr(self, key)}: "
+                    f"cannot resume the same sample order"
+                )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
@@ -83,11 +99,18 @@ class RankLoader(DataLoader):
             yield batch
 
 
-def make_loader(dataset: Dataset, batch_size_per_rank: int, sampler: RankSampler, num_workers: int = 0,
-                drop_last: bool = False) -> RankLoader:
+def make_loader(
+    dataset: Dataset, batch_size_per_rank: int, sampler: RankSampler, num_workers: int = 0, drop_last: bool = False
+) -> RankLoader:
     """A torch DataLoader over ``dataset`` driven by ``sampler`` (``sampler.set_epoch`` per epoch)."""
     if batch_size_per_rank < 1:
         raise ConfigError(f"batch_size_per_rank={batch_size_per_rank} must be >= 1")
-    return RankLoader(dataset, batch_size=batch_size_per_rank, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+    return RankLoader(
+        dataset,
+        batch_size=batch_size_per_rank,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )

@@ -40,19 +40,21 @@ def unfit_slices(slices: np.ndarray, shape: tuple[int, int, int], fill: float) -
     return out
 
 
-def brain_slices(volume: np.ndarray, brain: np.ndarray, size: tuple[int, int],
-                 min_brain_fraction: float = 0.01) -> np.ndarray:
+def brain_slices(
+    volume: np.ndarray, brain: np.ndarray, size: tuple[int, int], min_brain_fraction: float = 0.01
+) -> np.ndarray:
     """(N, H, W) axial slices of ``volume`` (``fit_slices``) whose brain covers >= the fraction."""
-    area = np.asarray(brain).sum(axis=(0, 1))                               # (Z,)
+    area = np.asarray(brain).sum(axis=(0, 1))  # (Z,)
     keep = area >= max(1.0, min_brain_fraction * brain.shape[0] * brain.shape[1])
     return fit_slices(volume, size, fill=-1.0)[keep]
 
 
-def map_slices(fn: Callable[[torch.Tensor], torch.Tensor], slices: np.ndarray, device: torch.device,
-               batch: int = 16) -> np.ndarray:
+def map_slices(
+    fn: Callable[[torch.Tensor], torch.Tensor], slices: np.ndarray, device: torch.device, batch: int = 16
+) -> np.ndarray:
     """Apply ``fn`` ((B, 1, H, W) -> (B, 1, H, W)) to (Z, H, W) slices in batches; float32 numpy out."""
     outs = []
     for z0 in range(0, slices.shape[0], batch):
-        x = torch.from_numpy(slices[z0:z0 + batch, None]).to(device)  # (B, 1, H, W)
+        x = torch.from_numpy(slices[z0 : z0 + batch, None]).to(device)  # (B, 1, H, W)
         outs.append(fn(x).float()[:, 0].cpu().numpy())
     return np.concatenate(outs, axis=0)

@@ -73,10 +73,15 @@ class Split:
         f = self.folds[k]
         src, tgt = list(f["source_train"]), list(f["target_train"])
         return dataclasses.replace(
-            self, source_train=src, target_train=tgt, val=list(f["val"]),
+            self,
+            source_train=src,
+            target_train=tgt,
+            val=list(f["val"]),
             source_labeled=[c for c in self.source_labeled if c in set(src)],
             target_labeled=[c for c in self.target_labeled if c in set(tgt)],
-            folds=[f], meta={**self.meta, "fold": k})
+            folds=[f],
+            meta={**self.meta, "fold": k},
+        )
 
     def all_cases(self) -> list[str]:
         return sorted(set().union(*(getattr(self, n) for n in _LIST_FIELDS)))
@@ -110,8 +115,10 @@ class Split:
             store = store if isinstance(store, Store) else Store.open(store)
             made_for, this = split.meta.get("store_id"), store.root_attrs.get("store_id")
             if made_for and this and made_for != this:
-                raise DataError(f"{path}: made for store {split.meta.get('store')} (id {made_for}), not for "
-                                f"{store.path} (id {this}); make a split of this store with `hpc-modatts split`")
+                raise DataError(
+                    f"{path}: made for store {split.meta.get('store')} (id {made_for}), not for "
+                    f"{store.path} (id {this}); make a split of this store with `hpc-modatts split`"
+                )
             unknown = sorted(set(split.all_cases()) - set(store.case_ids))
             if unknown:
                 raise DataError(f"{path}: {len(unknown)} case(s) not in store {store.path}: {unknown[:5]}")
@@ -164,10 +171,14 @@ def _case_info(store: Store, source: str, target: str) -> dict[str, dict[str, An
     for case in store.case_ids:
         mods = set(store.modalities(case))
         if source not in mods and target not in mods:
-            raise DataError(f"{store.path}: case {case!r} has neither modality {source!r} nor {target!r} "
-                            f"(has {sorted(mods)})")
-        info[case] = {"source": source in mods, "target": target in mods,
-                      "mask": bool(store.attrs(case).get("has_mask", False))}
+            raise DataError(
+                f"{store.path}: case {case!r} has neither modality {source!r} nor {target!r} (has {sorted(mods)})"
+            )
+        info[case] = {
+            "source": source in mods,
+            "target": target in mods,
+            "mask": bool(store.attrs(case).get("has_mask", False)),
+        }
     return info
 
 
@@ -178,9 +189,11 @@ def _holdout(info: dict, val: float, test: float, seed: int, where: str) -> tupl
     n_test = max(1, round(test * n_total)) if test > 0 else 0
     eligible = _permuted(sorted(c for c, i in info.items() if i["target"] and i["mask"]), seed, _STREAM_HOLDOUT)
     if n_val + n_test > len(eligible):
-        raise DataError(f"{where}: val={val} and test={test} need {n_val + n_test} cases with the target "
-                        f"modality and a mask, only {len(eligible)} exist")
-    return sorted(eligible[:n_val]), sorted(eligible[n_val:n_val + n_test])
+        raise DataError(
+            f"{where}: val={val} and test={test} need {n_val + n_test} cases with the target "
+            f"modality and a mask, only {len(eligible)} exist"
+        )
+    return sorted(eligible[:n_val]), sorted(eligible[n_val : n_val + n_test])
 
 
 def _assign_sides(info: dict, train: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -200,29 +213,44 @@ def _labeled(info: dict, train: list[str], fraction: float, seed: int, stream: i
     return sorted(_first_fraction(_permuted(with_mask, seed, stream), fraction))
 
 
-def _make_folds(info: dict, source_train: list[str], target_train: list[str], val: list[str],
-                folds: int, seed: int, where: str) -> list[dict]:
+def _make_folds(
+    info: dict, source_train: list[str], target_train: list[str], val: list[str], folds: int, seed: int, where: str
+) -> list[dict]:
     """K folds over the training cases; a fold's val cases need the target modality and a mask."""
     if folds == 1:
         return [{"source_train": list(source_train), "target_train": list(target_train), "val": list(val)}]
     train = sorted(source_train + target_train)
     eligible = _permuted([c for c in train if info[c]["target"] and info[c]["mask"]], seed, _STREAM_FOLDS)
     if len(eligible) < folds:
-        raise DataError(f"{where}: {folds} folds need >= {folds} training cases with the target modality "
-                        f"and a mask, only {len(eligible)} exist")
+        raise DataError(
+            f"{where}: {folds} folds need >= {folds} training cases with the target modality "
+            f"and a mask, only {len(eligible)} exist"
+        )
     groups = np.array_split(np.arange(len(eligible)), folds)
     out = []
     for g in groups:
         fold_val = {eligible[i] for i in g}
-        out.append({"source_train": [c for c in source_train if c not in fold_val],
-                    "target_train": [c for c in target_train if c not in fold_val],
-                    "val": sorted(fold_val)})
+        out.append(
+            {
+                "source_train": [c for c in source_train if c not in fold_val],
+                "target_train": [c for c in target_train if c not in fold_val],
+                "val": sorted(fold_val),
+            }
+        )
     return out
 
 
-def make_split(store: Store | str | os.PathLike, source: str, target: str, source_labeled: float = 1.0,
-               target_labeled: float = 0.0, val: float = 0.1, test: float = 0.1, folds: int = 1,
-               seed: int = 0) -> Split:
+def make_split(
+    store: Store | str | os.PathLike,
+    source: str,
+    target: str,
+    source_labeled: float = 1.0,
+    target_labeled: float = 0.0,
+    val: float = 0.1,
+    test: float = 0.1,
+    folds: int = 1,
+    seed: int = 0,
+) -> Split:
     """Build the unpaired split of one source/target pair (see the module docstring).
 
     ``source``/``target`` may use any alias of a stored name (``t1c`` for ``t1ce``, see
@@ -248,17 +276,30 @@ def make_split(store: Store | str | os.PathLike, source: str, target: str, sourc
     held = set(val_cases) | set(test_cases)
     source_train, target_train = _assign_sides(info, [c for c in sorted(info) if c not in held], seed)
     if not source_train or not target_train:
-        raise DataError(f"{where}: too few cases ({len(info)}): after val/test, {len(source_train)} source and "
-                        f"{len(target_train)} target training cases remain; need >= 1 of each")
+        raise DataError(
+            f"{where}: too few cases ({len(info)}): after val/test, {len(source_train)} source and "
+            f"{len(target_train)} target training cases remain; need >= 1 of each"
+        )
     split = Split(
-        source=source, target=target, source_train=source_train,
+        source=source,
+        target=target,
+        source_train=source_train,
         source_labeled=_labeled(info, source_train, source_labeled, seed, _STREAM_SOURCE_LABELS, "source", where),
         target_train=target_train,
         target_labeled=_labeled(info, target_train, target_labeled, seed, _STREAM_TARGET_LABELS, "target", where),
-        val=val_cases, test=test_cases,
+        val=val_cases,
+        test=test_cases,
         folds=_make_folds(info, source_train, target_train, val_cases, folds, seed, where),
-        meta={"store": str(store.path), "store_id": store.root_attrs.get("store_id"), "seed": seed,
-              "source_labeled": source_labeled, "target_labeled": target_labeled, "val": val, "test": test,
-              "n_folds": folds})
+        meta={
+            "store": str(store.path),
+            "store_id": store.root_attrs.get("store_id"),
+            "seed": seed,
+            "source_labeled": source_labeled,
+            "target_labeled": target_labeled,
+            "val": val,
+            "test": test,
+            "n_folds": folds,
+        },
+    )
     split._check_consistent(where)
     return split

@@ -59,14 +59,14 @@ OLD_PREFIX = ".old-"
 # far under the MRI noise after the 5-std normalisation: datasets (``convert``) default to
 # float16 + shards; ``Store.create`` keeps float32 by default, so stores the pipeline writes
 # from float32 arrays (synthetic volumes, pseudo-labels, predictions' inputs) read back exactly.
-IMAGE_DTYPE = "float32"          # Store.create's default image dtype (exact round trip)
-DATASET_DTYPE = "float16"        # convert's default for new dataset stores (half the bytes)
-IMAGE_CHUNKS = (120, 120, 16)    # (X, Y, Z) chunk of image arrays, clipped to the array shape
-LABEL_CHUNKS = (120, 120, 16)    # chunk of mask / labels / brain / extra arrays, aligned with images
+IMAGE_DTYPE = "float32"  # Store.create's default image dtype (exact round trip)
+DATASET_DTYPE = "float16"  # convert's default for new dataset stores (half the bytes)
+IMAGE_CHUNKS = (120, 120, 16)  # (X, Y, Z) chunk of image arrays, clipped to the array shape
+LABEL_CHUNKS = (120, 120, 16)  # chunk of mask / labels / brain / extra arrays, aligned with images
 IMAGE_CODEC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 LABEL_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
-IMAGE_FILL = -1.0                # fill value of image arrays (background; chunks of it are not written)
-SHARDED = True                   # one zarr v3 shard per array: a few files per case instead of one per chunk
+IMAGE_FILL = -1.0  # fill value of image arrays (background; chunks of it are not written)
+SHARDED = True  # one zarr v3 shard per array: a few files per case instead of one per chunk
 # --- end of storage layout -------------------------------------------------------------------
 
 
@@ -98,8 +98,14 @@ class Store:
         return cls(path, root)
 
     @classmethod
-    def create(cls, path: str | os.PathLike, kind: str = "dataset", dtype: str = IMAGE_DTYPE,
-               sharded: bool = SHARDED, **root_attrs: Any) -> "Store":
+    def create(
+        cls,
+        path: str | os.PathLike,
+        kind: str = "dataset",
+        dtype: str = IMAGE_DTYPE,
+        sharded: bool = SHARDED,
+        **root_attrs: Any,
+    ) -> "Store":
         """Create a store, or reopen ours of the same kind (resumable writers).
 
         DataError if ``path`` exists and is not an (empty folder or) hpc-modatts store of ``kind``.
@@ -122,11 +128,18 @@ class Store:
                 return store
         path.parent.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(path), mode="w", zarr_format=3)
-        layout = {"image_dtype": dtype, "image_chunks": list(IMAGE_CHUNKS), "label_chunks": list(LABEL_CHUNKS),
-                  "image_codec": IMAGE_CODEC, "label_codec": LABEL_CODEC, "sharded": bool(sharded)}
+        layout = {
+            "image_dtype": dtype,
+            "image_chunks": list(IMAGE_CHUNKS),
+            "label_chunks": list(LABEL_CHUNKS),
+            "image_codec": IMAGE_CODEC,
+            "label_codec": LABEL_CODEC,
+            "sharded": bool(sharded),
+        }
         root.create_group(CASES)
-        root.attrs["hpc_modatts"] = json_safe({"format": FORMAT, "kind": kind, "layout": layout,
-                                                "store_id": uuid.uuid4().hex, **root_attrs})
+        root.attrs["hpc_modatts"] = json_safe(
+            {"format": FORMAT, "kind": kind, "layout": layout, "store_id": uuid.uuid4().hex, **root_attrs}
+        )
         return cls(path, root)
 
     @property
@@ -177,8 +190,11 @@ class Store:
         """Complete cases only, sorted."""
         if not self._cases_dir.is_dir():
             return []
-        return sorted(d.name for d in self._cases_dir.iterdir()
-                      if d.is_dir() and not d.name.startswith(".") and self.is_complete(d.name))
+        return sorted(
+            d.name
+            for d in self._cases_dir.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and self.is_complete(d.name)
+        )
 
     def all_case_dirs(self) -> list[str]:
         """Every non-temporary case folder, complete or not (for verify)."""
@@ -207,7 +223,7 @@ class Store:
         return sorted(self._group(case).array_keys())
 
     def modalities(self, case: str) -> list[str]:
-        return [n[len(IMAGE_PREFIX):] for n in self.array_names(case) if n.startswith(IMAGE_PREFIX)]
+        return [n[len(IMAGE_PREFIX) :] for n in self.array_names(case) if n.startswith(IMAGE_PREFIX)]
 
     def attrs(self, case: str) -> dict:
         return dict(self._group(case).attrs)
@@ -292,13 +308,21 @@ class Store:
         codec = BloscCodec(**(layout["image_codec"] if image else layout["label_codec"]))
         shards = shards_for(shape, chunks) if layout.get("sharded") else None
         fill = IMAGE_FILL if name.startswith(IMAGE_PREFIX) else 0
-        arr = group.create_array(name, shape=shape, dtype=data.dtype, chunks=chunks, shards=shards,
-                                 compressors=codec, fill_value=fill)
+        arr = group.create_array(
+            name, shape=shape, dtype=data.dtype, chunks=chunks, shards=shards, compressors=codec, fill_value=fill
+        )
         arr[...] = data
 
-    def write_case(self, case: str, images: Mapping[str, np.ndarray], mask: np.ndarray | None = None,
-                   labels: np.ndarray | None = None, brain: np.ndarray | None = None,
-                   extra: Mapping[str, np.ndarray] | None = None, attrs: Mapping[str, Any] | None = None) -> None:
+    def write_case(
+        self,
+        case: str,
+        images: Mapping[str, np.ndarray],
+        mask: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        brain: np.ndarray | None = None,
+        extra: Mapping[str, np.ndarray] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
         """Write (or replace) one case atomically: a temp group renamed into place when complete."""
         check_case_id(case)
         image_dtype = np.dtype(self.root_attrs["layout"]["image_dtype"])
@@ -317,8 +341,10 @@ class Store:
             group.attrs.update(meta)
             problems = check_arrays(tmp, meta["arrays"])  # read back: every expected array, intact
             if problems:
-                raise DataError(f"{self.path}: case {case!r}: {problems[0]} right after writing it "
-                                f"(did another process remove {tmp.name}?)")
+                raise DataError(
+                    f"{self.path}: case {case!r}: {problems[0]} right after writing it "
+                    f"(did another process remove {tmp.name}?)"
+                )
             group.attrs["complete"] = True  # set last
             self._swap_into_place(tmp, self._cases_dir / case)
         except BaseException:

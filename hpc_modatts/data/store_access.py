@@ -130,8 +130,15 @@ def _copy_into(dst: np.ndarray, src: np.ndarray) -> None:
         dst[...] = src
 
 
-def read_window(arr: zarr.Array, valid: Sequence[Range], start: Sequence[int], size: Sequence[int],
-                fill: float, dtype, index_tail: tuple = ()) -> np.ndarray:
+def read_window(
+    arr: zarr.Array,
+    valid: Sequence[Range],
+    start: Sequence[int],
+    size: Sequence[int],
+    fill: float,
+    dtype,
+    index_tail: tuple = (),
+) -> np.ndarray:
     """Read ``arr[start : start + size]`` restricted to ``valid`` ranges; the rest is ``fill``.
 
     ``arr`` is a zarr array (only the intersection is decoded: a region read) or a decoded
@@ -161,6 +168,7 @@ def lazy_volumes(store: Store | str | os.PathLike, cases: Sequence[str], name: s
     arrays = [store.dask(c, name) for c in cases]
     shapes = {c: a.shape for c, a in zip(cases, arrays)}
     if len(set(shapes.values())) > 1:
-        raise DataError(f"{store.path}: {name!r} shapes differ across cases, cannot stack: "
-                        f"{dict(list(shapes.items())[:4])}")
+        raise DataError(
+            f"{store.path}: {name!r} shapes differ across cases, cannot stack: {dict(list(shapes.items())[:4])}"
+        )
     return da.stack(arrays)

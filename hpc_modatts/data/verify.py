@@ -26,16 +26,29 @@ from hpc_modatts.data.integrity import temp_owner_alive
 from hpc_modatts.data.store import IMAGE_PREFIX, Store
 
 # attributes every case of a converted dataset carries (docs/interfaces.md "case attributes")
-DATASET_ATTRS = ("affine", "spacing", "shape", "original_shape", "original_affine", "original_orientation",
-                 "crop_box", "resampled_shape", "sources", "norm", "hemisphere_split", "weak_labels",
-                 "has_mask", "complete")
+DATASET_ATTRS = (
+    "affine",
+    "spacing",
+    "shape",
+    "original_shape",
+    "original_affine",
+    "original_orientation",
+    "crop_box",
+    "resampled_shape",
+    "sources",
+    "norm",
+    "hemisphere_split",
+    "weak_labels",
+    "has_mask",
+    "complete",
+)
 OTHER_ATTRS = ("shape", "has_mask", "complete")
 
 
 @dataclass(frozen=True)
 class Problem:
-    case: str          # case id, or "" for the store itself
-    severity: str      # "error" | "warning"
+    case: str  # case id, or "" for the store itself
+    severity: str  # "error" | "warning"
     message: str
 
     def __str__(self) -> str:
@@ -61,13 +74,22 @@ def verify(store: str | Path | Store, check_sources: bool = True) -> list[Proble
 
 def _check_store_level(st: Store, cases: list[str]) -> list[Problem]:
     """Expected cases that are missing; temp folders left behind (or being written)."""
-    out = [Problem(case, "error", "case is missing (listed in the store's expected cases: deleted, "
-                                  "or its conversion failed; run convert again)")
-           for case in sorted(set(st.root_attrs.get("expected_cases") or []) - set(cases))]
+    out = [
+        Problem(
+            case,
+            "error",
+            "case is missing (listed in the store's expected cases: deleted, "
+            "or its conversion failed; run convert again)",
+        )
+        for case in sorted(set(st.root_attrs.get("expected_cases") or []) - set(cases))
+    ]
     for name in st.temp_folders():
         alive = temp_owner_alive(name)
-        state = {True: "its writer is still running", False: "its writer is gone; the next convert removes it",
-                 None: "writer unknown (another host or an older version); removed after a day"}[alive]
+        state = {
+            True: "its writer is still running",
+            False: "its writer is gone; the next convert removes it",
+            None: "writer unknown (another host or an older version); removed after a day",
+        }[alive]
         out.append(Problem("", "warning", f"temporary folder cases/{name} ({state})"))
     return out
 
@@ -98,8 +120,14 @@ def _check_integrity(st: Store, case: str, attrs: dict, intact: dict[str, np.nda
     """Arrays against their recorded checksums (the intact ones go into ``intact``), and the
     whole-tumour mask against the labels."""
     if "arrays" not in attrs:
-        return [Problem(case, "warning", "no array checksums (written by an older hpc-modatts): damaged "
-                                         "chunks cannot be detected; convert again to add them")]
+        return [
+            Problem(
+                case,
+                "warning",
+                "no array checksums (written by an older hpc-modatts): damaged "
+                "chunks cannot be detected; convert again to add them",
+            )
+        ]
     out = [Problem(case, "error", p) for p in st.array_problems(case, intact.__setitem__)]
     tumour = attrs.get("tumour_labels")
     if "mask" in intact and "labels" in intact and tumour is not None:
@@ -148,8 +176,9 @@ def _check_sources(case: str, sources: dict) -> list[Problem]:
         if not path.is_file():
             out.append(Problem(case, "warning", f"source moved: {key} file {path} not found (checksum not checked)"))
         elif sha256(path) != entry.get("sha256"):
-            out.append(Problem(case, "error",
-                               f"source changed: {key} file {path} no longer matches its sha256 (reconvert)"))
+            out.append(
+                Problem(case, "error", f"source changed: {key} file {path} no longer matches its sha256 (reconvert)")
+            )
     return out
 
 

@@ -39,27 +39,50 @@ class VolumeSliceDataset(VolumeDataset):
     "side": "left" | "right" | "whole", "z"}.
     """
 
-    def __init__(self, store_path, cases: Sequence[str], modality: str, slice_size: tuple[int, int] = (96, 160),
-                 half: bool = True, annotated=frozenset(), augment: bool = False, seed: int = 0,
-                 extra_mask: str | None = None, extra_store: str | os.PathLike | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, mask_name: str = "mask",
-                 min_tumour_fraction: float = 0.01, min_brain_fraction: float = 0.01) -> None:
+    def __init__(
+        self,
+        store_path,
+        cases: Sequence[str],
+        modality: str,
+        slice_size: tuple[int, int] = (96, 160),
+        half: bool = True,
+        annotated=frozenset(),
+        augment: bool = False,
+        seed: int = 0,
+        extra_mask: str | None = None,
+        extra_store: str | os.PathLike | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        mask_name: str = "mask",
+        min_tumour_fraction: float = 0.01,
+        min_brain_fraction: float = 0.01,
+    ) -> None:
         self.min_tumour_fraction, self.min_brain_fraction = float(min_tumour_fraction), float(min_brain_fraction)
         sx, sy = (int(s) for s in slice_size)
-        super().__init__(store_path, cases, modality, patch_size=(sx, sy, 1), half=half, annotated=annotated,
-                         augment=augment, seed=seed, extra_mask=extra_mask, extra_store=extra_store,
-                         cache_bytes=cache_bytes, mask_name=mask_name)
+        super().__init__(
+            store_path,
+            cases,
+            modality,
+            patch_size=(sx, sy, 1),
+            half=half,
+            annotated=annotated,
+            augment=augment,
+            seed=seed,
+            extra_mask=extra_mask,
+            extra_store=extra_store,
+            cache_bytes=cache_bytes,
+            mask_name=mask_name,
+        )
         self.chain = aug.augment_2d() if augment else None
 
     def _case_items(self, case: str, half: bool) -> list:
         """A ``SliceItem`` for every slice of every part with enough brain."""
         store = self.handle.store
-        mask = store.read_mask(case)                                       # (X, Y, Z) or None
+        mask = store.read_mask(case)  # (X, Y, Z) or None
         min_area = max(1.0, self.min_brain_fraction * self.patch_size[0] * self.patch_size[1])
         items = []
         for _, side, valid, box, weak in super()._case_items(case, half):
             part = (slice(*valid[0]), slice(None), slice(None))
-            brain = store.read_brain(case, part).sum(axis=(0, 1), dtype=np.int64)          # (Z,)
+            brain = store.read_brain(case, part).sum(axis=(0, 1), dtype=np.int64)  # (Z,)
             tumour = mask[part].sum(axis=(0, 1), dtype=np.int64) if mask is not None else None
             for z in range(*box[2]):
                 if brain[z] >= min_area:
@@ -76,14 +99,14 @@ class VolumeSliceDataset(VolumeDataset):
     def __getitem__(self, i: int) -> dict:
         case, side, valid, box, weak, z = cast(SliceItem, self.index[i])  # VolumeDataset's entry + z
         start = self._window_start([box[0], box[1], (z, z + 1)], i)  # in-plane as VolumeDataset, at slice z
-        image = read_window(self.handle.source(case, self.image_name), valid, start, self.patch_size,
-                            -1.0, np.float32)[..., 0]                 # (X, Y)
-        shown, true_win = self._mask(case, valid, start)             # (X, Y, 1) windows or None
+        image = read_window(self.handle.source(case, self.image_name), valid, start, self.patch_size, -1.0, np.float32)[
+            ..., 0
+        ]  # (X, Y)
+        shown, true_win = self._mask(case, valid, start)  # (X, Y, 1) windows or None
         if true_win is not None and not true_win.any():
             weak = 0  # the window shows no tumour (a random in-plane offset may have cut it out)
         mask = shown[..., 0] if shown is not None else np.zeros(self.patch_size[:2], np.float32)
         sample = {"image": torch.from_numpy(image)[None], "mask": torch.from_numpy(mask)[None]}  # (1, X, Y)
         if self.chain is not None:
             sample = self._augment(self.chain, sample, i)
-        return {**sample, "has_mask": torch.tensor(shown is not None), "weak": weak, "case": case, "side": side,
-                "z": z}
+        return {**sample, "has_mask": torch.tensor(shown is not None), "weak": weak, "case": case, "side": side, "z": z}

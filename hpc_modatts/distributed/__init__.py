@@ -16,8 +16,20 @@ from hpc_modatts.distributed.env import (
 )
 
 __all__ = [
-    "DistEnv", "init_distributed", "shutdown_distributed", "exit_distributed_process", "current_env", "free_port",
-    "barrier", "broadcast_object", "shard",
-    "all_gather_object", "all_reduce_mean", "build_engine", "unwrap", "gathered_state_dict", "deepspeed_config",
+    "DistEnv",
+    "init_distributed",
+    "shutdown_distributed",
+    "exit_distributed_process",
+    "current_env",
+    "free_port",
+    "barrier",
+    "broadcast_object",
+    "shard",
+    "all_gather_object",
+    "all_reduce_mean",
+    "build_engine",
+    "unwrap",
+    "gathered_state_dict",
+    "deepspeed_config",
     "autocast_context",
 ]

@@ -35,8 +35,9 @@ def use_bf16(dcfg: DistributedConfig, device: torch.device) -> bool:
     return dcfg.precision == "bf16" or (dcfg.precision == "auto" and device.type == "cuda")
 
 
-def deepspeed_config(ocfg: OptimConfig, dcfg: DistributedConfig, env: Any, micro_batch: int,
-                     grad_accum: int = 1) -> dict:
+def deepspeed_config(
+    ocfg: OptimConfig, dcfg: DistributedConfig, env: Any, micro_batch: int, grad_accum: int = 1
+) -> dict:
     """The DeepSpeed config dict for one engine (see module docstring)."""
     zero: dict[str, Any] = {"stage": int(dcfg.zero_stage)}
     if dcfg.offload_optimizer and dcfg.zero_stage > 0:
@@ -61,12 +62,20 @@ def deepspeed_config(ocfg: OptimConfig, dcfg: DistributedConfig, env: Any, micro
 def make_optimizer(model: nn.Module, ocfg: OptimConfig) -> torch.optim.Optimizer:
     """The paper's optimiser: Adam with AMSGrad (thesis 5.5.1)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=ocfg.lr, betas=tuple(ocfg.betas), amsgrad=ocfg.amsgrad,
-                            weight_decay=ocfg.weight_decay)
+    return torch.optim.Adam(
+        params, lr=ocfg.lr, betas=tuple(ocfg.betas), amsgrad=ocfg.amsgrad, weight_decay=ocfg.weight_decay
+    )
 
 
-def build_engine(model: nn.Module, ocfg: OptimConfig, dcfg: DistributedConfig, env: Any,
-                 micro_batch: int, name: str = "model", grad_accum: int = 1):
+def build_engine(
+    model: nn.Module,
+    ocfg: OptimConfig,
+    dcfg: DistributedConfig,
+    env: Any,
+    micro_batch: int,
+    name: str = "model",
+    grad_accum: int = 1,
+):
     """Wrap ``model`` in a DeepSpeed engine with its own client Adam optimiser.
 
     ``env`` is the ``DistEnv`` of ``init_distributed`` (torch.distributed already initialised).
@@ -78,8 +87,9 @@ def build_engine(model: nn.Module, ocfg: OptimConfig, dcfg: DistributedConfig, e
         raise ValueError(f"build_engine({name}): the model has no trainable parameters")
     model = model.to(env.device)
     config = deepspeed_config(ocfg, dcfg, env, micro_batch, grad_accum)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(model, ocfg),
-                                           config=config, dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=make_optimizer(model, ocfg), config=config, dist_init_required=False
+    )
     engine.hpc_name = name
     if dcfg.zero_stage == 3:
         register_external_parameters(engine.module)
@@ -183,8 +193,11 @@ def autocast_context(engine_or_bf16: Any, device: torch.device):
     Wrap the backward pass too: on CPU the block also runs without oneDNN, whose bf16 Conv3d
     weight gradients are wrong for small inputs (see the module docstring).
     """
-    bf16 = engine_or_bf16 if isinstance(engine_or_bf16, bool) else bool(
-        getattr(engine_or_bf16, "torch_autocast_enabled", lambda: False)())
+    bf16 = (
+        engine_or_bf16
+        if isinstance(engine_or_bf16, bool)
+        else bool(getattr(engine_or_bf16, "torch_autocast_enabled", lambda: False)())
+    )
     if not bf16:
         yield
         return

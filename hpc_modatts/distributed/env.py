@@ -99,8 +99,14 @@ def _export_rendezvous(argv: list[str] | None) -> str:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         missing = [k for k in _RENDEZVOUS if k not in os.environ]
         raise ConfigError(f"distributed: WORLD_SIZE={os.environ['WORLD_SIZE']} but {missing} are not set")
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    os.environ.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+    )
     return "single"
 
 
@@ -158,8 +164,16 @@ def init_distributed(dcfg: DistributedConfig | None = None, argv: list[str] | No
 
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     _REND_CACHE.update({k: os.environ[k] for k in ("MASTER_ADDR", "MASTER_PORT") if k in os.environ})
-    _ENV = DistEnv(rank=rank, local_rank=local_rank, world_size=world, local_world_size=local_world,
-                   device=device, backend=backend, launcher=launcher, threads=threads)
+    _ENV = DistEnv(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world,
+        local_world_size=local_world,
+        device=device,
+        backend=backend,
+        launcher=launcher,
+        threads=threads,
+    )
     return _ENV
 
 

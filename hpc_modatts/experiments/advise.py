@@ -47,8 +47,15 @@ from hpc_modatts.train.guards import voxel_ml, zero_healthy
 
 log = logging.getLogger(__name__)
 
-PREFERRED = ("semi-supervised", "self-supervised", "semi-supervised-2d", "self-supervised-2d", "m-genseg",
-             "source-supervised", "target-supervised")
+PREFERRED = (
+    "semi-supervised",
+    "self-supervised",
+    "semi-supervised-2d",
+    "self-supervised-2d",
+    "m-genseg",
+    "source-supervised",
+    "target-supervised",
+)
 """Variant advised on when none is given: the first the run trained."""
 PANEL_ROWS = 8
 LIMITS = {"target image": (-1.0, 1.0), "ensemble probability": (0.0, 1.0), "pseudo-label change": (0.0, 1.0)}
@@ -116,8 +123,9 @@ def gather(cfg: ExperimentConfig, folds: list[tuple[Path, list[Path]]], cases: l
                 if cfg.train.healthy_pseudo_labels == "zero":
                     own = zero_healthy(own, attrs.get("hemisphere_split"), attrs.get("weak_labels"))
                 rounds.append(seq + [own])
-        ev = CaseEvidence(case, probs, rounds, voxel_ml=voxel_ml(attrs.get("spacing", [1.0, 1.0, 1.0])),
-                          threshold=cfg.infer.threshold)
+        ev = CaseEvidence(
+            case, probs, rounds, voxel_ml=voxel_ml(attrs.get("spacing", [1.0, 1.0, 1.0])), threshold=cfg.infer.threshold
+        )
         evidence.append(ev)
         slices[case] = _panel_slices(image, brain, ev)
     return evidence, slices
@@ -129,8 +137,11 @@ def _panel_slices(image: np.ndarray, brain: np.ndarray, ev: CaseEvidence) -> dic
     unc = np.std(ev.fold_probs, axis=0) if len(ev.fold_probs) > 1 else mean * (1 - mean)
     area = (unc * brain).reshape(-1, unc.shape[2]).sum(0)
     z = int(area.argmax()) if area.max() > 0 else image.shape[2] // 2
-    out = {"target image": image[:, :, z], "ensemble probability": mean[:, :, z],
-           ("fold std" if len(ev.fold_probs) > 1 else "p(1-p)"): unc[:, :, z]}
+    out = {
+        "target image": image[:, :, z],
+        "ensemble probability": mean[:, :, z],
+        ("fold std" if len(ev.fold_probs) > 1 else "p(1-p)"): unc[:, :, z],
+    }
     changes = [seq[-1] ^ seq[-2] for seq in ev.rounds if len(seq) > 1]
     if changes:
         out["pseudo-label change"] = np.mean(changes, axis=0)[:, :, z].astype(np.float32)
@@ -143,8 +154,17 @@ def _csv(rows: list[dict], used: list[str]) -> str:
     w = csv.writer(buf)
     w.writerow(["rank", "case", "score", *used, *(f"{n}_rank" for n in used), "selected", "reason"])
     for r in rows:
-        w.writerow([r["rank"], r["case"], f"{r['score']:.4f}", *(f"{r[n]:.6g}" for n in used),
-                    *(f"{r[n + '_rank']:.4f}" for n in used), int(r["selected"]), r["reason"]])
+        w.writerow(
+            [
+                r["rank"],
+                r["case"],
+                f"{r['score']:.4f}",
+                *(f"{r[n]:.6g}" for n in used),
+                *(f"{r[n + '_rank']:.4f}" for n in used),
+                int(r["selected"]),
+                r["reason"],
+            ]
+        )
     return buf.getvalue()
 
 
@@ -164,9 +184,10 @@ def save_panel(path: Path, rows: list[dict], slices: dict) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
         ax_row[0].set_ylabel(f"#{r['rank']} {r['case']}\nz={int(slices[r['case']]['z'])}", fontsize=8)
-        ax_row[-1].text(0, 0.5, f"score {r['score']:.2f}\n" + r["reason"].replace("; ", "\n"), fontsize=7,
-                        va="center", wrap=True)
-        for ax in ax_row[len(panels):]:
+        ax_row[-1].text(
+            0, 0.5, f"score {r['score']:.2f}\n" + r["reason"].replace("; ", "\n"), fontsize=7, va="center", wrap=True
+        )
+        for ax in ax_row[len(panels) :]:
             ax.axis("off")
     return save_png(fig, path, dpi=80)
 
@@ -177,19 +198,34 @@ def write_advised_split(split, selected: list[str], path: str | os.PathLike, run
     if store is not None:
         bare = [c for c in selected if store.mask(c) is None]
         if bare:
-            log.warning("advise: %d selected case(s) have no mask in %s yet (%s): annotate them and reconvert "
-                        "before training with %s", len(bare), store.path, bare[:3], path)
+            log.warning(
+                "advise: %d selected case(s) have no mask in %s yet (%s): annotate them and reconvert "
+                "before training with %s",
+                len(bare),
+                store.path,
+                bare[:3],
+                path,
+            )
     labeled = sorted(set(split.target_labeled) | set(selected))
-    meta = {**split.meta, "target_labeled": len(labeled) / len(split.target_train),
-            "advisor": {"run": str(run), "variant": variant, "added": selected}}
+    meta = {
+        **split.meta,
+        "target_labeled": len(labeled) / len(split.target_train),
+        "advisor": {"run": str(run), "variant": variant, "added": selected},
+    }
     new = dataclasses.replace(split, target_labeled=labeled, meta=meta)
     return new.save(path)
 
 
 # ----------------------------------------------------------------------------- API
-def advise(run: str | os.PathLike, budget: int, variant: str | None = None, scorers: list[str] | None = None,
-           out: str | os.PathLike | None = None, write_split: str | os.PathLike | None = None,
-           console: Console | None = None) -> Path:
+def advise(
+    run: str | os.PathLike,
+    budget: int,
+    variant: str | None = None,
+    scorers: list[str] | None = None,
+    out: str | os.PathLike | None = None,
+    write_split: str | os.PathLike | None = None,
+    console: Console | None = None,
+) -> Path:
     """Rank the run's unannotated target training cases; returns the folder with advice.csv."""
     run = Path(run)
     if not run.is_dir():
@@ -213,8 +249,16 @@ def advise(run: str | os.PathLike, budget: int, variant: str | None = None, scor
     out = Path(out) if out else run / f"advise-{variant}"
     selected = [r["case"] for r in rows if r["selected"]]
     atomic_write_text(out / "advice.csv", _csv(rows, used))
-    result = {"run": str(run), "variant": variant, "budget": budget, "scorers": used, "selected": selected,
-              "models": [str(f) for f, _ in folds], "split": cfg.data.split, "cases": rows}
+    result = {
+        "run": str(run),
+        "variant": variant,
+        "budget": budget,
+        "scorers": used,
+        "selected": selected,
+        "models": [str(f) for f, _ in folds],
+        "split": cfg.data.split,
+        "cases": rows,
+    }
     result["panel"] = str(save_panel(out / "top_cases.png", rows, slices))
     if write_split:
         result["split_written"] = str(write_advised_split(split, selected, write_split, run, variant))

@@ -75,8 +75,10 @@ class SweepSpec:
     """False: every point uses the config's data.split as is and only train.seed varies."""
 
     def __post_init__(self) -> None:
-        for key, values, low in (("source_labeled", self.source_labeled, 0.01),
-                                 ("target_labeled", self.target_labeled, 0.0)):
+        for key, values, low in (
+            ("source_labeled", self.source_labeled, 0.01),
+            ("target_labeled", self.target_labeled, 0.0),
+        ):
             values = [float(v) for v in values]
             if not values or len(set(values)) != len(values) or not all(low <= v <= 1.0 for v in values):
                 raise ConfigError(f"--{key.replace('_', '-')} {values}: give distinct fractions in [{low}, 1]")
@@ -135,8 +137,10 @@ def point_id(source: float, target: float, seed: int) -> str:
 
 # ----------------------------------------------------------------------------- splits
 def _counts(split: Split) -> dict[str, int]:
-    return {k: len(getattr(split, k)) for k in ("source_train", "source_labeled", "target_train",
-                                                "target_labeled", "val", "test")}
+    return {
+        k: len(getattr(split, k))
+        for k in ("source_train", "source_labeled", "target_train", "target_labeled", "val", "test")
+    }
 
 
 def _split_fractions(split: Split) -> tuple[float, float]:
@@ -150,8 +154,9 @@ def _comparable(split_json: dict) -> dict:
     return {k: v for k, v in split_json.items() if k not in ("meta", "format")}
 
 
-def make_points(cfg: ExperimentConfig, spec: SweepSpec, sweep_dir: Path,
-                write: bool = True) -> tuple[list[Point], dict[str, Split]]:
+def make_points(
+    cfg: ExperimentConfig, spec: SweepSpec, sweep_dir: Path, write: bool = True
+) -> tuple[list[Point], dict[str, Split]]:
     """The points and their splits; writes ``splits/<point>.json`` (an existing file must match)."""
     if not spec.resplit:
         if not cfg.data.split:
@@ -166,16 +171,27 @@ def make_points(cfg: ExperimentConfig, spec: SweepSpec, sweep_dir: Path,
     for seed in spec.seeds:
         for src in spec.source_labeled:
             for tgt in spec.target_labeled:
-                split = make_split(store, cfg.data.source, cfg.data.target, source_labeled=src, target_labeled=tgt,
-                                   val=spec.val, test=spec.test, folds=cfg.pipeline.folds, seed=seed)
+                split = make_split(
+                    store,
+                    cfg.data.source,
+                    cfg.data.target,
+                    source_labeled=src,
+                    target_labeled=tgt,
+                    val=spec.val,
+                    test=spec.test,
+                    folds=cfg.pipeline.folds,
+                    seed=seed,
+                )
                 pid = point_id(src, tgt, seed)
                 split_path = sweep_dir / "splits" / f"{pid}.json"
                 if split_path.is_file():
                     old = read_json(split_path, "does not exist")
                     new = json.loads(json.dumps(dataclasses.asdict(split)))
                     if _comparable(old) != _comparable(new):
-                        raise DataError(f"{split_path}: differs from the split this sweep makes now (store, "
-                                        f"--val/--test or pipeline.folds changed); use another sweep name")
+                        raise DataError(
+                            f"{split_path}: differs from the split this sweep makes now (store, "
+                            f"--val/--test or pipeline.folds changed); use another sweep name"
+                        )
                 elif write:
                     split.save(split_path)
                 points.append(Point(pid, src, tgt, seed, str(split_path), _counts(split)))
@@ -222,16 +238,23 @@ def check_sharing(units: list[Unit], splits: dict[str, Split]) -> None:
         for other in u.shared_by[1:]:
             for f in fields:
                 if getattr(splits[first], f) != getattr(splits[other], f):
-                    raise DataError(f"sweep unit {u.id}: the splits of {first} and {other} differ in {f!r}, "
-                                    f"so {roles} cannot be shared between them")
+                    raise DataError(
+                        f"sweep unit {u.id}: the splits of {first} and {other} differ in {f!r}, "
+                        f"so {roles} cannot be shared between them"
+                    )
 
 
 # ----------------------------------------------------------------------------- DAG
 def unit_overrides(u: Unit, sweep_dir: Path) -> dict[str, Any]:
     """Dotted overrides turning the sweep's config into this unit's experiment config."""
     d = sweep_dir / u.id
-    out: dict[str, Any] = {"run_root": str(d.parent), "name": d.name, "data.split": u.split,
-                           "train.seed": u.seed, "pipeline.variants": list(u.variants)}
+    out: dict[str, Any] = {
+        "run_root": str(d.parent),
+        "name": d.name,
+        "data.split": u.split,
+        "train.seed": u.seed,
+        "pipeline.variants": list(u.variants),
+    }
     if u.translator_from:
         translator = stage_dir(sweep_dir / u.translator_from, "translate")
         out["train.translator_run"] = str(translator)
@@ -274,8 +297,10 @@ def load_sweep(sweep_dir: str | os.PathLike) -> dict:
 
 def print_plan(points: list[Point], units: list[Unit], dag: Dag, console: Console | None = None) -> None:
     """``sweep --dry-run``: every run folder, its variants, its stage 1 and who shares it."""
-    table = Table(title=f"sweep plan: {len(points)} points, {len(units)} run folders, {len(dag)} jobs "
-                        f"({len(dag.pending())} to run)")
+    table = Table(
+        title=f"sweep plan: {len(points)} points, {len(units)} run folders, {len(dag)} jobs "
+        f"({len(dag.pending())} to run)"
+    )
     for col in ("run folder", "variants", "stage 1", "shared by", "jobs"):
         table.add_column(col)
     for u in units:

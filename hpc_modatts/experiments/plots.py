@@ -19,8 +19,10 @@ from hpc_modatts.runs import atomic_path
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-AXES = {"target": ("target_fraction", "source_fraction", "target cases annotated (%)", "source"),
-        "source": ("source_fraction", "target_fraction", "source cases annotated (%)", "target")}
+AXES = {
+    "target": ("target_fraction", "source_fraction", "target cases annotated (%)", "source"),
+    "source": ("source_fraction", "target_fraction", "source cases annotated (%)", "target"),
+}
 
 
 def _ok(v: float | None) -> bool:
@@ -49,8 +51,9 @@ def plot_axis(report: dict, axis: str, path: Path) -> Path:
     xs = sorted({r[key] for r in report["rows"] if r[key] is not None})
     variants = [v for v in report["variants"] if any(r["variant"] == v for r in rows)]
     ts = _ts_mean(rows)
-    fig, axes = plt.subplots(1, max(1, len(variants)), figsize=(4.2 * max(1, len(variants)), 3.6),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, max(1, len(variants)), figsize=(4.2 * max(1, len(variants)), 3.6), squeeze=False, sharey=True
+    )
     for ax, v in zip(axes[0], variants):
         mine = [r for r in rows if r["variant"] == v]
         for value in sorted({r[other] for r in mine}, key=lambda f: (f is None, f)):
@@ -64,8 +67,9 @@ def plot_axis(report: dict, axis: str, path: Path) -> Path:
                 x = [100 * r[key] for r in line]
                 y, s = [r["dice"]["mean"] for r in line], [r["dice"]["std"] for r in line]
                 ax.plot(x, y, marker="o", label=label)
-            ax.fill_between(x, [max(0.0, a - b) for a, b in zip(y, s)], [min(1.0, a + b) for a, b in zip(y, s)],
-                            alpha=0.2)
+            ax.fill_between(
+                x, [max(0.0, a - b) for a, b in zip(y, s)], [min(1.0, a + b) for a, b in zip(y, s)], alpha=0.2
+            )
         if ts is not None and v != "target-supervised":
             ax.axhline(ts, color="grey", linestyle="--", linewidth=1, label="target-supervised")
         ax.set_title(v, fontsize=10)

@@ -52,6 +52,7 @@ TS = "target-supervised"
 # ----------------------------------------------------------------------------- collecting
 def _free_axes(points: list[dict], variant: str) -> tuple[bool, bool]:
     """(source free, target free): the variant's run is the same unit whatever that fraction is."""
+
     def free(axis: str, other: str) -> bool:
         seen: dict[tuple, set] = defaultdict(set)
         for p in points:
@@ -64,8 +65,11 @@ def _free_axes(points: list[dict], variant: str) -> tuple[bool, bool]:
 def _stats(values: list[float]) -> dict:
     v = np.asarray(values, float)
     ok = v[~np.isnan(v)]
-    return {"mean": float(ok.mean()) if ok.size else float("nan"),
-            "std": float(ok.std()) if ok.size else float("nan"), "n": int(ok.size)}
+    return {
+        "mean": float(ok.mean()) if ok.size else float("nan"),
+        "std": float(ok.std()) if ok.size else float("nan"),
+        "n": int(ok.size),
+    }
 
 
 def aggregate(sweep_dir: str | os.PathLike) -> dict:
@@ -74,14 +78,22 @@ def aggregate(sweep_dir: str | os.PathLike) -> dict:
     info = load_sweep(sweep_dir)
     points = info["points"]
     variants = [v for v in ORDER if v in info["variants"]]
-    per_seed: list[dict] = []   # one entry per (variant, unit): its seed and per-case rows
+    per_seed: list[dict] = []  # one entry per (variant, unit): its seed and per-case rows
     for v in variants:
         for uid in dict.fromkeys(p["units"][v] for p in points):
             path = sweep_dir / uid / f"evaluate-{v}" / "metrics.json"
             seed = next(p["seed"] for p in points if p["units"][v] == uid)
             cases = json.loads(path.read_text())["cases"] if path.is_file() else None
-            per_seed.append({"variant": v, "unit": uid, "seed": seed, "metrics": str(path), "cases": cases,
-                             "dice": _stats([c["dice"] for c in cases])["mean"] if cases else None})
+            per_seed.append(
+                {
+                    "variant": v,
+                    "unit": uid,
+                    "seed": seed,
+                    "metrics": str(path),
+                    "cases": cases,
+                    "dice": _stats([c["dice"] for c in cases])["mean"] if cases else None,
+                }
+            )
     ts_dice = {r["seed"]: r["dice"] for r in per_seed if r["variant"] == TS and r["dice"] is not None}
     rows = []
     for v in variants:
@@ -96,11 +108,16 @@ def aggregate(sweep_dir: str | os.PathLike) -> dict:
             runs = [r for r in per_seed if r["variant"] == v and r["unit"] in units]
             done = [r for r in runs if r["cases"]]
             pooled = [c for r in done for c in r["cases"]]
-            row = {"variant": v, "source_fraction": src, "target_fraction": tgt,
-                   "source_labeled_cases": members[0]["counts"]["source_labeled"] if src is not None else None,
-                   "target_labeled_cases": members[0]["counts"]["target_labeled"] if tgt is not None else None,
-                   "seeds": sorted({r["seed"] for r in done}), "seeds_expected": sorted({r["seed"] for r in runs}),
-                   "cases": len(pooled)}
+            row = {
+                "variant": v,
+                "source_fraction": src,
+                "target_fraction": tgt,
+                "source_labeled_cases": members[0]["counts"]["source_labeled"] if src is not None else None,
+                "target_labeled_cases": members[0]["counts"]["target_labeled"] if tgt is not None else None,
+                "seeds": sorted({r["seed"] for r in done}),
+                "seeds_expected": sorted({r["seed"] for r in runs}),
+                "cases": len(pooled),
+            }
             for m in METRICS:
                 row[m] = _stats([c[m] for c in pooled])
             seed_means = [r["dice"] for r in done]
@@ -108,9 +125,14 @@ def aggregate(sweep_dir: str | os.PathLike) -> dict:
             pct = [100.0 * r["dice"] / ts_dice[r["seed"]] for r in done if ts_dice.get(r["seed"])]
             row["percent_of_target_supervised"] = _stats(pct) if pct else None
             rows.append(row)
-    return {"sweep": info["name"], "variants": variants, "rows": rows, "stage1_warnings": stage1_warnings(sweep_dir),
-            "per_seed": [{k: r[k] for k in ("variant", "unit", "seed", "dice", "metrics")} for r in per_seed],
-            "missing": [r["metrics"] for r in per_seed if not r["cases"]]}
+    return {
+        "sweep": info["name"],
+        "variants": variants,
+        "rows": rows,
+        "stage1_warnings": stage1_warnings(sweep_dir),
+        "per_seed": [{k: r[k] for k in ("variant", "unit", "seed", "dice", "metrics")} for r in per_seed],
+        "missing": [r["metrics"] for r in per_seed if not r["cases"]],
+    }
 
 
 def stage1_warnings(sweep_dir: Path) -> list[str]:
@@ -148,17 +170,36 @@ def _fraction(f: float | None, n: int | None) -> str:
 
 def table_cells(row: dict) -> list[str]:
     pct = row["percent_of_target_supervised"]
-    return [row["variant"], _fraction(row["source_fraction"], row["source_labeled_cases"]),
-            _fraction(row["target_fraction"], row["target_labeled_cases"]),
-            _pm(row["dice"]), f"{row['dice']['seed_std']:.3f}" if not math.isnan(row["dice"]["seed_std"]) else "n/a",
-            _pm(row["hd95"], 1), _pm(row["assd"], 1), (_pm(pct, 0) + " %") if pct else "n/a",
-            f"{len(row['seeds'])}/{len(row['seeds_expected'])}", str(row["cases"])]
+    return [
+        row["variant"],
+        _fraction(row["source_fraction"], row["source_labeled_cases"]),
+        _fraction(row["target_fraction"], row["target_labeled_cases"]),
+        _pm(row["dice"]),
+        f"{row['dice']['seed_std']:.3f}" if not math.isnan(row["dice"]["seed_std"]) else "n/a",
+        _pm(row["hd95"], 1),
+        _pm(row["assd"], 1),
+        (_pm(pct, 0) + " %") if pct else "n/a",
+        f"{len(row['seeds'])}/{len(row['seeds_expected'])}",
+        str(row["cases"]),
+    ]
 
 
-HEADER = ["variant", "source annotated (cases)", "target annotated (cases)", "Dice", "Dice seed std",
-          "HD95 (mm)", "ASSD (mm)", "% of target-supervised", "seeds", "cases"]
-NOTE = ("mean ± std over seeds and test cases pooled; seed std = std of the per-seed means; % of "
-        "target-supervised = per-seed ratio to the same seed's target-supervised Dice, mean ± std over seeds")
+HEADER = [
+    "variant",
+    "source annotated (cases)",
+    "target annotated (cases)",
+    "Dice",
+    "Dice seed std",
+    "HD95 (mm)",
+    "ASSD (mm)",
+    "% of target-supervised",
+    "seeds",
+    "cases",
+]
+NOTE = (
+    "mean ± std over seeds and test cases pooled; seed std = std of the per-seed means; % of "
+    "target-supervised = per-seed ratio to the same seed's target-supervised Dice, mean ± std over seeds"
+)
 
 
 def rich_table(report: dict) -> Table:
@@ -171,42 +212,61 @@ def rich_table(report: dict) -> Table:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Sweep `{report['sweep']}`", "", "| " + " | ".join(HEADER) + " |",
-             "|" + "---|" * len(HEADER)]
+    lines = [f"# Sweep `{report['sweep']}`", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in report["rows"]]
     lines += ["", NOTE + "."]
     if report.get("stage1_warnings"):
         lines += ["", "Stage 1 did not learn the translation (MoDATTS rows of these points are about that):"]
         lines += [f"- {w}" for w in report["stage1_warnings"]]
     if report["missing"]:
-        lines += ["", f"Missing ({len(report['missing'])} runs not evaluated yet): "
-                  + ", ".join(f"`{m}`" for m in report["missing"][:10])]
+        lines += [
+            "",
+            f"Missing ({len(report['missing'])} runs not evaluated yet): "
+            + ", ".join(f"`{m}`" for m in report["missing"][:10]),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def csv_text(report: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    cols = ["variant", "source_fraction", "target_fraction", "source_labeled_cases", "target_labeled_cases",
-            "seeds", "seeds_expected", "cases"]
+    cols = [
+        "variant",
+        "source_fraction",
+        "target_fraction",
+        "source_labeled_cases",
+        "target_labeled_cases",
+        "seeds",
+        "seeds_expected",
+        "cases",
+    ]
     stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")] + ["dice_seed_std", "pct_ts_mean", "pct_ts_std"]
     w.writerow(cols + stats)
     for r in report["rows"]:
         pct = r["percent_of_target_supervised"] or {"mean": "", "std": ""}
-        w.writerow([r["variant"], "" if r["source_fraction"] is None else r["source_fraction"],
-                    "" if r["target_fraction"] is None else r["target_fraction"],
-                    "" if r["source_labeled_cases"] is None else r["source_labeled_cases"],
-                    "" if r["target_labeled_cases"] is None else r["target_labeled_cases"],
-                    len(r["seeds"]), len(r["seeds_expected"]), r["cases"]]
-                   + [f"{r[m][s]:.6g}" for m in METRICS for s in ("mean", "std", "n")]
-                   + [f"{r['dice']['seed_std']:.6g}", pct["mean"] if pct["mean"] == "" else f"{pct['mean']:.6g}",
-                      pct["std"] if pct["std"] == "" else f"{pct['std']:.6g}"])
+        w.writerow(
+            [
+                r["variant"],
+                "" if r["source_fraction"] is None else r["source_fraction"],
+                "" if r["target_fraction"] is None else r["target_fraction"],
+                "" if r["source_labeled_cases"] is None else r["source_labeled_cases"],
+                "" if r["target_labeled_cases"] is None else r["target_labeled_cases"],
+                len(r["seeds"]),
+                len(r["seeds_expected"]),
+                r["cases"],
+            ]
+            + [f"{r[m][s]:.6g}" for m in METRICS for s in ("mean", "std", "n")]
+            + [
+                f"{r['dice']['seed_std']:.6g}",
+                pct["mean"] if pct["mean"] == "" else f"{pct['mean']:.6g}",
+                pct["std"] if pct["std"] == "" else f"{pct['std']:.6g}",
+            ]
+        )
     return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- API
-def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-           console: Console | None = None) -> Path:
+def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, console: Console | None = None) -> Path:
     """Aggregate a sweep and write the table (CSV, JSON, Markdown) and the plots; returns the folder."""
     from hpc_modatts.experiments.plots import plot_report  # matplotlib is heavy: loaded when plotting
 

@@ -81,8 +81,9 @@ def instability(ev: CaseEvidence) -> Score | None:
     if not pairs:
         return None
     d = float(np.mean([mask_dice(a, b) for a, b in pairs]))
-    return Score(1.0 - d, f"pseudo-labels change between self-training rounds (Dice {d:.2f} over {len(pairs)} "
-                          f"round pair(s))")
+    return Score(
+        1.0 - d, f"pseudo-labels change between self-training rounds (Dice {d:.2f} over {len(pairs)} round pair(s))"
+    )
 
 
 def volume(ev: CaseEvidence) -> Score | None:
@@ -96,7 +97,10 @@ def volume(ev: CaseEvidence) -> Score | None:
 
 
 SCORERS: dict[str, Callable[[CaseEvidence], Score | None]] = {
-    "disagreement": disagreement, "instability": instability, "volume": volume}
+    "disagreement": disagreement,
+    "instability": instability,
+    "volume": volume,
+}
 """Scorers by name; ``advise`` uses every applicable one unless told which."""
 
 
@@ -128,17 +132,24 @@ def rank_cases(evidence: list[CaseEvidence], names: list[str] | None = None) -> 
     raw = {n: [SCORERS[n](ev) for ev in evidence] for n in names}
     used = [n for n in names if raw[n] and all(s is not None for s in raw[n])]
     if not used:
-        raise ValueError(f"none of the scorers {names} applies to this run (one fold and no self-training "
-                         f"leaves only 'volume')")
+        raise ValueError(
+            f"none of the scorers {names} applies to this run (one fold and no self-training leaves only 'volume')"
+        )
     scores = {n: [s for s in raw[n] if s is not None] for n in used}  # every one is, for the used scorers
     norm = {n: rank_normalise([s.value for s in scores[n]]) for n in used}
     rows: list[dict[str, Any]] = []
     for i, ev in enumerate(evidence):
         parts = {n: norm[n][i] for n in used}
         strongest = sorted(used, key=lambda n: -parts[n])[:2]
-        rows.append({"case": ev.case, "score": float(np.mean(list(parts.values()))),
-                     **{f"{n}": scores[n][i].value for n in used}, **{f"{n}_rank": parts[n] for n in used},
-                     "reason": "; ".join(scores[n][i].reason for n in strongest)})
+        rows.append(
+            {
+                "case": ev.case,
+                "score": float(np.mean(list(parts.values()))),
+                **{f"{n}": scores[n][i].value for n in used},
+                **{f"{n}_rank": parts[n] for n in used},
+                "reason": "; ".join(scores[n][i].reason for n in strongest),
+            }
+        )
     rows.sort(key=lambda r: (-r["score"], r["case"]))
     for k, r in enumerate(rows, 1):
         r["rank"] = k

@@ -21,10 +21,24 @@ from hpc_modatts.console import log_console
 from hpc_modatts.experiments.plan import load_sweep
 from hpc_modatts.pipeline.status import pipeline_status, print_status
 
-GROUPS = {"DONE": "done", "COMPLETED": "done", "RUNNING": "running", "COMPLETING": "running",
-          "PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "queued", "SUSPENDED": "queued",
-          "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed",
-          "NODE_FAIL": "failed", "PREEMPTED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed"}
+GROUPS = {
+    "DONE": "done",
+    "COMPLETED": "done",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "PENDING": "queued",
+    "REQUEUED": "queued",
+    "CONFIGURING": "queued",
+    "SUSPENDED": "queued",
+    "FAILED": "failed",
+    "CANCELLED": "failed",
+    "TIMEOUT": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "NODE_FAIL": "failed",
+    "PREEMPTED": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+}
 """Job state -> column of the sweep table; anything else (NOT SUBMITTED, UNKNOWN) is "waiting"."""
 COLUMNS = ("done", "running", "queued", "failed", "waiting")
 
@@ -42,8 +56,15 @@ def sweep_status(sweep_dir: str | os.PathLike) -> list[dict]:
             path = Path(sweep_dir) / u["id"] / f"evaluate-{v}" / "metrics.json"
             if path.is_file():
                 dice[v] = json.loads(path.read_text())["summary"]["dice"]["mean"]
-        rows.append({"unit": u["id"], "shared_by": list(u["shared_by"]), "jobs": len(mine),
-                     **{c: counts.get(c, 0) for c in COLUMNS}, "dice": dice})
+        rows.append(
+            {
+                "unit": u["id"],
+                "shared_by": list(u["shared_by"]),
+                "jobs": len(mine),
+                **{c: counts.get(c, 0) for c in COLUMNS},
+                "dice": dice,
+            }
+        )
     return rows
 
 
@@ -57,8 +78,17 @@ def print_sweep_status(sweep_dir: str | os.PathLike, nodes: bool = False, consol
     for r in rows:
         dice = ", ".join(f"{v} {d:.3f}" if d is not None else f"{v} n/a" for v, d in r["dice"].items()) or "-"
         failed = f"[red]{r['failed']}[/]" if r["failed"] else "0"
-        table.add_row(r["unit"], f"{len(r['shared_by'])} point(s)", str(r["jobs"]), str(r["done"]), str(r["running"]),
-                      str(r["queued"]), failed, str(r["waiting"]), dice)
+        table.add_row(
+            r["unit"],
+            f"{len(r['shared_by'])} point(s)",
+            str(r["jobs"]),
+            str(r["done"]),
+            str(r["running"]),
+            str(r["queued"]),
+            failed,
+            str(r["waiting"]),
+            dice,
+        )
     console.print(table)
     total = {c: sum(r[c] for r in rows) for c in ("jobs", *COLUMNS)}
     console.print(", ".join(f"{total[c]} {c}" for c in ("jobs", *COLUMNS)))

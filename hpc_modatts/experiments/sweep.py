@@ -22,6 +22,7 @@ The plan (points, units, what is shared and why that is valid, the DAG) is made 
 same command submits only what is neither DONE nor (SLURM) still queued or running; a sweep
 folder refuses a changed config, naming the key, so that its points never mix two settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,15 +52,33 @@ from hpc_modatts.pipeline.status import slurm_in_flight
 from hpc_modatts.pipeline.submit import EXECUTORS, check_inputs, run_pipeline
 from hpc_modatts.runs import atomic_write_json
 
-__all__ = ["run_sweep", "check_same_config", "default_parallel",
-           # the plan, re-exported: ``sweep`` is where callers already import it from
-           "SweepSpec", "Point", "Unit", "check_sharing", "fraction_label", "load_sweep", "make_points",
-           "plan_units", "sweep_dag"]
+__all__ = [
+    "run_sweep",
+    "check_same_config",
+    "default_parallel",
+    # the plan, re-exported: ``sweep`` is where callers already import it from
+    "SweepSpec",
+    "Point",
+    "Unit",
+    "check_sharing",
+    "fraction_label",
+    "load_sweep",
+    "make_points",
+    "plan_units",
+    "sweep_dag",
+]
 
 log = logging.getLogger(__name__)
 
-FREE_KEYS = ("name", "run_root", "pipeline.executor", "pipeline.cluster", "pipeline.timeout_min",
-             "pipeline.mem_gb", "pipeline.variants")
+FREE_KEYS = (
+    "name",
+    "run_root",
+    "pipeline.executor",
+    "pipeline.cluster",
+    "pipeline.timeout_min",
+    "pipeline.mem_gb",
+    "pipeline.variants",
+)
 """Config keys a rerun may change in an existing sweep folder (where/how jobs run, which variants)."""
 
 
@@ -81,15 +100,19 @@ def check_same_config(sweep_dir: Path, cfg: ExperimentConfig, resplit: bool) -> 
         return
     saved = load_sweep(sweep_dir)
     if bool(saved.get("spec", {}).get("resplit", True)) != resplit:
-        raise ConfigError(f"sweep {sweep_dir} was made {'with' if not resplit else 'without'} the config's own "
-                          f"split (`pipeline --seeds` vs `sweep`); give this run another name")
+        raise ConfigError(
+            f"sweep {sweep_dir} was made {'with' if not resplit else 'without'} the config's own "
+            f"split (`pipeline --seeds` vs `sweep`); give this run another name"
+        )
     old = _flat(saved.get("config", {}))
     new = _flat(json.loads(json.dumps(config_to_dict(cfg))))
     free = FREE_KEYS + (("data.split",) if resplit else ())
     for key in sorted(set(old) | set(new)):
         if key not in free and old.get(key) != new.get(key):
-            raise ConfigError(f"sweep {sweep_dir} was made with {key}={old.get(key)!r}, now {new.get(key)!r}; "
-                              f"its runs would mix two settings: give the sweep another name")
+            raise ConfigError(
+                f"sweep {sweep_dir} was made with {key}={old.get(key)!r}, now {new.get(key)!r}; "
+                f"its runs would mix two settings: give the sweep another name"
+            )
 
 
 def _check_self_training(cfg: ExperimentConfig, points: list[Point], variants: list[str]) -> None:
@@ -97,9 +120,11 @@ def _check_self_training(cfg: ExperimentConfig, points: list[Point], variants: l
     if cfg.pipeline.self_training_rounds and any(v in MODATTS_VARIANTS for v in variants):
         for p in points:
             if p.counts["target_labeled"] >= p.counts["target_train"]:
-                raise ConfigError(f"point {p.id}: every target training case is annotated, so self-training "
-                                  f"(pipeline.self_training_rounds={cfg.pipeline.self_training_rounds}) has nothing "
-                                  f"to pseudo-label; lower --target-labeled or set pipeline.self_training_rounds=0")
+                raise ConfigError(
+                    f"point {p.id}: every target training case is annotated, so self-training "
+                    f"(pipeline.self_training_rounds={cfg.pipeline.self_training_rounds}) has nothing "
+                    f"to pseudo-label; lower --target-labeled or set pipeline.self_training_rounds=0"
+                )
 
 
 def _ensure_store(cfg: ExperimentConfig) -> None:
@@ -117,8 +142,14 @@ def default_parallel(cfg: ExperimentConfig) -> int:
     return max(1, (os.cpu_count() or 1) // threads)
 
 
-def run_sweep(cfg: ExperimentConfig, spec: SweepSpec, executor: str | None = None, cluster: str | None = None,
-              max_parallel: int | None = None, dry_run: bool = False) -> Path:
+def run_sweep(
+    cfg: ExperimentConfig,
+    spec: SweepSpec,
+    executor: str | None = None,
+    cluster: str | None = None,
+    max_parallel: int | None = None,
+    dry_run: bool = False,
+) -> Path:
     """Plan, record and submit (slurm) or run (local/debug) a sweep; returns the sweep folder."""
     executor = executor or cfg.pipeline.executor
     if executor not in EXECUTORS:
@@ -136,22 +167,38 @@ def run_sweep(cfg: ExperimentConfig, spec: SweepSpec, executor: str | None = Non
     _check_self_training(cfg, points, variants)
     units = plan_units(points, variants)
     check_sharing(units, splits)
-    base = apply_overrides(cfg, [f"run_root={json.dumps(str(sweep_dir.parent))}", f"name={json.dumps(sweep_dir.name)}",
-                                 f"data.split={json.dumps(points[0].split)}", f"pipeline.executor={executor}"])
+    base = apply_overrides(
+        cfg,
+        [
+            f"run_root={json.dumps(str(sweep_dir.parent))}",
+            f"name={json.dumps(sweep_dir.name)}",
+            f"data.split={json.dumps(points[0].split)}",
+            f"pipeline.executor={executor}",
+        ],
+    )
     dag = sweep_dag(base, units, sweep_dir)
     if dry_run:
         print_plan(points, units, dag)
         return sweep_dir
     check_inputs(base, executor)
     check_same_config(sweep_dir, base, spec.resplit)
-    atomic_write_json(sweep_dir / SWEEP_FILE, {
-        "format": 1, "name": sweep_dir.name, "spec": dataclasses.asdict(spec), "variants": variants,
-        "config": config_to_dict(base), "points": [dataclasses.asdict(p) for p in points],
-        "units": [dataclasses.asdict(u) for u in units]})
+    atomic_write_json(
+        sweep_dir / SWEEP_FILE,
+        {
+            "format": 1,
+            "name": sweep_dir.name,
+            "spec": dataclasses.asdict(spec),
+            "variants": variants,
+            "config": config_to_dict(base),
+            "points": [dataclasses.asdict(p) for p in points],
+            "units": [dataclasses.asdict(u) for u in units],
+        },
+    )
     in_flight = slurm_in_flight(sweep_dir) if executor == "slurm" else {}
     if in_flight:
         log.info("sweep: %d node(s) still queued/running from an earlier submission; not resubmitted", len(in_flight))
     parallel = max_parallel or (default_parallel(cfg) if executor == "local" else None)
-    run_pipeline(base, executor=executor, cluster=cluster, dag=dag, check=False, max_parallel=parallel,
-                 in_flight=in_flight)
+    run_pipeline(
+        base, executor=executor, cluster=cluster, dag=dag, check=False, max_parallel=parallel, in_flight=in_flight
+    )
     return sweep_dir

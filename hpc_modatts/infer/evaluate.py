@@ -78,8 +78,11 @@ def summarise(rows: list[dict]) -> dict:
     for m in METRICS:
         v = np.array([r[m] for r in rows], float)
         ok = v[~np.isnan(v)]
-        out[m] = {"mean": float(ok.mean()) if ok.size else float("nan"),
-                  "std": float(ok.std()) if ok.size else float("nan"), "n": int(ok.size)}
+        out[m] = {
+            "mean": float(ok.mean()) if ok.size else float("nan"),
+            "std": float(ok.std()) if ok.size else float("nan"),
+            "n": int(ok.size),
+        }
     out["one_side_empty"] = sum(r["note"] in ("empty prediction", "empty reference") for r in rows)
     return out
 
@@ -106,8 +109,10 @@ def check_pairs(pred: dict[str, Path], ref: dict[str, Path]) -> list[str]:
     only_pred, only_ref = sorted(set(pred) - set(ref)), sorted(set(ref) - set(pred))
     if only_pred or only_ref:
         case, where = (only_pred[0], "prediction only") if only_pred else (only_ref[0], "reference only")
-        raise DataError(f"case {case}: present in the {where} ({len(only_pred)} prediction-only, "
-                        f"{len(only_ref)} reference-only cases)")
+        raise DataError(
+            f"case {case}: present in the {where} ({len(only_pred)} prediction-only, "
+            f"{len(only_ref)} reference-only cases)"
+        )
     for case in sorted(pred):
         a, b = _header(pred[case]), _header(ref[case])
         if a.shape[:3] != b.shape[:3]:
@@ -158,11 +163,17 @@ def target_supervised_dice(path: str | os.PathLike) -> float:
 
 
 # ----------------------------------------------------------------------------- API
-def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.PathLike,
-             target_supervised: str | os.PathLike | None = None,
-             images: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             panels: bool = True, console: Console | None = None, region: str = "whole",
-             labels: str | None = None) -> Path:
+def evaluate(
+    pred: str | os.PathLike,
+    ref: str | os.PathLike,
+    out: str | os.PathLike,
+    target_supervised: str | os.PathLike | None = None,
+    images: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    panels: bool = True,
+    console: Console | None = None,
+    region: str = "whole",
+    labels: str | None = None,
+) -> Path:
     """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``.
 
     ``images``: folder(s) searched in order for ``<case>.nii.gz`` (target) and ``<case>_<name>``
@@ -183,8 +194,14 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
         labels_r, spacing = read_label_map(ref_cases[case], "reference")
         r = reference_mask(labels_r, scheme, region, ref_cases[case])
         voxel_ml = float(np.prod(spacing)) / 1000.0
-        rows.append({"case": case, **case_metrics(p, r, spacing),
-                     "pred_ml": float(p.sum()) * voxel_ml, "ref_ml": float(r.sum()) * voxel_ml})
+        rows.append(
+            {
+                "case": case,
+                **case_metrics(p, r, spacing),
+                "pred_ml": float(p.sum()) * voxel_ml,
+                "ref_ml": float(r.sum()) * voxel_ml,
+            }
+        )
     if panels:
         from hpc_modatts.infer.panels import save_panel  # matplotlib: loaded only when panels are drawn
 
@@ -195,10 +212,18 @@ def evaluate(pred: str | os.PathLike, ref: str | os.PathLike, out: str | os.Path
             save_panel(out / "panels" / f"{case}.png", case, extra, p, r)
     summary = summarise(rows)
     # predicted vs reference tumour volume (ml): a model that paints the brain shows here first
-    summary["volume_ml"] = {"pred": float(np.mean([r["pred_ml"] for r in rows])),
-                            "ref": float(np.mean([r["ref_ml"] for r in rows]))}
-    result = {"pred": str(pred), "ref": str(ref), "region": region,
-              "labels": "nonzero" if scheme is None else scheme.name, "cases": rows, "summary": summary}
+    summary["volume_ml"] = {
+        "pred": float(np.mean([r["pred_ml"] for r in rows])),
+        "ref": float(np.mean([r["ref_ml"] for r in rows])),
+    }
+    result = {
+        "pred": str(pred),
+        "ref": str(ref),
+        "region": region,
+        "labels": "nonzero" if scheme is None else scheme.name,
+        "cases": rows,
+        "summary": summary,
+    }
     if ts_dice:
         result["percent_of_target_supervised"] = 100.0 * summary["dice"]["mean"] / ts_dice
     atomic_write_text(out / "metrics.csv", _csv(rows, summary))
@@ -227,8 +252,10 @@ def reference_mask(labels: np.ndarray, scheme: LabelScheme | None, region: str, 
     if scheme.allowed is not None:
         bad = sorted({int(v) for v in np.unique(labels)} - set(scheme.allowed))
         if bad:
-            raise DataError(f"{path}: reference label values {bad} are not in --labels {scheme.name} "
-                            f"(allowed {list(scheme.allowed)})")
+            raise DataError(
+                f"{path}: reference label values {bad} are not in --labels {scheme.name} "
+                f"(allowed {list(scheme.allowed)})"
+            )
     return scheme.region_mask(labels, region) > 0
 
 
@@ -273,16 +300,20 @@ def _csv(rows: list[dict], summary: dict) -> str:
 
 def print_table(result: dict, console: Console | None = None) -> None:
     region = result.get("region", "whole")
-    table = Table(title=f"evaluation of {result['pred']}: {REGION_NAMES[region]} "
-                        f"({result.get('labels', 'nonzero')} labels)")
+    table = Table(
+        title=f"evaluation of {result['pred']}: {REGION_NAMES[region]} ({result.get('labels', 'nonzero')} labels)"
+    )
     for col in ("case", "Dice", "HD95 (mm)", "ASSD (mm)", "note"):
         table.add_column(col)
     for r in result["cases"]:
         table.add_row(r["case"], *(f"{r[m]:.4f}" for m in METRICS), r["note"])
     s = result["summary"]
-    table.add_row("[bold]mean ± std", *(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in METRICS),
-                  f"n = {s['dice']['n']}" + (f", {s['one_side_empty']} with one mask empty (max distance)"
-                                             if s.get("one_side_empty") else ""))
+    table.add_row(
+        "[bold]mean ± std",
+        *(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in METRICS),
+        f"n = {s['dice']['n']}"
+        + (f", {s['one_side_empty']} with one mask empty (max distance)" if s.get("one_side_empty") else ""),
+    )
     log_console(console).print(table)
     if "percent_of_target_supervised" in result:
         log_console(console).print(f"Dice = {result['percent_of_target_supervised']:.1f} % of target-supervised")
@@ -302,15 +333,24 @@ def run(cfg) -> Path:
         if labels is not None and attrs.get("label_scheme"):
             mask, scheme = labels, attrs["label_scheme"]
         _save(to_original_geometry(mask, attrs, order=0), out / "reference" / f"{case}.nii.gz")
-        _save(to_original_geometry(store.read_image(case, cfg.data.target), attrs, order=1, fill=-1.0),
-              out / "images" / f"{case}.nii.gz")
+        _save(
+            to_original_geometry(store.read_image(case, cfg.data.target), attrs, order=1, fill=-1.0),
+            out / "images" / f"{case}.nii.gz",
+        )
     pred = stage_dir(cfg.run_dir, "predict", v)
     write_pseudo_targets(cfg, store, split.source, split.test, out / "images")
     link_extras(pred, split.test, out / "images")
     ts = stage_dir(cfg.run_dir, "evaluate", "target-supervised") / "metrics.json"
     use_ts = v != "target-supervised" and ts.is_file()
-    evaluate(pred, out / "reference", out, target_supervised=ts if use_ts else None, images=out / "images",
-             region=cfg.data.region, labels=scheme)
+    evaluate(
+        pred,
+        out / "reference",
+        out,
+        target_supervised=ts if use_ts else None,
+        images=out / "images",
+        region=cfg.data.region,
+        labels=scheme,
+    )
     mark_done(out)
     return out
 
@@ -336,10 +376,13 @@ def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: 
     model.to(device)
     with torch.no_grad():
         for case in todo:
-            pseudo = translate_volume(model, store.read_image(case, source), store.read_brain(case),
-                                      tuple(cfg.data.slice_size), device)  # (X, Y, Z), -1 outside the brain
-            _save(to_original_geometry(pseudo, store.attrs(case), order=1, fill=-1.0),
-                  folder / f"{case}_pseudo_target.nii.gz")
+            pseudo = translate_volume(
+                model, store.read_image(case, source), store.read_brain(case), tuple(cfg.data.slice_size), device
+            )  # (X, Y, Z), -1 outside the brain
+            _save(
+                to_original_geometry(pseudo, store.attrs(case), order=1, fill=-1.0),
+                folder / f"{case}_pseudo_target.nii.gz",
+            )
     log.info("evaluate: %d pseudo-target(s) from %s (step %d)", len(todo), translator_run, step)
     return todo
 

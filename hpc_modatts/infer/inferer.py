@@ -49,9 +49,9 @@ FILL = -1.0
 class Window:
     """One region a model is run on: the voxels it may see (``valid``) and the window over them."""
 
-    valid: tuple[tuple[int, int], ...]   # [lo, hi) per axis: the hemisphere (or whole volume)
-    start: tuple[int, ...]               # window origin (may be negative: padded with FILL)
-    size: tuple[int, ...]                # window size: the patch, or the brain box when larger
+    valid: tuple[tuple[int, int], ...]  # [lo, hi) per axis: the hemisphere (or whole volume)
+    start: tuple[int, ...]  # window origin (may be negative: padded with FILL)
+    size: tuple[int, ...]  # window size: the patch, or the brain box when larger
 
 
 class VolumeInferer:
@@ -60,8 +60,14 @@ class VolumeInferer:
     ``slices``: the model is 2D; ``patch_size`` must then be (X, Y, 1) (see the module docstring).
     """
 
-    def __init__(self, patch_size: Sequence[int], hemispheres: bool = True, overlap: float = 0.5,
-                 sw_batch_size: int = 2, slices: bool = False) -> None:
+    def __init__(
+        self,
+        patch_size: Sequence[int],
+        hemispheres: bool = True,
+        overlap: float = 0.5,
+        sw_batch_size: int = 2,
+        slices: bool = False,
+    ) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != 3:
             raise ValueError(f"patch_size {list(patch_size)} must have 3 values (X, Y, Z)")
@@ -88,22 +94,36 @@ class VolumeInferer:
         return out
 
     @torch.no_grad()
-    def __call__(self, predictor: Predictor, image: np.ndarray, brain: np.ndarray, split: int | None,
-                 device: torch.device | str = "cpu", out_fill: float | Sequence[float] = 0.0) -> np.ndarray:
+    def __call__(
+        self,
+        predictor: Predictor,
+        image: np.ndarray,
+        brain: np.ndarray,
+        split: int | None,
+        device: torch.device | str = "cpu",
+        out_fill: float | Sequence[float] = 0.0,
+    ) -> np.ndarray:
         """Outputs of ``predictor`` over the whole (X, Y, Z) ``image`` -> (C, X, Y, Z) float32."""
         if self.slices:
             predictor = _slice_wise(predictor)
         result: np.ndarray | None = None
         for w in self.windows(brain, split):
-            x = read_window(image, w.valid, w.start, w.size, FILL, np.float32)          # (*size)
-            t = torch.from_numpy(x)[None, None].to(device)                              # (1, 1, *size)
+            x = read_window(image, w.valid, w.start, w.size, FILL, np.float32)  # (*size)
+            t = torch.from_numpy(x)[None, None].to(device)  # (1, 1, *size)
             if w.size == self.patch_size:  # the training window itself: no blending
                 y = predictor(t).float()
             else:
-                y = sliding_window_inference(t, roi_size=self.patch_size, sw_batch_size=self.sw_batch_size,
-                                             predictor=lambda p: predictor(p).float(), overlap=self.overlap,
-                                             mode="gaussian", padding_mode="constant", cval=FILL)
-            y = y[0].cpu().numpy()                                                      # (C, *size)
+                y = sliding_window_inference(
+                    t,
+                    roi_size=self.patch_size,
+                    sw_batch_size=self.sw_batch_size,
+                    predictor=lambda p: predictor(p).float(),
+                    overlap=self.overlap,
+                    mode="gaussian",
+                    padding_mode="constant",
+                    cval=FILL,
+                )
+            y = y[0].cpu().numpy()  # (C, *size)
             if result is None:
                 fill = np.asarray(out_fill, np.float32).reshape(-1, 1, 1, 1)
                 result = np.broadcast_to(fill, (y.shape[0], *image.shape)).astype(np.float32)

@@ -36,8 +36,12 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) 
     dice = dice_of(p, r)
     if not p.any() or not r.any():
         worst = max_distance(p.shape, spacing)
-        return {"dice": dice, "hd95": worst, "assd": worst,
-                "note": "empty prediction" if not p.any() else "empty reference"}
+        return {
+            "dice": dice,
+            "hd95": worst,
+            "assd": worst,
+            "note": "empty prediction" if not p.any() else "empty reference",
+        }
     pt = torch.from_numpy(p)[None, None].float()  # (B=1, C=1, X, Y, Z)
     rt = torch.from_numpy(r)[None, None].float()
     sp = [float(s) for s in spacing]

@@ -22,8 +22,7 @@ import numpy as np  # noqa: E402
 
 from hpc_modatts.runs import atomic_path  # noqa: E402
 
-TITLES = {"target": "target image", "pseudo_target": "pseudo-target", "healthy": "P->A healthy",
-          "residual": "residual"}
+TITLES = {"target": "target image", "pseudo_target": "pseudo-target", "healthy": "P->A healthy", "residual": "residual"}
 
 
 def best_slice(ref: np.ndarray, pred: np.ndarray) -> int:
@@ -35,8 +34,9 @@ def best_slice(ref: np.ndarray, pred: np.ndarray) -> int:
     return ref.shape[2] // 2
 
 
-def save_panel(path: str | os.PathLike, case: str, images: dict[str, np.ndarray], pred: np.ndarray,
-               ref: np.ndarray) -> Path:
+def save_panel(
+    path: str | os.PathLike, case: str, images: dict[str, np.ndarray], pred: np.ndarray, ref: np.ndarray
+) -> Path:
     """Draw the panel of one case into ``path`` (PNG, written atomically)."""
     z = best_slice(ref, pred)
     names = [n for n in TITLES if n in images]
@@ -64,13 +64,22 @@ def save_panel(path: str | os.PathLike, case: str, images: dict[str, np.ndarray]
     return _save(fig, path)
 
 
-REPORT_CURVES = (("score", "selection score"), ("contrast_ratio", "tumour contrast ratio"),
-                 ("appearance", "appearance (1 - W1 ratio)"), ("disc_accuracy", "discriminator accuracy"),
-                 ("paired_corr", "paired correlation"))
+REPORT_CURVES = (
+    ("score", "selection score"),
+    ("contrast_ratio", "tumour contrast ratio"),
+    ("appearance", "appearance (1 - W1 ratio)"),
+    ("disc_accuracy", "discriminator accuracy"),
+    ("paired_corr", "paired correlation"),
+)
 
 
-def save_translation_report(path: str | os.PathLike, records: list[dict], rows: list[dict[str, np.ndarray]],
-                            title: str, best_step: int | None = None) -> Path:
+def save_translation_report(
+    path: str | os.PathLike,
+    records: list[dict],
+    rows: list[dict[str, np.ndarray]],
+    title: str,
+    best_step: int | None = None,
+) -> Path:
     """Stage-1 report: validation curves over steps, then one row of slices per case.
 
     ``records``: metrics.jsonl lines with ``val/<name>`` entries; ``rows``: per case an ordered
@@ -89,7 +98,7 @@ def save_translation_report(path: str | os.PathLike, records: list[dict], rows: 
             ax.axvline(best_step, color="red", lw=0.8, ls=":")
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=6)
-    for ax in axes[0][len(curves):]:
+    for ax in axes[0][len(curves) :]:
         ax.axis("off")
     for i, row in enumerate(rows, start=1):
         for ax, (name, img) in zip(axes[i], row.items()):

@@ -80,8 +80,9 @@ EXTRA_FILL = {"healthy": -1.0, "residual": 0.0}  # outside the stored crop: imag
 
 def is_genseg(model: torch.nn.Module) -> bool:
     """True for GenSeg-wired models (``hpc_modatts.models.genseg``): encode + common/residual decoders."""
-    return all(callable(getattr(model, a, None)) for a in ("encode", "decode_common", "decode_residual",
-                                                            "decode_segmentation"))
+    return all(
+        callable(getattr(model, a, None)) for a in ("encode", "decode_common", "decode_residual", "decode_segmentation")
+    )
 
 
 def genseg_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -91,13 +92,20 @@ def genseg_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     c, u, skips = model.encode(x)
     prob = torch.sigmoid(model.decode_segmentation(c, u, skips))  # (B, 1, X, Y, Z)
-    healthy = model.decode_common(c, skips)                         # (B, 1, X, Y, Z) in [-1, 1]
-    residual = model.decode_residual(c, u, skips)                   # (B, 1, X, Y, Z) in [-1, 1]
+    healthy = model.decode_common(c, skips)  # (B, 1, X, Y, Z) in [-1, 1]
+    residual = model.decode_residual(c, u, skips)  # (B, 1, X, Y, Z) in [-1, 1]
     return torch.cat([prob, healthy, residual], dim=1)
 
 
-def ensemble(models: list[torch.nn.Module], inferer: VolumeInferer, image: np.ndarray, brain: np.ndarray,
-             split: int | None, predictor, out_fill: Sequence[float]) -> np.ndarray:
+def ensemble(
+    models: list[torch.nn.Module],
+    inferer: VolumeInferer,
+    image: np.ndarray,
+    brain: np.ndarray,
+    split: int | None,
+    predictor,
+    out_fill: Sequence[float],
+) -> np.ndarray:
     """Mean over ``models`` of the inferer's ``predictor(model, window)`` outputs: -> (C, X, Y, Z)."""
     if not models:
         raise ValueError("ensemble() needs at least one model")
@@ -112,14 +120,16 @@ def ensemble(models: list[torch.nn.Module], inferer: VolumeInferer, image: np.nd
     return total / len(models)
 
 
-def predict_case(models: list[torch.nn.Module], inferer: VolumeInferer, store, case: str, modality: str,
-                 extras: bool = False) -> dict[str, np.ndarray]:
+def predict_case(
+    models: list[torch.nn.Module], inferer: VolumeInferer, store, case: str, modality: str, extras: bool = False
+) -> dict[str, np.ndarray]:
     """Ensemble outputs of one stored case: {"prob"} (+ "healthy", "residual" with ``extras``), (X, Y, Z)."""
     attrs = store.attrs(case)
     image, brain, split = store.read_image(case, modality), store.read_brain(case), attrs.get("hemisphere_split")
     if extras:
-        out = ensemble(models, inferer, image, brain, split, genseg_outputs,
-                       (0.0, EXTRA_FILL["healthy"], EXTRA_FILL["residual"]))  # (3, X, Y, Z)
+        out = ensemble(
+            models, inferer, image, brain, split, genseg_outputs, (0.0, EXTRA_FILL["healthy"], EXTRA_FILL["residual"])
+        )  # (3, X, Y, Z)
         return {"prob": out[0], "healthy": out[1], "residual": out[2]}
     return {"prob": ensemble(models, inferer, image, brain, split, lambda m, t: torch.sigmoid(m(t).float()), (0.0,))[0]}
 
@@ -144,10 +154,18 @@ def open_input(input_: Path, work: Path, cfg, layout: str | None, modality: str)
     if _is_store(input_):
         return Store.open(input_)
     pre = _training_preprocessing(cfg)
-    path = convert(input_, work / "input.zarr", layout=layout or pre.get("layout") or "auto",
-                   spacing=pre.get("spacing"), crop=pre.get("crop"), crop_margin=pre.get("crop_margin", 2),
-                   labels=pre.get("labels") or "auto", resample_to=pre.get("resample_to"),
-                   modalities=[modality], progress=False)
+    path = convert(
+        input_,
+        work / "input.zarr",
+        layout=layout or pre.get("layout") or "auto",
+        spacing=pre.get("spacing"),
+        crop=pre.get("crop"),
+        crop_margin=pre.get("crop_margin", 2),
+        labels=pre.get("labels") or "auto",
+        resample_to=pre.get("resample_to"),
+        modalities=[modality],
+        progress=False,
+    )
     return Store.open(path)
 
 
@@ -162,9 +180,16 @@ def _save_float(volume: np.ndarray, attrs: dict, path: Path, fill: float = 0.0) 
     _save_nifti(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), path)
 
 
-def predict(runs: Sequence[str | os.PathLike], input: str | os.PathLike, out: str | os.PathLike,
-            probabilities: bool = False, layout: str | None = None, modality: str | None = None,
-            cases: Sequence[str] | None = None, extras: bool = False) -> Path:
+def predict(
+    runs: Sequence[str | os.PathLike],
+    input: str | os.PathLike,
+    out: str | os.PathLike,
+    probabilities: bool = False,
+    layout: str | None = None,
+    modality: str | None = None,
+    cases: Sequence[str] | None = None,
+    extras: bool = False,
+) -> Path:
     """Predict every case (or ``cases``) of ``input`` with the ensemble of ``runs``; returns ``out``.
 
     ``extras``: also write ``<case>_healthy`` / ``<case>_residual`` (GenSeg runs only; see module doc).
@@ -214,7 +239,13 @@ def run(cfg) -> Path:
     """Pipeline node: ensemble of the variant's fold models on the split's test cases (+ GenSeg extras)."""
     out = stage_dir(cfg.run_dir, "predict", cfg.train.variant)
     split = Split.load(cfg.data.split, store=cfg.data.store)
-    predict(cfg.final_model_dirs(cfg.train.variant), cfg.data.store, out, modality=cfg.data.target,
-            cases=split.test, extras=True)
+    predict(
+        cfg.final_model_dirs(cfg.train.variant),
+        cfg.data.store,
+        out,
+        modality=cfg.data.target,
+        cases=split.test,
+        extras=True,
+    )
     mark_done(out)
     return out

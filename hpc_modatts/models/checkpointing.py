@@ -57,8 +57,9 @@ class _CheckpointedForward:
 
     def __call__(self, *args, **kwargs):
         states = [(m, m.recompute_state) for m in self.stateful]
-        return checkpoint(self.forward, *args, use_reentrant=False,
-                          context_fn=lambda: (nullcontext(), _restored(states)), **kwargs)
+        return checkpoint(
+            self.forward, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), _restored(states)), **kwargs
+        )
 
 
 def apply_activation_checkpointing(model: nn.Module, policy: list[str]) -> nn.Module:

@@ -102,12 +102,16 @@ class MultiScaleDiscriminator(nn.Module):
 class DiscriminatorPair(nn.Module):
     """One multi-scale discriminator per domain; ``forward(domain, x)`` -> list of logit maps."""
 
-    def __init__(self, domains: tuple[str, ...], spatial_dims: int, channels: tuple[int, ...],
-                 scales: int) -> None:
+    def __init__(self, domains: tuple[str, ...], spatial_dims: int, channels: tuple[int, ...], scales: int) -> None:
         super().__init__()
-        self.nets = nn.ModuleDict({d: MultiScaleDiscriminator(spatial_dims=spatial_dims, in_channels=1,
-                                                              channels=tuple(channels), scales=scales)
-                                   for d in domains})
+        self.nets = nn.ModuleDict(
+            {
+                d: MultiScaleDiscriminator(
+                    spatial_dims=spatial_dims, in_channels=1, channels=tuple(channels), scales=scales
+                )
+                for d in domains
+            }
+        )
 
     def forward(self, domain: str, x: torch.Tensor) -> list[torch.Tensor]:
         return self.nets[domain](x)

@@ -82,15 +82,22 @@ class GenSegMedFormer(nn.Module):
     decode_segmentation(c, u, skips) -> logits; sample_u(like_u) -> N(0, I); forward = segment.
     """
 
-    def __init__(self, cfg: MedFormerConfig | None = None, in_channels: int = 1,
-                 common_fraction: float = 0.75, separate_seg_decoder: bool = False):
+    def __init__(
+        self,
+        cfg: MedFormerConfig | None = None,
+        in_channels: int = 1,
+        common_fraction: float = 0.75,
+        separate_seg_decoder: bool = False,
+    ):
         super().__init__()
         self.cfg = cfg = cfg or MedFormerConfig()
         width, out_width = cfg.channels[3], cfg.channels[7]
         self.common_channels = round(width * common_fraction)
         if not 0 < self.common_channels < width:
-            raise ValueError(f"common_fraction={common_fraction} leaves no common or no unique channel "
-                             f"of the {width}-channel bottleneck")
+            raise ValueError(
+                f"common_fraction={common_fraction} leaves no common or no unique channel "
+                f"of the {width}-channel bottleneck"
+            )
         self.unique_channels = width - self.common_channels
         self.separate_seg_decoder = separate_seg_decoder
         dims = cfg.spatial_dims

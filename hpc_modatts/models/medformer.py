@@ -105,16 +105,19 @@ class MedFormerConfig:
                 raise ValueError(f"MedFormerConfig.conv_blocks[{i}] must be >= 1 (convolution up stage)")
         for i in range(1, 6):
             if self.channels[i] % self.heads[i]:
-                raise ValueError(f"MedFormerConfig: channels[{i}]={self.channels[i]} "
-                                 f"not divisible by heads[{i}]={self.heads[i]}")
+                raise ValueError(
+                    f"MedFormerConfig: channels[{i}]={self.channels[i]} not divisible by heads[{i}]={self.heads[i]}"
+                )
         if self.fusion_dim % self.fusion_heads:
-            raise ValueError(f"MedFormerConfig: fusion_dim={self.fusion_dim} "
-                             f"not divisible by fusion_heads={self.fusion_heads}")
+            raise ValueError(
+                f"MedFormerConfig: fusion_dim={self.fusion_dim} not divisible by fusion_heads={self.fusion_heads}"
+            )
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"MedFormerConfig.spatial_dims={self.spatial_dims} must be 2 or 3")
         if len(self.map_size) != self.spatial_dims or math.prod(self.map_size) < 2:
-            raise ValueError(f"MedFormerConfig.map_size={self.map_size} needs {self.spatial_dims} values "
-                             f"and >= 2 tokens")
+            raise ValueError(
+                f"MedFormerConfig.map_size={self.map_size} needs {self.spatial_dims} values and >= 2 tokens"
+            )
         if self.pad_mode not in ("constant", "reflect", "replicate"):
             raise ValueError(f"MedFormerConfig.pad_mode={self.pad_mode!r} must be constant, reflect or replicate")
 
@@ -140,8 +143,9 @@ class TransformerDownStage(nn.Module):
         self.merge = PatchMerging(cin, cout, norm, dims)
         self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm, dims) for _ in range(n_conv)))
         self.map_gen = SemanticMapGeneration(cout, cout, cfg.map_size)
-        self.blocks = nn.ModuleList(BMDHBlock(cout, cout, cout, heads, cfg.expansion, norm, dims=dims)
-                                    for _ in range(n_bmdh))
+        self.blocks = nn.ModuleList(
+            BMDHBlock(cout, cout, cout, heads, cfg.expansion, norm, dims=dims) for _ in range(n_bmdh)
+        )
 
     def forward(self, x: torch.Tensor):
         x = self.convs(self.merge(x))
@@ -165,15 +169,28 @@ class TransformerUpStage(nn.Module):
 
     checkpoint_kind = "decoder"
 
-    def __init__(self, cin: int, cskip: int, cout: int, map_in: int, skip_map: int, n_conv: int, n_bmdh: int,
-                 heads: int, cfg: MedFormerConfig, norm: Norm, last_updates_map: bool):
+    def __init__(
+        self,
+        cin: int,
+        cskip: int,
+        cout: int,
+        map_in: int,
+        skip_map: int,
+        n_conv: int,
+        n_bmdh: int,
+        heads: int,
+        cfg: MedFormerConfig,
+        norm: Norm,
+        last_updates_map: bool,
+    ):
         super().__init__()
         dims, self.mode = cfg.spatial_dims, INTERPOLATION[cfg.spatial_dims]
         self.map_reduction = conv1(map_in + skip_map, cout, dims=dims)
         widths = [cin + cskip] + [cout] * (n_bmdh - 1)
         updates = [True] * (n_bmdh - 1) + [last_updates_map]
-        self.blocks = nn.ModuleList(BMDHBlock(w, cout, cout, heads, cfg.expansion, norm, u, dims)
-                                    for w, u in zip(widths, updates))
+        self.blocks = nn.ModuleList(
+            BMDHBlock(w, cout, cout, heads, cfg.expansion, norm, u, dims) for w, u in zip(widths, updates)
+        )
         self.convs = nn.Sequential(*(ConvBlock(cout, cout, norm, dims) for _ in range(n_conv)))
         self.gate: nn.Module = PassSkip()
 
@@ -219,8 +236,10 @@ def pad_to_stride(x: torch.Tensor, cfg: MedFormerConfig, in_channels: int) -> to
     shape = tuple(x.shape[2:])
     padded = [math.ceil(s / STRIDE) * STRIDE for s in shape]
     if min(shape) < STRIDE or math.prod(padded) < 2 * STRIDE**cfg.spatial_dims:
-        raise ValueError(f"MedFormer input spatial shape {shape} is too small: each axis needs >= {STRIDE} voxels "
-                         f"and at least one axis > {STRIDE} (the 1/16 bottleneck needs > 1 voxel)")
+        raise ValueError(
+            f"MedFormer input spatial shape {shape} is too small: each axis needs >= {STRIDE} voxels "
+            f"and at least one axis > {STRIDE} (the 1/16 bottleneck needs > 1 voxel)"
+        )
     pads = [v for s, p in zip(reversed(shape), reversed(padded)) for v in (0, p - s)]
     if not any(pads):
         return x
@@ -246,7 +265,8 @@ class MedFormerEncoder(nn.Module):
         self.down1 = ConvDownStage(base, ch[0], cfg.conv_blocks[0], norm, dims)
         self.down = nn.ModuleList(
             TransformerDownStage(ch[i - 1], ch[i], cfg.conv_blocks[i], cfg.bmdh_blocks[i], cfg.heads[i], cfg, norm)
-            for i in (1, 2, 3))
+            for i in (1, 2, 3)
+        )
         self.fusion = SemanticMapFusion(ch[1:4], cfg.fusion_dim, cfg.fusion_depth, cfg.fusion_heads, dims)
 
     def forward(self, x: torch.Tensor):

@@ -26,7 +26,9 @@ Norm = Callable[[int], nn.Module]
 
 _CONV: dict[int, type[nn.Conv2d] | type[nn.Conv3d]] = {2: nn.Conv2d, 3: nn.Conv3d}
 INSTANCE_NORM: dict[int, type[nn.InstanceNorm2d] | type[nn.InstanceNorm3d]] = {
-    2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+    2: nn.InstanceNorm2d,
+    3: nn.InstanceNorm3d,
+}
 INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 """Up-sampling mode per number of spatial dims (thesis Table 5.2: trilinear in 3D)."""
 
@@ -71,10 +73,12 @@ class ConvBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, norm: Norm, dims: int = 3):
         super().__init__()
-        self.body = nn.Sequential(norm(cin), nn.GELU(), conv3(cin, cout, dims=dims),
-                                  norm(cout), nn.GELU(), conv3(cout, cout, dims=dims))
-        self.shortcut = (nn.Identity() if cin == cout
-                         else nn.Sequential(norm(cin), nn.GELU(), conv1(cin, cout, dims=dims)))
+        self.body = nn.Sequential(
+            norm(cin), nn.GELU(), conv3(cin, cout, dims=dims), norm(cout), nn.GELU(), conv3(cout, cout, dims=dims)
+        )
+        self.shortcut = (
+            nn.Identity() if cin == cout else nn.Sequential(norm(cin), nn.GELU(), conv1(cin, cout, dims=dims))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, X, Y, Z) -> (B, cout, X, Y, Z)
         return self.body(x) + self.shortcut(x)
@@ -87,10 +91,15 @@ class MBConv(nn.Module):
         super().__init__()
         wide = channels * expansion
         self.body = nn.Sequential(
-            norm(channels), nn.GELU(), conv1(channels, wide, dims=dims),
-            norm(wide), nn.GELU(), conv3(wide, wide, groups=wide, dims=dims),
+            norm(channels),
+            nn.GELU(),
+            conv1(channels, wide, dims=dims),
+            norm(wide),
+            nn.GELU(),
+            conv3(wide, wide, groups=wide, dims=dims),
             ChannelSELayer(dims, wide, r=4),
-            norm(wide), conv1(wide, channels, dims=dims),
+            norm(wide),
+            conv1(wide, channels, dims=dims),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +128,17 @@ class BMDHBlock(nn.Module):
 
     checkpoint_kind = "bmdh"
 
-    def __init__(self, feat_dim: int, map_dim: int, out_dim: int, heads: int, expansion: int,
-                 norm: Norm, update_map: bool = True, dims: int = 3):
+    def __init__(
+        self,
+        feat_dim: int,
+        map_dim: int,
+        out_dim: int,
+        heads: int,
+        expansion: int,
+        norm: Norm,
+        update_map: bool = True,
+        dims: int = 3,
+    ):
         super().__init__()
         self.heads, self.scale = heads, (out_dim // heads) ** -0.5
         self.n_feat_proj = 2 if update_map else 1  # q (and v when the map is updated)
@@ -129,8 +147,11 @@ class BMDHBlock(nn.Module):
         self.map_qv = conv1(map_dim, 2 * out_dim, dims=dims)
         self.feat_out = DepthwiseSeparableConv(out_dim, out_dim, dims)
         self.map_out = conv1(out_dim, map_dim, dims=dims) if update_map else None
-        self.shortcut = (nn.Identity() if feat_dim == out_dim
-                         else nn.Sequential(norm(feat_dim), nn.GELU(), conv1(feat_dim, out_dim, dims=dims)))
+        self.shortcut = (
+            nn.Identity()
+            if feat_dim == out_dim
+            else nn.Sequential(norm(feat_dim), nn.GELU(), conv1(feat_dim, out_dim, dims=dims))
+        )
         self.feedforward = MBConv(out_dim, expansion, norm, dims)
 
     def forward(self, feat: torch.Tensor, smap: torch.Tensor):
@@ -193,8 +214,15 @@ class SemanticMapFusion(nn.Module):
         super().__init__()
         self.in_proj = nn.ModuleList(conv1(w, fusion_dim, dims=dims) for w in widths)
         self.out_proj = nn.ModuleList(conv1(fusion_dim, w, dims=dims) for w in widths)
-        layer = nn.TransformerEncoderLayer(fusion_dim, heads, dim_feedforward=fusion_dim, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            fusion_dim,
+            heads,
+            dim_feedforward=fusion_dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:

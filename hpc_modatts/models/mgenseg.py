@@ -71,8 +71,14 @@ class MGenSegModality(GenSegMedFormer):
     """E_m, G_com^m, G_res^m / G_seg^m (``GenSegMedFormer``) with gated skips, plus the
     modality-translation decoder to the other modality (``translate``)."""
 
-    def __init__(self, cfg: MedFormerConfig, in_channels: int = 1, common_fraction: float = 0.75,
-                 separate_seg_decoder: bool = False, keep_background: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: MedFormerConfig,
+        in_channels: int = 1,
+        common_fraction: float = 0.75,
+        separate_seg_decoder: bool = False,
+        keep_background: bool = True,
+    ) -> None:
         super().__init__(cfg, in_channels, common_fraction, separate_seg_decoder)
         plain, dims = default_norm(cfg.spatial_dims), cfg.spatial_dims
         gate_skips(self.common_decoder, cfg, plain)
@@ -97,8 +103,14 @@ class MGenSegModality(GenSegMedFormer):
 class MGenSeg(nn.Module):
     """Both modalities' networks; ``forward(x) -> G_seg^T(E_T(x))`` logits (B, 1, X, Y)."""
 
-    def __init__(self, cfg: MedFormerConfig, in_channels: int = 1, common_fraction: float = 0.75,
-                 separate_seg_decoder: bool = False, keep_background: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: MedFormerConfig,
+        in_channels: int = 1,
+        common_fraction: float = 0.75,
+        separate_seg_decoder: bool = False,
+        keep_background: bool = True,
+    ) -> None:
         super().__init__()
         args = (cfg, in_channels, common_fraction, separate_seg_decoder, keep_background)
         self.source = MGenSegModality(*args)  # E_S, G_com^S, G_res^S / G_seg^S, G_T (S -> T)
@@ -121,10 +133,14 @@ class MGenSeg(nn.Module):
         return self.target.decode_segmentation(c, u, skips)
 
 
-def build_mgenseg(size: str, in_channels: int = 1, common_fraction: float = 0.75,
-                  separate_seg_decoder: bool = False, keep_background: bool = True) -> MGenSeg:
+def build_mgenseg(
+    size: str,
+    in_channels: int = 1,
+    common_fraction: float = 0.75,
+    separate_seg_decoder: bool = False,
+    keep_background: bool = True,
+) -> MGenSeg:
     """M-GenSeg with the 2D MedFormer of a named segmenter size (``models.sizes.SEGMENTER_SIZES``)."""
     if size not in SEGMENTER_SIZES:
         raise ConfigError(f"model.segmenter_size={size!r} must be one of {sorted(SEGMENTER_SIZES)}")
-    return MGenSeg(SEGMENTER_SIZES[size].in_2d(), in_channels, common_fraction, separate_seg_decoder,
-                   keep_background)
+    return MGenSeg(SEGMENTER_SIZES[size].in_2d(), in_channels, common_fraction, separate_seg_decoder, keep_background)

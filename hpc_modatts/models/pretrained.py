@@ -133,8 +133,9 @@ def load_pretrained(model: TransUNetTranslator, path: str) -> dict[str, list[str
     if missing:
         raise DataError(f"{path}: {len(missing)} encoder keys missing, e.g. {missing[:5]}")
     state["encoder.pos_embed"] = _fit_pos_embed(state["encoder.pos_embed"], own["encoder.pos_embed"])
-    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state.items() if v.shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
+    ]
     if wrong:
         raise DataError(f"{path}: {len(wrong)} shape mismatches, e.g. {'; '.join(wrong[:3])}")
     model.load_state_dict(state, strict=False)

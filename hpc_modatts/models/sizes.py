@@ -43,24 +43,44 @@ from hpc_modatts.models.transunet import SIZES, TransUNetTranslator
 SEGMENTER_SIZES: dict[str, MedFormerConfig] = {
     "full": MedFormerConfig(),
     "semi8m": MedFormerConfig(
-        base_channels=16, channels=(32, 64, 128, 256, 128, 64, 32, 16),
-        bmdh_blocks=(0, 2, 2, 2, 2, 2, 0, 0), heads=(1, 2, 8, 8, 8, 4, 1, 1),
-        fusion_dim=128, fusion_heads=8,
+        base_channels=16,
+        channels=(32, 64, 128, 256, 128, 64, 32, 16),
+        bmdh_blocks=(0, 2, 2, 2, 2, 2, 0, 0),
+        heads=(1, 2, 8, 8, 8, 4, 1, 1),
+        fusion_dim=128,
+        fusion_heads=8,
     ),
     "small": MedFormerConfig(
-        base_channels=8, channels=(16, 32, 64, 96, 64, 32, 16, 8), conv_blocks=(1, 0, 0, 0, 0, 0, 1, 1),
-        bmdh_blocks=(0, 1, 2, 2, 2, 1, 0, 0), heads=(1, 2, 4, 4, 4, 2, 1, 1), fusion_dim=64, fusion_heads=4,
+        base_channels=8,
+        channels=(16, 32, 64, 96, 64, 32, 16, 8),
+        conv_blocks=(1, 0, 0, 0, 0, 0, 1, 1),
+        bmdh_blocks=(0, 1, 2, 2, 2, 1, 0, 0),
+        heads=(1, 2, 4, 4, 4, 2, 1, 1),
+        fusion_dim=64,
+        fusion_heads=4,
     ),
     "tiny": MedFormerConfig(
-        base_channels=4, channels=(8, 16, 16, 32, 16, 16, 8, 4), conv_blocks=(1, 0, 0, 0, 0, 0, 1, 1),
-        bmdh_blocks=(0, 1, 1, 1, 1, 1, 0, 0), heads=(1, 2, 2, 4, 2, 2, 1, 1), map_size=(2, 2, 2),
-        fusion_dim=16, fusion_depth=1, fusion_heads=2,
+        base_channels=4,
+        channels=(8, 16, 16, 32, 16, 16, 8, 4),
+        conv_blocks=(1, 0, 0, 0, 0, 0, 1, 1),
+        bmdh_blocks=(0, 1, 1, 1, 1, 1, 0, 0),
+        heads=(1, 2, 2, 4, 2, 2, 1, 1),
+        map_size=(2, 2, 2),
+        fusion_dim=16,
+        fusion_depth=1,
+        fusion_heads=2,
     ),
 }
 
 
-def build_segmenter(size: str, in_channels: int = 1, genseg: bool = False, common_fraction: float = 0.75,
-                    separate_seg_decoder: bool = False, spatial_dims: int = 3) -> nn.Module:
+def build_segmenter(
+    size: str,
+    in_channels: int = 1,
+    genseg: bool = False,
+    common_fraction: float = 0.75,
+    separate_seg_decoder: bool = False,
+    spatial_dims: int = 3,
+) -> nn.Module:
     """A MedFormer of a named size, 3D or (``spatial_dims=2``) 2D: plain (forward -> logits) or
     GenSeg-wired (`GenSegMedFormer`)."""
     if size not in SEGMENTER_SIZES:
@@ -72,8 +92,9 @@ def build_segmenter(size: str, in_channels: int = 1, genseg: bool = False, commo
         raise ValueError(f"spatial_dims={spatial_dims} must be 2 or 3")
     if not genseg:
         return MedFormer(cfg, in_channels=in_channels)
-    return GenSegMedFormer(cfg, in_channels=in_channels, common_fraction=common_fraction,
-                           separate_seg_decoder=separate_seg_decoder)
+    return GenSegMedFormer(
+        cfg, in_channels=in_channels, common_fraction=common_fraction, separate_seg_decoder=separate_seg_decoder
+    )
 
 
 def build_translator(size: str = "full", in_channels: int = 1, pretrained: str = "") -> TransUNetTranslator:

@@ -259,8 +259,9 @@ class DecoderBlock(nn.Module):
 class CascadedDecoder(nn.Module):
     """TransUNet "cascaded upsampler": conv hidden->head, 4 decoder blocks, 3x3 conv head."""
 
-    def __init__(self, size: TransUNetSize, skip_channels: tuple[int, int, int], out_channels: int,
-                 input_channels: int = 0):
+    def __init__(
+        self, size: TransUNetSize, skip_channels: tuple[int, int, int], out_channels: int, input_channels: int = 0
+    ):
         super().__init__()
         channels = size.decoder_channels
         self.conv_more = ConvNormAct(size.hidden, size.decoder_head)
@@ -304,9 +305,7 @@ class TransUNetTranslator(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Check (B, C, H, W), repeat 1 -> 3 channels, pad H, W up to multiples of 16 with -1."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"translator expects (B, {self.in_channels}, H, W) input, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"translator expects (B, {self.in_channels}, H, W) input, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(f"translator input {h}x{w} is smaller than the minimum {MIN_SIZE}x{MIN_SIZE}")
@@ -319,9 +318,9 @@ class TransUNetTranslator(nn.Module):
 
     def encode(self, x: torch.Tensor) -> EncodedFeatures:
         """(B, C, H, W) -> EncodedFeatures shared by both decoders."""
-        prepared = self._prepare(x)                       # (B, 3 or C, H', W')
+        prepared = self._prepare(x)  # (B, 3 or C, H', W')
         hidden, skips = self.encoder(prepared)
-        if self.size.input_skip:                          # full-resolution skip: the input itself
+        if self.size.input_skip:  # full-resolution skip: the input itself
             skips = [*skips, prepared[:, : self.in_channels]]
         return EncodedFeatures(hidden, skips, (x.shape[-2], x.shape[-1]))
 

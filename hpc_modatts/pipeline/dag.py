@@ -128,8 +128,7 @@ class Dag:
 def _training_resources(cfg: ExperimentConfig) -> Resources:
     p = cfg.pipeline
     tasks = p.gpus_per_node or p.tasks_per_node  # one rank per GPU; CPU ranks as configured
-    return Resources(nodes=p.nodes, tasks_per_node=tasks,
-                     gpus_per_node=p.gpus_per_node, cpus_per_task=p.cpus_per_task)
+    return Resources(nodes=p.nodes, tasks_per_node=tasks, gpus_per_node=p.gpus_per_node, cpus_per_task=p.cpus_per_task)
 
 
 def _single_task(cfg: ExperimentConfig, gpu: bool = False) -> Resources:
@@ -148,8 +147,7 @@ def build_dag(cfg: ExperimentConfig) -> Dag:
     nodes: list[Node] = []
     data_deps: tuple[str, ...] = ()
     if needs_convert(cfg):
-        nodes.append(Node("convert", STAGE_FN["convert"], {}, stage_dir(root, "convert"),
-                          resources=_single_task(cfg)))
+        nodes.append(Node("convert", STAGE_FN["convert"], {}, stage_dir(root, "convert"), resources=_single_task(cfg)))
         data_deps = ("convert",)
 
     variants = list(dict.fromkeys(cfg.pipeline.variants))
@@ -158,14 +156,33 @@ def build_dag(cfg: ExperimentConfig) -> Dag:
     if any(v in MODATTS_VARIANTS for v in variants):
         if not translator_run:  # train our own translator; a given one is used as is
             translator_run = str(stage_dir(root, "translate"))
-            nodes.append(Node("translate", STAGE_FN["translate"], {"train.stage": "translate"},
-                              Path(translator_run), data_deps, train_res))
+            nodes.append(
+                Node(
+                    "translate",
+                    STAGE_FN["translate"],
+                    {"train.stage": "translate"},
+                    Path(translator_run),
+                    data_deps,
+                    train_res,
+                )
+            )
             synth_deps = ("translate",)
         synth_store = cfg.train.pseudo_target_store or str(Path(translator_run) / "synth.zarr")
-        nodes.append(Node("synthesize", STAGE_FN["synthesize"],
-                          {"train.stage": "synthesize", "train.translator_run": translator_run,
-                           "train.pseudo_target_store": synth_store},
-                          Path(translator_run), synth_deps, train_res, marker=SYNTH_MARKER))
+        nodes.append(
+            Node(
+                "synthesize",
+                STAGE_FN["synthesize"],
+                {
+                    "train.stage": "synthesize",
+                    "train.translator_run": translator_run,
+                    "train.pseudo_target_store": synth_store,
+                },
+                Path(translator_run),
+                synth_deps,
+                train_res,
+                marker=SYNTH_MARKER,
+            )
+        )
 
     evaluate_after: tuple[str, ...] = ()
     if "target-supervised" in variants:  # evaluated first: the others report % of it
@@ -173,13 +190,20 @@ def build_dag(cfg: ExperimentConfig) -> Dag:
         variants.insert(0, "target-supervised")
         evaluate_after = ("evaluate/target-supervised",)
     for v in variants:
-        nodes += _variant_nodes(cfg, v, translator_run, data_deps, train_res,
-                                evaluate_after if v != "target-supervised" else ())
+        nodes += _variant_nodes(
+            cfg, v, translator_run, data_deps, train_res, evaluate_after if v != "target-supervised" else ()
+        )
     return Dag(nodes)
 
 
-def _variant_nodes(cfg: ExperimentConfig, v: str, translator_run: str, data_deps: tuple[str, ...],
-                   train_res: Resources, evaluate_after: tuple[str, ...]) -> list[Node]:
+def _variant_nodes(
+    cfg: ExperimentConfig,
+    v: str,
+    translator_run: str,
+    data_deps: tuple[str, ...],
+    train_res: Resources,
+    evaluate_after: tuple[str, ...],
+) -> list[Node]:
     root = cfg.run_dir
     nodes: list[Node] = []
     base = {"train.variant": v}
@@ -195,23 +219,60 @@ def _variant_nodes(cfg: ExperimentConfig, v: str, translator_run: str, data_deps
     for k in range(cfg.pipeline.folds):
         fold_name = name = f"segment/{v}/fold_{k}"
         prev_dir = stage_dir(root, "segment", v, k)
-        nodes.append(Node(name, STAGE_FN["segment"], {**base, "train.stage": "segment", "data.fold": k},
-                          prev_dir, seg_deps, train_res))
+        nodes.append(
+            Node(
+                name,
+                STAGE_FN["segment"],
+                {**base, "train.stage": "segment", "data.fold": k},
+                prev_dir,
+                seg_deps,
+                train_res,
+            )
+        )
         for i in range(1, rounds + 1):
             rdir = stage_dir(root, "self-train", v, k, i)
             rname = f"{fold_name}/round_{i}"
             # thesis 5.4.3: round i fine-tunes the best model of round i-1 on the pseudo-labels
             # that model predicts (the stage chooses where it writes them)
-            nodes.append(Node(rname, STAGE_FN["self-train"],
-                              {**base, "train.stage": "self-train", "data.fold": k, "train.rounds": rounds,
-                               "train.round": i, "train.init_from": str(prev_dir)},
-                              rdir, (name,), train_res))
+            nodes.append(
+                Node(
+                    rname,
+                    STAGE_FN["self-train"],
+                    {
+                        **base,
+                        "train.stage": "self-train",
+                        "data.fold": k,
+                        "train.rounds": rounds,
+                        "train.round": i,
+                        "train.init_from": str(prev_dir),
+                    },
+                    rdir,
+                    (name,),
+                    train_res,
+                )
+            )
             name, prev_dir = rname, rdir
         finals.append(name)
-    nodes.append(Node(f"predict/{v}", STAGE_FN["predict"], dict(base), stage_dir(root, "predict", v),
-                      tuple(finals), _single_task(cfg, gpu=True)))
-    nodes.append(Node(f"evaluate/{v}", STAGE_FN["evaluate"], dict(base), stage_dir(root, "evaluate", v),
-                      (f"predict/{v}", *evaluate_after), _single_task(cfg, gpu=True)))  # translates pseudo-targets
+    nodes.append(
+        Node(
+            f"predict/{v}",
+            STAGE_FN["predict"],
+            dict(base),
+            stage_dir(root, "predict", v),
+            tuple(finals),
+            _single_task(cfg, gpu=True),
+        )
+    )
+    nodes.append(
+        Node(
+            f"evaluate/{v}",
+            STAGE_FN["evaluate"],
+            dict(base),
+            stage_dir(root, "evaluate", v),
+            (f"predict/{v}", *evaluate_after),
+            _single_task(cfg, gpu=True),
+        )
+    )  # translates pseudo-targets
     return nodes
 
 

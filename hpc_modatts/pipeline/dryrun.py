@@ -73,8 +73,9 @@ def sbatch_scripts(cfg: ExperimentConfig, dag: Dag, preset: dict[str, Any] | Non
         for node in pending:
             job_id = str(jobs[node.name].job_id)
             script = (tmp / f"{job_id}.sbatch").read_text().replace(str(folder), real_folder)
-            out.append({"node": node.name, "job_id": job_id, "after": [d for d in node.deps if d in jobs],
-                        "script": script})
+            out.append(
+                {"node": node.name, "job_id": job_id, "after": [d for d in node.deps if d in jobs], "script": script}
+            )
     return out
 
 

@@ -63,13 +63,17 @@ def _export_distributed_env() -> None:
 
 
 # ----------------------------------------------------------------------------- parameters
-def node_parameters(node: Node, cfg: ExperimentConfig, preset: dict[str, Any] | None,
-                    dependency_ids: list[str]) -> dict[str, Any]:
+def node_parameters(
+    node: Node, cfg: ExperimentConfig, preset: dict[str, Any] | None, dependency_ids: list[str]
+) -> dict[str, Any]:
     """submitit ``update_parameters`` keywords for one node (generic + ``slurm_*``)."""
     r = node.resources
     params: dict[str, Any] = {
-        "name": f"{cfg.name}:{node.name}", "timeout_min": cfg.pipeline.timeout_min, "nodes": r.nodes,
-        "tasks_per_node": r.tasks_per_node, "cpus_per_task": r.cpus_per_task,
+        "name": f"{cfg.name}:{node.name}",
+        "timeout_min": cfg.pipeline.timeout_min,
+        "nodes": r.nodes,
+        "tasks_per_node": r.tasks_per_node,
+        "cpus_per_task": r.cpus_per_task,
     }
     if r.gpus_per_node:  # --gpus-per-node=0 is refused by clusters without GPU GRES
         params["gpus_per_node"] = r.gpus_per_node
@@ -92,6 +96,7 @@ def check_sbatch_values(params: dict[str, Any]) -> dict[str, Any]:
     Every such string lands in the generated sbatch script: a newline would end the ``#SBATCH``
     block there, drop the options after it and run the rest as shell commands.
     """
+
     def walk(key: str, value: Any) -> None:
         if isinstance(value, str):
             check_one_line(f"sbatch option {key}", value)
@@ -119,8 +124,14 @@ def make_executor(folder: Path, executor: str, params: dict[str, Any]) -> submit
 
 
 # ----------------------------------------------------------------------------- SLURM
-def submit_slurm(pending: list[Node], cfg: ExperimentConfig, preset: dict | None, folder: Path,
-                 rec: Recorder, in_flight: dict[str, str] | None = None) -> dict[str, Any]:
+def submit_slurm(
+    pending: list[Node],
+    cfg: ExperimentConfig,
+    preset: dict | None,
+    folder: Path,
+    rec: Recorder,
+    in_flight: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Submit ``pending`` (topological order) with ``afterok`` on their parents' job ids; name -> job.
 
     Every pending node is submitted at once, each with ``--dependency=afterok:<ids of its

@@ -32,16 +32,29 @@ class Recorder:
             old = read_json(path, "does not exist")
         except DataError:
             old = {}
-        self.data = {"name": cfg.name, "executor": executor, "cluster": cfg.pipeline.cluster,
-                     "nodes": [{"name": n.name, "run_dir": str(n.run_dir), "marker": n.marker, "deps": list(n.deps)}
-                               for n in dag.topological()],
-                     "jobs": old.get("jobs", []) if isinstance(old, dict) else []}
+        self.data = {
+            "name": cfg.name,
+            "executor": executor,
+            "cluster": cfg.pipeline.cluster,
+            "nodes": [
+                {"name": n.name, "run_dir": str(n.run_dir), "marker": n.marker, "deps": list(n.deps)}
+                for n in dag.topological()
+            ],
+            "jobs": old.get("jobs", []) if isinstance(old, dict) else [],
+        }
         self.save()
 
     def add(self, node: Node, job: Any, folder: Path, executor: str) -> None:
-        self.data["jobs"].append({"node": node.name, "job_id": str(job.job_id), "executor": executor,
-                                  "folder": str(folder), "run_dir": str(node.run_dir),
-                                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.data["jobs"].append(
+            {
+                "node": node.name,
+                "job_id": str(job.job_id),
+                "executor": executor,
+                "folder": str(folder),
+                "run_dir": str(node.run_dir),
+                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
         self.save()
 
     def save(self) -> None:
@@ -69,7 +82,6 @@ def _check_record(rec: object, path: Path) -> None:
                 raise DataError(f"{path}: {section}[{i}] must be an object, not {type(item).__name__}")
             for key, tp in keys.items():
                 if not isinstance(item.get(key), tp):
-                    raise DataError(f"{path}: {section}[{i}].{key} must be a {tp.__name__}, "
-                                    f"got {item.get(key)!r}")
+                    raise DataError(f"{path}: {section}[{i}].{key} must be a {tp.__name__}, got {item.get(key)!r}")
             if section == "nodes" and not isinstance(item.get("marker", "DONE"), str):
                 raise DataError(f"{path}: nodes[{i}].marker must be a string")

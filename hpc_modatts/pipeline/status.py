@@ -31,8 +31,19 @@ from hpc_modatts.runs import is_done
 
 SLURM_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
 """A SLURM job id as submitit records it (``123`` or array ``123_4``)."""
-SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-                "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+SLURM_ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 """squeue states of a job that will still run: a rerun must not submit its node again."""
 
 
@@ -41,8 +52,9 @@ def sacct_state(job_id: str) -> str | None:
     if not SLURM_JOB_ID.fullmatch(job_id) or shutil.which("sacct") is None:
         return None
     try:
-        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
-                             capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True, timeout=20
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     lines = [line.strip() for line in out.splitlines() if line.strip()]
@@ -57,8 +69,9 @@ def slurm_in_flight(run_dir: str | os.PathLike) -> dict[str, str]:
     last = {j["node"]: j["job_id"] for j in rec.get("jobs", []) if j.get("executor") == "slurm"}
     if not last or shutil.which("squeue") is None:
         return {}
-    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"], capture_output=True, text=True, timeout=60
+    )
     if out.returncode != 0:
         raise DataError(f"squeue failed ({out.stderr.strip()}): cannot tell which jobs of {run_dir} are in flight")
     states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
@@ -99,10 +112,17 @@ def pipeline_status(run_dir: str | os.PathLike) -> list[dict]:
             state = sacct_state(job["job_id"]) or "UNKNOWN"
         else:
             state = local_state(job["folder"], job["job_id"])
-        rows.append({"node": n["name"], "job_id": job["job_id"] if job else "", "state": state,
-                     "run_dir": n["run_dir"], "elapsed_s": _elapsed(job, marker if state == "DONE" else None),
-                     "metric": latest_metric(n["run_dir"]) if job and n["run_dir"] not in shown else "",
-                     "log": _log_path(job)})
+        rows.append(
+            {
+                "node": n["name"],
+                "job_id": job["job_id"] if job else "",
+                "state": state,
+                "run_dir": n["run_dir"],
+                "elapsed_s": _elapsed(job, marker if state == "DONE" else None),
+                "metric": latest_metric(n["run_dir"]) if job and n["run_dir"] not in shown else "",
+                "log": _log_path(job),
+            }
+        )
         shown.add(n["run_dir"])
     return rows
 
@@ -128,8 +148,9 @@ def _log_path(job: dict | None) -> str:
     return str(JobPaths(job["folder"], job_id=job_id, task_id=0).stderr)
 
 
-def print_status(run_dir: str | os.PathLike, console: Console | None = None,
-                 watch_s: float | None = None) -> list[dict]:
+def print_status(
+    run_dir: str | os.PathLike, console: Console | None = None, watch_s: float | None = None
+) -> list[dict]:
     """Print the table of ``pipeline_status`` and return its rows; with ``watch_s``, keep
     refreshing every ``watch_s`` seconds until every node is in a final state."""
     title = f"pipeline {Path(run_dir).name}"

@@ -30,12 +30,20 @@ from hpc_modatts.pipeline.waves import StagesFailed, run_in_waves
 from hpc_modatts.presets import apply_preset, available_presets, load_preset
 from hpc_modatts.runs import is_done, mark_done, stage_dir
 
-__all__ = ["EXECUTORS", "check_inputs", "convert_stage", "run_pipeline",
-           # re-exported from their owners: the import paths callers and pickled jobs already use
-           "StageJob", "StagesFailed", "available_presets", "load_preset", "node_parameters"]
+__all__ = [
+    "EXECUTORS",
+    "check_inputs",
+    "convert_stage",
+    "run_pipeline",
+    # re-exported from their owners: the import paths callers and pickled jobs already use
+    "StageJob",
+    "StagesFailed",
+    "available_presets",
+    "load_preset",
+    "node_parameters",
+]
 
 log = logging.getLogger(__name__)
-
 
 
 def convert_stage(cfg: ExperimentConfig) -> Path:
@@ -81,23 +89,33 @@ def hidden_gpu_warning(cfg: ExperimentConfig, executor: str) -> str | None:
     """
     if executor != "local" or cfg.pipeline.gpus_per_node or shutil.which("nvidia-smi") is None:
         return None
-    return ("pipeline.gpus_per_node is 0: the local executor hides this machine's GPUs from every job "
-            "(CUDA_VISIBLE_DEVICES is empty), so training runs on the CPU; set pipeline.gpus_per_node=1 to use one")
+    return (
+        "pipeline.gpus_per_node is 0: the local executor hides this machine's GPUs from every job "
+        "(CUDA_VISIBLE_DEVICES is empty), so training runs on the CPU; set pipeline.gpus_per_node=1 to use one"
+    )
 
 
 def _check_folds(cfg: ExperimentConfig) -> None:
     store = cfg.data.store if Path(cfg.data.store).exists() else None  # a convert node makes it later
     split = Split.load(cfg.data.split, store=store)
     if cfg.pipeline.folds > 1 and len(split.folds) < cfg.pipeline.folds:
-        raise DataError(f"data.split {cfg.data.split} has {len(split.folds)} folds; "
-                        f"pipeline.folds={cfg.pipeline.folds}")
+        raise DataError(
+            f"data.split {cfg.data.split} has {len(split.folds)} folds; pipeline.folds={cfg.pipeline.folds}"
+        )
 
 
 # ----------------------------------------------------------------------------- submission
-def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: str | None = None,
-                 dag: Dag | None = None, check: bool = True, wait: bool = False,
-                 max_parallel: int | None = None, in_flight: dict[str, str] | None = None,
-                 watch: bool = True) -> Path:
+def run_pipeline(
+    cfg: ExperimentConfig,
+    executor: str | None = None,
+    cluster: str | None = None,
+    dag: Dag | None = None,
+    check: bool = True,
+    wait: bool = False,
+    max_parallel: int | None = None,
+    in_flight: dict[str, str] | None = None,
+    watch: bool = True,
+) -> Path:
     """Submit every pending node of ``cfg``'s DAG; returns the ``pipeline.json`` path.
 
     ``executor``/``cluster`` default to ``cfg.pipeline``. On SLURM this returns right after
@@ -137,8 +155,7 @@ def run_pipeline(cfg: ExperimentConfig, executor: str | None = None, cluster: st
     elif not pending:
         log.info("pipeline %s: every stage is done", cfg.name)
     elif watch:  # the live table on a terminal, one line per state change in a log
-        with PipelineWatcher(lambda: pipeline_status(root), f"pipeline {cfg.name} ({executor})",
-                             root=root) as watcher:
+        with PipelineWatcher(lambda: pipeline_status(root), f"pipeline {cfg.name} ({executor})", root=root) as watcher:
             run_in_waves(pending, cfg, executor, folder, rec, max_parallel=max_parallel, tick=watcher.update)
     else:
         run_in_waves(pending, cfg, executor, folder, rec, max_parallel=max_parallel)

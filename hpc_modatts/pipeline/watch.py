@@ -28,11 +28,31 @@ from hpc_modatts.console import log_console
 
 METRICS_TAIL_BYTES = 8192
 """Bytes read from the end of a ``metrics.jsonl`` (a line is ~300 bytes): constant cost per poll."""
-TERMINAL_STATES = ("DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                   "PREEMPTED", "BOOT_FAIL", "DEADLINE", "SKIPPED")
+TERMINAL_STATES = (
+    "DONE",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "SKIPPED",
+)
 """States after which a node changes no more (SLURM's final states included)."""
-STYLE = {"DONE": "green", "COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow",
-         "FAILED": "red", "CANCELLED": "red", "TIMEOUT": "red", "OUT_OF_MEMORY": "red", "SKIPPED": "red"}
+STYLE = {
+    "DONE": "green",
+    "COMPLETED": "green",
+    "RUNNING": "cyan",
+    "PENDING": "yellow",
+    "FAILED": "red",
+    "CANCELLED": "red",
+    "TIMEOUT": "red",
+    "OUT_OF_MEMORY": "red",
+    "SKIPPED": "red",
+}
 SHOWN_KEYS = ("val/score", "val/dice", "train/loss", "train/seg", "train/gen")
 """Which logged value summarises a node, first present wins (validation before training)."""
 
@@ -91,8 +111,13 @@ def status_table(rows: list[dict], title: str, root: str | os.PathLike | None = 
     for r in rows:
         style = STYLE.get(r["state"].split()[0], "") if r["state"] else ""
         state = f"[{style}]{r['state']}[/]" if style else r["state"]
-        table.add_row(r["node"], state, format_elapsed(r.get("elapsed_s")), r.get("metric", ""),
-                      short_path(r.get("log", ""), root) or r["job_id"])
+        table.add_row(
+            r["node"],
+            state,
+            format_elapsed(r.get("elapsed_s")),
+            r.get("metric", ""),
+            short_path(r.get("log", ""), root) or r["job_id"],
+        )
     return table
 
 
@@ -104,8 +129,15 @@ class PipelineWatcher:
     (``12:03:41  translate  RUNNING -> DONE  3:12  val/score 0.798 @300``).
     """
 
-    def __init__(self, rows: Callable[[], list[dict]], title: str, console: Console | None = None,
-                 live: bool | None = None, every_s: float = 1.0, root: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        rows: Callable[[], list[dict]],
+        title: str,
+        console: Console | None = None,
+        live: bool | None = None,
+        every_s: float = 1.0,
+        root: str | os.PathLike | None = None,
+    ) -> None:
         self.rows, self.title, self.every_s, self.root = rows, title, every_s, root
         self.console = log_console(console)
         self.live_mode = self.console.is_terminal if live is None else live
@@ -154,8 +186,15 @@ class PipelineWatcher:
             self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def watch(rows: Callable[[], list[dict]], title: str, interval_s: float = 5.0, console: Console | None = None,
-          live: bool | None = None, max_polls: int | None = None, root: str | os.PathLike | None = None) -> list[dict]:
+def watch(
+    rows: Callable[[], list[dict]],
+    title: str,
+    interval_s: float = 5.0,
+    console: Console | None = None,
+    live: bool | None = None,
+    max_polls: int | None = None,
+    root: str | os.PathLike | None = None,
+) -> list[dict]:
     """Poll ``rows`` until every node is in a final state (or ``max_polls``); returns the last rows."""
     polls = 0
     with PipelineWatcher(rows, title, console, live, every_s=0.0, root=root) as watcher:

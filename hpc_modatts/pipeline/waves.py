@@ -29,13 +29,21 @@ class StagesFailed(RuntimeError):
     def __init__(self, failed: dict[str, str], skipped: list[str]):
         self.failed, self.skipped = failed, skipped
         lines = [f"{name}: {err}" for name, err in failed.items()]
-        super().__init__(f"{len(failed)} stage(s) failed, {len(skipped)} dependent stage(s) not run: "
-                         + "; ".join(lines))
+        super().__init__(
+            f"{len(failed)} stage(s) failed, {len(skipped)} dependent stage(s) not run: " + "; ".join(lines)
+        )
 
 
-def run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, folder: Path,
-                 rec: Recorder, poll_s: float = 0.5, max_parallel: int | None = None,
-                 tick: Callable[[], object] = lambda: None) -> None:
+def run_in_waves(
+    pending: list[Node],
+    cfg: ExperimentConfig,
+    executor: str,
+    folder: Path,
+    rec: Recorder,
+    poll_s: float = 0.5,
+    max_parallel: int | None = None,
+    tick: Callable[[], object] = lambda: None,
+) -> None:
     """Emulate afterok: submit every node whose parents finished; as soon as ANY running job
     ends, submit what it unblocked (no barrier between waves, so a short branch of the graph
     never waits for a long sibling). A failed stage fails its descendants only, as on SLURM:
@@ -55,7 +63,7 @@ def run_in_waves(pending: list[Node], cfg: ExperimentConfig, executor: str, fold
                 left.remove(node)
             ready = [n for n in left if all(d in finished for d in n.deps)]
             if max_parallel:
-                ready = ready[:max(0, max_parallel - len(running))]
+                ready = ready[: max(0, max_parallel - len(running))]
             alive = len(running) + len(ready)
             for node in ready:
                 left.remove(node)
@@ -104,8 +112,7 @@ def _last_line(e: BaseException) -> str:
     return (errors or lines or [type(e).__name__])[-1][:500]
 
 
-def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float,
-                tick: Callable[[], object]) -> str:
+def _first_done(running: dict[str, tuple[Node, Any]], executor: str, poll_s: float, tick: Callable[[], object]) -> str:
     """Name of a running job that has ended (the oldest one for ``debug``, which runs on demand)."""
     if executor == "debug":
         return next(iter(running))

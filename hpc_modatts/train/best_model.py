@@ -31,8 +31,9 @@ MODEL_FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
     "hpc_modatts.models:build_segmenter": "hpc_modatts.models:build_segmenter",
     "hpc_modatts.models:build_mgenseg": "hpc_modatts.models:build_mgenseg",
     "hpc_modatts.train.segment:build_discriminators_3d": "hpc_modatts.train.segment_variants:build_discriminators_3d",
-    "hpc_modatts.train.segment_variants:build_discriminators_2d":
-        "hpc_modatts.train.segment_variants:build_discriminators_2d",
+    "hpc_modatts.train.segment_variants:build_discriminators_2d": (
+        "hpc_modatts.train.segment_variants:build_discriminators_2d"
+    ),
     "hpc_modatts.train.translate:build_cycle_translators": "hpc_modatts.train.translate:build_cycle_translators",
     "hpc_modatts.train.translate:build_discriminators": "hpc_modatts.train.translate:build_discriminators",
 }
@@ -49,8 +50,13 @@ def register_model_factory(name: str, fn: Callable[..., nn.Module]) -> None:
 
 def build_model(factory: Any, where: str = "model factory") -> nn.Module:
     """Build a model from a ``(key, kwargs)`` factory whose key is in ``MODEL_FACTORIES``."""
-    if not (isinstance(factory, (list, tuple)) and len(factory) == 2 and isinstance(factory[0], str)
-            and isinstance(factory[1], dict) and all(isinstance(k, str) for k in factory[1])):
+    if not (
+        isinstance(factory, (list, tuple))
+        and len(factory) == 2
+        and isinstance(factory[0], str)
+        and isinstance(factory[1], dict)
+        and all(isinstance(k, str) for k in factory[1])
+    ):
         raise DataError(f"{where}: factory must be (name, {{keyword: value}}), got {factory!r}"[:300])
     name, kwargs = factory
     target = MODEL_FACTORIES.get(name)
@@ -62,22 +68,31 @@ def build_model(factory: Any, where: str = "model factory") -> nn.Module:
     return target(**kwargs)
 
 
-
-def save_best_model(run_dir: Path, engines: dict[str, Any], cfg: Any, factories: dict,
-                    step: int, dice: float | None, task_name: str) -> None:
+def save_best_model(
+    run_dir: Path, engines: dict[str, Any], cfg: Any, factories: dict, step: int, dice: float | None, task_name: str
+) -> None:
     """Gather every engine's fp32 weights (collective) and write best_model.pt on rank 0."""
     models = {name: gathered_state_dict(engine) for name, engine in engines.items()}
     if all(sd is not None for sd in models.values()):  # rank 0
-        payload = {"models": models, "factories": {k: v for k, v in factories.items() if v},
-                   "config": config_to_dict(cfg), "step": step, "dice": dice, "task": task_name}
+        payload = {
+            "models": models,
+            "factories": {k: v for k, v in factories.items() if v},
+            "config": config_to_dict(cfg),
+            "step": step,
+            "dice": dice,
+            "task": task_name,
+        }
         with atomic_path(Path(run_dir) / BEST_MODEL) as tmp:
             torch.save(payload, tmp)
     barrier()
 
 
-def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
-                    build_fn: Callable[[Any], nn.Module] | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+def load_best_model(
+    run_dir: str | os.PathLike,
+    name: str | None = "gen",
+    build_fn: Callable[[Any], nn.Module] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[nn.Module, Any]:
     """The run's best model as a plain ``nn.Module`` in eval mode, and its config.
 
     ``name`` selects the model (``"gen"``; None or a missing "gen" with a single saved model
@@ -90,8 +105,11 @@ def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
     if not path.is_file():
         raise DataError(f"{run_dir}: no {BEST_MODEL}; the run has not finished a validation (train it first)")
     payload = load_weights(path)
-    if not (isinstance(payload, dict) and isinstance(payload.get("models"), dict)
-            and isinstance(payload.get("config"), dict)):
+    if not (
+        isinstance(payload, dict)
+        and isinstance(payload.get("models"), dict)
+        and isinstance(payload.get("config"), dict)
+    ):
         raise DataError(f"{path}: not a best_model.pt (needs 'models' and 'config' mappings)")
     models = payload["models"]
     if name is None or (name not in models and len(models) == 1):
@@ -108,8 +126,10 @@ def load_best_model(run_dir: str | os.PathLike, name: str | None = "gen",
     try:
         model.load_state_dict(models[name])
     except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys/shapes for the architecture
-        raise DataError(f"{path}: model {name!r} does not fit its architecture "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"[:400]) from None
+        raise DataError(
+            f"{path}: model {name!r} does not fit its architecture "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"[:400]
+        ) from None
     if cfg.model.channels_last:  # the layout the run trained with (hpc_modatts.models.layout)
         to_channels_last(model)
     return model.eval(), cfg

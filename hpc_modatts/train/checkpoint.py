@@ -80,10 +80,17 @@ def rng_state() -> dict:
     and numbers only, so that the saved file loads with ``weights_only=True``."""
     version, keys, gauss = random.getstate()
     name, mt, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [int(version), list(keys), gauss],
-             "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(mt, np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [int(version), list(keys), gauss],
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(mt, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -93,8 +100,9 @@ def set_rng_state(state: dict) -> None:
     version, keys, gauss = state["python"]
     random.setstate((int(version), tuple(int(k) for k in keys), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -105,8 +113,9 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def save_checkpoint(run_dir: Path, step: int, engines: dict[str, Any], trainer_state: dict,
-                    cfg: Any, env: Any, best: bool = False) -> str:
+def save_checkpoint(
+    run_dir: Path, step: int, engines: dict[str, Any], trainer_state: dict, cfg: Any, env: Any, best: bool = False
+) -> str:
     """Write checkpoint ``step`` on every rank, then point ``latest`` (and ``best``) at it."""
     root = Path(run_dir) / CKPT_DIR
     tag = tag_for(step)
@@ -222,8 +231,15 @@ def choose_resume_tag(run_dir: str | os.PathLike, models: list[str] | None = Non
     run_dir = Path(run_dir)
     root = run_dir / CKPT_DIR
     latest = _pointer_text(run_dir, "latest")
-    candidates = sorted((p.name for p in root.glob("step_*") if p.is_dir() and (p / "trainer.json").is_file()),
-                        key=step_of, reverse=True) if root.is_dir() else []
+    candidates = (
+        sorted(
+            (p.name for p in root.glob("step_*") if p.is_dir() and (p / "trainer.json").is_file()),
+            key=step_of,
+            reverse=True,
+        )
+        if root.is_dir()
+        else []
+    )
     if latest is None and not candidates:
         return None  # a fresh run (a folder without trainer.json is a killed first save)
     latest_ok = latest is not None and TAG_PATTERN.fullmatch(latest) is not None
@@ -253,9 +269,11 @@ def choose_resume_tag(run_dir: str | os.PathLike, models: list[str] | None = Non
             atomic_write_text(root / "latest", tag + "\n")
         return tag
     named = f"names {latest[:40]!r}" if latest is not None else "is missing"
-    raise DataError(f"{root / 'latest'} {named} and no checkpoint of {run_dir} loads "
-                    f"({problems[0] if problems else 'no complete checkpoint folder'}); "
-                    f"nothing was deleted: move {root} aside to restart from step 0")
+    raise DataError(
+        f"{root / 'latest'} {named} and no checkpoint of {run_dir} loads "
+        f"({problems[0] if problems else 'no complete checkpoint folder'}); "
+        f"nothing was deleted: move {root} aside to restart from step 0"
+    )
 
 
 def _set_aside_damaged(run_dir: Path, tags: list[str]) -> None:
@@ -279,20 +297,32 @@ def load_checkpoint(run_dir: Path, tag: str, engines: dict[str, Any], env: Any) 
     state = read_trainer_state(folder)
     for name, engine in engines.items():
         try:
-            path, _ = engine.load_checkpoint(str(folder), tag=name, load_optimizer_states=True,
-                                             load_lr_scheduler_states=True)
+            path, _ = engine.load_checkpoint(
+                str(folder), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         except Exception as e:  # noqa: BLE001 - DeepSpeed raises many types for a bad folder
-            raise DataError(f"{folder / name}: DeepSpeed cannot load it ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''})"[:400]) from None
+            raise DataError(
+                f"{folder / name}: DeepSpeed cannot load it ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"[:400]
+            ) from None
         if path is None:
             raise DataError(f"{folder}: checkpoint of model {name!r} is missing or unreadable")
     rng_file = folder / f"rng_rank{env.rank}.pt"
     if not rng_file.is_file():
-        log.warning("%s is missing: resuming without rank %d's RNG states, so the run continues "
-                    "but is NOT bit-exact with an uninterrupted one", rng_file, env.rank)
+        log.warning(
+            "%s is missing: resuming without rank %d's RNG states, so the run continues "
+            "but is NOT bit-exact with an uninterrupted one",
+            rng_file,
+            env.rank,
+        )
     elif state.get("world_size") != env.world_size:
-        log.warning("%s: saved with %s rank(s), resuming on %d: RNG states not restored, the run "
-                    "is NOT bit-exact with an uninterrupted one", folder, state.get("world_size"), env.world_size)
+        log.warning(
+            "%s: saved with %s rank(s), resuming on %d: RNG states not restored, the run "
+            "is NOT bit-exact with an uninterrupted one",
+            folder,
+            state.get("world_size"),
+            env.world_size,
+        )
     else:
         set_rng_state(load_weights(rng_file))
     return state

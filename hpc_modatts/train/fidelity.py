@@ -36,8 +36,13 @@ RING_MM = 8.0
 """Width of the brain ring around a tumour that its contrast is measured against."""
 
 
-def tumour_contrast(image: np.ndarray, mask: np.ndarray, brain: np.ndarray,
-                    spacing: Sequence[float] = (1.0, 1.0, 1.0), ring_mm: float = RING_MM) -> float | None:
+def tumour_contrast(
+    image: np.ndarray,
+    mask: np.ndarray,
+    brain: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    ring_mm: float = RING_MM,
+) -> float | None:
     """Mean of ``image`` in the tumour minus its mean in the surrounding brain ring; None if no tumour.
 
     image, mask, brain: (X, Y, Z). The ring is the tumour dilated by ``ring_mm`` (per-axis voxel
@@ -79,17 +84,23 @@ def paired_fidelity(translated: np.ndarray, real: np.ndarray, brain: np.ndarray)
 
 
 @torch.no_grad()
-def disc_accuracy(disc: Callable[[torch.Tensor], list[torch.Tensor]], real: np.ndarray, fake: np.ndarray,
-                  device: torch.device | str = "cpu", batch: int = 32) -> float:
+def disc_accuracy(
+    disc: Callable[[torch.Tensor], list[torch.Tensor]],
+    real: np.ndarray,
+    fake: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch: int = 32,
+) -> float:
     """Balanced accuracy of a multi-scale discriminator on (N, H, W) real vs fake slices.
 
     A slice counts as judged real when the mean of its logits over all scales is > 0 (the hinge
     loss's decision boundary); 0.5 = chance.
     """
+
     def judged_real(slices: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(slices), batch):
-            x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch], np.float32))[:, None].to(device)
+            x = torch.from_numpy(np.ascontiguousarray(slices[i : i + batch], np.float32))[:, None].to(device)
             logits = torch.stack([m.float().flatten(1).mean(1) for m in disc(x)]).mean(0)  # (B,)
             out.append((logits > 0).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, bool)
@@ -128,6 +139,8 @@ def translation_warning(metrics: dict) -> str | None:
     ratio = metrics.get("val/contrast_ratio")
     if ratio is None or not math.isfinite(ratio) or ratio >= MIN_CONTRAST_RATIO:
         return None
-    return (f"stage 1 did not learn the translation: tumour contrast ratio {ratio:.2f} at the selected step "
-            f"{metrics.get('step')} (< {MIN_CONTRAST_RATIO}); stage-2 models trained on this pseudo-target are "
-            "unlikely to find tumours: train longer, try another seed, or check the modality pair")
+    return (
+        f"stage 1 did not learn the translation: tumour contrast ratio {ratio:.2f} at the selected step "
+        f"{metrics.get('step')} (< {MIN_CONTRAST_RATIO}); stage-2 models trained on this pseudo-target are "
+        "unlikely to find tumours: train longer, try another seed, or check the modality pair"
+    )

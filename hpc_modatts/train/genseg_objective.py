@@ -40,8 +40,9 @@ def pick(logits: list[torch.Tensor], sel: torch.Tensor) -> list[torch.Tensor] | 
     return [scale[sel] for scale in logits] if sel.any() else None
 
 
-def genseg_terms(net: Any, disc: Any, x: torch.Tensor, weak: torch.Tensor, code: tuple,
-                 domains: tuple[str, str] = (A, P)) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def genseg_terms(
+    net: Any, disc: Any, x: torch.Tensor, weak: torch.Tensor, code: tuple, domains: tuple[str, str] = (A, P)
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """GenSeg terms of the batch ``x`` (B, 1, *S) encoded by ``net`` to ``code`` = (c, u, skips).
 
     ``net`` has the ``models.genseg.GenSegMedFormer`` interface; ``disc(domain, image)`` gives
@@ -50,26 +51,29 @@ def genseg_terms(net: Any, disc: Any, x: torch.Tensor, weak: torch.Tensor, code:
     """
     c, u, skips = code
     weak = weak.reshape(-1)
-    is_p, is_a = weak == 1, weak == 0                                 # (B,)
+    is_p, is_a = weak == 1, weak == 0  # (B,)
     u_rand = net.sample_u(u)
     u_mix = torch.where(is_p.view(-1, *[1] * (u.ndim - 1)), u, u_rand)  # u_P for P, N(0,I) for A
-    x_com = net.decode_common(c, skips)           # X_PA (P samples) / X_AA (A samples)
+    x_com = net.decode_common(c, skips)  # X_PA (P samples) / X_AA (A samples)
     x_res = x_com + net.decode_residual(c, u_mix, skips)  # X_PP (P) / X_AP (A)
     rec = masked_l1(x_com, x, is_a) + masked_l1(x_res, x, is_p)
-    c_com, _, _ = net.encode(x_com)               # re-encode X_PA: keeps c_P
-    c_res, u_res, _ = net.encode(x_res)           # re-encode X_AP: keeps c_A, u_AP = u
+    c_com, _, _ = net.encode(x_com)  # re-encode X_PA: keeps c_P
+    c_res, u_res, _ = net.encode(x_res)  # re-encode X_AP: keeps c_A, u_AP = u
     lat = masked_l1(c_com, c, is_p) + masked_l1(c_res, c, is_a) + masked_l1(u_res, u_rand, is_a)
     disc.requires_grad_(False)  # the generator's step: no gradient into the discriminators
     fake_a, fake_p = disc(domains[0], x_com), disc(domains[1], x_res)
     g_a, g_p = pick(fake_a, is_p), pick(fake_p, is_a)
     adv = (hinge_g_loss(g_a) if g_a else zero(fake_a)) + (hinge_g_loss(g_p) if g_p else zero(fake_p))
     disc.requires_grad_(True)
-    return ({"rec": rec, "lat": lat, "adv": adv},
-            {"x_com": x_com.detach(), "x_res": x_res.detach(), "is_a": is_a, "is_p": is_p})
+    return (
+        {"rec": rec, "lat": lat, "adv": adv},
+        {"x_com": x_com.detach(), "x_res": x_res.detach(), "is_a": is_a, "is_p": is_p},
+    )
 
 
-def genseg_disc_loss(disc: Any, x: torch.Tensor, out: dict[str, torch.Tensor],
-                     domains: tuple[str, str] = (A, P)) -> torch.Tensor:
+def genseg_disc_loss(
+    disc: Any, x: torch.Tensor, out: dict[str, torch.Tensor], domains: tuple[str, str] = (A, P)
+) -> torch.Tensor:
     """Hinge loss of both discriminators: X_A vs X_PA (``domains[0]``), X_P vs X_AP (``domains[1]``);
     ``out`` is ``genseg_terms``'s second result. A graph-keeping 0 unless the batch holds an A and
     a P sample (each pair needs both)."""

@@ -86,13 +86,16 @@ class VolumeBound:
     def check_pseudo_label(self, case: str, volume_ml: float, where: str) -> None:
         """One-line DataError when a pseudo-label is beyond the bound."""
         if self.exceeded(volume_ml):
-            raise DataError(f"{where}: pseudo-label of case {case} is {volume_ml:.1f} ml, beyond "
-                            f"{self.factor:g} x the largest annotated tumour ({self.largest_ml:.1f} ml): "
-                            f"the model that made it is degenerate (train.max_volume_factor)")
+            raise DataError(
+                f"{where}: pseudo-label of case {case} is {volume_ml:.1f} ml, beyond "
+                f"{self.factor:g} x the largest annotated tumour ({self.largest_ml:.1f} ml): "
+                f"the model that made it is degenerate (train.max_volume_factor)"
+            )
 
 
-def case_volumes(pred: np.ndarray, ref: np.ndarray | None, spacing: Sequence[float], split: int | None,
-                 weak: dict[str, str] | None) -> dict[str, float]:
+def case_volumes(
+    pred: np.ndarray, ref: np.ndarray | None, spacing: Sequence[float], split: int | None, weak: dict[str, str] | None
+) -> dict[str, float]:
     """Predicted / reference volume and predicted volume in A hemispheres (ml) of one case."""
     v = voxel_ml(spacing)
     p = np.asarray(pred) > 0
@@ -110,9 +113,12 @@ def summarise_volumes(rows: list[dict[str, float]], bound: VolumeBound) -> dict[
     pred = [r["pred_ml"] for r in rows]
     ref = [r["ref_ml"] for r in rows if "ref_ml" in r]
     fp = [r["fp_healthy_ml"] for r in rows if "fp_healthy_ml" in r]
-    out = {"pred_ml": float(np.mean(pred)), "max_pred_ml": float(np.max(pred)),
-           "limit_ml": bound.limit_ml if math.isfinite(bound.limit_ml) else -1.0,
-           "plausible": float(not bound.exceeded(float(np.max(pred))))}
+    out = {
+        "pred_ml": float(np.mean(pred)),
+        "max_pred_ml": float(np.max(pred)),
+        "limit_ml": bound.limit_ml if math.isfinite(bound.limit_ml) else -1.0,
+        "plausible": float(not bound.exceeded(float(np.max(pred)))),
+    }
     if ref:
         out["ref_ml"] = float(np.mean(ref))
         if np.mean(ref) > 0:
@@ -122,8 +128,17 @@ def summarise_volumes(rows: list[dict[str, float]], bound: VolumeBound) -> dict[
     return out
 
 
-def validate_segmenter(predictor: Any, store: Any, cases: Sequence[str], modality: str, inferer: Any,
-                       threshold: float, bound: VolumeBound, device: Any, region: str = "whole") -> dict[str, float]:
+def validate_segmenter(
+    predictor: Any,
+    store: Any,
+    cases: Sequence[str],
+    modality: str,
+    inferer: Any,
+    threshold: float,
+    bound: VolumeBound,
+    device: Any,
+    region: str = "whole",
+) -> dict[str, float]:
     """Whole-volume Dice and the volume guards of a segmenter on validation cases (with masks).
 
     ``predictor``: (B, 1, *patch) -> probabilities (B, 1, *patch); ``inferer``: the run's

@@ -56,27 +56,48 @@ class MGenSegTask(SliceTask):
         w = self.cfg.train.mgenseg_weights
         seg = resolve_mgenseg_seg(self.cfg, self.split)
         seg_t = (seg if w.seg_t == -1.0 else w.seg_t) if self.target_labeled else 0.0
-        raw = {"mod_adv": w.mod_adv, "mod_cyc": w.mod_cyc, "gen_adv": w.gen_adv, "gen_rec": w.gen_rec,
-               "gen_lat": w.gen_lat, "seg": seg, "seg_t": seg_t}
+        raw = {
+            "mod_adv": w.mod_adv,
+            "mod_cyc": w.mod_cyc,
+            "gen_adv": w.gen_adv,
+            "gen_rec": w.gen_rec,
+            "gen_lat": w.gen_lat,
+            "seg": seg,
+            "seg_t": seg_t,
+        }
         return {k: v for k, v in normalise_weights(raw).items() if v > 0}
 
     def check_data(self) -> None:
         s = self.split
         if not s.source_labeled:
-            raise ConfigError(f"train.variant={self.variant}: the split has no annotated source case "
-                              f"(split.source_labeled is empty): nothing teaches the segmentation")
+            raise ConfigError(
+                f"train.variant={self.variant}: the split has no annotated source case "
+                f"(split.source_labeled is empty): nothing teaches the segmentation"
+            )
         if not s.target_train:
             raise ConfigError(f"train.variant={self.variant} needs target cases (split.target_train is empty)")
 
     def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
         if name == "disc":
-            return ("hpc_modatts.train.translate:build_discriminators",
-                    {"domains": list(DOMAINS), "spatial_dims": 2, "channels": list(m.disc_channels),
-                     "scales": m.disc_scales})
-        return ("hpc_modatts.models:build_mgenseg",
-                {"size": m.segmenter_size, "common_fraction": m.common_fraction,
-                 "separate_seg_decoder": m.separate_seg_decoder, "keep_background": m.keep_background})
+            return (
+                "hpc_modatts.train.translate:build_discriminators",
+                {
+                    "domains": list(DOMAINS),
+                    "spatial_dims": 2,
+                    "channels": list(m.disc_channels),
+                    "scales": m.disc_scales,
+                },
+            )
+        return (
+            "hpc_modatts.models:build_mgenseg",
+            {
+                "size": m.segmenter_size,
+                "common_fraction": m.common_fraction,
+                "separate_seg_decoder": m.separate_seg_decoder,
+                "keep_background": m.keep_background,
+            },
+        )
 
     def train_dataset(self) -> Dataset:
         d, s = self.cfg.data, self.split
@@ -89,36 +110,42 @@ class MGenSegTask(SliceTask):
         gen, disc = engines["gen"], engines["disc"]
         net, d_net = unwrap(gen), unwrap(disc)  # plain modules inside the generator's graph (translate.py)
         src, tgt = batch[SOURCE], batch[TARGET]
-        x_s, x_t = src["image"], tgt["image"]                              # (B, 1, X, Y)
-        code_s, code_t = net.source.encode(x_s), net.target.encode(x_t)    # (c, u, skips)
+        x_s, x_t = src["image"], tgt["image"]  # (B, 1, X, Y)
+        code_s, code_t = net.source.encode(x_s), net.target.encode(x_t)  # (c, u, skips)
         terms: dict[str, torch.Tensor] = {}
         fakes = {}
         for m, model, part, code in ((S, net.source, src, code_s), (T, net.target, tgt, code_t)):
             genseg, fakes[m] = genseg_terms(model, d_net, part["image"], part["weak"], code, (m + A, m + P))
             for k, v in genseg.items():
                 terms[f"gen_{k}"] = terms[f"gen_{k}"] + v if f"gen_{k}" in terms else v
-        x_st = net.source.translate(*code_s, x_s)                          # S_T  = G_T(E_S(S))
-        x_ts = net.target.translate(*code_t, x_t)                          # T_S  = G_S(E_T(T))
+        x_st = net.source.translate(*code_s, x_s)  # S_T  = G_T(E_S(S))
+        x_ts = net.target.translate(*code_t, x_t)  # T_S  = G_S(E_T(T))
         code_st, code_ts = net.target.encode(x_st), net.source.encode(x_ts)
-        terms["mod_cyc"] = (l1(net.target.translate(*code_st, x_st), x_s)  # S_TS = G_S(E_T(S_T))
-                            + l1(net.source.translate(*code_ts, x_ts), x_t))  # T_ST = G_T(E_S(T_S))
+        terms["mod_cyc"] = (
+            l1(net.target.translate(*code_st, x_st), x_s)  # S_TS = G_S(E_T(S_T))
+            + l1(net.source.translate(*code_ts, x_ts), x_t)
+        )  # T_ST = G_T(E_S(T_S))
         d_net.requires_grad_(False)
         terms["mod_adv"] = hinge_g_loss(d_net(T, x_st)) + hinge_g_loss(d_net(S, x_ts))
         d_net.requires_grad_(True)
         mask, has = src["mask"], src["has_mask"]
-        terms["seg"] = (pooled_dice_loss(net.source.decode_segmentation(*code_s).float(), mask, has)
-                        + pooled_dice_loss(net.target.decode_segmentation(*code_st).float(), mask, has))
+        terms["seg"] = pooled_dice_loss(net.source.decode_segmentation(*code_s).float(), mask, has) + pooled_dice_loss(
+            net.target.decode_segmentation(*code_st).float(), mask, has
+        )
         if "seg_t" in self.weights:
-            terms["seg_t"] = pooled_dice_loss(net.target.decode_segmentation(*code_t).float(), tgt["mask"],
-                                              tgt["has_mask"])
+            terms["seg_t"] = pooled_dice_loss(
+                net.target.decode_segmentation(*code_t).float(), tgt["mask"], tgt["has_mask"]
+            )
         loss = sum(self.weights.get(k, 0.0) * v for k, v in terms.items())  # zero weights keep the graph
         gen.backward(loss)
         gen.step()
 
-        d_loss = (genseg_disc_loss(disc, x_s, fakes[S], (S + A, S + P))
-                  + genseg_disc_loss(disc, x_t, fakes[T], (T + A, T + P))
-                  + hinge_d_loss(disc(T, x_t), disc(T, x_st.detach()))
-                  + hinge_d_loss(disc(S, x_s), disc(S, x_ts.detach())))
+        d_loss = (
+            genseg_disc_loss(disc, x_s, fakes[S], (S + A, S + P))
+            + genseg_disc_loss(disc, x_t, fakes[T], (T + A, T + P))
+            + hinge_d_loss(disc(T, x_t), disc(T, x_st.detach()))
+            + hinge_d_loss(disc(S, x_s), disc(S, x_ts.detach()))
+        )
         disc.backward(d_loss)
         disc.step()
         return {"loss": loss, **terms, "disc": d_loss}

@@ -46,6 +46,8 @@ def load_weights(path: str | os.PathLike, deepspeed: bool = False, mmap: bool = 
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # zip/pickle/OS errors and refused globals: one line naming the file
-        first = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),
-                     str(e).strip().splitlines()[0] if str(e).strip() else "")
+        first = next(
+            (ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),
+            str(e).strip().splitlines()[0] if str(e).strip() else "",
+        )
         raise DataError(f"{path}: not a loadable weights file ({type(e).__name__}: {first})"[:400]) from None

@@ -47,8 +47,10 @@ def load_initial_weights(run_dir: Path, models: dict[str, nn.Module]) -> None:
     payload = load_weights(Path(run_dir) / BEST_MODEL)
     for name, model in models.items():
         if name not in payload["models"]:
-            raise ConfigError(f"train.init_from={run_dir}: best model has no {name!r} "
-                              f"(has {sorted(payload['models'])}); was it trained with the same variant?")
+            raise ConfigError(
+                f"train.init_from={run_dir}: best model has no {name!r} "
+                f"(has {sorted(payload['models'])}); was it trained with the same variant?"
+            )
         model.load_state_dict(payload["models"][name])
 
 
@@ -60,8 +62,14 @@ class SegmentTask(TaskDefaults, ABC):
     model_names: tuple[str, ...] = ("gen",)
     """The models ``build`` makes, in this order (each from ``model_factory``)."""
 
-    def __init__(self, cfg: ExperimentConfig, split: Any, run_dir: Path, synth_store: Path | None = None,
-                 self_training: SelfTrainingRound | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        split: Any,
+        run_dir: Path,
+        synth_store: Path | None = None,
+        self_training: SelfTrainingRound | None = None,
+    ) -> None:
         self.cfg, self.split, self.run_dir = cfg, split, Path(run_dir)
         self.synth_store, self.self_training = synth_store, self_training
         self.target_labeled = set(split.target_labeled)
@@ -105,9 +113,15 @@ class SegmentTask(TaskDefaults, ABC):
     # ------------------------------------------------------------------ models
     def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
-        return ("hpc_modatts.models:build_segmenter",
-                {"size": m.segmenter_size, "genseg": False, "common_fraction": m.common_fraction,
-                 "separate_seg_decoder": m.separate_seg_decoder})
+        return (
+            "hpc_modatts.models:build_segmenter",
+            {
+                "size": m.segmenter_size,
+                "genseg": False,
+                "common_fraction": m.common_fraction,
+                "separate_seg_decoder": m.separate_seg_decoder,
+            },
+        )
 
     def build(self, env: Any) -> dict[str, nn.Module]:
         models = {name: build_model(self.model_factory(name)) for name in self.model_names}
@@ -117,12 +131,22 @@ class SegmentTask(TaskDefaults, ABC):
             apply_activation_checkpointing(models["gen"], list(self.cfg.model.checkpointing))
         return models
 
-    def _volumes(self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int,
-                 **kw: Any) -> VolumeDataset:
+    def _volumes(
+        self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int, **kw: Any
+    ) -> VolumeDataset:
         d = self.cfg.data
-        return VolumeDataset(store, cases, modality, patch_size=d.patch_size, half=d.half_volumes,
-                             annotated=set(annotated), augment=d.augment, seed=self.cfg.train.seed + offset,
-                             mask_name=region_array(d.region), **kw)
+        return VolumeDataset(
+            store,
+            cases,
+            modality,
+            patch_size=d.patch_size,
+            half=d.half_volumes,
+            annotated=set(annotated),
+            augment=d.augment,
+            seed=self.cfg.train.seed + offset,
+            mask_name=region_array(d.region),
+            **kw,
+        )
 
     # ------------------------------------------------------------------ validation
     def validate(self, engines: dict, env: Any) -> dict[str, float] | None:
@@ -132,9 +156,17 @@ class SegmentTask(TaskDefaults, ABC):
         if not self.val_cases:
             return None
         gen = engines["gen"]
-        return validate_segmenter(lambda p: torch.sigmoid(gen(p).float()), Store.open(self.cfg.data.store),
-                                  self.val_cases, self.split.target, self.inferer, self.cfg.infer.threshold,
-                                  self.bound, env.device, region=self.cfg.data.region)
+        return validate_segmenter(
+            lambda p: torch.sigmoid(gen(p).float()),
+            Store.open(self.cfg.data.store),
+            self.val_cases,
+            self.split.target,
+            self.inferer,
+            self.cfg.infer.threshold,
+            self.bound,
+            env.device,
+            region=self.cfg.data.region,
+        )
 
 
 class SliceTask(SegmentTask):
@@ -145,12 +177,23 @@ class SliceTask(SegmentTask):
     self-training and prediction are the 3D variant's: THE inferer runs the model slice by slice
     (``infer.inferer``). M-GenSeg (``train.mgenseg``) takes its slices and builds its own models."""
 
-    def _volumes(self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int,
-                 **kw: Any) -> VolumeSliceDataset:
+    def _volumes(
+        self, store: Any, cases: list[str], modality: str, annotated: list[str], offset: int, **kw: Any
+    ) -> VolumeSliceDataset:
         d = self.cfg.data
-        return VolumeSliceDataset(store, cases, modality, slice_size=d.patch_size[:2], half=d.half_volumes,
-                                  annotated=set(annotated), augment=d.augment, seed=self.cfg.train.seed + offset,
-                                  mask_name=region_array(d.region), min_tumour_fraction=d.min_tumour_fraction, **kw)
+        return VolumeSliceDataset(
+            store,
+            cases,
+            modality,
+            slice_size=d.patch_size[:2],
+            half=d.half_volumes,
+            annotated=set(annotated),
+            augment=d.augment,
+            seed=self.cfg.train.seed + offset,
+            mask_name=region_array(d.region),
+            min_tumour_fraction=d.min_tumour_fraction,
+            **kw,
+        )
 
     def model_factory(self, name: str) -> tuple[str, dict]:
         key, kwargs = super().model_factory(name)

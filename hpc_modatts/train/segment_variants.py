@@ -107,8 +107,10 @@ class TargetSupervisedTask(SupervisedTask):
         store = Store.open(self.cfg.data.store)
         bare = [c for c in self.split.target_train if store.mask(c) is None]
         if bare:
-            raise ConfigError(f"train.variant=target-supervised needs masks on every target_train case; "
-                              f"{len(bare)} have none in {store.path} (e.g. {bare[:3]})")
+            raise ConfigError(
+                f"train.variant=target-supervised needs masks on every target_train case; "
+                f"{len(bare)} have none in {store.path} (e.g. {bare[:3]})"
+            )
 
 
 # ----------------------------------------------------------------------------- MoDATTS
@@ -118,25 +120,35 @@ class PseudoTargetTask(SegmentTask):
 
     variant = "self-supervised"
 
-    def __init__(self, cfg: ExperimentConfig, split: Any, run_dir: Path, synth_store: Path | None = None,
-                 self_training: SelfTrainingRound | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        split: Any,
+        run_dir: Path,
+        synth_store: Path | None = None,
+        self_training: SelfTrainingRound | None = None,
+    ) -> None:
         if synth_store is None:
             raise ConfigError(f"train.variant={self.variant} needs the pseudo-target store of synthesis")
         super().__init__(cfg, split, run_dir, synth_store, self_training)
 
     def _raw_weights(self) -> dict[str, float]:
         w = self.cfg.train.weights
-        return {"seg_pt": resolve_seg_pt(self.cfg, self.split),
-                "seg_t": w.seg_t if self.target_labeled else 0.0,
-                "st": resolve_st(self.cfg, self.split) if self.self_training else 0.0}
+        return {
+            "seg_pt": resolve_seg_pt(self.cfg, self.split),
+            "seg_t": w.seg_t if self.target_labeled else 0.0,
+            "st": resolve_st(self.cfg, self.split) if self.self_training else 0.0,
+        }
 
     def _weights(self) -> dict[str, float]:
         return {k: v for k, v in normalise_weights(self._raw_weights()).items() if v > 0}
 
     def check_data(self) -> None:
         if not self.split.source_labeled:
-            raise ConfigError(f"train.variant={self.variant}: the split has no annotated source case "
-                              f"(split.source_labeled is empty), so no pseudo-target masks")
+            raise ConfigError(
+                f"train.variant={self.variant}: the split has no annotated source case "
+                f"(split.source_labeled is empty), so no pseudo-target masks"
+            )
 
     # ------------------------------------------------------------------ data
     def real_cases(self) -> list[str]:
@@ -150,8 +162,11 @@ class PseudoTargetTask(SegmentTask):
         real_cases = self.real_cases()
         if not real_cases:
             return KeyedDataset(pt, "pt")
-        extra = ({"extra_mask": "pseudo_label", "extra_store": self.self_training.pseudo_labels}
-                 if self.self_training else {})
+        extra = (
+            {"extra_mask": "pseudo_label", "extra_store": self.self_training.pseudo_labels}
+            if self.self_training
+            else {}
+        )
         real = self._volumes(d.store, real_cases, s.target, s.target_labeled, 1, **extra)
         return PairedDataset(pt, real, "pt", "real")
 
@@ -207,8 +222,10 @@ class GenSegTask(PseudoTargetTask):
     def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
         if name == "disc":  # the MODEL_FACTORIES key best_model.pt files hold (a name, not a path)
-            return ("hpc_modatts.train.segment:build_discriminators_3d",
-                    {"channels": list(m.disc_channels), "scales": m.disc_scales})
+            return (
+                "hpc_modatts.train.segment:build_discriminators_3d",
+                {"channels": list(m.disc_channels), "scales": m.disc_scales},
+            )
         key, kwargs = super().model_factory(name)
         return key, {**kwargs, "genseg": True}
 
@@ -226,7 +243,7 @@ class GenSegTask(PseudoTargetTask):
         """GenSeg on the real batch (Eq. 5.6-5.11, ``genseg_objective.genseg_terms``) into ``terms``;
         the real Dice's logits from the same encoding."""
         net, disc = unwrap(engines["gen"]), unwrap(engines["disc"])  # plain modules: see translate.py
-        code = net.encode(real["image"])                               # x (B, 1, X, Y, Z) -> c, u, skips
+        code = net.encode(real["image"])  # x (B, 1, X, Y, Z) -> c, u, skips
         genseg, out = genseg_terms(net, disc, real["image"], real["weak"], code)
         terms.update(genseg)
         wants_real_seg = "seg_t" in self.weights or "st" in self.weights
@@ -254,6 +271,15 @@ class GenSegTask2D(SliceTask, GenSegTask):
 
 
 VARIANT_TASKS: dict[str, type[SegmentTask]] = {
-    cls.variant: cls for cls in (PseudoTargetTask, GenSegTask, SourceSupervisedTask, TargetSupervisedTask,
-                                 PseudoTargetTask2D, GenSegTask2D, MGenSegTask)}
+    cls.variant: cls
+    for cls in (
+        PseudoTargetTask,
+        GenSegTask,
+        SourceSupervisedTask,
+        TargetSupervisedTask,
+        PseudoTargetTask2D,
+        GenSegTask2D,
+        MGenSegTask,
+    )
+}
 """THE mapping ``train.variant`` -> Task class (the names: ``hpc_modatts.config.VARIANTS``)."""

@@ -63,23 +63,29 @@ def init_dir(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
 
 
 # ----------------------------------------------------------------------------- pseudo-labels
-def pseudo_label_case(model: torch.nn.Module, store: Any, case: str, modality: str, inferer: Any,
-                      alpha: float, device: torch.device, healthy: str = "zero") -> np.ndarray:
+def pseudo_label_case(
+    model: torch.nn.Module,
+    store: Any,
+    case: str,
+    modality: str,
+    inferer: Any,
+    alpha: float,
+    device: torch.device,
+    healthy: str = "zero",
+) -> np.ndarray:
     """(X, Y, Z) uint8 pseudo-label: probabilities > alpha inside the brain; A hemispheres zeroed
     when ``healthy`` is "zero"."""
     attrs = store.attrs(case)
     brain = store.read_brain(case)
     split = attrs.get("hemisphere_split")
-    prob = inferer(lambda p: torch.sigmoid(model(p).float()), store.read_image(case, modality), brain, split,
-                   device)[0]
+    prob = inferer(lambda p: torch.sigmoid(model(p).float()), store.read_image(case, modality), brain, split, device)[0]
     label = ((prob > alpha) & (brain > 0)).astype(np.uint8)
     if healthy == "zero":
         label = zero_healthy(label, split, attrs.get("weak_labels"))
     return label
 
 
-def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path, out_path: Path,
-                       env: Any) -> Path:
+def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path, out_path: Path, env: Any) -> Path:
     """Predict + threshold every case into a ``pseudo_labels`` store; skips complete cases."""
     src = open_store(cfg.data.store)
     split = load_split(cfg)
@@ -87,8 +93,9 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
     inferer = inferer_from_config(cfg)
     where = f"self-training round {cfg.train.round} ({out_path})"
     if env.is_main:
-        Store.create(out_path, kind="pseudo_labels", alpha=cfg.train.alpha, model_run=str(model_dir),
-                     modality=cfg.data.target)
+        Store.create(
+            out_path, kind="pseudo_labels", alpha=cfg.train.alpha, model_run=str(model_dir), modality=cfg.data.target
+        )
     barrier()
     out = Store.open(out_path)
     todo = [c for c in shard(cases, env.rank, env.world_size) if c not in set(out.case_ids)]
@@ -97,15 +104,27 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
         model.to(env.device)
         with torch.no_grad(), autocast_context(use_bf16(cfg.distributed, env.device), env.device):
             for case in todo:
-                label = pseudo_label_case(model, src, case, cfg.data.target, inferer, cfg.train.alpha,
-                                          env.device, cfg.train.healthy_pseudo_labels)
+                label = pseudo_label_case(
+                    model,
+                    src,
+                    case,
+                    cfg.data.target,
+                    inferer,
+                    cfg.train.alpha,
+                    env.device,
+                    cfg.train.healthy_pseudo_labels,
+                )
                 attrs = {k: v for k, v in src.attrs(case).items() if k not in _DROP_ATTRS}
                 volume = float(label.sum()) * voxel_ml(attrs["spacing"])
                 log.info("%s: case %s pseudo-label %.1f ml (bound %.1f ml)", where, case, volume, bound.limit_ml)
                 bound.check_pseudo_label(case, volume, where)
-                attrs["pseudo_label"] = {"alpha": cfg.train.alpha, "model_run": str(model_dir),
-                                         "foreground_voxels": int(label.sum()), "volume_ml": volume,
-                                         "healthy_hemispheres": cfg.train.healthy_pseudo_labels}
+                attrs["pseudo_label"] = {
+                    "alpha": cfg.train.alpha,
+                    "model_run": str(model_dir),
+                    "foreground_voxels": int(label.sum()),
+                    "volume_ml": volume,
+                    "healthy_hemispheres": cfg.train.healthy_pseudo_labels,
+                }
                 out.write_case(case, images={}, extra={PSEUDO_LABEL: label}, attrs=attrs)
     barrier()
     done = Store.open(out_path)
@@ -114,12 +133,23 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
         raise DataError(f"{out_path}: pseudo-labels missing for {len(missing)} case(s): {missing[:5]}")
     if env.is_main:
         volumes = {c: done.attrs(c)["pseudo_label"]["volume_ml"] for c in cases}
-        atomic_write_json(Path(out_path).parent / "pseudo_labels.json",
-                          {"alpha": cfg.train.alpha, "limit_ml": bound.limit_ml,
-                           "largest_annotated_ml": bound.largest_ml,
-                           "healthy_hemispheres": cfg.train.healthy_pseudo_labels, "volume_ml": volumes})
-        log.info("%s: %d pseudo-labels, %.1f ml mean, %.1f ml max", where, len(volumes),
-                 float(np.mean(list(volumes.values()))), max(volumes.values()))
+        atomic_write_json(
+            Path(out_path).parent / "pseudo_labels.json",
+            {
+                "alpha": cfg.train.alpha,
+                "limit_ml": bound.limit_ml,
+                "largest_annotated_ml": bound.largest_ml,
+                "healthy_hemispheres": cfg.train.healthy_pseudo_labels,
+                "volume_ml": volumes,
+            },
+        )
+        log.info(
+            "%s: %d pseudo-labels, %.1f ml mean, %.1f ml max",
+            where,
+            len(volumes),
+            float(np.mean(list(volumes.values()))),
+            max(volumes.values()),
+        )
     return out_path
 
 
@@ -133,8 +163,9 @@ def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
     prev = require_done(init_dir(cfg, i, explicit), f"round {i}: model to start from")
     if not (prev / BEST_MODEL).is_file():
         raise ConfigError(f"round {i}: {prev} has no {BEST_MODEL} to start from")
-    pl_path = (Path(cfg.train.pseudo_labels) if (explicit and cfg.train.pseudo_labels)
-               else run_dir / "pseudo_labels.zarr")
+    pl_path = (
+        Path(cfg.train.pseudo_labels) if (explicit and cfg.train.pseudo_labels) else run_dir / "pseudo_labels.zarr"
+    )
     cfg_i = replace_cfg(cfg, round=i, init_from=str(prev), pseudo_labels=str(pl_path))
     task = make_task(cfg_i, run_dir, SelfTrainingRound(init_from=prev, pseudo_labels=pl_path))
     unannotated = [c for c in task.split.target_train if c not in task.target_labeled]

@@ -58,8 +58,9 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, i
     """
     run_dir = Path(run_dir)
     if not (run_dir / BEST_MODEL).is_file():
-        raise DataError(f"{run_dir}: no {BEST_MODEL} (the translator has not finished a validation); "
-                        f"train the translator first")
+        raise DataError(
+            f"{run_dir}: no {BEST_MODEL} (the translator has not finished a validation); train the translator first"
+        )
     model, cfg = load_best_model(run_dir, "gen")
     step = -1
     if (run_dir / DONE).is_file():
@@ -71,8 +72,15 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, i
 
 
 # ----------------------------------------------------------------------------- one case
-def translate_volume(model: nn.Module, image: np.ndarray, brain: np.ndarray, size: tuple[int, int],
-                     device: torch.device, batch: int = 16, where: str = "pseudo-target") -> np.ndarray:
+def translate_volume(
+    model: nn.Module,
+    image: np.ndarray,
+    brain: np.ndarray,
+    size: tuple[int, int],
+    device: torch.device,
+    batch: int = 16,
+    where: str = "pseudo-target",
+) -> np.ndarray:
     """(X, Y, Z) source volume -> (X, Y, Z) pseudo-target volume, -1 outside the brain.
 
     The restacked tanh outputs are normalised like every real volume of a store
@@ -80,15 +88,25 @@ def translate_volume(model: nn.Module, image: np.ndarray, brain: np.ndarray, siz
     stage 2 is validated and tested on real target volumes in that convention, and raw
     translations are not in it.
     """
-    slices = fit_slices(image, size, fill=-1.0)                        # (Z, H, W)
-    translated = map_slices(model.to_target, slices, device, batch)    # (Z, H, W)
-    volume = unfit_slices(translated, image.shape, fill=-1.0)          # (X, Y, Z)
-    volume, _ = normalise(volume, brain > 0, where)                           # -1 outside the brain
+    slices = fit_slices(image, size, fill=-1.0)  # (Z, H, W)
+    translated = map_slices(model.to_target, slices, device, batch)  # (Z, H, W)
+    volume = unfit_slices(translated, image.shape, fill=-1.0)  # (X, Y, Z)
+    volume, _ = normalise(volume, brain > 0, where)  # -1 outside the brain
     return volume.astype(np.float32)
 
 
-def synthesize_case(model: nn.Module, src: Any, out: Any, case: str, source: str, target: str,
-                    annotated: bool, size: tuple[int, int], device: torch.device, info: dict) -> None:
+def synthesize_case(
+    model: nn.Module,
+    src: Any,
+    out: Any,
+    case: str,
+    source: str,
+    target: str,
+    annotated: bool,
+    size: tuple[int, int],
+    device: torch.device,
+    info: dict,
+) -> None:
     """Translate one source case and write it (atomically) into the synthetic store."""
     image = src.read_image(case, source)
     brain = src.read_brain(case)
@@ -101,8 +119,9 @@ def synthesize_case(model: nn.Module, src: Any, out: Any, case: str, source: str
     regions = {n: src.read_array(case, n) for n in map(region_array, REGIONS[1:]) if n in names}
     attrs = {k: v for k, v in src.attrs(case).items() if k not in _DROP_ATTRS}
     attrs["synthetic"] = {"from": source, "to": target, **info}
-    out.write_case(case, images={target: pseudo}, mask=mask, labels=labels, brain=brain, extra=regions or None,
-                   attrs=attrs)
+    out.write_case(
+        case, images={target: pseudo}, mask=mask, labels=labels, brain=brain, extra=regions or None, attrs=attrs
+    )
 
 
 # ----------------------------------------------------------------------------- stage
@@ -135,13 +154,22 @@ def run(cfg: ExperimentConfig) -> Path:
     env = init_distributed(cfg.distributed)
     model, tcfg, step = load_translator(translator_run)
     if tuple(tcfg.data.slice_size) != tuple(cfg.data.slice_size):
-        log.warning("synthesize: translator trained on %s slices, synthesising with %s",
-                    tcfg.data.slice_size, cfg.data.slice_size)
+        log.warning(
+            "synthesize: translator trained on %s slices, synthesising with %s",
+            tcfg.data.slice_size,
+            cfg.data.slice_size,
+        )
     model.to(env.device)
     if env.is_main:  # one creator (removes stale temporary cases), then everyone opens it
         save_config(cfg, translator_run / "synthesize.yaml")
-        Store.create(out_path, kind="synthetic", source=split.source, target=split.target,
-                     source_store=str(cfg.data.store), translator_run=str(translator_run))
+        Store.create(
+            out_path,
+            kind="synthetic",
+            source=split.source,
+            target=split.target,
+            source_store=str(cfg.data.store),
+            translator_run=str(translator_run),
+        )
     barrier()
     out = Store.open(out_path)
     done = set(out.case_ids)
@@ -151,15 +179,24 @@ def run(cfg: ExperimentConfig) -> Path:
     log.info("synthesize: rank %d translates %d case(s) %s->%s", env.rank, len(todo), split.source, split.target)
     with torch.no_grad(), autocast_context(use_bf16(cfg.distributed, env.device), env.device):
         for case in todo:
-            synthesize_case(model, src, out, case, split.source, split.target, case in labeled,
-                            cfg.data.slice_size, env.device, info)
+            synthesize_case(
+                model,
+                src,
+                out,
+                case,
+                split.source,
+                split.target,
+                case in labeled,
+                cfg.data.slice_size,
+                env.device,
+                info,
+            )
     barrier()
     if env.is_main:
         missing = sorted(set(split.source_train) - set(out.case_ids))
         if missing:
             raise DataError(f"{out_path}: {len(missing)} case(s) were not written: {missing[:5]}")
-        mark_done(translator_run, MARKER, store=str(out_path), cases=len(split.source_train),
-                  translator_step=step)
+        mark_done(translator_run, MARKER, store=str(out_path), cases=len(split.source_train), translator_step=step)
     barrier()
     return out_path
 
@@ -168,9 +205,13 @@ def pseudo_target_store(cfg: ExperimentConfig) -> Path:
     """The synthetic store the segmentation stage reads; ConfigError when synthesis has not run."""
     translator_run, store = paths(cfg)
     if not (store / "zarr.json").is_file():
-        raise ConfigError(f"pseudo-target store {store} does not exist: run `hpc-modatts synthesize` first "
-                          f"(or set train.pseudo_target_store)")
+        raise ConfigError(
+            f"pseudo-target store {store} does not exist: run `hpc-modatts synthesize` first "
+            f"(or set train.pseudo_target_store)"
+        )
     if not is_synthesized(cfg):
-        raise ConfigError(f"pseudo-target store {store} is incomplete ({translator_run / MARKER} missing or "
-                          f"naming another store): rerun `hpc-modatts synthesize` (it resumes)")
+        raise ConfigError(
+            f"pseudo-target store {store} is incomplete ({translator_run / MARKER} missing or "
+            f"naming another store): rerun `hpc-modatts synthesize` (it resumes)"
+        )
     return store

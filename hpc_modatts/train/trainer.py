@@ -117,8 +117,9 @@ class Trainer:
         if self._env is None:
             self._env = init_distributed(cfg.distributed)
         if cfg.train.batch_size % self.env.world_size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-                              f"{self.env.world_size} ranks")
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} is not divisible by the {self.env.world_size} ranks"
+            )
         self.micro = cfg.train.batch_size // self.env.world_size
         self._metrics = MetricsLog(self.run_dir, self.env.is_main)
         if self.env.is_main:
@@ -131,8 +132,9 @@ class Trainer:
             if name in frozen:
                 self.frozen_models[name] = model.to(self.env.device).eval().requires_grad_(False)
             else:
-                self.engines[name] = build_engine(model, optim_for(cfg.optim, name), cfg.distributed,
-                                                  self.env, self.micro, name)
+                self.engines[name] = build_engine(
+                    model, optim_for(cfg.optim, name), cfg.distributed, self.env, self.micro, name
+                )
         if not self.engines:
             raise ConfigError(f"task {self.task.name}: every model is frozen, nothing to train")
         self.all_models = {**self.frozen_models, **self.engines}
@@ -151,8 +153,10 @@ class Trainer:
         if spe:
             self.steps_per_epoch = min(self.steps_per_epoch, spe)
         if self.steps_per_epoch < 1:
-            raise ConfigError(f"task {self.task.name}: {n} training items give no full batch of "
-                              f"{self.micro} per rank on {self.env.world_size} ranks")
+            raise ConfigError(
+                f"task {self.task.name}: {n} training items give no full batch of "
+                f"{self.micro} per rank on {self.env.world_size} ranks"
+            )
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
@@ -164,7 +168,8 @@ class Trainer:
         # the loader's worker base seed comes from this generator, not from the global RNG,
         # so creating the iterator mid-epoch (resume) leaves the training RNG untouched
         loader.generator = torch.Generator().manual_seed(
-            self.cfg.train.seed * 1_000_003 + self.epoch * 7919 + self.env.rank)
+            self.cfg.train.seed * 1_000_003 + self.epoch * 7919 + self.env.rank
+        )
         collate = task_collate(self.task)
         if collate is not None:
             loader.collate_fn = collate
@@ -173,11 +178,17 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _trainer_state(self) -> dict:
         sampler_state = self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {}
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.pos,
-                "best_score": self.best_score if math.isfinite(self.best_score) else None,
-                "select_on": self.select_on,
-                "best_step": self.best_step, "sampler": sampler_state, "task": self.task.name,
-                "validated": self.last_validated == self.step}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.pos,
+            "best_score": self.best_score if math.isfinite(self.best_score) else None,
+            "select_on": self.select_on,
+            "best_step": self.best_step,
+            "sampler": sampler_state,
+            "task": self.task.name,
+            "validated": self.last_validated == self.step,
+        }
 
     def _choose_tag(self) -> tuple[str | None, str | None]:
         """(tag to resume from, None) or (None, error line); rank 0 decides for every rank."""
@@ -244,8 +255,12 @@ class Trainer:
         """
         total = sum(int(getattr(e, "skipped_steps", 0)) for e in self.engines.values())
         if total > self.skipped_steps:
-            log.warning("step %d: DeepSpeed skipped %d optimiser step(s) on non-finite gradients "
-                        "(%d in total)", self.step, total - self.skipped_steps, total)
+            log.warning(
+                "step %d: DeepSpeed skipped %d optimiser step(s) on non-finite gradients (%d in total)",
+                self.step,
+                total - self.skipped_steps,
+                total,
+            )
         self.skipped_steps = total
 
     def _diverged(self, local: dict[str, float], batch: Any) -> None:
@@ -255,8 +270,9 @@ class Trainer:
         terms = [(t, v) for b, vals, _ in report for t, v in zip(b, vals)]
         term, value = terms[0] if terms else ("?", float("nan"))
         cases = [c for b, _, ids in report if b for c in ids]
-        raise TrainingDiverged(f"step {self.step}: loss term '{term}' is {value} "
-                               f"(cases: {', '.join(dict.fromkeys(cases)) or 'unknown'})")
+        raise TrainingDiverged(
+            f"step {self.step}: loss term '{term}' is {value} (cases: {', '.join(dict.fromkeys(cases)) or 'unknown'})"
+        )
 
     # ------------------------------------------------------------------ validation
     def _validate_and_save(self) -> None:
@@ -265,16 +281,22 @@ class Trainer:
             return
         metrics = self._validate()
         self.last_validated = self.step
-        improved = (metrics is not None and metrics.get("plausible", 1.0) > 0
-                    and metrics[self.select_on] > self.best_score)
+        improved = (
+            metrics is not None and metrics.get("plausible", 1.0) > 0 and metrics[self.select_on] > self.best_score
+        )
         if metrics is not None and metrics.get("plausible", 1.0) <= 0:
-            log.warning("%s step %d: implausible model (guards), not a best-checkpoint candidate: %s",
-                        self.task.name, self.step, {k: round(v, 3) for k, v in metrics.items()})
+            log.warning(
+                "%s step %d: implausible model (guards), not a best-checkpoint candidate: %s",
+                self.task.name,
+                self.step,
+                {k: round(v, 3) for k, v in metrics.items()},
+            )
         if improved and metrics is not None:
             self.best_score, self.best_step = metrics[self.select_on], self.step
         if self.last_saved != self.step:
-            ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),
-                                 self.cfg, self.env, best=improved)
+            ckpt.save_checkpoint(
+                self.run_dir, self.step, self.engines, self._trainer_state(), self.cfg, self.env, best=improved
+            )
         elif improved:  # this step's checkpoint exists already (checkpoint_every): never rewrite it
             ckpt.point_best(self.run_dir, self.step, self.env)
         if improved:
@@ -285,8 +307,9 @@ class Trainer:
         """Write the latest checkpoint without validating (``train.checkpoint_every``)."""
         if self.last_saved == self.step:
             return
-        ckpt.save_checkpoint(self.run_dir, self.step, self.engines, self._trainer_state(),
-                             self.cfg, self.env, best=False)
+        ckpt.save_checkpoint(
+            self.run_dir, self.step, self.engines, self._trainer_state(), self.cfg, self.env, best=False
+        )
         self.last_saved = self.step
 
     def _validate(self) -> dict | None:
@@ -302,16 +325,25 @@ class Trainer:
         if metrics is None:
             return None
         if self.select_on not in metrics:
-            raise ValueError(f"task {self.task.name}: validate() must return its selection metric "
-                             f"{self.select_on!r}, got {sorted(metrics)}")
+            raise ValueError(
+                f"task {self.task.name}: validate() must return its selection metric "
+                f"{self.select_on!r}, got {sorted(metrics)}"
+            )
         metrics = {k: float(v) for k, v in metrics.items()}
         self._log({"step": self.step, "epoch": self.epoch, **{f"val/{k}": v for k, v in metrics.items()}})
         return metrics
 
     def _save_best_model(self) -> None:
         factories = {name: task_model_factory(self.task, name) for name in self.engines}
-        save_best_model(self.run_dir, self.engines, self.cfg, factories, self.step,
-                             self.best_score if math.isfinite(self.best_score) else None, self.task.name)
+        save_best_model(
+            self.run_dir,
+            self.engines,
+            self.cfg,
+            factories,
+            self.step,
+            self.best_score if math.isfinite(self.best_score) else None,
+            self.task.name,
+        )
 
     # ------------------------------------------------------------------ loop
     def _finished(self) -> bool:
@@ -330,8 +362,14 @@ class Trainer:
             self.pos += 1
             progress.update(bar, completed=self.step, description=f"{self.task.name} ep {self.epoch}")
             if self.step % log_every == 0:
-                self._log({"step": self.step, "epoch": self.epoch, **{f"train/{k}": v for k, v in losses.items()},
-                           **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {})})
+                self._log(
+                    {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        **{f"train/{k}": v for k, v in losses.items()},
+                        **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
+                    }
+                )
             if val_every and self.step % val_every == 0:
                 self._validate_and_save()
             elif ckpt_every and self.step % ckpt_every == 0:
@@ -360,8 +398,13 @@ class Trainer:
             self._save_best_model()
         self.metrics.close()
         if self.env.is_main:
-            mark_done(self.run_dir, task=self.task.name, steps=self.step, best_step=self.best_step,
-                      select_on=self.select_on,
-                      best_score=self.best_score if math.isfinite(self.best_score) else None)
+            mark_done(
+                self.run_dir,
+                task=self.task.name,
+                steps=self.step,
+                best_step=self.best_step,
+                select_on=self.select_on,
+                best_score=self.best_score if math.isfinite(self.best_score) else None,
+            )
         barrier()
         return self.run_dir

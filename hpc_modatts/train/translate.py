@@ -74,14 +74,14 @@ class CycleTranslators(nn.Module):
     def forward(self, x_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both cycles; every tensor (B, 1, H, W)."""
         f_s = self.s2t.encode(x_s)
-        s_to_t = self._outside_brain(self.s2t.translate(f_s), x_s)   # X_S'  = G_T(E_S(X_S))
+        s_to_t = self._outside_brain(self.s2t.translate(f_s), x_s)  # X_S'  = G_T(E_S(X_S))
         f_s1 = self.t2s.encode(s_to_t)
         f_t = self.t2s.encode(x_t)
-        t_to_s = self._outside_brain(self.t2s.translate(f_t), x_t)   # X_T'  = G_S(E_T(X_T))
+        t_to_s = self._outside_brain(self.t2s.translate(f_t), x_t)  # X_T'  = G_S(E_T(X_T))
         return {
             "s_to_t": s_to_t,
             "s_cycled": self._outside_brain(self.t2s.translate(f_s1), x_s),  # X_S'' = G_S(E_T(X_S'))
-            "seg_s": self.s2t.segment(f_s),              # G_seg^S(E_S(X_S))
+            "seg_s": self.s2t.segment(f_s),  # G_seg^S(E_S(X_S))
             "seg_s_translated": self.t2s.segment(f_s1),  # G_seg^T(E_T(X_S'))
             "t_to_s": t_to_s,
             "t_cycled": self._outside_brain(self.s2t.translate(self.s2t.encode(t_to_s)), x_t),  # X_T''
@@ -99,8 +99,9 @@ class CycleTranslators(nn.Module):
         return self.t2s.segment(self.t2s.encode(x_t))
 
 
-def build_cycle_translators(size: str = "full", pretrained: str = "",
-                            keep_background: bool = False) -> CycleTranslators:
+def build_cycle_translators(
+    size: str = "full", pretrained: str = "", keep_background: bool = False
+) -> CycleTranslators:
     """Factory recorded in best_model.pt (``load_best_model(run, "gen")``); checkpoints written
     before ``keep_background`` existed load with the old behaviour (False)."""
     return CycleTranslators(size, pretrained, keep_background)
@@ -132,30 +133,50 @@ class TranslateTask(TaskDefaults):
     def model_factory(self, name: str) -> tuple[str, dict]:
         m = self.cfg.model
         if name == "gen":
-            return ("hpc_modatts.train.translate:build_cycle_translators",
-                    {"size": m.translator_size, "pretrained": m.pretrained,
-                     "keep_background": m.keep_background})
-        return ("hpc_modatts.train.translate:build_discriminators",
-                {"domains": [SOURCE, TARGET], "spatial_dims": 2, "channels": list(m.disc_channels),
-                 "scales": m.disc_scales})
+            return (
+                "hpc_modatts.train.translate:build_cycle_translators",
+                {"size": m.translator_size, "pretrained": m.pretrained, "keep_background": m.keep_background},
+            )
+        return (
+            "hpc_modatts.train.translate:build_discriminators",
+            {
+                "domains": [SOURCE, TARGET],
+                "spatial_dims": 2,
+                "channels": list(m.disc_channels),
+                "scales": m.disc_scales,
+            },
+        )
 
     def build(self, env: Any) -> dict[str, nn.Module]:
-        return {"gen": build_model(self.model_factory("gen")),
-                "disc": build_model(self.model_factory("disc"))}
+        return {"gen": build_model(self.model_factory("gen")), "disc": build_model(self.model_factory("disc"))}
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         d, s = self.cfg.data, self.split
-        src = SliceDataset(d.store, s.source_train, s.source, annotated=set(s.source_labeled),
-                           size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed,
-                           mask_name=region_array(d.region))
-        tgt = SliceDataset(d.store, s.target_train, s.target, annotated=set(),
-                           size=d.slice_size, augment=d.augment, seed=self.cfg.train.seed + 1)
+        src = SliceDataset(
+            d.store,
+            s.source_train,
+            s.source,
+            annotated=set(s.source_labeled),
+            size=d.slice_size,
+            augment=d.augment,
+            seed=self.cfg.train.seed,
+            mask_name=region_array(d.region),
+        )
+        tgt = SliceDataset(
+            d.store,
+            s.target_train,
+            s.target,
+            annotated=set(),
+            size=d.slice_size,
+            augment=d.augment,
+            seed=self.cfg.train.seed + 1,
+        )
         return PairedDataset(src, tgt, SOURCE, TARGET)
 
     def train_step(self, batch: dict, engines: dict, step: int) -> dict[str, Any]:
         self._step = step + 1  # optimiser steps done after this one (the trainer counts from 0)
         gen, disc = engines["gen"], engines["disc"]
-        x_s, x_t = batch[SOURCE]["image"], batch[TARGET]["image"]          # (B, 1, H, W)
+        x_s, x_t = batch[SOURCE]["image"], batch[TARGET]["image"]  # (B, 1, H, W)
         mask, has_mask = batch[SOURCE]["mask"], batch[SOURCE]["has_mask"].bool()
         out = gen(x_s, x_t)
 
@@ -166,8 +187,9 @@ class TranslateTask(TaskDefaults):
         d_net.requires_grad_(False)
         adv = hinge_g_loss(d_net(TARGET, out["s_to_t"])) + hinge_g_loss(d_net(SOURCE, out["t_to_s"]))
         cyc = l1(out["s_cycled"], x_s) + l1(out["t_cycled"], x_t)
-        seg = (dice_loss(out["seg_s"].float(), mask, has_mask)
-               + dice_loss(out["seg_s_translated"].float(), mask, has_mask))
+        seg = dice_loss(out["seg_s"].float(), mask, has_mask) + dice_loss(
+            out["seg_s_translated"].float(), mask, has_mask
+        )
         w = self.weights
         loss = w["adv"] * adv + w["cyc"] * cyc + w["seg"] * seg
         gen.backward(loss)
@@ -175,8 +197,9 @@ class TranslateTask(TaskDefaults):
         d_net.requires_grad_(True)
 
         # discriminator update on detached translations (hinge, Eq. 5.1)
-        d_loss = (hinge_d_loss(disc(TARGET, x_t), disc(TARGET, out["s_to_t"].detach()))
-                  + hinge_d_loss(disc(SOURCE, x_s), disc(SOURCE, out["t_to_s"].detach())))
+        d_loss = hinge_d_loss(disc(TARGET, x_t), disc(TARGET, out["s_to_t"].detach())) + hinge_d_loss(
+            disc(SOURCE, x_s), disc(SOURCE, out["t_to_s"].detach())
+        )
         disc.backward(d_loss)
         disc.step()
         return {"loss": loss, "adv": adv, "cyc": cyc, "seg": seg, "disc": d_loss}
@@ -234,17 +257,27 @@ class TranslateTask(TaskDefaults):
         tc = [c for c in trans_contrast if c is not None]
         ratio = float(np.mean(tc) / np.mean(rc)) if rc and tc and np.mean(rc) != 0 else float("nan")
         appearance = 1.0 - w_trans / w_src if w_src > 0 else 0.0
-        out = {"contrast_ratio": ratio, "tumour_contrast": float(np.mean(tc)) if tc else float("nan"),
-               "real_tumour_contrast": float(np.mean(rc)) if rc else float("nan"),
-               "wasserstein": w_trans, "appearance": appearance,
-               "disc_accuracy": fidelity.disc_accuracy(lambda x: disc(TARGET, x), np.concatenate(real_slices),
-                                                       np.concatenate(fake_slices), device),
-               "score": fidelity.selection_score(ratio, appearance)}
+        out = {
+            "contrast_ratio": ratio,
+            "tumour_contrast": float(np.mean(tc)) if tc else float("nan"),
+            "real_tumour_contrast": float(np.mean(rc)) if rc else float("nan"),
+            "wasserstein": w_trans,
+            "appearance": appearance,
+            "disc_accuracy": fidelity.disc_accuracy(
+                lambda x: disc(TARGET, x), np.concatenate(real_slices), np.concatenate(fake_slices), device
+            ),
+            "score": fidelity.selection_score(ratio, appearance),
+        }
         paired = [c for c in self.val_cases if src in store.modalities(c)]
         if paired:
-            rows = [fidelity.paired_fidelity(translate_volume(model, store.read_image(c, src), store.read_brain(c),
-                                                              size, device), store.read_image(c, tgt),
-                                             store.read_brain(c)) for c in paired]
+            rows = [
+                fidelity.paired_fidelity(
+                    translate_volume(model, store.read_image(c, src), store.read_brain(c), size, device),
+                    store.read_image(c, tgt),
+                    store.read_brain(c),
+                )
+                for c in paired
+            ]
             out.update({k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
         return out
 
@@ -255,7 +288,7 @@ class TranslateTask(TaskDefaults):
             mask = read_region(store, case, self.cfg.data.region)
             if mask is None:
                 continue
-            slices = fit_slices(store.read_image(case, modality), size, fill=-1.0)   # (Z, H, W)
+            slices = fit_slices(store.read_image(case, modality), size, fill=-1.0)  # (Z, H, W)
             prob = map_slices(lambda x: torch.sigmoid(segment(x).float()), slices, device)
             truth = fit_slices(mask.astype(np.float32), size, fill=0.0)
             scores.append(dice_of(prob > 0.5, truth > 0.5))
@@ -270,19 +303,22 @@ class TranslateTask(TaskDefaults):
         image, mask = store.read_image(case, self.split.source), read_region(store, case, self.cfg.data.region)
         z = int(np.argmax(mask.sum(axis=(0, 1)))) if mask is not None else image.shape[2] // 2
         size = self.cfg.data.slice_size
-        x = torch.from_numpy(fit_slices(image[:, :, z:z + 1], size, -1.0)[:, None]).to(device)
+        x = torch.from_numpy(fit_slices(image[:, :, z : z + 1], size, -1.0)[:, None]).to(device)
         translated = model.to_target(x)
         cycled = model.t2s.translate(model.t2s.encode(translated))
         pred = torch.sigmoid(model.segment_source(x).float())
         cols = {"source": x, "translated": translated, "cycled": cycled, "predicted mask": pred}
         cols = {k: v.float()[0, 0].cpu().numpy() for k, v in cols.items()}
         if mask is not None:
-            cols["true mask"] = fit_slices(mask[:, :, z:z + 1].astype(np.float32), size, 0.0)[0]
+            cols["true mask"] = fit_slices(mask[:, :, z : z + 1].astype(np.float32), size, 0.0)[0]
         if write:
             from hpc_modatts.infer.panels import write_panel  # matplotlib: loaded only to draw
 
-            write_panel(self.run_dir / "panels" / f"step_{self._step:08d}.png", cols,
-                               title=f"{case} z={z} ({self.split.source}->{self.split.target})")
+            write_panel(
+                self.run_dir / "panels" / f"step_{self._step:08d}.png",
+                cols,
+                title=f"{case} z={z} ({self.split.source}->{self.split.target})",
+            )
 
 
 # ----------------------------------------------------------------------------- report
@@ -305,9 +341,10 @@ def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 
         other = case if tgt in store.modalities(case) else (split.val[0] if split.val else None)
         if other is not None:
             row[f"{other} real {tgt}" + ("" if other == case else " (another case)")] = store.read_image(other, tgt)
-        rows.append({k: fit_slices(v[:, :, z:z + 1], size, -1.0)[0] for k, v in row.items()})
-    return save_translation_report(run_dir / "report.png", records, rows,
-                                   title=f"stage 1 {src}->{tgt}", best_step=done.get("best_step"))
+        rows.append({k: fit_slices(v[:, :, z : z + 1], size, -1.0)[0] for k, v in row.items()})
+    return save_translation_report(
+        run_dir / "report.png", records, rows, title=f"stage 1 {src}->{tgt}", best_step=done.get("best_step")
+    )
 
 
 # ----------------------------------------------------------------------------- stage

@@ -28,8 +28,14 @@ from hpc_modatts.train.task import TaskDefaults
 
 def toy_net() -> nn.Module:
     """(B, 1, X, Y, Z) -> logits (B, 1, X, Y, Z); 1,985 parameters."""
-    return nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
-                         nn.Conv3d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 1, 1))
+    return nn.Sequential(
+        nn.Conv3d(1, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.Conv3d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv3d(8, 1, 1),
+    )
 
 
 register_model_factory("_zero_worker:toy_net", toy_net)  # best_model.pt names it; code allows it
@@ -59,8 +65,14 @@ class ToyTask(TaskDefaults):
 
     name = "toy"
 
-    def __init__(self, n: int = 8, nan_case: str | None = None, fail_at_step: int | None = None,
-                 noise: float = 0.05, validation: bool = True) -> None:
+    def __init__(
+        self,
+        n: int = 8,
+        nan_case: str | None = None,
+        fail_at_step: int | None = None,
+        noise: float = 0.05,
+        validation: bool = True,
+    ) -> None:
         self.n, self.nan_case, self.fail_at_step, self.noise = n, nan_case, fail_at_step, noise
         self.validation = validation
         self.dice = DiceLoss(sigmoid=True)
@@ -109,8 +121,9 @@ def _run(out: Path, stage: int, steps: int) -> None:
     full_numel = sum(p.numel() for p in model.parameters())
     global_batch = 4
     micro = global_batch // env.world_size
-    engine = build_engine(model, OptimConfig(lr=1e-2, grad_clip=0.0), DistributedConfig(zero_stage=stage),
-                          env, micro, "gen")
+    engine = build_engine(
+        model, OptimConfig(lr=1e-2, grad_clip=0.0), DistributedConfig(zero_stage=stage), env, micro, "gen"
+    )
     ds, dice = ToyVolumes(global_batch), DiceLoss(sigmoid=True)
     idx = range(env.rank * micro, (env.rank + 1) * micro)
     x = torch.stack([ds[i]["image"] for i in idx]).to(env.device)  # (micro, 1, 8, 8, 8)
@@ -128,13 +141,21 @@ def _run(out: Path, stage: int, steps: int) -> None:
     local_numel = sum(getattr(p, "ds_tensor", p).numel() for p in engine.module.parameters())
     sd = gathered_state_dict(engine)
     if env.is_main:
-        out.write_text(json.dumps({
-            "losses": losses, "world_size": env.world_size, "full_numel": full_numel,
-            "local_numel": local_numel, "state_keys": sorted(sd),
-            "state_sum": float(sum(v.double().sum() for v in sd.values())),
-            "state_numel": int(sum(v.numel() for v in sd.values())),
-            "launcher": env.launcher, "backend": env.backend,
-        }))
+        out.write_text(
+            json.dumps(
+                {
+                    "losses": losses,
+                    "world_size": env.world_size,
+                    "full_numel": full_numel,
+                    "local_numel": local_numel,
+                    "state_keys": sorted(sd),
+                    "state_sum": float(sum(v.double().sum() for v in sd.values())),
+                    "state_numel": int(sum(v.numel() for v in sd.values())),
+                    "launcher": env.launcher,
+                    "backend": env.backend,
+                }
+            )
+        )
 
 
 def submitit_probe() -> dict:
@@ -142,8 +163,12 @@ def submitit_probe() -> dict:
     from hpc_modatts.distributed import all_reduce_mean, init_distributed
 
     env = init_distributed()
-    return {"rank": env.rank, "world": env.world_size, "launcher": env.launcher,
-            "mean_rank": all_reduce_mean({"r": float(env.rank)})["r"]}
+    return {
+        "rank": env.rank,
+        "world": env.world_size,
+        "launcher": env.launcher,
+        "mean_rank": all_reduce_mean({"r": float(env.rank)})["r"],
+    }
 
 
 def _fit(out: Path, stage: int, run_dir: Path, epochs: int) -> None:
@@ -152,15 +177,22 @@ def _fit(out: Path, stage: int, run_dir: Path, epochs: int) -> None:
     from hpc_modatts.distributed import current_env
     from hpc_modatts.train.trainer import Trainer
 
-    cfg = config_from_dict({"name": run_dir.name, "run_root": str(run_dir.parent), "optim": {"lr": 1e-2},
-                            "distributed": {"zero_stage": stage},
-                            "train": {"epochs": epochs, "batch_size": 2, "val_every": 2, "seed": 1}})
+    cfg = config_from_dict(
+        {
+            "name": run_dir.name,
+            "run_root": str(run_dir.parent),
+            "optim": {"lr": 1e-2},
+            "distributed": {"zero_stage": stage},
+            "train": {"epochs": epochs, "batch_size": 2, "val_every": 2, "seed": 1},
+        }
+    )
     trainer = Trainer(cfg, ToyTask(), run_dir)
     trainer.fit()
     env = current_env()
     if env.is_main:
-        out.write_text(json.dumps({"step": trainer.step, "world_size": env.world_size,
-                                   "best_score": trainer.best_score}))
+        out.write_text(
+            json.dumps({"step": trainer.step, "world_size": env.world_size, "best_score": trainer.best_score})
+        )
 
 
 if __name__ == "__main__":

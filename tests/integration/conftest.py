@@ -35,8 +35,9 @@ def slurm_cluster():
     reason = _cannot_start()
     if reason:
         pytest.skip(reason)
-    start = subprocess.run(["bash", str(HERE / "slurm" / "start_slurm.sh"), str(SLURM_DIR)],
-                           capture_output=True, text=True, timeout=900)
+    start = subprocess.run(
+        ["bash", str(HERE / "slurm" / "start_slurm.sh"), str(SLURM_DIR)], capture_output=True, text=True, timeout=900
+    )
     if start.returncode != 0:
         tail = (start.stderr.strip() or start.stdout.strip()).splitlines()[-1:] or ["no output"]
         pytest.skip(f"could not start the test SLURM cluster: {tail[0]}")
@@ -53,8 +54,12 @@ def slurm_cluster():
             else:
                 os.environ[k] = v
         if os.environ.get("HPC_MODATTS_SLURM_KEEP") != "1":
-            subprocess.run(["bash", str(HERE / "slurm" / "stop_slurm.sh"), str(SLURM_DIR)],
-                           capture_output=True, text=True, timeout=300)
+            subprocess.run(
+                ["bash", str(HERE / "slurm" / "stop_slurm.sh"), str(SLURM_DIR)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -28,8 +28,20 @@ def test_slurm_workers_write_the_same_store_as_a_local_conversion(tmp_path, caps
     convert(src, tmp_path / "local.zarr", workers=2, progress=False)
     local_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rc = main(["convert", str(src), str(tmp_path / "slurm.zarr"), "--scheduler", "slurm", "--cluster", "local_test",
-               "--workers", "2", "--no-progress"])
+    rc = main(
+        [
+            "convert",
+            str(src),
+            str(tmp_path / "slurm.zarr"),
+            "--scheduler",
+            "slurm",
+            "--cluster",
+            "local_test",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
+    )
     slurm_s = time.perf_counter() - t0
     assert rc == 0, capsys.readouterr().err
     local, slurm = tree(tmp_path / "local.zarr"), tree(tmp_path / "slurm.zarr")
@@ -44,5 +56,7 @@ def test_slurm_workers_write_the_same_store_as_a_local_conversion(tmp_path, caps
     while subprocess.run(["squeue", "-h", "-n", "hpc-modatts-convert"], capture_output=True, text=True).stdout.strip():
         assert time.time() < deadline, "SLURM worker jobs still queued/running after convert returned"
         time.sleep(1)
-    print(f"\n24 phantom cases (4 mm): local 2 threads {local_s:.1f} s, SLURM 2 worker jobs {slurm_s:.1f} s "
-          f"(job start-up included); {len(local)} files identical but the store_id")
+    print(
+        f"\n24 phantom cases (4 mm): local 2 threads {local_s:.1f} s, SLURM 2 worker jobs {slurm_s:.1f} s "
+        f"(job start-up included); {len(local)} files identical but the store_id"
+    )

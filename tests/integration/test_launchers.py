@@ -31,10 +31,20 @@ def test_one_node_launcher_trains_on_two_ranks(data, script, zero):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     name = script.split("_")[0]
-    cmd = [str(ROOT / "launchers" / script), "2", "segment", str(ROOT / "hpc_modatts" / "configs" / "demo_cpu.yaml"),
-           f"data.store={store}", f"data.split={split}", f"run_root={out}", f"name={name}",
-           "train.variant=source-supervised", "train.max_steps=3", "train.val_every=3",
-           f"distributed.zero_stage={zero}"]
+    cmd = [
+        str(ROOT / "launchers" / script),
+        "2",
+        "segment",
+        str(ROOT / "hpc_modatts" / "configs" / "demo_cpu.yaml"),
+        f"data.store={store}",
+        f"data.split={split}",
+        f"run_root={out}",
+        f"name={name}",
+        "train.variant=source-supervised",
+        "train.max_steps=3",
+        "train.val_every=3",
+        f"distributed.zero_stage={zero}",
+    ]
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     run = out / name / "segment-source-supervised" / "fold_0"

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_tiny_pipeline_debug_executor_runs_every_stage_in_process(tmp_path, tiny_data):  # noqa: F811
-    cfg = tiny_config(tmp_path, tiny_data, "dbg", "pipeline.executor=debug",
-                      "pipeline.variants=[semi-supervised,source-supervised]")
+    cfg = tiny_config(
+        tmp_path, tiny_data, "dbg", "pipeline.executor=debug", "pipeline.variants=[semi-supervised,source-supervised]"
+    )
     record = run_pipeline(cfg)
     root = cfg.run_dir
     for v in ("semi-supervised", "source-supervised"):

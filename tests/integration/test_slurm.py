@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slurm
 
 def slurm_executor(folder: Path, **params) -> submitit.AutoExecutor:
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    ex.update_parameters(**{"timeout_min": 5, "nodes": 1, "cpus_per_task": 1, "mem_gb": 2,
-                            "slurm_partition": "debug", **params})
+    ex.update_parameters(
+        **{"timeout_min": 5, "nodes": 1, "cpus_per_task": 1, "mem_gb": 2, "slurm_partition": "debug", **params}
+    )
     return ex
 
 
@@ -102,8 +103,7 @@ def timed_stage(cfg: ExperimentConfig) -> Path:
     out = Path(cfg.train.pseudo_labels)
     start = time.time()
     time.sleep(1.0)
-    atomic_write_json(out / "times.json", {"start": start, "end": time.time(),
-                                           "job": os.environ.get("SLURM_JOB_ID")})
+    atomic_write_json(out / "times.json", {"start": start, "end": time.time(), "job": os.environ.get("SLURM_JOB_ID")})
     mark_done(out)
     return out
 
@@ -112,8 +112,10 @@ def test_pipeline_dag_runs_in_order_with_afterok(tmp_path):
     cfg = config_from_dict({"name": "chain", "run_root": str(tmp_path), "pipeline": {"executor": "slurm"}})
     root = tmp_path / "chain"
     fn = "tests.integration.test_slurm:timed_stage"
-    nodes = [Node(n, fn, {"train.pseudo_labels": str(root / n)}, root / n, deps)
-             for n, deps in (("a", ()), ("b", ("a",)), ("c", ("a", "b")))]
+    nodes = [
+        Node(n, fn, {"train.pseudo_labels": str(root / n)}, root / n, deps)
+        for n, deps in (("a", ()), ("b", ("a",)), ("c", ("a", "b")))
+    ]
     record = run_pipeline(cfg, executor="slurm", cluster="local_test", dag=Dag(nodes), check=False, wait=True)
     times = {n: json.loads((root / n / "times.json").read_text()) for n in "abc"}
     assert times["a"]["end"] <= times["b"]["start"] and times["b"]["end"] <= times["c"]["start"]
@@ -127,17 +129,23 @@ def test_pipeline_dag_runs_in_order_with_afterok(tmp_path):
 # ----------------------------------------------------------------------------- (d) whole pipeline
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "hpc_modatts" / "configs" / "demo_cpu.yaml"
-FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-                 "DEADLINE"}
+FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 TINY = [  # every stage a couple of optimiser steps on 32x32 slices / 32x32x16 patches
-    "data.slice_size=[32,32]", "data.patch_size=[32,32,16]", "train.max_steps=2", "train.batch_size=2",
-    "train.val_cases=1", "train.log_every=1",
+    "data.slice_size=[32,32]",
+    "data.patch_size=[32,32,16]",
+    "train.max_steps=2",
+    "train.batch_size=2",
+    "train.val_cases=1",
+    "train.log_every=1",
     "train.stage_overrides={translate: {max_steps: 2, batch_size: 2}, self-train: {max_steps: 2}}",
-    "pipeline.folds=1", "pipeline.self_training_rounds=1",
+    "pipeline.folds=1",
+    "pipeline.self_training_rounds=1",
     # two-step models are degenerate by construction: their pseudo-labels would (rightly) be
     # refused by the volume guard, which has its own tests (tests/unit/test_guards.py)
     "train.max_volume_factor=1000000",
-    "pipeline.cpus_per_task=1", "pipeline.mem_gb=2", "pipeline.timeout_min=10",  # 2 jobs side by side
+    "pipeline.cpus_per_task=1",
+    "pipeline.mem_gb=2",
+    "pipeline.timeout_min=10",  # 2 jobs side by side
 ]
 
 
@@ -152,8 +160,18 @@ def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
 
 def tiny_config(root: Path, data: tuple[Path, Path], name: str, *extra: str) -> ExperimentConfig:
     store, split = data
-    return load_config(DEMO, [f"run_root={root}", f"name={name}", f"data.store={store}", f"data.split={split}",
-                              "pipeline.executor=slurm", *TINY, *extra])
+    return load_config(
+        DEMO,
+        [
+            f"run_root={root}",
+            f"name={name}",
+            f"data.store={store}",
+            f"data.split={split}",
+            "pipeline.executor=slurm",
+            *TINY,
+            *extra,
+        ],
+    )
 
 
 def job_log_tail(folder: str, job_id: str, lines: int = 15) -> str:
@@ -180,8 +198,10 @@ def wait_for_pipeline(run_dir: Path, timeout_s: float) -> list[dict]:
             first = [r for r in bad if not r["state"].startswith("CANCELLED")] or bad
             j = jobs[first[0]["node"]]
             cancel(jobs.values())
-            pytest.fail(f"{[(r['node'], r['state']) for r in bad]}; log of {j['node']} ({j['job_id']}):\n"
-                        f"{job_log_tail(j['folder'], j['job_id'])}")
+            pytest.fail(
+                f"{[(r['node'], r['state']) for r in bad]}; log of {j['node']} ({j['job_id']}):\n"
+                f"{job_log_tail(j['folder'], j['job_id'])}"
+            )
         if time.time() > deadline:
             cancel(jobs.values())
             pytest.fail(f"pipeline not done after {timeout_s:.0f} s: {[(r['node'], r['state']) for r in rows]}")
@@ -192,14 +212,21 @@ def sacct_times(job_ids: list[str], timeout_s: float = 60) -> dict[str, tuple[fl
     """job id -> (start, end, state) of the allocations, waiting for slurmdbd to record the ends."""
     deadline = time.time() + timeout_s
     while True:
-        out = subprocess.run(["sacct", "-j", ",".join(job_ids), "-X", "-n", "-P", "-o", "JobID,Start,End,State"],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["sacct", "-j", ",".join(job_ids), "-X", "-n", "-P", "-o", "JobID,Start,End,State"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
         rows = {}
         for line in out.splitlines():
             job, start, end, state = line.strip().split("|")[:4]
             if job in job_ids and "Unknown" not in (start, end) and start and end:
-                rows[job] = (datetime.fromisoformat(start).timestamp(), datetime.fromisoformat(end).timestamp(),
-                             state.split()[0])
+                rows[job] = (
+                    datetime.fromisoformat(start).timestamp(),
+                    datetime.fromisoformat(end).timestamp(),
+                    state.split()[0],
+                )
         if len(rows) == len(job_ids) or time.time() > deadline:
             assert set(rows) == set(job_ids), f"sacct has no start/end for {sorted(set(job_ids) - set(rows))}"
             return rows
@@ -235,8 +262,13 @@ def test_tiny_whole_pipeline_runs_as_afterok_chained_slurm_jobs(tiny_data, tmp_p
     assert json.loads((round_1 / "DONE").read_text())["steps"] == 2  # the tiny overrides reached the job
 
     env = {**os.environ, "COLUMNS": "400"}
-    shown = subprocess.run([sys.executable, "-m", "hpc_modatts", "status", str(cfg.run_dir)],
-                           capture_output=True, text=True, env=env, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, "-m", "hpc_modatts", "status", str(cfg.run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     for name, job_id in jobs.items():
         line = next((ln for ln in shown.stdout.splitlines() if f" {name} " in ln), "")
@@ -248,9 +280,17 @@ def test_tiny_whole_pipeline_runs_as_afterok_chained_slurm_jobs(tiny_data, tmp_p
 
 # ----------------------------------------------------------------------------- (e) 2-rank node
 def test_cpu_segment_node_with_two_tasks_trains_zero2_on_two_ranks(tiny_data, tmp_path):
-    cfg = tiny_config(tmp_path, tiny_data, "ranks", "pipeline.variants=[source-supervised]",
-                      "pipeline.tasks_per_node=2", "pipeline.mem_gb=4",
-                      "distributed.zero_stage=2", "distributed.backend=gloo", "distributed.precision=fp32")
+    cfg = tiny_config(
+        tmp_path,
+        tiny_data,
+        "ranks",
+        "pipeline.variants=[source-supervised]",
+        "pipeline.tasks_per_node=2",
+        "pipeline.mem_gb=4",
+        "distributed.zero_stage=2",
+        "distributed.backend=gloo",
+        "distributed.precision=fp32",
+    )
     node = build_dag(cfg)["segment/source-supervised/fold_0"]
     assert node.resources.tasks_per_node == 2 and node.resources.gpus_per_node == 0
     record = run_pipeline(cfg, executor="slurm", cluster="local_test", dag=Dag([node]), wait=True)

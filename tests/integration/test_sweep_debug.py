@@ -20,11 +20,18 @@ pytestmark = pytest.mark.slow
 
 
 def test_tiny_sweep_debug_executor_shares_stage1_reruns_nothing_reports_and_advises(tmp_path, tiny_data):  # noqa: F811
-    cfg = tiny_config(tmp_path, tiny_data, "sw", "pipeline.executor=debug", "train.max_steps=1",  # 1-step stages
-                      "train.stage_overrides={translate: {max_steps: 1, batch_size: 2}, self-train: {max_steps: 1}}",
-                      "infer.overlap=0")
-    spec = SweepSpec(source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0],
-                     variants=["self-supervised"], val=0.15, test=0.25)
+    cfg = tiny_config(
+        tmp_path,
+        tiny_data,
+        "sw",
+        "pipeline.executor=debug",
+        "train.max_steps=1",  # 1-step stages
+        "train.stage_overrides={translate: {max_steps: 1, batch_size: 2}, self-train: {max_steps: 1}}",
+        "infer.overlap=0",
+    )
+    spec = SweepSpec(
+        source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0], variants=["self-supervised"], val=0.15, test=0.25
+    )
     sweep_dir = run_sweep(cfg, spec)
     rec = json.loads((sweep_dir / "pipeline.json").read_text())
     jobs = [j["node"] for j in rec["jobs"]]
@@ -38,7 +45,9 @@ def test_tiny_sweep_debug_executor_shares_stage1_reruns_nothing_reports_and_advi
 
     rep = json.loads((report(sweep_dir) / "report.json").read_text())
     assert [(r["variant"], r["target_fraction"], r["cases"]) for r in rep["rows"]] == [
-        ("self-supervised", 0.0, 2), ("self-supervised", 0.5, 2)]
+        ("self-supervised", 0.0, 2),
+        ("self-supervised", 0.5, 2),
+    ]
     assert rep["figures"] == [str(sweep_dir / "report" / "dice_vs_target_fraction.png")] and not rep["missing"]
 
     point = sweep_dir / "points" / "src1_tgt0_seed0"

@@ -19,10 +19,17 @@ pytestmark = pytest.mark.slurm
 
 
 def test_tiny_sweep_is_one_afterok_dag_on_slurm_and_reruns_submit_nothing(tiny_data, tmp_path):  # noqa: F811
-    cfg = tiny_config(tmp_path, tiny_data, "swslurm", "pipeline.self_training_rounds=0", "train.max_steps=1",
-                      "train.stage_overrides={translate: {max_steps: 1, batch_size: 2}}")  # 1-step stages
-    spec = SweepSpec(source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0], variants=["self-supervised"],
-                     val=0.15, test=0.25)
+    cfg = tiny_config(
+        tmp_path,
+        tiny_data,
+        "swslurm",
+        "pipeline.self_training_rounds=0",
+        "train.max_steps=1",
+        "train.stage_overrides={translate: {max_steps: 1, batch_size: 2}}",
+    )  # 1-step stages
+    spec = SweepSpec(
+        source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0], variants=["self-supervised"], val=0.15, test=0.25
+    )
     t0 = time.time()
     sweep_dir = run_sweep(cfg, spec, executor="slurm", cluster="local_test")
     assert time.time() - t0 < 60  # submits only
@@ -47,7 +54,12 @@ def test_tiny_sweep_is_one_afterok_dag_on_slurm_and_reruns_submit_nothing(tiny_d
     run_sweep(cfg, spec, executor="slurm", cluster="local_test")  # all DONE: nothing submitted
     assert len(json.loads(record.read_text())["jobs"]) == 8
     env = {**os.environ, "COLUMNS": "300"}
-    shown = subprocess.run([sys.executable, "-m", "hpc_modatts", "status", str(sweep_dir)],
-                           capture_output=True, text=True, env=env, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, "-m", "hpc_modatts", "status", str(sweep_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "8 jobs, 8 done, 0 running, 0 queued, 0 failed, 0 waiting" in shown.stdout, shown.stdout

@@ -33,8 +33,16 @@ def _launch(tmp: Path, ranks: int, *args: str) -> dict:
         cmd = [sys.executable, str(WORKER), str(out), *args]
     else:
         torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-        cmd = [torchrun, "--nproc_per_node", str(ranks), "--master_port", str(free_port()),
-               str(WORKER), str(out), *args]
+        cmd = [
+            torchrun,
+            "--nproc_per_node",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+            str(WORKER),
+            str(out),
+            *args,
+        ]
     res = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
     return json.loads(out.read_text())

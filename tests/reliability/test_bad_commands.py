@@ -38,8 +38,14 @@ def test_experiment_name_must_be_one_safe_folder_name(name):
         config_from_dict({"name": name})
 
 
-@pytest.mark.parametrize("preset", [{"partition": "gpu\ntouch /tmp/pwned"}, {"setup": ["module load x\nrm -rf ~"]},
-                                    {"additional": {"comment": "ok\n#SBATCH --wrap=evil"}}])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        {"partition": "gpu\ntouch /tmp/pwned"},
+        {"setup": ["module load x\nrm -rf ~"]},
+        {"additional": {"comment": "ok\n#SBATCH --wrap=evil"}},
+    ],
+)
 def test_no_newline_reaches_the_sbatch_script(tmp_path, preset):
     cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path)})
     node = Node("translate", "hpc_modatts.train.translate:run", {}, tmp_path / "translate")
@@ -62,9 +68,16 @@ def test_nan_learning_rate_fails_before_any_run_folder(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- cause 13: status
-@pytest.mark.parametrize("record", ['[]', '{"nodes": 5}', '{"nodes": [{"name": 1, "run_dir": "x"}]}',
-                                    '{"nodes": [{"name": "a", "run_dir": "x"}], "jobs": [{"node": "a"}]}',
-                                    '{"nodes": [], "jobs": 7}'])
+@pytest.mark.parametrize(
+    "record",
+    [
+        "[]",
+        '{"nodes": 5}',
+        '{"nodes": [{"name": 1, "run_dir": "x"}]}',
+        '{"nodes": [{"name": "a", "run_dir": "x"}], "jobs": [{"node": "a"}]}',
+        '{"nodes": [], "jobs": 7}',
+    ],
+)
 def test_status_of_a_malformed_pipeline_json_is_one_line(tmp_path, capsys, record):
     (tmp_path / "pipeline.json").write_text(record)
     assert str(tmp_path / "pipeline.json") in one_error_line(capsys, ["status", str(tmp_path)])
@@ -75,8 +88,10 @@ def test_split_output_naming_a_folder_is_one_line_and_leaves_no_temp(tmp_path, c
     _, store = make_phantom_store(tmp_path, cases=4)
     folder = tmp_path / "splits"
     folder.mkdir()
-    line = one_error_line(capsys, ["split", str(store), "--source", "t1", "--target", "t2", "--val", "0.25",
-                                   "--test", "0.25", "-o", str(folder)])
+    line = one_error_line(
+        capsys,
+        ["split", str(store), "--source", "t1", "--target", "t2", "--val", "0.25", "--test", "0.25", "-o", str(folder)],
+    )
     assert str(folder) in line and "folder" in line
     assert list(folder.iterdir()) == [] and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -106,8 +121,10 @@ def test_evaluate_checks_every_case_before_writing(tmp_path, capsys, bad):
         assert nib.load(f).shape == (24, 24, 24)  # the header still reads
     else:
         save_mask(f, np.stack([noisy, noisy], axis=-1))
-    line = one_error_line(capsys, ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
-                                   "-o", str(tmp_path / "out")])
+    line = one_error_line(
+        capsys,
+        ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "-o", str(tmp_path / "out")],
+    )
     assert str(f) in line
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("*")) == []
 
@@ -144,8 +161,14 @@ def test_predict_error_leaves_no_empty_output_folder(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     cfg = config_from_dict({"data": {"patch_size": [16, 16, 16]}})
-    torch.save({"models": {"gen": build_segmenter("tiny").state_dict()}, "config": config_to_dict(cfg),
-                "factories": {"gen": ("hpc_modatts.models:build_segmenter", {"size": "tiny"})}}, run / "best_model.pt")
+    torch.save(
+        {
+            "models": {"gen": build_segmenter("tiny").state_dict()},
+            "config": config_to_dict(cfg),
+            "factories": {"gen": ("hpc_modatts.models:build_segmenter", {"size": "tiny"})},
+        },
+        run / "best_model.pt",
+    )
     mark_done(run)
     with pytest.raises(DataError, match="does not exist"):
         predict([run], tmp_path / "no-such-input", tmp_path / "preds")

@@ -43,9 +43,14 @@ class Exploit:
 
 
 def make_cfg(run: Path):
-    return config_from_dict({"name": run.name, "run_root": str(run.parent), "optim": {"lr": 1e-2},
-                             "train": {"epochs": 2, "batch_size": 2, "val_every": 2, "checkpoint_every": 1,
-                                       "log_every": 1, "seed": 3}})
+    return config_from_dict(
+        {
+            "name": run.name,
+            "run_root": str(run.parent),
+            "optim": {"lr": 1e-2},
+            "train": {"epochs": 2, "batch_size": 2, "val_every": 2, "checkpoint_every": 1, "log_every": 1, "seed": 3},
+        }
+    )
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -98,17 +103,21 @@ def add_exploit(path: Path, marker: Path) -> None:
 MODEL_STATES = Path("gen") / "mp_rank_00_model_states.pt"
 DAMAGE = {  # name: (damage(run, marker), tag resumed from)
     "model states truncated": (lambda r, m: truncate(ckpt(r, STEP3) / MODEL_STATES), STEP2),
-    "model states zeroed": (lambda r, m: (ckpt(r, STEP3) / MODEL_STATES).write_bytes(
-        bytes((ckpt(r, STEP3) / MODEL_STATES).stat().st_size)), STEP2),
+    "model states zeroed": (
+        lambda r, m: (ckpt(r, STEP3) / MODEL_STATES).write_bytes(bytes((ckpt(r, STEP3) / MODEL_STATES).stat().st_size)),
+        STEP2,
+    ),
     "model states garbage": (lambda r, m: (ckpt(r, STEP3) / MODEL_STATES).write_bytes(os.urandom(5000)), STEP2),
     "rng file truncated": (lambda r, m: truncate(ckpt(r, STEP3) / "rng_rank0.pt"), STEP2),
-    "trainer.json not JSON": (lambda r, m: (ckpt(r, STEP3) / "trainer.json").write_text("{\"step\": 3,"), STEP2),
+    "trainer.json not JSON": (lambda r, m: (ckpt(r, STEP3) / "trainer.json").write_text('{"step": 3,'), STEP2),
     "trainer.json missing": (lambda r, m: (ckpt(r, STEP3) / "trainer.json").unlink(), STEP2),
     "latest names a missing step": (lambda r, m: (r / "checkpoints" / "latest").write_text("step_00000009\n"), STEP3),
     "code pickled in the rng file": (lambda r, m: torch.save(Exploit(m), ckpt(r, STEP3) / "rng_rank0.pt"), STEP2),
     "code pickled in DeepSpeed's model states": (lambda r, m: add_exploit(ckpt(r, STEP3) / MODEL_STATES, m), STEP2),
-    "half-written last metrics line": (lambda r, m: open(r / "metrics.jsonl", "a").write('{"step": 4, "train/di'),
-                                       STEP3),
+    "half-written last metrics line": (
+        lambda r, m: open(r / "metrics.jsonl", "a").write('{"step": 4, "train/di'),
+        STEP3,
+    ),
 }
 
 
@@ -147,5 +156,6 @@ def test_resume_without_the_rng_file_warns_that_it_is_not_exact(killed, caplog):
     with caplog.at_level(logging.WARNING):
         trainer = resume(killed)
     assert trainer.step == 8 and train_steps(killed) == list(range(1, 9))
-    assert any("rng_rank0.pt is missing" in r.getMessage() and "NOT bit-exact" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "rng_rank0.pt is missing" in r.getMessage() and "NOT bit-exact" in r.getMessage() for r in caplog.records
+    )

@@ -33,8 +33,17 @@ class Exploit:
 
 def best_model(run: Path, models, factories=None) -> Path:
     run.mkdir(parents=True, exist_ok=True)
-    torch.save({"models": models, "factories": factories or {}, "config": config_to_dict(ExperimentConfig()),
-                "step": 1, "dice": 0.5, "task": "segment"}, run / "best_model.pt")
+    torch.save(
+        {
+            "models": models,
+            "factories": factories or {},
+            "config": config_to_dict(ExperimentConfig()),
+            "step": 1,
+            "dice": 0.5,
+            "task": "segment",
+        },
+        run / "best_model.pt",
+    )
     mark_done(run)
     return run
 
@@ -49,8 +58,9 @@ def test_factory_outside_the_allow_list_is_refused(tmp_path):
 
 def test_best_model_with_pickled_code_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
-    run = best_model(tmp_path / "run", {"gen": Exploit(marker)},
-                     {"gen": ("hpc_modatts.models:build_segmenter", {"size": "tiny"})})
+    run = best_model(
+        tmp_path / "run", {"gen": Exploit(marker)}, {"gen": ("hpc_modatts.models:build_segmenter", {"size": "tiny"})}
+    )
     with pytest.raises(DataError, match="best_model.pt: not a loadable weights file"):
         load_best_model(run, "gen")
     assert not marker.exists()
@@ -70,8 +80,11 @@ def test_translator_checkpoint_with_pickled_code_is_refused(tmp_path):
     from hpc_modatts.train.synthesize import load_translator  # what synthesis and evaluate load
 
     marker = tmp_path / "code-ran"
-    run = best_model(tmp_path / "translate", {"gen": Exploit(marker)},
-                     {"gen": ("hpc_modatts.train.translate:build_cycle_translators", {"size": "tiny"})})
+    run = best_model(
+        tmp_path / "translate",
+        {"gen": Exploit(marker)},
+        {"gen": ("hpc_modatts.train.translate:build_cycle_translators", {"size": "tiny"})},
+    )
     with pytest.raises(DataError, match="best_model.pt: not a loadable weights file"):
         load_translator(run)
     assert not marker.exists()
@@ -81,9 +94,16 @@ def test_status_never_unpickles_submitit_results(tmp_path):
     marker = tmp_path / "code-ran"
     (tmp_path / "submitit").mkdir()
     (tmp_path / "submitit" / "4242_0_result.pkl").write_bytes(pickle.dumps(Exploit(marker)))
-    (tmp_path / "pipeline.json").write_text(json.dumps({
-        "nodes": [{"name": "translate", "run_dir": str(tmp_path / "translate")}],
-        "jobs": [{"node": "translate", "job_id": "4242", "executor": "local", "folder": str(tmp_path / "submitit")}]}))
+    (tmp_path / "pipeline.json").write_text(
+        json.dumps(
+            {
+                "nodes": [{"name": "translate", "run_dir": str(tmp_path / "translate")}],
+                "jobs": [
+                    {"node": "translate", "job_id": "4242", "executor": "local", "folder": str(tmp_path / "submitit")}
+                ],
+            }
+        )
+    )
     rows = pipeline_status(tmp_path)
     assert [r["state"] for r in rows] == ["FAILED"]  # ended (result file exists) without its DONE marker
     assert not marker.exists()

@@ -75,8 +75,8 @@ def test_start_up_cleanup_removes_only_temp_folders_of_dead_writers(tmp_path):
     cases = store / "cases"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    live = cases / f".tmp-{CASE}~{HOST}~{os.getpid()}~aaaaaa"      # a writer still at work
-    dead = cases / f".tmp-{CASE}~{HOST}~{gone.pid}~bbbbbb"         # a killed writer's leftover
+    live = cases / f".tmp-{CASE}~{HOST}~{os.getpid()}~aaaaaa"  # a writer still at work
+    dead = cases / f".tmp-{CASE}~{HOST}~{gone.pid}~bbbbbb"  # a killed writer's leftover
     for d in (live, dead):
         shutil.copytree(cases / CASE, d)
     Store.create(store)  # what a second writer does at start-up
@@ -165,10 +165,15 @@ def forged_nifti(path, shape, nifti2: bool = False) -> None:
         fh.write(hdr.binaryblock + b"\0" * 4)
 
 
-@pytest.mark.parametrize("shape,nifti2,suffix", [((2048, 1024, 1024), False, ".nii.gz"),
-                                                 ((2048, 1024, 1024), False, ".nii"),
-                                                 ((100000, 100000, 100000), True, ".nii.gz")],
-                         ids=["2GiB-claimed-by-a-tiny-file", "2GiB-claimed-by-a-tiny-plain-nii", "nifti2-100000-cubed"])
+@pytest.mark.parametrize(
+    "shape,nifti2,suffix",
+    [
+        ((2048, 1024, 1024), False, ".nii.gz"),
+        ((2048, 1024, 1024), False, ".nii"),
+        ((100000, 100000, 100000), True, ".nii.gz"),
+    ],
+    ids=["2GiB-claimed-by-a-tiny-file", "2GiB-claimed-by-a-tiny-plain-nii", "nifti2-100000-cubed"],
+)
 def test_forged_header_is_refused_before_allocating(tmp_path, capsys, shape, nifti2, suffix):
     src = make_phantom_nifti(tmp_path, cases=2)
     (src / CASE / f"{CASE}_t1.nii.gz").unlink()

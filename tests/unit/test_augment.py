@@ -12,7 +12,7 @@ def _blob(shape, seed=0):
     rng = np.random.default_rng(seed)
     grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     centre = rng.uniform(-0.3, 0.3, len(shape))
-    r2 = sum((g - c) ** 2 for g, c in zip(grids, centre)) / 0.5 ** 2
+    r2 = sum((g - c) ** 2 for g, c in zip(grids, centre)) / 0.5**2
     img = np.where(r2 < 1, 1 - 1.6 * r2, -1).astype(np.float32).clip(-1, 1)
     mask = (img > 0.3).astype(np.float32)
     return {"image": torch.from_numpy(img)[None], "mask": torch.from_numpy(mask)[None]}
@@ -34,8 +34,9 @@ def test_deterministic_per_seed(make, shape):
     a = apply(seed_chain(make(), (3, 1, 7)), _blob(shape))
     b = apply(seed_chain(make(), (3, 1, 7)), _blob(shape))
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
-    differs = [not torch.equal(a["image"], apply(seed_chain(make(), (3, 1, k)), _blob(shape))["image"])
-               for k in range(8, 12)]
+    differs = [
+        not torch.equal(a["image"], apply(seed_chain(make(), (3, 1, k)), _blob(shape))["image"]) for k in range(8, 12)
+    ]
     assert any(differs)
 
 

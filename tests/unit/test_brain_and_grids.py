@@ -60,8 +60,9 @@ def test_brain_mask_files_and_manifest_column(tmp_path):
         save(d / f"{m}.nii.gz", case[m], case["affine"])
     save(d / "seg.nii.gz", case["seg"], case["affine"])
     save(d / "brain.nii.gz", brain, case["affine"])
-    (d / "manifest.csv").write_text("case,modality,image,mask,brain\n"
-                                    "p0,t1,t1.nii.gz,seg.nii.gz,brain.nii.gz\np0,t2,t2.nii.gz,,\n")
+    (d / "manifest.csv").write_text(
+        "case,modality,image,mask,brain\np0,t1,t1.nii.gz,seg.nii.gz,brain.nii.gz\np0,t2,t2.nii.gz,,\n"
+    )
     st = Store.open(convert(d / "manifest.csv", tmp_path / "m.zarr", progress=False))
     expected = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(brain, case["affine"])).dataobj)
     assert np.array_equal(st.read_brain("p0"), expected) and st.attrs("p0")["brain_from"] == "file"
@@ -93,14 +94,17 @@ def _off_grid(img_case, name, scale=1.5, shift=(5.0, -3.0, 2.0), order=1):
 
 def test_unregistered_modalities_need_resample_to(tmp_path, capsys):
     case = phantom(tmp_path, 1)[0]
-    _write_case(tmp_path / "ref", "c0", case)                                 # the registered twin
+    _write_case(tmp_path / "ref", "c0", case)  # the registered twin
     twin = Store.open(convert(tmp_path / "ref", tmp_path / "twin.zarr", progress=False))
     src = tmp_path / "src"
     _write_case(src, "c0", case)
     t2, t2_affine = _off_grid(case, "t2")
     off = save(src / "c0" / "c0_t2.nii.gz", t2, t2_affine)
-    with pytest.raises(DataError, match=rf"{off}: t2 image is not on the grid of c0_flair.nii.gz .*"
-                                        r"add --resample-to flair") as e:
+    with pytest.raises(
+        DataError,
+        match=rf"{off}: t2 image is not on the grid of c0_flair.nii.gz .*"
+        r"add --resample-to flair",
+    ) as e:
         convert(src, tmp_path / "no.zarr", progress=False)
     assert "\n" not in str(e.value) and not (tmp_path / "no.zarr").exists()
     rc = main(["convert", str(src), str(tmp_path / "no.zarr"), "--no-progress"])
@@ -119,12 +123,13 @@ def test_unregistered_modalities_need_resample_to(tmp_path, capsys):
     got, want = st.read_image("c0", "t2"), twin.read_image("c0", "t2")
     corr = np.corrcoef(got[brain], want[brain])[0, 1]
     # the best a linear resampler can do: the same round trip (4 mm -> 6 mm -> 4 mm) by nibabel alone
-    back = resample_from_to(nib.Nifti1Image(t2.astype(np.float32), t2_affine), (case["t2"].shape, case["affine"]),
-                            order=1)
+    back = resample_from_to(
+        nib.Nifti1Image(t2.astype(np.float32), t2_affine), (case["t2"].shape, case["affine"]), order=1
+    )
     raw = case["t2"].astype(np.float32)
     best = np.corrcoef(np.asarray(back.dataobj)[raw > 0], raw[raw > 0])[0, 1]
     assert corr > best - 0.01, (corr, best)
-    for ax in range(3):      # and aligned: one voxel off in any direction matches worse
+    for ax in range(3):  # and aligned: one voxel off in any direction matches worse
         for step in (-1, 1):
             assert corr > np.corrcoef(got[brain], np.roll(want, step, axis=ax)[brain])[0, 1] + 0.05
     assert np.array_equal(st.read_image("c0", "t1"), twin.read_image("c0", "t1"))  # the reference is untouched

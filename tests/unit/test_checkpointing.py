@@ -41,12 +41,14 @@ def test_identical_gradients_with_and_without_policy(policy):
 
 def _genseg_objective(x, w):
     """Residual and segmentation paths both run forward before one backward (as a training step does)."""
+
     def loss(m):
         c, u, skips = m.encode(x)
         residual = m.decode_residual(c, u, skips)
         logits = m.decode_segmentation(c, u, skips)
         common = m.decode_common(c, skips)
         return (residual * w).sum() + (logits * w).sum() + (common * w).sum()
+
     return loss
 
 
@@ -100,6 +102,7 @@ def _peak(model, x):
 
     def step():
         model(x).square().mean().backward()
+
     return measure_peak_memory(step)
 
 

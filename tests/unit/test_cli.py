@@ -8,8 +8,22 @@ from hpc_modatts.cli import build_parser, main
 def test_all_commands_registered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    for cmd in ("phantom", "convert", "verify", "split", "train", "synthesize", "predict", "evaluate",
-                "pipeline", "status", "sweep", "report", "advise", "demo"):
+    for cmd in (
+        "phantom",
+        "convert",
+        "verify",
+        "split",
+        "train",
+        "synthesize",
+        "predict",
+        "evaluate",
+        "pipeline",
+        "status",
+        "sweep",
+        "report",
+        "advise",
+        "demo",
+    ):
         assert cmd in sub.choices, cmd
 
 

@@ -32,9 +32,14 @@ def test_yaml_and_overrides(tmp_path):
 
 
 def test_stage_override_keys_can_be_overridden_on_the_command_line():
-    cfg = load_config("demo_cpu", ["train.stage_overrides.translate.max_steps=40",
-                                   "train.stage_overrides.translate.optim.disc_lr=0.01",
-                                   "train.stage_overrides.segment.val_every=5"])
+    cfg = load_config(
+        "demo_cpu",
+        [
+            "train.stage_overrides.translate.max_steps=40",
+            "train.stage_overrides.translate.optim.disc_lr=0.01",
+            "train.stage_overrides.segment.val_every=5",
+        ],
+    )
     block = cfg.train.stage_overrides
     assert block["translate"]["max_steps"] == 40 and block["translate"]["optim"]["disc_lr"] == 0.01
     assert block["translate"]["batch_size"] == 8  # the rest of the shipped block is kept
@@ -49,10 +54,18 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
     from hpc_modatts.pipeline.dag import Node, node_config
 
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"train": {
-        "batch_size": 2, "max_steps": 10,
-        "stage_overrides": {"segment": {"batch_size": 4, "max_steps": 20}, "translate": {"batch_size": 8}},
-        "variant_overrides": {"self-supervised-2d": {"batch_size": 16, "optim": {"lr": 3e-4}}}}}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "train": {
+                    "batch_size": 2,
+                    "max_steps": 10,
+                    "stage_overrides": {"segment": {"batch_size": 4, "max_steps": 20}, "translate": {"batch_size": 8}},
+                    "variant_overrides": {"self-supervised-2d": {"batch_size": 16, "optim": {"lr": 3e-4}}},
+                }
+            }
+        )
+    )
     cfg = load_config(p)
     two_d = stage_config(cfg, "segment", "self-supervised-2d")
     assert (two_d.train.batch_size, two_d.train.max_steps, two_d.optim.lr) == (16, 20, 3e-4)  # variant > stage
@@ -66,8 +79,12 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
     args = Namespace(config=str(p), overrides=["train.variant=self-supervised-2d", "train.batch_size=32"])
     assert stage_cfg(args, "segment").train.batch_size == 32
     # a pipeline node of the variant gets it too
-    node = Node("segment/self-supervised-2d/fold_0", "x:y", run_dir=tmp_path,
-                overrides={"train.stage": "segment", "train.variant": "self-supervised-2d"})
+    node = Node(
+        "segment/self-supervised-2d/fold_0",
+        "x:y",
+        run_dir=tmp_path,
+        overrides={"train.stage": "segment", "train.variant": "self-supervised-2d"},
+    )
     assert node_config(cfg, node).train.batch_size == 16
 
 

@@ -79,16 +79,19 @@ def test_command_line_overrides_win_over_stage_overrides():
     assert cfg.train.epochs == 3 and cfg.train.batch_size == 15
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.epoch=3", "train.epoch"),
-    ("train.variant=fully-supervised", "train.variant"),
-    ("data.patch_size=[1,2]", "data.patch_size"),
-    ("train.stage_overrides={translate: {epoch: 3}}", "train.stage_overrides.translate.epoch"),
-    ("train.stage_overrides={translat: {epochs: 3}}", "train.stage_overrides"),
-    ("train.round=-1", "train.round"),
-    ("train.stage_overrides={translate: {model: {disc_channel: [8]}}}", "train.stage_overrides.translate.model"),
-    ("train.stage_overrides={translate: {optim: 3}}", "train.stage_overrides.translate.optim"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epoch=3", "train.epoch"),
+        ("train.variant=fully-supervised", "train.variant"),
+        ("data.patch_size=[1,2]", "data.patch_size"),
+        ("train.stage_overrides={translate: {epoch: 3}}", "train.stage_overrides.translate.epoch"),
+        ("train.stage_overrides={translat: {epochs: 3}}", "train.stage_overrides"),
+        ("train.round=-1", "train.round"),
+        ("train.stage_overrides={translate: {model: {disc_channel: [8]}}}", "train.stage_overrides.translate.model"),
+        ("train.stage_overrides={translate: {optim: 3}}", "train.stage_overrides.translate.optim"),
+    ],
+)
 def test_wrong_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
         load_config(CONFIGS / "demo_cpu.yaml", [override])

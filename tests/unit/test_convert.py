@@ -82,8 +82,9 @@ def _lps_case(tmp_path, spacing=(1.2, 0.9, 2.5)):
 @pytest.mark.parametrize("spacing,crop,exact", [(None, (56, 64, 28), True), ((1.0, 1.0, 1.0), "brain", False)])
 def test_original_geometry_round_trip(tmp_path, spacing, crop, exact):
     d, seg, affine = _lps_case(tmp_path)
-    store = convert(d / "manifest.csv", tmp_path / "s.zarr", layout="manifest", spacing=spacing, crop=crop,
-                    progress=False)
+    store = convert(
+        d / "manifest.csv", tmp_path / "s.zarr", layout="manifest", spacing=spacing, crop=crop, progress=False
+    )
     st = Store.open(store)
     a = st.attrs("lps1")
     assert a["original_orientation"] == "LPS"
@@ -113,12 +114,17 @@ def test_crossmoda_layout(tmp_path):
     lab[5:9, 6:10, 4:7] = 1
     lab[15:17, 10:12, 5:6] = 2  # cochlea: not tumour
     aff = np.diag([0.5, 0.5, 1.5, 1])
-    for name, arr in (("crossmoda2022_etz_1_ceT1", vol), ("crossmoda2022_etz_1_Label", lab),
-                      ("crossmoda2022_ldn_7_hrT2", vol * 0.5)):
+    for name, arr in (
+        ("crossmoda2022_etz_1_ceT1", vol),
+        ("crossmoda2022_etz_1_Label", lab),
+        ("crossmoda2022_ldn_7_hrT2", vol * 0.5),
+    ):
         nib.save(nib.Nifti1Image(arr, aff), d / f"{name}.nii.gz")
     specs = find_cases(d, "crossmoda")
     assert [(s.case_id, sorted(s.images), s.mask is not None) for s in specs] == [
-        ("crossmoda2022_etz_1", ["ceT1"], True), ("crossmoda2022_ldn_7", ["hrT2"], False)]
+        ("crossmoda2022_etz_1", ["ceT1"], True),
+        ("crossmoda2022_ldn_7", ["hrT2"], False),
+    ]
     st = Store.open(convert(d, tmp_path / "cm.zarr", layout="crossmoda", crop=(20, 20, 10), workers=2, progress=False))
     assert st.modalities("crossmoda2022_ldn_7") == ["hrT2"] and st.mask("crossmoda2022_ldn_7") is None
     assert st.read_mask("crossmoda2022_etz_1").sum() == 4 * 4 * 3
@@ -127,11 +133,33 @@ def test_crossmoda_layout(tmp_path):
 
 def test_manifest_weak_labels_json_and_cli(tmp_path):
     nifti_dir, _ = make_phantom_store(tmp_path, cases=2)
-    rows = [{"case": "p0", "modality": m, "image": str(nifti_dir / "phantom_000" / f"phantom_000_{m}.nii.gz"),
-             "weak_left": "P", "weak_right": "A"} for m in ("t1", "t2")]
+    rows = [
+        {
+            "case": "p0",
+            "modality": m,
+            "image": str(nifti_dir / "phantom_000" / f"phantom_000_{m}.nii.gz"),
+            "weak_left": "P",
+            "weak_right": "A",
+        }
+        for m in ("t1", "t2")
+    ]
     (tmp_path / "m.json").write_text(json.dumps(rows))
-    rc = main(["convert", str(tmp_path / "m.json"), str(tmp_path / "m.zarr"), "--layout", "manifest",
-               "--spacing", "8", "8", "8", "--dtype", "float16", "--no-progress"])
+    rc = main(
+        [
+            "convert",
+            str(tmp_path / "m.json"),
+            str(tmp_path / "m.zarr"),
+            "--layout",
+            "manifest",
+            "--spacing",
+            "8",
+            "8",
+            "8",
+            "--dtype",
+            "float16",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     st = Store.open(tmp_path / "m.zarr")
     assert st.case_ids == ["p0"] and st.modalities("p0") == ["t1", "t2"]
@@ -147,8 +175,9 @@ def test_distributed_scheduler_and_one_bad_case(tmp_path):
 
     src = make_phantom_nifti(tmp_path, cases=3)
     (src / "phantom_002" / "phantom_002_t1.nii.gz").write_bytes(b"broken")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
         with pytest.raises(DataError) as info:
             convert(src, tmp_path / "d.zarr", scheduler=cluster.scheduler_address, progress=False)
     assert "phantom_002_t1.nii.gz" in str(info.value) and "\n" not in str(info.value)
@@ -169,9 +198,30 @@ def test_split_cli_wraps_make_split(tmp_path):
 
     _, store = make_phantom_store(tmp_path, cases=4)
     out = tmp_path / "split.json"
-    rc = main(["split", str(store), "--source", "t1", "--target", "t2", "--source-labeled", "1.0",
-               "--target-labeled", "0.0", "--val", "0.25", "--test", "0.25", "--folds", "1", "--seed", "0",
-               "-o", str(out)])
+    rc = main(
+        [
+            "split",
+            str(store),
+            "--source",
+            "t1",
+            "--target",
+            "t2",
+            "--source-labeled",
+            "1.0",
+            "--target-labeled",
+            "0.0",
+            "--val",
+            "0.25",
+            "--test",
+            "0.25",
+            "--folds",
+            "1",
+            "--seed",
+            "0",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     split = Split.load(out)
     assert split.source == "t1" and split.target == "t2"

@@ -21,10 +21,19 @@ def test_preset_becomes_the_worker_job_script(tmp_path):
     opts = slurm_cluster_options(load_preset("example_a100"), tmp_path / "logs")
     with SLURMCluster(**opts) as cluster:
         script = cluster.job_script()
-    for line in ("#SBATCH -p gpu", "#SBATCH -A my-project", "#SBATCH --qos=normal", "#SBATCH --constraint=a100",
-                 "#SBATCH --mail-type=FAIL", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=200G", "#SBATCH -t 24:00:00",
-                 "module load cuda/12.4", f"{sys.executable} -m distributed.cli.dask_worker",
-                 f"-e {tmp_path / 'logs'}/"):
+    for line in (
+        "#SBATCH -p gpu",
+        "#SBATCH -A my-project",
+        "#SBATCH --qos=normal",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --mail-type=FAIL",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=200G",
+        "#SBATCH -t 24:00:00",
+        "module load cuda/12.4",
+        f"{sys.executable} -m distributed.cli.dask_worker",
+        f"-e {tmp_path / 'logs'}/",
+    ):
         assert line in script, line
     assert "gpu" not in script.replace("-p gpu", "")  # conversion is CPU work: no GPU requested
 

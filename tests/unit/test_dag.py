@@ -20,9 +20,14 @@ from hpc_modatts.runs import is_done, mark_done
 
 
 def make_cfg(tmp_path: Path, **pipeline) -> ExperimentConfig:
-    return config_from_dict({"name": "exp", "run_root": str(tmp_path / "runs"),
-                             "data": {"store": str(tmp_path / "store.zarr"), "split": str(tmp_path / "split.json")},
-                             "pipeline": pipeline})
+    return config_from_dict(
+        {
+            "name": "exp",
+            "run_root": str(tmp_path / "runs"),
+            "data": {"store": str(tmp_path / "store.zarr"), "split": str(tmp_path / "split.json")},
+            "pipeline": pipeline,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- light stages
@@ -73,8 +78,10 @@ def test_fan_out_per_variant_fold_round_in_topological_order(tmp_path):
         assert dag[f"segment/self-supervised/fold_{k}"].deps == ("synthesize",)
         assert dag[f"segment/target-supervised/fold_{k}"].deps == ()  # bounds skip translation
     assert "segment/target-supervised/fold_0/round_1" not in dag.nodes  # bounds are not self-trained
-    assert dag["predict/self-supervised"].deps == ("segment/self-supervised/fold_0/round_2",
-                                                   "segment/self-supervised/fold_1/round_2")
+    assert dag["predict/self-supervised"].deps == (
+        "segment/self-supervised/fold_0/round_2",
+        "segment/self-supervised/fold_1/round_2",
+    )
     assert "evaluate/target-supervised" in dag["evaluate/self-supervised"].deps
     assert dag["synthesize"].marker == SYNTH_MARKER and dag["synthesize"].deps == ("translate",)
 
@@ -82,8 +89,12 @@ def test_fan_out_per_variant_fold_round_in_topological_order(tmp_path):
 def test_convert_node_when_store_missing_and_training_resources(tmp_path):
     cfg = make_cfg(tmp_path, source_dir=str(tmp_path), variants=["source-supervised"], gpus_per_node=4)
     dag = build_dag(cfg)
-    assert [n.name for n in dag.topological()] == ["convert", "segment/source-supervised/fold_0",
-                                                   "predict/source-supervised", "evaluate/source-supervised"]
+    assert [n.name for n in dag.topological()] == [
+        "convert",
+        "segment/source-supervised/fold_0",
+        "predict/source-supervised",
+        "evaluate/source-supervised",
+    ]
     seg = dag["segment/source-supervised/fold_0"]
     assert seg.deps == ("convert",)
     assert (seg.resources.tasks_per_node, seg.resources.gpus_per_node) == (4, 4)
@@ -106,8 +117,9 @@ def test_done_nodes_are_skipped_and_dependents_released(tmp_path):
 def test_node_config_applies_overrides(tmp_path):
     from hpc_modatts.config import apply_overrides
 
-    cfg = apply_overrides(make_cfg(tmp_path, self_training_rounds=1),
-                          ["train.stage_overrides={self-train: {max_steps: 4}}"])
+    cfg = apply_overrides(
+        make_cfg(tmp_path, self_training_rounds=1), ["train.stage_overrides={self-train: {max_steps: 4}}"]
+    )
     node = build_dag(cfg)["segment/self-supervised/fold_0/round_1"]
     ncfg = node_config(cfg, node)
     assert ncfg.train.stage == "self-train" and ncfg.train.init_from.endswith("fold_0")
@@ -154,8 +166,10 @@ def test_local_executor_shares_the_cores_among_the_jobs_alive(tmp_path):
     cfg = make_cfg(tmp_path, timeout_min=2)  # distributed.threads_per_rank=0: the executor decides
     root = tmp_path / "runs" / "exp"
     fn = "tests.unit.test_dag:threads_stage"
-    nodes = [Node(n, fn, {"train.pseudo_labels": str(root / n)}, root / n, deps)
-             for n, deps in (("a", ()), ("b", ()), ("after", ("a", "b")))]
+    nodes = [
+        Node(n, fn, {"train.pseudo_labels": str(root / n)}, root / n, deps)
+        for n, deps in (("a", ()), ("b", ()), ("after", ("a", "b")))
+    ]
     run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False)
     cores = len(os.sched_getaffinity(0))
     got = {n: int((root / n / "threads").read_text()) for n in ("a", "b", "after")}
@@ -172,18 +186,29 @@ def test_local_failure_fails_its_descendants_only_like_afterok(tmp_path):
     """A failed stage never runs its children; an independent branch still runs to the end."""
     cfg = make_cfg(tmp_path, timeout_min=2)
     root = tmp_path / "runs" / "exp"
-    nodes = [Node("boom", "tests.unit.test_dag:failing_stage", {}, root / "boom"),
-             Node("child", "tests.unit.test_dag:record_stage", {"train.pseudo_labels": str(root / "child")},
-                  root / "child", ("boom",)),
-             Node("grandchild", "tests.unit.test_dag:record_stage",
-                  {"train.pseudo_labels": str(root / "grandchild")}, root / "grandchild", ("child",)),
-             Node("other", "tests.unit.test_dag:record_stage", {"train.pseudo_labels": str(root / "other")},
-                  root / "other")]
+    nodes = [
+        Node("boom", "tests.unit.test_dag:failing_stage", {}, root / "boom"),
+        Node(
+            "child",
+            "tests.unit.test_dag:record_stage",
+            {"train.pseudo_labels": str(root / "child")},
+            root / "child",
+            ("boom",),
+        ),
+        Node(
+            "grandchild",
+            "tests.unit.test_dag:record_stage",
+            {"train.pseudo_labels": str(root / "grandchild")},
+            root / "grandchild",
+            ("child",),
+        ),
+        Node("other", "tests.unit.test_dag:record_stage", {"train.pseudo_labels": str(root / "other")}, root / "other"),
+    ]
     with pytest.raises(StagesFailed) as err:
         run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False)
     assert err.value.failed.keys() == {"boom"} and "stage exploded" in err.value.failed["boom"]
     assert err.value.skipped == ["child", "grandchild"]
-    assert str(err.value).count("\n") == 0                       # one line for the CLI
+    assert str(err.value).count("\n") == 0  # one line for the CLI
     assert is_done(root / "other") and not (root / "child").exists()
 
 

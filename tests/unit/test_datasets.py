@@ -25,9 +25,22 @@ DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_c
 
 def one_step(tmp: Path, store: Path, split: Path, *extra: str) -> Path:
     """One optimiser step of the demo config's source-supervised segmenter (tiny patches)."""
-    cfg = load_config(DEMO, [f"data.store={store}", f"data.split={split}", f"run_root={tmp / 'runs'}", "name=t",
-                             "data.patch_size=[32,32,16]", "train.max_steps=1", "train.batch_size=2",
-                             "train.log_every=1", "train.val_cases=1", "train.variant=source-supervised", *extra])
+    cfg = load_config(
+        DEMO,
+        [
+            f"data.store={store}",
+            f"data.split={split}",
+            f"run_root={tmp / 'runs'}",
+            "name=t",
+            "data.patch_size=[32,32,16]",
+            "train.max_steps=1",
+            "train.batch_size=2",
+            "train.log_every=1",
+            "train.val_cases=1",
+            "train.variant=source-supervised",
+            *extra,
+        ],
+    )
     return segment.run(cfg)
 
 
@@ -55,8 +68,15 @@ def test_release_converts_verifies_splits_and_trains(tmp_path, release):
         labels_ = st.read_labels(case)
         tumour = np.isin(labels_, st.root_attrs["labels"]["regions"]["whole"])
         assert np.array_equal(st.read_mask(case), tumour) and 0 < tumour.sum() < (labels_ > 0).sum() + 1
-    split = make_split(store, exp.source, exp.target, source_labeled=1.0,
-                       val=0.0 if exp.layout == "crossmoda" else 0.34, test=0.0, seed=0)
+    split = make_split(
+        store,
+        exp.source,
+        exp.target,
+        source_labeled=1.0,
+        val=0.0 if exp.layout == "crossmoda" else 0.34,
+        test=0.0,
+        seed=0,
+    )
     split.save(tmp_path / "split.json")
     run = one_step(tmp_path, store, tmp_path / "split.json", f"data.source={exp.source}", f"data.target={exp.target}")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -23,9 +23,17 @@ def write_metrics(run_dir: Path, variant: str, dices: list[float]) -> None:
     mean = sum(dices) / len(dices)
     std = math.sqrt(sum((d - mean) ** 2 for d in dices) / len(dices))
     stat = {"mean": mean, "std": std, "n": len(dices)}
-    atomic_write_json(stage_dir(run_dir, "evaluate", variant) / "metrics.json",
-                      {"cases": [], "summary": {"dice": stat, "hd95": {"mean": 5.0, "std": 1.0, "n": len(dices)},
-                                                "assd": {"mean": 1.0, "std": 0.5, "n": len(dices)}}})
+    atomic_write_json(
+        stage_dir(run_dir, "evaluate", variant) / "metrics.json",
+        {
+            "cases": [],
+            "summary": {
+                "dice": stat,
+                "hd95": {"mean": 5.0, "std": 1.0, "n": len(dices)},
+                "assd": {"mean": 1.0, "std": 0.5, "n": len(dices)},
+            },
+        },
+    )
 
 
 def rendered(table) -> str:
@@ -74,8 +82,7 @@ def test_prepare_data_builds_store_and_split_then_skips(tmp_path):
     from hpc_modatts.data.splits import Split
     from hpc_modatts.data.store import Store
 
-    store, split_path = prepare_data(tmp_path, cases=6, seed=3, spacing=4, source="t1", target="t2",
-                                     val=0.2, test=0.2)
+    store, split_path = prepare_data(tmp_path, cases=6, seed=3, spacing=4, source="t1", target="t2", val=0.2, test=0.2)
     s = Store.open(store)
     assert len(s.case_ids) == 6 and s.attrs(s.case_ids[0])["shape"] == [48, 56, 48]
     split = Split.load(split_path)
@@ -106,8 +113,13 @@ def test_local_executor_starts_a_node_when_its_own_parents_finish(tmp_path):
     root.mkdir(parents=True)
 
     def node(name: str, tenths: int, deps: tuple[str, ...] = ()) -> Node:
-        return Node(name, "tests.unit.test_demo:timed_stage",
-                    {"train.pseudo_labels": str(root / name), "train.max_steps": tenths}, root / name, deps)
+        return Node(
+            name,
+            "tests.unit.test_demo:timed_stage",
+            {"train.pseudo_labels": str(root / name), "train.max_steps": tenths},
+            root / name,
+            deps,
+        )
 
     dag = Dag([node("slow", 60), node("fast", 1), node("after_fast", 1, ("fast",))])
     cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path / "runs"), "pipeline": {"timeout_min": 2}})

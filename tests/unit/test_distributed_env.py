@@ -31,15 +31,24 @@ print(json.dumps({"rank": e.rank, "world": e.world_size, "local_rank": e.local_r
     "bcast": broadcast_object({"x": 1})}))
 """
 
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "OMP_NUM_THREADS", "SLURM_JOB_ID")
+_LAUNCH_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "OMP_NUM_THREADS",
+    "SLURM_JOB_ID",
+)
 
 
 def _probe(extra_env: dict, threads_per_rank: int = 0) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SUBMITIT_")}
     env.update(extra_env)
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(threads_per_rank)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(threads_per_rank)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -57,9 +66,15 @@ def test_one_task_submitit_job_does_not_take_the_port_its_job_id_gives(monkeypat
     """The local executor's job id is a PID; a recycled PID must not inherit a port still in use."""
     import submitit
 
-    job = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "1",
-           "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_GLOBALID": "0",
-           "SUBMITIT_LOCAL_LOCALID": "0"}
+    job = {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "4242",
+        "SUBMITIT_LOCAL_NTASKS": "1",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_LOCAL_NODEID": "0",
+        "SUBMITIT_LOCAL_GLOBALID": "0",
+        "SUBMITIT_LOCAL_LOCALID": "0",
+    }
     for key in _LAUNCH_VARS:
         monkeypatch.delenv(key, raising=False)
     for key, value in job.items():
@@ -74,8 +89,16 @@ def test_one_task_submitit_job_does_not_take_the_port_its_job_id_gives(monkeypat
 
 def test_torchrun_style_environment_is_used_and_threads_default_to_cores_per_rank():
     port = denv.free_port()
-    info = _probe({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    info = _probe(
+        {
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     assert info["launcher"] == "env" and info["port"] == str(port)
     cores = len(os.sched_getaffinity(0))
     assert info["threads"] == info["torch_threads"] == cores  # OMP_NUM_THREADS unset, 1 local rank
@@ -122,14 +145,25 @@ def test_nccl_backend_on_cpu_is_refused():
 
 
 def test_exit_distributed_process_keeps_the_status_and_skips_teardown():
-    code = ("from hpc_modatts.distributed import init_distributed, exit_distributed_process\n"
-            "init_distributed(); print('done', flush=True); exit_distributed_process(3)\n"
-            "print('not reached')\n")
+    code = (
+        "from hpc_modatts.distributed import init_distributed, exit_distributed_process\n"
+        "init_distributed(); print('done', flush=True); exit_distributed_process(3)\n"
+        "print('not reached')\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 3 and "done" in out.stdout and "not reached" not in out.stdout
     # without a process group it is a no-op (the CLI calls it after every command)
-    plain = subprocess.run([sys.executable, "-c", "from hpc_modatts.distributed import exit_distributed_process\n"
-                            "exit_distributed_process(3); print('still here')"], env=env, capture_output=True,
-                           text=True, timeout=60)
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from hpc_modatts.distributed import exit_distributed_process\n"
+            "exit_distributed_process(3); print('still here')",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert plain.returncode == 0 and "still here" in plain.stdout

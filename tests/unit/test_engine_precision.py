@@ -38,7 +38,7 @@ def conv3d_weight_grad_error(x: torch.Tensor, w: torch.Tensor, go: torch.Tensor)
 def test_cpu_bf16_conv3d_weight_gradient_is_right_on_small_inputs():
     """oneDNN gives garbage/NaN here on every call; the native kernels are right."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 32, 2, 4, 4, generator=g)            # (B, C, X, Y, Z), X = 2 triggers it
+    x = torch.randn(2, 32, 2, 4, 4, generator=g)  # (B, C, X, Y, Z), X = 2 triggers it
     w = torch.randn(8, 32, 3, 3, 3, generator=g) * 0.05
     go = torch.randn(2, 8, 2, 4, 4, generator=g)
     for _ in range(3):
@@ -77,8 +77,14 @@ def test_bf16_segmenter_trains_without_skipped_steps(env, stage):
     from hpc_modatts.models import build_segmenter
 
     torch.manual_seed(0)
-    engine = build_engine(build_segmenter("tiny"), OptimConfig(lr=1e-3),
-                          DistributedConfig(zero_stage=stage, precision="bf16"), env, micro_batch=2, name=f"seg{stage}")
+    engine = build_engine(
+        build_segmenter("tiny"),
+        OptimConfig(lr=1e-3),
+        DistributedConfig(zero_stage=stage, precision="bf16"),
+        env,
+        micro_batch=2,
+        name=f"seg{stage}",
+    )
     assert engine.torch_autocast_enabled()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 1, 32, 32, 32, generator=g) * 2 - 1  # (B, 1, X, Y, Z): deepest stage 2x2x2

@@ -55,8 +55,12 @@ def test_empty_masks_follow_the_documented_convention():
     assert case_metrics(empty, empty, (1, 1, 1)) == {"dice": 1.0, "hd95": 0.0, "assd": 0.0, "note": "both empty"}
     r = case_metrics(empty, m, (1, 1, 1))
     diagonal = np.sqrt(3 * 8.0**2)  # BraTS convention: one side empty -> the image diagonal (mm)
-    assert r == {"dice": 0.0, "hd95": pytest.approx(diagonal), "assd": pytest.approx(diagonal),
-                 "note": "empty prediction"}
+    assert r == {
+        "dice": 0.0,
+        "hd95": pytest.approx(diagonal),
+        "assd": pytest.approx(diagonal),
+        "note": "empty prediction",
+    }
     assert case_metrics(m, empty, (1, 1, 1))["note"] == "empty reference"
 
 
@@ -69,8 +73,13 @@ def test_folders_csv_json_panels_and_percent_of_target_supervised(tmp_path):
     save(tmp_path / "pred" / "b_prob.nii.gz", cube().astype(np.float32), sp)  # ignored
     save(tmp_path / "img" / "a.nii.gz", np.random.default_rng(0).normal(size=(24, 16, 16)).astype(np.float32), sp)
     (tmp_path / "ts.json").write_text(json.dumps({"summary": {"dice": {"mean": 0.95}}}))
-    out = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", target_supervised=tmp_path / "ts.json",
-                   images=tmp_path / "img")
+    out = evaluate(
+        tmp_path / "pred",
+        tmp_path / "ref",
+        tmp_path / "out",
+        target_supervised=tmp_path / "ts.json",
+        images=tmp_path / "img",
+    )
     res = json.loads((out / "metrics.json").read_text())
     assert [c["case"] for c in res["cases"]] == ["a", "b"]
     assert res["cases"][1]["hd95"] == pytest.approx(2.0)  # 1 voxel along X at 2 mm
@@ -115,8 +124,9 @@ def test_panel_shows_every_extra_image_and_extras_in_the_prediction_folder_are_n
     save(tmp_path / "img" / "a.nii.gz", rng.uniform(-1, 1, shape).astype(np.float32))
     save(tmp_path / "img" / "a_pseudo_target.nii.gz", rng.uniform(-1, 1, shape).astype(np.float32))
     evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "contours")  # no images: contours only
-    full = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "full",
-                    images=[tmp_path / "img", tmp_path / "pred"])
+    full = evaluate(
+        tmp_path / "pred", tmp_path / "ref", tmp_path / "full", images=[tmp_path / "img", tmp_path / "pred"]
+    )
     res = json.loads((full / "metrics.json").read_text())
     assert [c["case"] for c in res["cases"]] == ["a"]
     narrow = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "narrow", images=tmp_path / "img")
@@ -131,11 +141,12 @@ def test_panel_columns_follow_the_images_given(tmp_path):
     from hpc_modatts.infer.panels import save_panel
 
     shape = (24, 16, 16)
-    imgs = {n: np.random.default_rng(1).normal(size=shape).astype(np.float32)
-            for n in ("target", "pseudo_target", "healthy", "residual")}
+    imgs = {
+        n: np.random.default_rng(1).normal(size=shape).astype(np.float32)
+        for n in ("target", "pseudo_target", "healthy", "residual")
+    }
     m = cube()
-    widths = [png_width(save_panel(tmp_path / f"{k}.png", "a", dict(list(imgs.items())[:k]), m, m))
-              for k in range(5)]
+    widths = [png_width(save_panel(tmp_path / f"{k}.png", "a", dict(list(imgs.items())[:k]), m, m)) for k in range(5)]
     assert widths == sorted(widths) and len(set(widths)) == 5
 
 
@@ -151,9 +162,16 @@ def _translator_run(run_dir, cfg):
     torch.manual_seed(0)
     model = build_cycle_translators("tiny")
     run_dir.mkdir(parents=True)
-    torch.save({"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg), "step": 3, "dice": 0.5,
-                "factories": {"gen": ("hpc_modatts.train.translate:build_cycle_translators", {"size": "tiny"})}},
-               run_dir / "best_model.pt")
+    torch.save(
+        {
+            "models": {"gen": model.state_dict()},
+            "config": config_to_dict(cfg),
+            "step": 3,
+            "dice": 0.5,
+            "factories": {"gen": ("hpc_modatts.train.translate:build_cycle_translators", {"size": "tiny"})},
+        },
+        run_dir / "best_model.pt",
+    )
     mark_done(run_dir, best_step=3)
     return model.eval()
 
@@ -173,20 +191,42 @@ def test_pipeline_node_draws_pseudo_target_and_genseg_extras(tmp_path):
 
     shape = (24, 20, 16)
     rng = np.random.default_rng(0)
-    cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path / "runs"),
-                            "data": {"store": str(tmp_path / "s.zarr"), "split": str(tmp_path / "split.json"),
-                                     "source": "t1", "target": "t2", "slice_size": [32, 32]},
-                            "model": {"translator_size": "tiny"}, "train": {"variant": "semi-supervised"}})
+    cfg = config_from_dict(
+        {
+            "name": "exp",
+            "run_root": str(tmp_path / "runs"),
+            "data": {
+                "store": str(tmp_path / "s.zarr"),
+                "split": str(tmp_path / "split.json"),
+                "source": "t1",
+                "target": "t2",
+                "slice_size": [32, 32],
+            },
+            "model": {"translator_size": "tiny"},
+            "train": {"variant": "semi-supervised"},
+        }
+    )
     affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # original file LAS: stored RAS array is flipped along X
     ras = np.diag([2.0, 2.0, 2.0, 1.0])
     ras[0, 3] = -2.0 * (shape[0] - 1)
     brain = np.ones(shape, np.uint8)
     t1, t2 = (rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2))
-    Store.create(tmp_path / "s.zarr").write_case("c1", {"t1": t1, "t2": t2}, mask=cube(shape, (6, 5, 4), 8),
-                                                  brain=brain, attrs={
-        "affine": ras.tolist(), "spacing": [2.0] * 3, "shape": list(shape), "original_shape": list(shape),
-        "original_affine": affine.tolist(), "original_orientation": ["L", "A", "S"], "crop_box": None,
-        "resampled_shape": None})
+    Store.create(tmp_path / "s.zarr").write_case(
+        "c1",
+        {"t1": t1, "t2": t2},
+        mask=cube(shape, (6, 5, 4), 8),
+        brain=brain,
+        attrs={
+            "affine": ras.tolist(),
+            "spacing": [2.0] * 3,
+            "shape": list(shape),
+            "original_shape": list(shape),
+            "original_affine": affine.tolist(),
+            "original_orientation": ["L", "A", "S"],
+            "crop_box": None,
+            "resampled_shape": None,
+        },
+    )
     Split("t1", "t2", [], [], [], [], [], ["c1"]).save(tmp_path / "split.json")
     translator = _translator_run(stage_dir(cfg.run_dir, "translate"), cfg)
     pred = stage_dir(cfg.run_dir, "predict", "semi-supervised")

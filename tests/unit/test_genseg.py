@@ -61,9 +61,11 @@ def _params_reached(model, path):
     model.zero_grad(set_to_none=True)
     x = _volume((1, 1, 32, 32, 32))
     c, u, skips = model.encode(x)
-    out = {"common": lambda: model.decode_common(c, skips),
-           "residual": lambda: model.decode_residual(c, u, skips),
-           "segmentation": lambda: model.decode_segmentation(c, u, skips)}[path]()
+    out = {
+        "common": lambda: model.decode_common(c, skips),
+        "residual": lambda: model.decode_residual(c, u, skips),
+        "segmentation": lambda: model.decode_segmentation(c, u, skips),
+    }[path]()
     (out * torch.randn_like(out)).sum().backward()
     return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 

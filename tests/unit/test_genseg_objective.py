@@ -42,8 +42,8 @@ def _reference(net, disc, x):
     x_pa = net.decode_common(c, skips)[p]
     x_pp = x_pa + net.decode_residual(c, u, skips)[p]
     rec = (x_aa - x[a]).abs().mean() + (x_pp - x[p]).abs().mean()
-    c_pa, _, _ = net.encode(x_pa)                 # X_PA keeps c_P
-    c_ap, u_ap, _ = net.encode(x_ap)              # X_AP keeps c_A and u_AP = the drawn u
+    c_pa, _, _ = net.encode(x_pa)  # X_PA keeps c_P
+    c_ap, u_ap, _ = net.encode(x_ap)  # X_AP keeps c_A and u_AP = the drawn u
     lat = (c_pa - c[p]).abs().mean() + (c_ap - c[a]).abs().mean() + (u_ap - u_rand[a]).abs().mean()
     adv = hinge_g_loss(disc("A", x_pa)) + hinge_g_loss(disc("P", x_ap))
     return {"rec": rec, "lat": lat, "adv": adv, "x_pa": x_pa, "x_ap": x_ap}
@@ -68,8 +68,9 @@ def test_each_term_depends_only_on_its_samples(setup):
     x = x.clone().requires_grad_(True)
     terms: dict = {}
     torch.manual_seed(123)
-    GenSegTask._genseg_terms(types.SimpleNamespace(weights={}), {"image": x, "weak": torch.tensor([0, 1])},
-                              {"gen": net, "disc": disc}, terms)
+    GenSegTask._genseg_terms(
+        types.SimpleNamespace(weights={}), {"image": x, "weak": torch.tensor([0, 1])}, {"gen": net, "disc": disc}, terms
+    )
     for k in ("rec", "lat", "adv"):
         (g,) = torch.autograd.grad(terms[k], x, retain_graph=True)
         assert g[0].abs().sum() > 0 and g[1].abs().sum() > 0, k  # every term mixes an A and a P path
@@ -79,8 +80,9 @@ def test_discriminator_pairs_real_a_with_x_pa_and_real_p_with_x_ap(setup):
     net, disc, x, _, out = setup
     loss = GenSegTask._disc_step(None, {"image": x}, out, _Engine(disc))
     with torch.no_grad():
-        expected = (hinge_d_loss([t[0:1] for t in disc("A", x)], [t[1:2] for t in disc("A", out["x_com"])])
-                    + hinge_d_loss([t[1:2] for t in disc("P", x)], [t[0:1] for t in disc("P", out["x_res"])]))
+        expected = hinge_d_loss(
+            [t[0:1] for t in disc("A", x)], [t[1:2] for t in disc("A", out["x_com"])]
+        ) + hinge_d_loss([t[1:2] for t in disc("P", x)], [t[0:1] for t in disc("P", out["x_res"])])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -21,7 +21,7 @@ def _case(shape=(40, 20, 20), split=20):
     brain = np.zeros(shape, bool)
     brain[2:38, 2:18, 2:18] = True
     ref = np.zeros(shape, bool)
-    ref[25:30, 8:12, 8:12] = True          # an 80-voxel tumour in the right hemisphere
+    ref[25:30, 8:12, 8:12] = True  # an 80-voxel tumour in the right hemisphere
     return brain, ref, split, {"left": "A", "right": "P"}
 
 
@@ -30,7 +30,7 @@ def test_half_brain_prediction_is_rejected():
     spacing = (4.0, 4.0, 4.0)
     bound = VolumeBound(3.0, largest_ml=float(ref.sum()) * voxel_ml(spacing))
     half = brain.copy()
-    half[:split] = False                   # "tumour" in the whole right hemisphere
+    half[:split] = False  # "tumour" in the whole right hemisphere
     rows = [case_volumes(half, ref, spacing, split, weak)]
     summary = summarise_volumes(rows, bound)
     assert summary["plausible"] == 0.0
@@ -42,7 +42,7 @@ def test_half_brain_prediction_is_rejected():
 def test_false_positives_in_healthy_hemispheres_are_measured():
     brain, ref, split, weak = _case()
     pred = ref.copy()
-    pred[5:7, 5:7, 5:7] = True             # 8 voxels in the healthy (A) left hemisphere
+    pred[5:7, 5:7, 5:7] = True  # 8 voxels in the healthy (A) left hemisphere
     v = case_volumes(pred, ref, (1.0, 1.0, 1.0), split, weak)
     assert v["fp_healthy_ml"] == pytest.approx(8 / 1000)
     assert v["pred_ml"] == pytest.approx((ref.sum() + 8) / 1000)
@@ -50,11 +50,11 @@ def test_false_positives_in_healthy_hemispheres_are_measured():
 
 def test_pseudo_labels_in_healthy_hemispheres_are_zeroed():
     brain, ref, split, weak = _case()
-    label = brain.astype(np.uint8)         # positive everywhere in the brain
+    label = brain.astype(np.uint8)  # positive everywhere in the brain
     out = zero_healthy(label, split, weak)
-    assert out[:split].sum() == 0          # A (left): zero
+    assert out[:split].sum() == 0  # A (left): zero
     assert np.array_equal(out[split:], label[split:])  # P (right): untouched
-    assert label[:split].sum() > 0         # the input is not modified
+    assert label[:split].sum() > 0  # the input is not modified
 
 
 def test_pseudo_label_beyond_the_bound_is_refused():

@@ -15,14 +15,14 @@ def _volume(shape=(20, 12, 10), split=10, seed=0):
     rng = np.random.default_rng(seed)
     image = rng.uniform(-1, 1, shape).astype(np.float32)
     brain = np.zeros(shape, np.uint8)
-    brain[2:18, 1:11, 1:9] = 1           # a box crossing the midline: each half's brain box is 8x10x8
+    brain[2:18, 1:11, 1:9] = 1  # a box crossing the midline: each half's brain box is 8x10x8
     image[brain == 0] = -1.0
     return image, brain, split
 
 
 def test_hemisphere_identity_round_trips_exactly():
     image, brain, split = _volume()
-    inferer = VolumeInferer((8, 12, 10), hemispheres=True)   # every half's box fits one patch
+    inferer = VolumeInferer((8, 12, 10), hemispheres=True)  # every half's box fits one patch
     out = inferer(lambda x: x, image, brain, split, out_fill=FILL)  # outside both windows: background
     assert out.shape == (1, *image.shape)
     assert np.array_equal(out[0], image)  # every voxel comes back from its own hemisphere's window
@@ -40,9 +40,9 @@ def test_hemisphere_windows_never_see_the_other_side():
     assert len(seen) == 2
     left, right = seen
     # the left window is centred on x in [2, 10): its columns at x >= split show only the fill value
-    lo = (2 + 10) // 2 - 12 // 2                       # = 0
-    assert torch.all(left[0, 0, split - lo:] == FILL)
-    lo_r = (10 + 18) // 2 - 12 // 2                     # = 8
+    lo = (2 + 10) // 2 - 12 // 2  # = 0
+    assert torch.all(left[0, 0, split - lo :] == FILL)
+    lo_r = (10 + 18) // 2 - 12 // 2  # = 8
     assert torch.all(right[0, 0, : split - lo_r] == FILL)
 
 
@@ -74,15 +74,16 @@ def test_inferer_feeds_exactly_the_training_patch(tmp_path):
     case = store.case_ids[0]
     patch = (24, 56, 48)
     items = VolumeDataset(store_path, [case], "t2", patch_size=patch, half=True)
-    expected = [items[i]["image"] for i in range(len(items))]          # left, right
+    expected = [items[i]["image"] for i in range(len(items))]  # left, right
     seen = []
 
     def predictor(x):
         seen.append(x[0].clone())
         return torch.zeros_like(x)
 
-    VolumeInferer(patch, hemispheres=True)(predictor, store.read_image(case, "t2"), store.read_brain(case),
-                                           store.attrs(case)["hemisphere_split"])
+    VolumeInferer(patch, hemispheres=True)(
+        predictor, store.read_image(case, "t2"), store.read_brain(case), store.attrs(case)["hemisphere_split"]
+    )
     assert len(seen) == 2
     for got, want in zip(seen, expected):
         assert torch.equal(got, want)

@@ -23,28 +23,34 @@ from tests.releases import write_release
 from tests.unit.test_datasets import DEMO, one_step
 
 
-@pytest.mark.parametrize("values,generation,expected", [
-    ({0, 1, 2, 4}, "brats2018-2021", "brats2021"),
-    ({0, 1, 2, 3, 4}, "brats2018-2021", "brats2013"),     # BraTS 2013-2015 copies in the 2018-2021 naming
-    ({0, 1, 2}, "brats2018-2021", "brats2021"),           # no 3 nor 4 anywhere: every BraTS scheme agrees
-    ({0, 1, 2, 3}, "brats2023-2025", "brats2023"),
-    ({0}, "brats2023-2025", "brats2023"),                 # no tumour at all
-    ({0, 1}, "manifest", "binary"),
-    ({0, 1, 2, 4}, "manifest", "brats2021"),
-    ({0, 1, 2}, "crossmoda2022", "crossmoda"),
-    ({0, 1, 2, 3}, "crossmoda2023", "crossmoda2023"),
-])
+@pytest.mark.parametrize(
+    "values,generation,expected",
+    [
+        ({0, 1, 2, 4}, "brats2018-2021", "brats2021"),
+        ({0, 1, 2, 3, 4}, "brats2018-2021", "brats2013"),  # BraTS 2013-2015 copies in the 2018-2021 naming
+        ({0, 1, 2}, "brats2018-2021", "brats2021"),  # no 3 nor 4 anywhere: every BraTS scheme agrees
+        ({0, 1, 2, 3}, "brats2023-2025", "brats2023"),
+        ({0}, "brats2023-2025", "brats2023"),  # no tumour at all
+        ({0, 1}, "manifest", "binary"),
+        ({0, 1, 2, 4}, "manifest", "brats2021"),
+        ({0, 1, 2}, "crossmoda2022", "crossmoda"),
+        ({0, 1, 2, 3}, "crossmoda2023", "crossmoda2023"),
+    ],
+)
 def test_auto_detection_picks_the_scheme_when_unambiguous(values, generation, expected):
     assert detect_scheme(values, generation, "src")[0].name == expected
 
 
-@pytest.mark.parametrize("values,generation,flags", [
-    ({0, 1, 2, 3}, "brats2018-2021", ["brats2013", "brats2023"]),          # 3: non-enhancing or enhancing?
-    ({0, 1, 2, 3, 4}, "brats2023-2025", ["brats2013", "brats2024", "nonzero"]),  # 4: a resection cavity?
-    ({0, 1, 2}, "manifest", ["brats2021", "crossmoda"]),                   # 2: oedema or cochlea?
-    ({0, 1, 2}, "crossmoda2023", ["crossmoda", "crossmoda2023"]),
-    ({0, 7}, "brats2018-2021", ["nonzero"]),
-])
+@pytest.mark.parametrize(
+    "values,generation,flags",
+    [
+        ({0, 1, 2, 3}, "brats2018-2021", ["brats2013", "brats2023"]),  # 3: non-enhancing or enhancing?
+        ({0, 1, 2, 3, 4}, "brats2023-2025", ["brats2013", "brats2024", "nonzero"]),  # 4: a resection cavity?
+        ({0, 1, 2}, "manifest", ["brats2021", "crossmoda"]),  # 2: oedema or cochlea?
+        ({0, 1, 2}, "crossmoda2023", ["crossmoda", "crossmoda2023"]),
+        ({0, 7}, "brats2018-2021", ["nonzero"]),
+    ],
+)
 def test_ambiguous_values_give_one_line_naming_values_and_flags(values, generation, flags):
     with pytest.raises(DataError) as e:
         detect_scheme(values, generation, "data/src")
@@ -56,19 +62,28 @@ def test_ambiguous_values_give_one_line_naming_values_and_flags(values, generati
 
 def test_regions_of_the_brats_schemes():
     labels = np.array([0, 1, 2, 3, 4], np.uint8)
-    got = {n: {r: SCHEMES[n].region_mask(labels, r).nonzero()[0].tolist() for r in ("whole", "core", "enhancing")}
-           for n in ("brats2013", "brats2021", "brats2023", "brats2024")}
+    got = {
+        n: {r: SCHEMES[n].region_mask(labels, r).nonzero()[0].tolist() for r in ("whole", "core", "enhancing")}
+        for n in ("brats2013", "brats2021", "brats2023", "brats2024")
+    }
     assert got["brats2013"] == {"whole": [1, 2, 3, 4], "core": [1, 3, 4], "enhancing": [4]}
-    assert got["brats2021"] == {"whole": [1, 2, 4], "core": [1, 4], "enhancing": [4]}   # (3 is not a 2021 label)
+    assert got["brats2021"] == {"whole": [1, 2, 4], "core": [1, 4], "enhancing": [4]}  # (3 is not a 2021 label)
     assert got["brats2023"] == {"whole": [1, 2, 3], "core": [1, 3], "enhancing": [3]}
-    assert got["brats2024"] == {"whole": [1, 2, 3], "core": [1, 3], "enhancing": [3]}   # 4: resection cavity
+    assert got["brats2024"] == {"whole": [1, 2, 3], "core": [1, 3], "enhancing": [3]}  # 4: resection cavity
     with pytest.raises(DataError, match="binary has no tumour core"):
         SCHEMES["binary"].region_mask(labels, "core")
 
 
 def test_aliases_in_names_configs_and_splits(tmp_path):
-    assert [canonical(n) for n in ("t1n", "T1C", "t2w", "t2f", "flair", "ceT1", "hrT2")] == \
-        ["t1", "t1ce", "t2", "flair", "flair", "ceT1", "hrT2"]
+    assert [canonical(n) for n in ("t1n", "T1C", "t2w", "t2f", "flair", "ceT1", "hrT2")] == [
+        "t1",
+        "t1ce",
+        "t2",
+        "flair",
+        "flair",
+        "ceT1",
+        "hrT2",
+    ]
     assert resolve("t1c", ["t1ce", "t2"], "s") == "t1ce"
     with pytest.raises(DataError, match=r"no modality 't2f' \(alias of flair\)"):
         resolve("t2f", ["t1", "t2"], "s")
@@ -122,29 +137,45 @@ def test_region_needs_a_scheme_that_defines_it(tmp_path):
     with pytest.raises(DataError, match="scheme 'nonzero' does not define it; data.region=enhancing needs"):
         read_region(st, st.case_ids[0], "enhancing")
     with pytest.raises(DataError, match="no 'mask_core' \\(data.region\\)"):
-        VolumeDataset(store, st.case_ids[:1], "t1", patch_size=(8, 8, 8), annotated=set(st.case_ids[:1]),
-                      mask_name="mask_core")
+        VolumeDataset(
+            store, st.case_ids[:1], "t1", patch_size=(8, 8, 8), annotated=set(st.case_ids[:1]), mask_name="mask_core"
+        )
 
 
 def test_evaluate_reports_the_region(tmp_path, capsys):
     """References as label maps (BraTS 2023 numbering), predictions of the tumour core."""
     labels = np.zeros((20, 20, 20), np.uint8)
-    labels[4:16, 4:16, 4:16] = 2     # oedema
-    labels[7:13, 7:13, 7:13] = 1     # necrotic core
-    labels[9:11, 9:11, 9:11] = 3     # enhancing
+    labels[4:16, 4:16, 4:16] = 2  # oedema
+    labels[7:13, 7:13, 7:13] = 1  # necrotic core
+    labels[9:11, 9:11, 9:11] = 3  # enhancing
     for d in ("pred", "ref"):
         (tmp_path / d).mkdir()
     nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "ref" / "c1.nii.gz")
     nib.save(nib.Nifti1Image(np.isin(labels, (1, 3)).astype(np.uint8), np.eye(4)), tmp_path / "pred" / "c1.nii.gz")
     out = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "core", region="core", panels=False)
     result = json.loads((out / "metrics.json").read_text())
-    assert result["region"] == "core" and result["labels"] == "brats2023"      # detected from the values
+    assert result["region"] == "core" and result["labels"] == "brats2023"  # detected from the values
     assert result["cases"][0]["dice"] == pytest.approx(1.0)
     assert "tumour core (brats2023 labels)" in " ".join(capsys.readouterr().out.split())  # the table title
-    whole = json.loads((evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "whole", panels=False)
-                        / "metrics.json").read_text())
+    whole = json.loads(
+        (evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "whole", panels=False) / "metrics.json").read_text()
+    )
     assert whole["region"] == "whole" and whole["cases"][0]["dice"] < 0.3
-    rc = main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--no-panels",
-               "--region", "enhancing", "--labels", "brats2021", "-o", str(tmp_path / "enh")])
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path / "pred"),
+            "--ref",
+            str(tmp_path / "ref"),
+            "--no-panels",
+            "--region",
+            "enhancing",
+            "--labels",
+            "brats2021",
+            "-o",
+            str(tmp_path / "enh"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "c1.nii.gz: reference label values [3] are not in --labels brats2021" in err[0]

@@ -24,8 +24,10 @@ def _case(rng, tumour_side):
     x, y, z = np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij")
     brain = (((x - 11.5) / 10) ** 2 + ((y - 9.5) / 8) ** 2 + ((z - 5.5) / 5) ** 2 <= 1).astype(np.uint8)
     code = (x * 1000 + y * 10 + z).astype(np.float32) / 30000  # unique value per voxel, in [0, 1)
-    img = {m: np.where(brain, code + 0.01 * k + rng.normal(0, 1e-3, SHAPE).astype(np.float32), -1)
-           for k, m in enumerate(("t1", "t2"))}
+    img = {
+        m: np.where(brain, code + 0.01 * k + rng.normal(0, 1e-3, SHAPE).astype(np.float32), -1)
+        for k, m in enumerate(("t1", "t2"))
+    }
     mask = np.zeros(SHAPE, np.uint8)
     if tumour_side == "left":
         mask[4:8, 6:10, 4:7] = 1
@@ -41,8 +43,14 @@ def _build_store(path, **create_kwargs):
     rng = np.random.default_rng(0)
     for i, side in enumerate(["left", "right", None, "left"]):
         img, mask, brain, attrs = _case(rng, side)
-        store.write_case(f"c{i}", img, mask=mask, brain=brain, attrs=attrs,
-                         extra={"pseudo_label": (img["t2"] > 0.2).astype(np.uint8)})
+        store.write_case(
+            f"c{i}",
+            img,
+            mask=mask,
+            brain=brain,
+            attrs=attrs,
+            extra={"pseudo_label": (img["t2"] > 0.2).astype(np.uint8)},
+        )
     return path
 
 
@@ -70,7 +78,7 @@ def test_slice_dataset_weak_labels_masks_and_crop(store_path):
         case, z = it["case"], it["z"]
         assert it["image"].shape == (1, 16, 24) and it["mask"].shape == (1, 16, 24)
         full = _stored(store_path, case, "image_t1")[:, :, z]
-        assert np.array_equal(it["image"][0, :, 2:22].numpy(), full[4:20])       # X cropped, Y padded
+        assert np.array_equal(it["image"][0, :, 2:22].numpy(), full[4:20])  # X cropped, Y padded
         assert (it["image"][0, :, :2] == -1).all() and (it["image"][0, :, 22:] == -1).all()
         assert bool(it["has_mask"]) == (case == "c0")
         if case == "c0":
@@ -102,8 +110,14 @@ def test_volume_dataset_hemispheres(store_path):
             assert shown.size == int(brain[own].sum())  # the whole half-brain fits in the patch
             assert set(shown.tolist()) <= set(img[own].ravel().tolist())
             assert not set(shown.tolist()) & set(img[other][brain[other] > 0].ravel().tolist())
-    assert weak == {("c0", "left"): 1, ("c0", "right"): 0, ("c1", "left"): 0, ("c1", "right"): 1,
-                    ("c2", "left"): 0, ("c2", "right"): 0}
+    assert weak == {
+        ("c0", "left"): 1,
+        ("c0", "right"): 0,
+        ("c1", "left"): 0,
+        ("c1", "right"): 1,
+        ("c2", "left"): 0,
+        ("c2", "right"): 0,
+    }
     whole = VolumeDataset(store_path, ["c0"], "t1", patch_size=SHAPE, half=False, annotated={"c0"})
     it = whole[0]  # patch == volume and the brain is centred: exactly the stored arrays
     assert it["side"] == "whole" and it["weak"] == 1
@@ -114,6 +128,7 @@ def test_volume_dataset_hemispheres(store_path):
 def test_random_offsets_deterministic_from_seed_epoch_index(store_path):
     def ds(seed):
         return VolumeDataset(store_path, ["c0", "c1"], "t1", patch_size=(8, 8, 6), augment=True, seed=seed)
+
     a, b = ds(3), ds(3)
     assert torch.equal(a[1]["image"], b[1]["image"]) and torch.equal(a[1]["mask"], b[1]["mask"])
     first = a[1]["image"]
@@ -131,8 +146,14 @@ def test_extra_mask_pseudo_label(store_path, tmp_path):
     assert np.array_equal(it["mask"][0].numpy(), expected)
     other = Store.create(tmp_path / "pl.zarr", kind="pseudo_labels")
     other.write_case("c1", {}, extra={"pseudo_label": np.ones(SHAPE, np.uint8)})
-    ds2 = VolumeDataset(store_path, ["c1", "c2"], "t2", patch_size=(12, 20, 12), extra_mask="pseudo_label",
-                        extra_store=tmp_path / "pl.zarr")
+    ds2 = VolumeDataset(
+        store_path,
+        ["c1", "c2"],
+        "t2",
+        patch_size=(12, 20, 12),
+        extra_mask="pseudo_label",
+        extra_store=tmp_path / "pl.zarr",
+    )
     assert ds2[0]["mask"][0, :11].min() == 1 and ds2[0]["mask"][0, 11].max() == 0 and bool(ds2[0]["has_mask"])
     assert not bool(ds2[2]["has_mask"]) and ds2[2]["mask"].sum() == 0  # c2 has no pseudo-label there
 
@@ -197,8 +218,9 @@ def test_resume_continues_with_the_same_samples():
 
 
 def test_fork_workers_match_single_process(store_path):
-    ds = VolumeDataset(store_path, ["c0", "c1", "c3"], "t1", patch_size=(12, 16, 8), augment=True, seed=2,
-                       annotated={"c0"})
+    ds = VolumeDataset(
+        store_path, ["c0", "c1", "c3"], "t1", patch_size=(12, 16, 8), augment=True, seed=2, annotated={"c0"}
+    )
 
     def run(workers):
         sampler = RankSampler(len(ds), seed=0)
@@ -242,10 +264,19 @@ def test_cached_reads_equal_zarr_reads_float16(f16_store_path):
     img16 = _stored(f16_store_path, "c1", "image_t2")
     assert img16.dtype == np.float16
     cases, ann = ["c0", "c1", "c2"], {"c0", "c1"}
-    cold = VolumeDataset(f16_store_path, cases, "t2", patch_size=(16, 24, 12), annotated=ann, augment=True,
-                         extra_mask="pseudo_label", cache_bytes=0)
-    warm = VolumeDataset(f16_store_path, cases, "t2", patch_size=(16, 24, 12), annotated=ann, augment=True,
-                         extra_mask="pseudo_label")
+    cold = VolumeDataset(
+        f16_store_path,
+        cases,
+        "t2",
+        patch_size=(16, 24, 12),
+        annotated=ann,
+        augment=True,
+        extra_mask="pseudo_label",
+        cache_bytes=0,
+    )
+    warm = VolumeDataset(
+        f16_store_path, cases, "t2", patch_size=(16, 24, 12), annotated=ann, augment=True, extra_mask="pseudo_label"
+    )
     _same_items(_items(cold), _items(warm))
     _same_items(_items(cold), _items(warm))  # second pass: served from memory
     assert len(cold.cache) == 0 and len(warm.cache) == 3 * 3  # image, mask, pseudo_label per case
@@ -260,8 +291,7 @@ def test_cached_reads_equal_zarr_reads_float16(f16_store_path):
 
 def test_cache_budget_never_exceeded_and_full_cache_reads_zarr(f16_store_path):
     one_image = int(np.prod(SHAPE)) * 2  # float16 bytes
-    ds = VolumeDataset(f16_store_path, ["c0", "c1", "c2"], "t1", patch_size=(16, 24, 12),
-                       cache_bytes=one_image + 10)
+    ds = VolumeDataset(f16_store_path, ["c0", "c1", "c2"], "t1", patch_size=(16, 24, 12), cache_bytes=one_image + 10)
     ref = VolumeDataset(f16_store_path, ["c0", "c1", "c2"], "t1", patch_size=(16, 24, 12), cache_bytes=0)
     _same_items(_items(ds), _items(ref))
     assert ds.cache.used <= one_image + 10 and len(ds.cache) == 1  # c0's image; the rest read from zarr
@@ -274,8 +304,9 @@ def test_cache_budget_never_exceeded_and_full_cache_reads_zarr(f16_store_path):
 def test_cache_is_not_pickled_and_fork_workers_use_it(f16_store_path):
     import pickle
 
-    ds = VolumeDataset(f16_store_path, ["c0", "c1", "c3"], "t1", patch_size=(12, 16, 8), augment=True, seed=2,
-                       annotated={"c0"})
+    ds = VolumeDataset(
+        f16_store_path, ["c0", "c1", "c3"], "t1", patch_size=(12, 16, 8), augment=True, seed=2, annotated={"c0"}
+    )
     _items(ds)  # fill the parent's cache; forked workers inherit it
     assert len(ds.cache) > 0
     clone = pickle.loads(pickle.dumps(ds))

@@ -16,8 +16,9 @@ def _volume(shape=(2, 1, 40, 32, 20), seed=0):
     return torch.rand(shape, generator=g) * 2 - 1
 
 
-@pytest.mark.parametrize("size, low, high", [("full", 36e6, 40e6), ("semi8m", 7e6, 9e6),
-                                             ("small", 1e6, 2e6), ("tiny", 0, 0.3e6)])
+@pytest.mark.parametrize(
+    "size, low, high", [("full", 36e6, 40e6), ("semi8m", 7e6, 9e6), ("small", 1e6, 2e6), ("tiny", 0, 0.3e6)]
+)
 def test_parameter_counts_of_named_sizes(size, low, high):
     n = count_parameters(build_segmenter(size))
     assert low <= n <= high, f"{size}: {n / 1e6:.2f} M"
@@ -68,14 +69,17 @@ def test_too_small_input_names_the_minimum(shape):
         model(torch.zeros(shape))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"channels": (8, 16)}, "channels needs 8 values"),
-    ({"bmdh_blocks": (1, 1, 1, 1, 1, 1, 0, 0)}, r"bmdh_blocks\[0\] must be 0"),
-    ({"bmdh_blocks": (0, 1, 1, 1, 0, 1, 0, 0)}, r"bmdh_blocks\[4\] must be >= 1"),
-    ({"heads": (1, 3, 2, 4, 2, 2, 1, 1)}, "not divisible by heads"),
-    ({"map_size": (1, 1, 1)}, ">= 2 tokens"),
-    ({"pad_mode": "wrap"}, "pad_mode"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"channels": (8, 16)}, "channels needs 8 values"),
+        ({"bmdh_blocks": (1, 1, 1, 1, 1, 1, 0, 0)}, r"bmdh_blocks\[0\] must be 0"),
+        ({"bmdh_blocks": (0, 1, 1, 1, 0, 1, 0, 0)}, r"bmdh_blocks\[4\] must be >= 1"),
+        ({"heads": (1, 3, 2, 4, 2, 2, 1, 1)}, "not divisible by heads"),
+        ({"map_size": (1, 1, 1)}, ">= 2 tokens"),
+        ({"pad_mode": "wrap"}, "pad_mode"),
+    ],
+)
 def test_config_validation(change, message):
     with pytest.raises(ValueError, match=message):
         MedFormerConfig(**{**TINY.__dict__, **change})
@@ -106,8 +110,14 @@ def test_blocks_declare_their_checkpoint_kind():
     model = build_segmenter("small")
     kinds = {type(m).__name__: m.checkpoint_kind for m in model.modules() if hasattr(m, "checkpoint_kind")}
     assert BMDHBlock.checkpoint_kind == "bmdh" and ConvBlock.checkpoint_kind == "conv"
-    assert kinds == {"ConvBlock": "conv", "BMDHBlock": "bmdh", "TransformerUpStage": "decoder",
-                     "ConvUpStage": "decoder", "PatchMerging": "conv", "SemanticMapGeneration": "bmdh"}
+    assert kinds == {
+        "ConvBlock": "conv",
+        "BMDHBlock": "bmdh",
+        "TransformerUpStage": "decoder",
+        "ConvUpStage": "decoder",
+        "PatchMerging": "conv",
+        "SemanticMapGeneration": "bmdh",
+    }
 
 
 def test_bmdh_block_is_bidirectional_and_linear_in_voxels():

@@ -9,10 +9,15 @@ from hpc_modatts.models import build_segmenter, count_parameters
 from hpc_modatts.models.medformer import MedFormerConfig
 
 
-@pytest.mark.parametrize("size, genseg, low, high", [
-    ("full", False, 31.5e6, 32.2e6), ("full", True, 39.0e6, 39.8e6),
-    ("semi8m", False, 6.2e6, 6.6e6), ("tiny", False, 0.08e6, 0.10e6),
-])
+@pytest.mark.parametrize(
+    "size, genseg, low, high",
+    [
+        ("full", False, 31.5e6, 32.2e6),
+        ("full", True, 39.0e6, 39.8e6),
+        ("semi8m", False, 6.2e6, 6.6e6),
+        ("tiny", False, 0.08e6, 0.10e6),
+    ],
+)
 def test_parameter_counts_of_2d_sizes(size, genseg, low, high):
     """The 3D sizes with one kernel axis fewer (the thesis gives no 2D size; models/sizes.py)."""
     assert low < count_parameters(build_segmenter(size, genseg=genseg, spatial_dims=2)) < high
@@ -50,7 +55,10 @@ def test_every_2d_parameter_gets_a_gradient():
     net = build_segmenter("tiny", genseg=True, spatial_dims=2)
     x = torch.randn(2, 1, 32, 32)
     c, u, skips = net.encode(x)
-    loss = (net.decode_common(c, skips).sum() + net.decode_residual(c, u, skips).sum()
-            + net.decode_segmentation(c, u, skips).sum())
+    loss = (
+        net.decode_common(c, skips).sum()
+        + net.decode_residual(c, u, skips).sum()
+        + net.decode_segmentation(c, u, skips).sum()
+    )
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())

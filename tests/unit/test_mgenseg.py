@@ -44,10 +44,22 @@ def phantom(tmp_path_factory):
     nifti, store = make_phantom_store(root, cases=6, seed=0, size="small")
     split = make_split(store, "t1", "t2", source_labeled=1.0, target_labeled=0.0, val=0.2, test=0.2, seed=0)
     split.save(root / "split.json")
-    cfg = load_config(DEMO, [f"data.store={store}", f"data.split={root / 'split.json'}",
-                             f"run_root={root / 'runs'}", "name=t", "data.patch_size=[24,56,16]",
-                             "train.variant=m-genseg", "train.max_steps=2", "train.batch_size=4",
-                             "train.val_cases=1", "train.log_every=1", "infer.sw_batch_size=16"])
+    cfg = load_config(
+        DEMO,
+        [
+            f"data.store={store}",
+            f"data.split={root / 'split.json'}",
+            f"run_root={root / 'runs'}",
+            "name=t",
+            "data.patch_size=[24,56,16]",
+            "train.variant=m-genseg",
+            "train.max_steps=2",
+            "train.batch_size=4",
+            "train.val_cases=1",
+            "train.log_every=1",
+            "infer.sw_batch_size=16",
+        ],
+    )
     return cfg, split, nifti
 
 
@@ -95,8 +107,11 @@ def test_activation_checkpointing_keeps_gradients_bit_identical():
         c, u, skips = m.source.encode(x)
         y = m.source.translate(c, u, skips, x)
         c2, u2, skips2 = m.target.encode(y)
-        return (m.target.decode_segmentation(c2, u2, skips2).mean() + m.target.translate(c2, u2, skips2, y).mean()
-                + m.source.decode_residual(c, m.source.sample_u(u), skips).mean())
+        return (
+            m.target.decode_segmentation(c2, u2, skips2).mean()
+            + m.target.translate(c2, u2, skips2, y).mean()
+            + m.source.decode_residual(c, m.source.sample_u(u), skips).mean()
+        )
 
     a, b = loss(plain), loss(ckpt)
     a.backward()
@@ -123,8 +138,13 @@ def test_mgenseg_is_a_pipeline_node_without_stage_1(tmp_path):
     from hpc_modatts.config import config_from_dict
     from hpc_modatts.pipeline.dag import build_dag
 
-    cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path), "pipeline": {
-        "self_training_rounds": 1, "variants": ["m-genseg", "target-supervised"]}})
+    cfg = config_from_dict(
+        {
+            "name": "exp",
+            "run_root": str(tmp_path),
+            "pipeline": {"self_training_rounds": 1, "variants": ["m-genseg", "target-supervised"]},
+        }
+    )
     dag = build_dag(cfg)
     assert "translate" not in dag.nodes and "synthesize" not in dag.nodes
     assert not any("round_" in n for n in dag.nodes)
@@ -159,8 +179,9 @@ class _GradEngine:
     def backward(self, loss):
         self.module.zero_grad(set_to_none=True)
         loss.backward()
-        self.grads = {k: None if p.grad is None else p.grad.abs().sum().item()
-                      for k, p in self.module.named_parameters()}
+        self.grads = {
+            k: None if p.grad is None else p.grad.abs().sum().item() for k, p in self.module.named_parameters()
+        }
 
     def step(self):
         pass
@@ -190,8 +211,13 @@ def test_the_translation_dice_trains_the_translator_and_the_target_segmenter(pha
     def touched(prefix: str) -> bool:
         return any(v for k, v in grads.items() if k.startswith(prefix))
 
-    for prefix in ("source.encoder.", "source.translation_decoder.", "target.encoder.", "target.res_seg_decoder.",
-                   "source.res_seg_decoder."):
+    for prefix in (
+        "source.encoder.",
+        "source.translation_decoder.",
+        "target.encoder.",
+        "target.res_seg_decoder.",
+        "source.res_seg_decoder.",
+    ):
         assert touched(prefix), prefix
     for prefix in ("source.common_decoder.", "target.common_decoder.", "target.translation_decoder."):
         assert not touched(prefix), prefix
@@ -238,8 +264,9 @@ def test_mgenseg_resumes_bit_exactly_after_a_kill(phantom, tmp_path):
 def test_two_ranks_zero2_mgenseg(phantom, tmp_path):
     """2 gloo ranks under torchrun, ZeRO-2: M-GenSeg trains, validates and saves."""
     cfg, _, _ = phantom
-    data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=2",
-                                                "train.batch_size=4"]))
+    data = config_to_dict(
+        apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=2", "train.batch_size=4"])
+    )
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
     torchrun_two_ranks("train", "segment", str(path))

@@ -46,8 +46,15 @@ def test_contrasts_behave_like_real_ones(case):
 
     seg, brain = case["seg"], case["t1"] > 0
     tumour, normal = seg > 0, brain & (seg == 0)
-    mean = {k: {"tumour": case[k][tumour].mean(), "brain": case[k][normal].mean(),
-                "oedema": case[k][seg == 2].mean(), "enh": case[k][seg == 4].mean()} for k in CONTRASTS}
+    mean = {
+        k: {
+            "tumour": case[k][tumour].mean(),
+            "brain": case[k][normal].mean(),
+            "oedema": case[k][seg == 2].mean(),
+            "enh": case[k][seg == 4].mean(),
+        }
+        for k in CONTRASTS
+    }
     assert mean["flair"]["tumour"] > 1.3 * mean["flair"]["brain"]
     assert mean["t2"]["tumour"] > 1.1 * mean["t2"]["brain"]
     assert mean["t1ce"]["enh"] > 1.3 * mean["t1ce"]["brain"]
@@ -57,9 +64,9 @@ def test_contrasts_behave_like_real_ones(case):
     csf = normal & (anat.csf > 0.9)
     assert wm.sum() > 50 and csf.sum() > 20
     t1, t2, flair = (case[k].astype(float) for k in ("t1", "t2", "flair"))
-    assert t1[tumour].mean() < 0.8 * t1[wm].mean()                 # tumour hypo-intense vs WM in T1
+    assert t1[tumour].mean() < 0.8 * t1[wm].mean()  # tumour hypo-intense vs WM in T1
     assert t1[csf].mean() < t1[wm].mean() and t2[csf].mean() > t2[wm].mean()  # CSF dark T1, bright T2
-    assert flair[csf].mean() < flair[wm].mean()                    # FLAIR suppresses CSF
+    assert flair[csf].mean() < flair[wm].mean()  # FLAIR suppresses CSF
 
 
 def test_healthy_cases_and_grid_sizes(tmp_path):

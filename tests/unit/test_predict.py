@@ -16,8 +16,8 @@ from hpc_modatts.infer.predict import ensemble, genseg_outputs, predict, predict
 from hpc_modatts.runs import mark_done
 from hpc_modatts.train.best_model import register_model_factory
 
-SHAPE = (20, 16, 12)   # (X, Y, Z) stored, canonical RAS
-ROI = (8, 16, 8)       # a "half-volume" patch: X is less than half of the volume
+SHAPE = (20, 16, 12)  # (X, Y, Z) stored, canonical RAS
+ROI = (8, 16, 8)  # a "half-volume" patch: X is less than half of the volume
 
 
 def pointwise_model(weight: float = 4.0, bias: float = 0.0) -> torch.nn.Module:
@@ -36,9 +36,14 @@ def make_run(path, weight: float, bias: float):
     cfg = config_from_dict({"data": {"patch_size": list(ROI), "target": "t2", "store": "/nonexistent"}})
     model = pointwise_model(weight, bias)
     path.mkdir(parents=True)
-    torch.save({"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg),
-                "factories": {"gen": ("tests.unit.test_predict:pointwise_model", {"weight": weight, "bias": bias})}},
-               path / "best_model.pt")
+    torch.save(
+        {
+            "models": {"gen": model.state_dict()},
+            "config": config_to_dict(cfg),
+            "factories": {"gen": ("tests.unit.test_predict:pointwise_model", {"weight": weight, "bias": bias})},
+        },
+        path / "best_model.pt",
+    )
     mark_done(path)
     return path
 
@@ -52,15 +57,27 @@ def ramp() -> np.ndarray:
 def make_store(path, image: np.ndarray) -> Store:
     shape = image.shape
     # original file in LPS orientation: the stored (RAS) array is flipped along X and Y
-    orig_affine = np.array([[-2.0, 0, 0, 2 * shape[0] - 2], [0, -2.0, 0, 2 * shape[1] - 2], [0, 0, 2.0, -11],
-                            [0, 0, 0, 1]])
+    orig_affine = np.array(
+        [[-2.0, 0, 0, 2 * shape[0] - 2], [0, -2.0, 0, 2 * shape[1] - 2], [0, 0, 2.0, -11], [0, 0, 0, 1]]
+    )
     ras_affine = np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, -11], [0, 0, 0, 1]])
     st = Store.create(path)
-    st.write_case("c1", {"t2": image}, brain=np.ones(shape, np.uint8), attrs={
-        "affine": ras_affine.tolist(), "spacing": [2.0, 2.0, 2.0], "shape": list(shape),
-        "original_shape": list(shape), "original_affine": orig_affine.tolist(),
-        "original_orientation": ["L", "P", "S"], "crop_box": None, "resampled_shape": None,
-        "hemisphere_split": shape[0] // 2})
+    st.write_case(
+        "c1",
+        {"t2": image},
+        brain=np.ones(shape, np.uint8),
+        attrs={
+            "affine": ras_affine.tolist(),
+            "spacing": [2.0, 2.0, 2.0],
+            "shape": list(shape),
+            "original_shape": list(shape),
+            "original_affine": orig_affine.tolist(),
+            "original_orientation": ["L", "P", "S"],
+            "crop_box": None,
+            "resampled_shape": None,
+            "hemisphere_split": shape[0] // 2,
+        },
+    )
     return st
 
 
@@ -69,8 +86,9 @@ def test_windows_over_half_volume_patches_are_seamless(hemispheres):
     image = ramp()
     model = pointwise_model(4.0, 0.5)
     inferer = VolumeInferer(ROI, hemispheres=hemispheres)
-    prob = ensemble([model], inferer, image, np.ones(SHAPE, np.uint8), SHAPE[0] // 2,
-                    lambda m, t: torch.sigmoid(m(t)), (0.0,))[0]
+    prob = ensemble(
+        [model], inferer, image, np.ones(SHAPE, np.uint8), SHAPE[0] // 2, lambda m, t: torch.sigmoid(m(t)), (0.0,)
+    )[0]
     direct = torch.sigmoid(4.0 * torch.from_numpy(image) + 0.5).numpy()
     assert prob.shape == SHAPE
     np.testing.assert_allclose(prob, direct, atol=1e-5)  # both hemispheres, no seam at window edges
@@ -124,7 +142,7 @@ def test_nifti_folder_is_converted_and_masks_match_the_source_grid(tmp_path):
 
 
 # ----------------------------------------------------------------------------- GenSeg extras
-GENSEG_ROI = (32, 16, 16)   # MedFormer: every axis >= 16, one > 16
+GENSEG_ROI = (32, 16, 16)  # MedFormer: every axis >= 16, one > 16
 GENSEG_SHAPE = (40, 20, 16)  # several windows along X and Y
 GENSEG_FACTORY = ("hpc_modatts.models:build_segmenter", {"size": "tiny", "genseg": True})
 
@@ -137,8 +155,10 @@ def make_genseg_run(path, seed: int = 0):
     model = build_model(GENSEG_FACTORY)
     cfg = config_from_dict({"data": {"patch_size": list(GENSEG_ROI), "target": "t2", "store": "/nonexistent"}})
     path.mkdir(parents=True)
-    torch.save({"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg),
-                "factories": {"gen": GENSEG_FACTORY}}, path / "best_model.pt")
+    torch.save(
+        {"models": {"gen": model.state_dict()}, "config": config_to_dict(cfg), "factories": {"gen": GENSEG_FACTORY}},
+        path / "best_model.pt",
+    )
     mark_done(path)
     return path
 
@@ -150,12 +170,19 @@ def test_genseg_window_outputs_are_probability_healthy_and_residual():
     model = build_model(GENSEG_FACTORY).eval()
     image = np.random.default_rng(0).uniform(-1, 1, GENSEG_ROI).astype(np.float32)
     whole = VolumeInferer(GENSEG_ROI, hemispheres=False)  # one window = the whole volume
-    out = dict(zip(("prob", "healthy", "residual"),
-                   ensemble([model], whole, image, np.ones(GENSEG_ROI), None, genseg_outputs, (0.0, -1.0, 0.0))))
+    out = dict(
+        zip(
+            ("prob", "healthy", "residual"),
+            ensemble([model], whole, image, np.ones(GENSEG_ROI), None, genseg_outputs, (0.0, -1.0, 0.0)),
+        )
+    )
     with torch.no_grad():
         c, u, skips = model.encode(torch.from_numpy(image)[None, None])
-        direct = {"prob": torch.sigmoid(model.decode_segmentation(c, u, skips)),
-                  "healthy": model.decode_common(c, skips), "residual": model.decode_residual(c, u, skips)}
+        direct = {
+            "prob": torch.sigmoid(model.decode_segmentation(c, u, skips)),
+            "healthy": model.decode_common(c, skips),
+            "residual": model.decode_residual(c, u, skips),
+        }
     for name, ref in direct.items():
         np.testing.assert_allclose(out[name], ref[0, 0].numpy(), atol=1e-5, err_msg=name)
     assert not np.allclose(out["healthy"], out["residual"])
@@ -168,8 +195,12 @@ def test_predict_extras_write_healthy_and_residual_in_the_original_geometry(tmp_
     runs = [make_genseg_run(tmp_path / "fold_0", 0), make_genseg_run(tmp_path / "fold_1", 1)]
     store = make_store(tmp_path / "in.zarr", image)
     out = predict(runs, store.path, tmp_path / "out", probabilities=True, extras=True)
-    assert sorted(p.name for p in out.iterdir()) == ["c1.nii.gz", "c1_healthy.nii.gz", "c1_prob.nii.gz",
-                                                     "c1_residual.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "c1.nii.gz",
+        "c1_healthy.nii.gz",
+        "c1_prob.nii.gz",
+        "c1_residual.nii.gz",
+    ]
     models, cfg = load_models(runs, torch.device("cpu"))
     inferer = inferer_from_config(cfg)
     expected = predict_case(models, inferer, store, "c1", "t2", extras=True)  # ensemble mean, stored (RAS) grid

@@ -34,14 +34,34 @@ def make_sweep(root: Path) -> Path:
     for seed in (0, 1):
         for tgt in (0.0, 0.5):
             pid = f"src1_tgt{tgt:g}_seed{seed}"
-            points.append({"id": pid, "source_fraction": 1.0, "target_fraction": tgt, "seed": seed,
-                           "split": str(root / "splits" / f"{pid}.json"),
-                           "counts": {"source_train": 4, "source_labeled": 4, "target_train": 4,
-                                      "target_labeled": 2 if tgt else 0, "val": 1, "test": 2},
-                           "units": {"self-supervised": f"points/{pid}", "target-supervised": f"shared/seed{seed}"}})
-    atomic_write_json(root / "sweep.json", {"format": 1, "name": "hand", "variants": ["self-supervised",
-                                                                                      "target-supervised"],
-                                            "points": points, "units": []})
+            points.append(
+                {
+                    "id": pid,
+                    "source_fraction": 1.0,
+                    "target_fraction": tgt,
+                    "seed": seed,
+                    "split": str(root / "splits" / f"{pid}.json"),
+                    "counts": {
+                        "source_train": 4,
+                        "source_labeled": 4,
+                        "target_train": 4,
+                        "target_labeled": 2 if tgt else 0,
+                        "val": 1,
+                        "test": 2,
+                    },
+                    "units": {"self-supervised": f"points/{pid}", "target-supervised": f"shared/seed{seed}"},
+                }
+            )
+    atomic_write_json(
+        root / "sweep.json",
+        {
+            "format": 1,
+            "name": "hand",
+            "variants": ["self-supervised", "target-supervised"],
+            "points": points,
+            "units": [],
+        },
+    )
     for (unit, variant), cases in METRICS.items():
         if cases is not None:
             rows = [{"case": f"c{i}", "dice": d, "hd95": h, "assd": a, "note": ""} for i, (d, h, a) in enumerate(cases)]
@@ -56,13 +76,16 @@ def _row(rep: dict, variant: str, tgt):
 def test_aggregation_pools_seeds_and_cases_and_ratios_per_seed(tmp_path):
     rep = aggregate(make_sweep(tmp_path))
     assert [(r["variant"], r["target_fraction"]) for r in rep["rows"]] == [
-        ("self-supervised", 0.0), ("self-supervised", 0.5), ("target-supervised", None)]
+        ("self-supervised", 0.0),
+        ("self-supervised", 0.5),
+        ("target-supervised", None),
+    ]
     r0 = _row(rep, "self-supervised", 0.0)
     dice = [0.35, 0.35, 0.4, 0.6]
     assert r0["dice"]["mean"] == pytest.approx(np.mean(dice)) and r0["dice"]["std"] == pytest.approx(np.std(dice))
     assert r0["dice"]["seed_std"] == pytest.approx(np.std([0.35, 0.5]))
     assert r0["hd95"]["mean"] == pytest.approx(8.0) and r0["hd95"]["n"] == 3  # the nan case does not count
-    pct = [100 * 0.35 / 0.7, 100 * 0.5 / 0.8]   # each seed against its own target-supervised run
+    pct = [100 * 0.35 / 0.7, 100 * 0.5 / 0.8]  # each seed against its own target-supervised run
     assert r0["percent_of_target_supervised"]["mean"] == pytest.approx(np.mean(pct))
     assert r0["percent_of_target_supervised"]["std"] == pytest.approx(np.std(pct))
     assert (r0["seeds"], r0["seeds_expected"], r0["cases"]) == ([0, 1], [0, 1], 4)
@@ -98,15 +121,19 @@ def test_report_names_the_points_whose_stage_1_did_not_learn_the_translation(tmp
     drags its MoDATTS rows down for a reason unrelated to the annotated fraction: say which."""
     root = make_sweep(tmp_path / "sw")
     info = json.loads((root / "sweep.json").read_text())
-    info["units"] = [{"id": f"shared/src1_seed{s}", "translator": True, "shared_by": [f"src1_tgt0_seed{s}"]}
-                     for s in (0, 1)]
+    info["units"] = [
+        {"id": f"shared/src1_seed{s}", "translator": True, "shared_by": [f"src1_tgt0_seed{s}"]} for s in (0, 1)
+    ]
     atomic_write_json(root / "sweep.json", info)
     for seed, ratios in ((0, [0.5, 0.77]), (1, [0.2, 0.10])):  # selected: the second validation
         run = root / f"shared/src1_seed{seed}" / "translate"
         run.mkdir(parents=True)
-        (run / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": 150 * (i + 1), "val/score": 0.5, "val/contrast_ratio": r}) + "\n"
-            for i, r in enumerate(ratios)))
+        (run / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps({"step": 150 * (i + 1), "val/score": 0.5, "val/contrast_ratio": r}) + "\n"
+                for i, r in enumerate(ratios)
+            )
+        )
         atomic_write_json(run / "DONE", {"best_step": 300})
     out = report(root, tmp_path / "out")
     saved = json.loads((out / "report.json").read_text())

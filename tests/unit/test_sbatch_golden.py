@@ -25,8 +25,13 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def sbatch_text(tmp_path: Path, preset_name: str, node_name: str) -> str:
     """The script of ``node_name`` as submitit writes it (``pipeline --dry-run``: stand-in sbatch)."""
-    cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path / "runs"),
-                            "pipeline": {"self_training_rounds": 1, "cluster": preset_name}})
+    cfg = config_from_dict(
+        {
+            "name": "exp",
+            "run_root": str(tmp_path / "runs"),
+            "pipeline": {"self_training_rounds": 1, "cluster": preset_name},
+        }
+    )
     scripts = {s["node"]: s for s in dry_run_slurm(cfg)}
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
     text = scripts[node_name]["script"]
@@ -52,17 +57,38 @@ def test_sbatch_matches_golden(tmp_path, preset, node, golden):
 
 def test_training_node_asks_one_task_per_gpu_and_requeue(tmp_path):
     text = sbatch_text(tmp_path, "example_a100", "segment/self-supervised/fold_0")
-    for line in ("#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4", "#SBATCH --dependency=afterok:1001",
-                 "#SBATCH --requeue", "#SBATCH --partition=gpu", "#SBATCH --account=my-project",
-                 "#SBATCH --constraint=a100", "#SBATCH --time=1440", "module load cuda/12.4"):
+    for line in (
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --dependency=afterok:1001",
+        "#SBATCH --requeue",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=my-project",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --time=1440",
+        "module load cuda/12.4",
+    ):
         assert line in text, line
     assert submitit.__version__
 
 
 def test_pipeline_dry_run_prints_every_script_and_leaves_nothing_behind(tmp_path, capsys):
     path_before = os.environ["PATH"]
-    assert main(["pipeline", "demo_cpu", "--executor", "slurm", "--cluster", "example_a100", "--dry-run",
-                 f"run_root={tmp_path / 'runs'}"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "demo_cpu",
+                "--executor",
+                "slurm",
+                "--cluster",
+                "example_a100",
+                "--dry-run",
+                f"run_root={tmp_path / 'runs'}",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     headers = [ln for ln in out.splitlines() if ln.startswith("# ---- ")]
     assert headers[0] == "# ---- translate (job 1000, afterok: -)"

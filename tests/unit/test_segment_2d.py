@@ -29,11 +29,20 @@ DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_c
 
 def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:
     """32x32 stage-1 slices; stage 2 on 24x56 slice windows (a whole hemisphere of the 48x56 phantom)."""
-    return [f"data.store={store}", f"data.split={split}", f"run_root={root / 'runs'}", "name=t",
-            "data.slice_size=[32,32]", "data.patch_size=[24,56,16]", "train.max_steps=2",
-            "train.batch_size=4", "train.val_cases=1", "train.log_every=1",
-            "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}",
-            "pipeline.self_training_rounds=1"]
+    return [
+        f"data.store={store}",
+        f"data.split={split}",
+        f"run_root={root / 'runs'}",
+        "name=t",
+        "data.slice_size=[32,32]",
+        "data.patch_size=[24,56,16]",
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.val_cases=1",
+        "train.log_every=1",
+        "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}",
+        "pipeline.self_training_rounds=1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +83,13 @@ def test_slices_of_hemispheres_carry_m_genseg_weak_labels(chain2d):
     whole = VolumeSliceDataset(cfg.data.store, [case], "t2", slice_size=(48, 56), half=False)
     assert {s for _, s, *_ in whole.index} == {"whole"} and whole[0]["image"].shape == (1, 48, 56)
     # the pseudo-target store's slices of annotated cases carry the source masks
-    pt = VolumeSliceDataset(cfg.train.pseudo_target_store or cfg.run_dir / "translate" / "synth.zarr",
-                            [split.source_labeled[0]], "t2", slice_size=(24, 56), annotated={split.source_labeled[0]})
+    pt = VolumeSliceDataset(
+        cfg.train.pseudo_target_store or cfg.run_dir / "translate" / "synth.zarr",
+        [split.source_labeled[0]],
+        "t2",
+        slice_size=(24, 56),
+        annotated={split.source_labeled[0]},
+    )
     items = [pt[i] for i in range(len(pt))]
     assert all(it["has_mask"] for it in items) and any(it["mask"].sum() > 0 for it in items)
 
@@ -103,8 +117,16 @@ def test_2d_variants_are_pipeline_nodes_sharing_stage_1(tmp_path):
     from hpc_modatts.config import config_from_dict
     from hpc_modatts.pipeline.dag import build_dag
 
-    cfg = config_from_dict({"name": "exp", "run_root": str(tmp_path), "pipeline": {
-        "self_training_rounds": 1, "variants": ["self-supervised", *SLICE_VARIANTS, "target-supervised"]}})
+    cfg = config_from_dict(
+        {
+            "name": "exp",
+            "run_root": str(tmp_path),
+            "pipeline": {
+                "self_training_rounds": 1,
+                "variants": ["self-supervised", *SLICE_VARIANTS, "target-supervised"],
+            },
+        }
+    )
     dag = build_dag(cfg)
     assert [n for n in dag.nodes if n in ("translate", "synthesize")] == ["translate", "synthesize"]  # one stage 1
     for v in SLICE_VARIANTS:
@@ -180,8 +202,15 @@ def test_2d_semi_supervised_resumes_bit_exactly_after_a_kill(chain2d, tmp_path):
     """Killed during step 3 (latest checkpoint: step 2), resumed: the weights of both engines
     equal those of an uninterrupted run, bit for bit."""
     cfg0, _, _ = chain2d
-    assert_segment_resumes_bit_exactly(cfg0, tmp_path, [
-        "train.variant=semi-supervised-2d", "train.batch_size=2", f"train.translator_run={cfg0.run_dir / 'translate'}"])
+    assert_segment_resumes_bit_exactly(
+        cfg0,
+        tmp_path,
+        [
+            "train.variant=semi-supervised-2d",
+            "train.batch_size=2",
+            f"train.translator_run={cfg0.run_dir / 'translate'}",
+        ],
+    )
 
 
 @pytest.mark.distributed
@@ -189,8 +218,17 @@ def test_2d_semi_supervised_resumes_bit_exactly_after_a_kill(chain2d, tmp_path):
 def test_two_ranks_zero2_semi_supervised_2d(chain2d, tmp_path):
     """2 gloo ranks under torchrun, ZeRO-2: MoDATTS-2D semi-supervised trains, validates and saves."""
     cfg, _, _ = chain2d
-    data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=2",
-                                                "train.batch_size=4", "train.variant=semi-supervised-2d"]))
+    data = config_to_dict(
+        apply_overrides(
+            cfg,
+            [
+                f"run_root={tmp_path}",
+                "distributed.zero_stage=2",
+                "train.batch_size=4",
+                "train.variant=semi-supervised-2d",
+            ],
+        )
+    )
     data["train"]["translator_run"] = str(cfg.run_dir / "translate")  # stage 1 of the module's chain
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))

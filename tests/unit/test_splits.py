@@ -34,13 +34,15 @@ def test_unpaired_disjoint_and_complete(store):
     assert not set(s.source_train) & set(s.target_train)
     assert not train & (set(s.val) | set(s.test)) and not set(s.val) & set(s.test)
     assert train | set(s.val) | set(s.test) == set(store.case_ids)
-    assert abs(len(s.source_train) - len(s.target_train)) <= 1          # half/half
+    assert abs(len(s.source_train) - len(s.target_train)) <= 1  # half/half
     assert s.source_labeled == s.source_train and s.target_labeled == []  # defaults 100 % / 0 %
 
 
 def test_fractions_nested_and_sized(store):
-    sets = {f: make_split(store, "t1", "t2", source_labeled=f, target_labeled=f / 2, seed=3)
-            for f in (0.01, 0.1, 0.4, 0.7, 1.0)}
+    sets = {
+        f: make_split(store, "t1", "t2", source_labeled=f, target_labeled=f / 2, seed=3)
+        for f in (0.01, 0.1, 0.4, 0.7, 1.0)
+    }
     n = len(sets[1.0].source_train)
     for f, s in sets.items():
         assert len(s.source_labeled) == max(1, int(np.ceil(f * n)))
@@ -100,8 +102,13 @@ def test_save_load_roundtrip_and_errors(store, tmp_path):
 
 
 def test_bad_values_and_missing_modalities(store, tmp_path):
-    for kwargs in ({"source_labeled": 0.0}, {"source_labeled": 1.5}, {"target_labeled": -0.1},
-                   {"folds": 0}, {"val": 1.2}):
+    for kwargs in (
+        {"source_labeled": 0.0},
+        {"source_labeled": 1.5},
+        {"target_labeled": -0.1},
+        {"folds": 0},
+        {"val": 1.2},
+    ):
         with pytest.raises(ConfigError):
             make_split(store, "t1", "t2", **kwargs)
     with pytest.raises(ConfigError):
@@ -121,8 +128,9 @@ def test_crossmoda_like_unpaired_store(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(6):
         store.write_case(f"src{i}", {"ceT1": rng.uniform(-1, 1, (4, 4, 4))}, mask=np.zeros((4, 4, 4)))
-        store.write_case(f"tgt{i}", {"hrT2": rng.uniform(-1, 1, (4, 4, 4))},
-                         mask=np.zeros((4, 4, 4)) if i < 3 else None)
+        store.write_case(
+            f"tgt{i}", {"hrT2": rng.uniform(-1, 1, (4, 4, 4))}, mask=np.zeros((4, 4, 4)) if i < 3 else None
+        )
     s = make_split(store, "ceT1", "hrT2", val=0.1, test=0.0)
     assert all(c.startswith("src") for c in s.source_train)
     assert all(c.startswith("tgt") for c in s.target_train + s.val)

@@ -30,10 +30,19 @@ DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_c
 
 
 def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:
-    return [f"data.store={store}", f"data.split={split}", f"run_root={root / 'runs'}", "name=t",
-            "data.slice_size=[32,32]", "data.patch_size=[32,32,16]", "train.max_steps=2",
-            "train.batch_size=2", "train.val_cases=1", "train.log_every=1",
-            "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}"]
+    return [
+        f"data.store={store}",
+        f"data.split={split}",
+        f"run_root={root / 'runs'}",
+        "name=t",
+        "data.slice_size=[32,32]",
+        "data.patch_size=[32,32,16]",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.val_cases=1",
+        "train.log_every=1",
+        "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +171,9 @@ def test_self_training_round_pseudo_labels_are_thresholded_predictions(chain):
     from hpc_modatts.train.guards import zero_healthy
 
     attrs = src.attrs(case)
-    prob = inferer_from_config(cfg)(lambda p: torch.sigmoid(model(p)), src.read_image(case, "t2"),
-                                    src.read_brain(case), attrs["hemisphere_split"])[0]
+    prob = inferer_from_config(cfg)(
+        lambda p: torch.sigmoid(model(p)), src.read_image(case, "t2"), src.read_brain(case), attrs["hemisphere_split"]
+    )[0]
     expected = (prob > 0.6) & (src.read_brain(case) > 0)
     expected = zero_healthy(expected, attrs["hemisphere_split"], attrs["weak_labels"])  # A halves: zero
     assert np.array_equal(labels.read_array(case, "pseudo_label").astype(bool), expected)
@@ -243,18 +253,18 @@ def test_pooled_dice_penalises_false_positives_on_tumour_free_samples():
     from hpc_modatts.losses import dice_loss
 
     target = torch.zeros(2, 1, 8, 8)
-    target[0, 0, 2:5, 2:5] = 1.0                      # sample 0 has a tumour, sample 1 none
+    target[0, 0, 2:5, 2:5] = 1.0  # sample 0 has a tumour, sample 1 none
     logits = torch.full((2, 1, 8, 8), -8.0)
-    logits[0, 0, 2:5, 2:5] = 8.0                      # sample 0 perfect
-    logits[1, 0, 0:4, 0:4] = 2.0                      # sample 1: 16 false positives (p 0.88)
+    logits[0, 0, 2:5, 2:5] = 8.0  # sample 0 perfect
+    logits[1, 0, 0:4, 0:4] = 2.0  # sample 1: 16 false positives (p 0.88)
     logits.requires_grad_(True)
     has = torch.tensor([True, True])
     pooled = pooled_dice_loss(logits, target, has)
-    assert 0.4 < pooled.item() < 0.5                  # 1 - 2*9 / (9 + 9 + 16*0.88): the FPs count
+    assert 0.4 < pooled.item() < 0.5  # 1 - 2*9 / (9 + 9 + 16*0.88): the FPs count
     pooled.backward()
-    assert logits.grad[1, 0, 0:4, 0:4].min() > 1e-4   # and are pushed down
+    assert logits.grad[1, 0, 0:4, 0:4].min() > 1e-4  # and are pushed down
     per_sample = torch.autograd.grad(dice_loss(logits, target, has), logits)[0]
-    assert per_sample[1].abs().max() < 1e-6           # what the per-sample Dice gave them
+    assert per_sample[1].abs().max() < 1e-6  # what the per-sample Dice gave them
     # only the annotated samples are pooled; none annotated: a zero that keeps the graph
     only_0 = pooled_dice_loss(logits, target, torch.tensor([True, False]))
     assert only_0.item() < 0.01
@@ -300,9 +310,17 @@ def test_two_ranks_zero3_translate_synthesize_semi_supervised(chain, tmp_path):
     """2 gloo ranks under torchrun, ZeRO-3: every rank runs the same forwards (validation panel,
     GenSeg on mixed A/P batches), synthesis shards cases over ranks without collisions."""
     cfg, split, _ = chain
-    data = config_to_dict(apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=3",
-                                                "train.batch_size=4",
-                                                "train.stage_overrides={translate: {batch_size: 4}}"]))
+    data = config_to_dict(
+        apply_overrides(
+            cfg,
+            [
+                f"run_root={tmp_path}",
+                "distributed.zero_stage=3",
+                "train.batch_size=4",
+                "train.stage_overrides={translate: {batch_size: 4}}",
+            ],
+        )
+    )
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
     for cmd in (["train", "translate"], ["synthesize"], ["train", "segment", "--variant", "semi-supervised"]):

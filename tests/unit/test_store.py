@@ -17,8 +17,15 @@ def test_round_trip_and_listing(tmp_path):
     rng = np.random.default_rng(0)
     img, mask = _case(rng)
     st = Store.create(tmp_path / "s.zarr", kind="dataset", note="x")
-    st.write_case("b", {"t1": img, "t2": -img}, mask=mask, labels=mask * 2, brain=np.ones_like(mask),
-                  extra={"prob": img}, attrs={"spacing": [1.0, 1.0, 1.0], "weak_labels": {"left": "A", "right": "P"}})
+    st.write_case(
+        "b",
+        {"t1": img, "t2": -img},
+        mask=mask,
+        labels=mask * 2,
+        brain=np.ones_like(mask),
+        extra={"prob": img},
+        attrs={"spacing": [1.0, 1.0, 1.0], "weak_labels": {"left": "A", "right": "P"}},
+    )
     st.write_case("a", {"t1": img})
     st = Store.open(tmp_path / "s.zarr")
     assert st.case_ids == ["a", "b"]
@@ -56,7 +63,7 @@ def test_float16_and_sharded(tmp_path):
     assert st.image("c", "t1").dtype == np.float16
     assert st.image("c", "t1").shards is not None
     out = st.read_image("c", "t1")
-    assert out.dtype == np.float32 and np.abs(out - img).max() <= 2.0 ** -12  # float16 round-off on [-1, 1]
+    assert out.dtype == np.float32 and np.abs(out - img).max() <= 2.0**-12  # float16 round-off on [-1, 1]
 
 
 def test_defaults_exact_float32_sharded_background_chunks_not_written(tmp_path):
@@ -71,8 +78,11 @@ def test_defaults_exact_float32_sharded_background_chunks_not_written(tmp_path):
     np.testing.assert_array_equal(st.read_image("c", "t1"), img)  # float32: exact
     plain = Store.create(tmp_path / "plain.zarr", sharded=False)
     plain.write_case("c", {"t1": img})
-    chunk_files = [p for p in (tmp_path / "plain.zarr" / "cases" / "c" / "image_t1").rglob("*")
-                   if p.is_file() and p.name != "zarr.json"]
+    chunk_files = [
+        p
+        for p in (tmp_path / "plain.zarr" / "cases" / "c" / "image_t1").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    ]
     assert len(chunk_files) == 1  # the all-background chunk is never written...
     np.testing.assert_array_equal(plain.read_image("c", "t1"), img)  # ...and reads back as -1
 

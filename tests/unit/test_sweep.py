@@ -31,12 +31,22 @@ def store(tmp_path_factory) -> Path:
 
 
 def sweep_cfg(tmp_path: Path, store: Path, *extra: str):
-    return load_config(DEMO, [f"data.store={store}", f"run_root={tmp_path}", "name=sw",
-                              "pipeline.self_training_rounds=1", "pipeline.folds=1", *extra])
+    return load_config(
+        DEMO,
+        [
+            f"data.store={store}",
+            f"run_root={tmp_path}",
+            "name=sw",
+            "pipeline.self_training_rounds=1",
+            "pipeline.folds=1",
+            *extra,
+        ],
+    )
 
 
-SPEC = sw.SweepSpec(source_labeled=[1.0, 0.5], target_labeled=[0.0, 0.5], seeds=[0, 1], variants=VARIANTS,
-                    val=0.15, test=0.25)
+SPEC = sw.SweepSpec(
+    source_labeled=[1.0, 0.5], target_labeled=[0.0, 0.5], seeds=[0, 1], variants=VARIANTS, val=0.15, test=0.25
+)
 
 
 def plan(tmp_path, store, spec=SPEC):
@@ -67,8 +77,8 @@ def test_dag_shares_stage1_per_source_fraction_and_seed_and_the_bounds(tmp_path,
     translates = [n for n in names if n.endswith("/translate")]
     assert sorted(translates) == sorted(f"shared/src{f}_seed{s}/translate" for f in ("1", "0.5") for s in (0, 1))
     assert len([n for n in names if n.endswith("/synthesize")]) == 4
-    assert len([n for n in names if "/segment/target-supervised/" in n]) == 2      # one per seed
-    assert len([n for n in names if "/segment/source-supervised/" in n]) == 4      # per source fraction and seed
+    assert len([n for n in names if "/segment/target-supervised/" in n]) == 2  # one per seed
+    assert len([n for n in names if "/segment/source-supervised/" in n]) == 4  # per source fraction and seed
     assert len([n for n in names if "/segment/self-supervised/fold_0" in n and "round" not in n]) == 8
     # 4 x (translate, synthesize, source-sup segment/predict/evaluate) + 2 x target-sup (3) + 8 x (4)
     assert len(dag) == 4 * 5 + 2 * 3 + 8 * 4
@@ -77,8 +87,11 @@ def test_dag_shares_stage1_per_source_fraction_and_seed_and_the_bounds(tmp_path,
         group = f"shared/src{sw.fraction_label(p.source_fraction)}_seed{p.seed}"
         assert seg.deps == (f"{group}/synthesize",)
         assert dag[f"{group}/synthesize"].deps == (f"{group}/translate",)
-        assert p.units == {"source-supervised": group, "self-supervised": f"points/{p.id}",
-                           "target-supervised": f"shared/seed{p.seed}"}
+        assert p.units == {
+            "source-supervised": group,
+            "self-supervised": f"points/{p.id}",
+            "target-supervised": f"shared/seed{p.seed}",
+        }
     shared = {u.id: u for u in units}
     assert sorted(shared["shared/seed0"].shared_by) == sorted(p.id for p in points if p.seed == 0)
     assert shared["shared/src0.5_seed1"].shared_by == ["src0.5_tgt0_seed1", "src0.5_tgt0.5_seed1"]
@@ -87,8 +100,9 @@ def test_dag_shares_stage1_per_source_fraction_and_seed_and_the_bounds(tmp_path,
 def test_m_genseg_points_train_no_translator(tmp_path, store):
     """M-GenSeg trains end to end: its points' segment nodes wait on nothing, and a sweep of it
     alone has no stage 1 at all."""
-    spec = sw.SweepSpec(source_labeled=[1.0], target_labeled=[0.0], seeds=[0], variants=["m-genseg"],
-                        val=0.15, test=0.25)
+    spec = sw.SweepSpec(
+        source_labeled=[1.0], target_labeled=[0.0], seeds=[0], variants=["m-genseg"], val=0.15, test=0.25
+    )
     _, _, points, _, units, dag = plan(tmp_path, store, spec)
     assert not any(n.endswith(("/translate", "/synthesize")) for n in dag.nodes)
     assert [u.translator_from for u in units] == [""]
@@ -104,11 +118,14 @@ def test_every_node_config_points_the_stage_at_the_node_folder(tmp_path, store):
             c = node_config(cfg, node)
             assert (c.run_dir, c.train.seed, c.data.split) == (sweep_dir / u.id, u.seed, u.split), node.name
             v, fold = c.train.variant, c.data.fold
-            expected = {"translate": stage_dir(c.run_dir, "translate"),
-                        "synthesize": Path(c.train.translator_run or stage_dir(c.run_dir, "translate")),
-                        "segment": stage_dir(c.run_dir, "segment", v, fold),
-                        "self_training": stage_dir(c.run_dir, "self-train", v, fold, c.train.round),
-                        "predict": stage_dir(c.run_dir, "predict", v), "evaluate": stage_dir(c.run_dir, "evaluate", v)}
+            expected = {
+                "translate": stage_dir(c.run_dir, "translate"),
+                "synthesize": Path(c.train.translator_run or stage_dir(c.run_dir, "translate")),
+                "segment": stage_dir(c.run_dir, "segment", v, fold),
+                "self_training": stage_dir(c.run_dir, "self-train", v, fold, c.train.round),
+                "predict": stage_dir(c.run_dir, "predict", v),
+                "evaluate": stage_dir(c.run_dir, "evaluate", v),
+            }
             assert node.run_dir == expected[node.fn.split(":")[0].rsplit(".", 1)[-1]], node.name
             if v == "self-supervised" and u.translator_from:  # MoDATTS points read their group's stage 1
                 assert c.train.translator_run == str(sweep_dir / u.translator_from / "translate"), node.name
@@ -156,17 +173,24 @@ def light_predict(cfg):
 
 def light_evaluate(cfg):
     out = stage_dir(cfg.run_dir, "evaluate", cfg.train.variant)
-    atomic_write_json(out / "metrics.json", {"cases": [{"case": "c", "dice": 0.5, "hd95": 1.0, "assd": 1.0}],
-                                             "summary": {"dice": {"mean": 0.5}}})
+    atomic_write_json(
+        out / "metrics.json",
+        {"cases": [{"case": "c", "dice": 0.5, "hd95": 1.0, "assd": 1.0}], "summary": {"dice": {"mean": 0.5}}},
+    )
     return _done(out)
 
 
 @pytest.fixture
 def light_stages(monkeypatch, tmp_path):
     monkeypatch.setenv("SWEEP_TEST_LOG", str(tmp_path / "ran.log"))
-    for stage, fn in (("translate", "light_translate"), ("synthesize", "light_synthesize"),
-                      ("segment", "light_segment"), ("self-train", "light_self_train"),
-                      ("predict", "light_predict"), ("evaluate", "light_evaluate")):
+    for stage, fn in (
+        ("translate", "light_translate"),
+        ("synthesize", "light_synthesize"),
+        ("segment", "light_segment"),
+        ("self-train", "light_self_train"),
+        ("predict", "light_predict"),
+        ("evaluate", "light_evaluate"),
+    ):
         monkeypatch.setitem(dagmod.STAGE_FN, stage, f"tests.unit.test_sweep:{fn}")
     return tmp_path / "ran.log"
 
@@ -177,8 +201,9 @@ def _ran(log: Path) -> list[str]:
 
 def test_sweep_runs_every_node_once_and_a_rerun_runs_nothing(tmp_path, store, light_stages):
     cfg = sweep_cfg(tmp_path, store)
-    spec = sw.SweepSpec(source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0], variants=VARIANTS,
-                        val=0.15, test=0.25)
+    spec = sw.SweepSpec(
+        source_labeled=[1.0], target_labeled=[0.0, 0.5], seeds=[0], variants=VARIANTS, val=0.15, test=0.25
+    )
     sweep_dir = sw.run_sweep(cfg, spec, executor="debug")
     record = json.loads((sweep_dir / "pipeline.json").read_text())
     assert len(record["jobs"]) == len(record["nodes"]) == 5 + 3 + 2 * 4
@@ -205,17 +230,22 @@ def test_pipeline_seeds_keep_the_config_split_and_vary_train_seed(tmp_path, stor
 
     make_split(store, "t1", "t2", 1.0, 0.0, val=0.15, test=0.25, seed=3).save(tmp_path / "split.json")
     cfg = sweep_cfg(tmp_path, store, f"data.split={tmp_path / 'split.json'}", "pipeline.variants=[target-supervised]")
-    sweep_dir = sw.run_sweep(cfg, sw.SweepSpec(seeds=[0, 1], variants=["target-supervised"], resplit=False),
-                             executor="debug")
+    sweep_dir = sw.run_sweep(
+        cfg, sw.SweepSpec(seeds=[0, 1], variants=["target-supervised"], resplit=False), executor="debug"
+    )
     saved = json.loads((sweep_dir / "sweep.json").read_text())
     assert [p["id"] for p in saved["points"]] == ["src1_tgt0_seed0", "src1_tgt0_seed1"]
     split = str((tmp_path / "split.json").resolve())
     assert {p["split"] for p in saved["points"]} == {split} and not (sweep_dir / "splits").exists()
     dag = sw.sweep_dag(cfg, [sw.Unit(**u) for u in saved["units"]], sweep_dir)
     assert sorted(n for n in dag.nodes if "/segment/" in n) == [
-        "shared/seed0/segment/target-supervised/fold_0", "shared/seed1/segment/target-supervised/fold_0"]
+        "shared/seed0/segment/target-supervised/fold_0",
+        "shared/seed1/segment/target-supervised/fold_0",
+    ]
     assert {(node_config(cfg, n).train.seed, node_config(cfg, n).data.split) for n in dag.nodes.values()} == {
-        (0, split), (1, split)}
+        (0, split),
+        (1, split),
+    }
     assert len(_ran(light_stages)) == 6
 
 
@@ -233,11 +263,19 @@ def test_local_executor_runs_at_most_max_parallel_jobs(tmp_path):
     from hpc_modatts.config import config_from_dict
 
     cfg = config_from_dict({"name": "cap", "run_root": str(tmp_path)})
-    nodes = [Node(f"n{i}", "tests.unit.test_sweep:slow_stage", {"train.pseudo_labels": str(tmp_path / f"n{i}")},
-                  tmp_path / f"n{i}") for i in range(2)]  # both ready at once: uncapped, they would overlap
+    nodes = [
+        Node(
+            f"n{i}",
+            "tests.unit.test_sweep:slow_stage",
+            {"train.pseudo_labels": str(tmp_path / f"n{i}")},
+            tmp_path / f"n{i}",
+        )
+        for i in range(2)
+    ]  # both ready at once: uncapped, they would overlap
     run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False, max_parallel=1)
-    first, second = sorted((json.loads((tmp_path / f"n{i}" / "span.json").read_text()) for i in range(2)),
-                           key=lambda s: s["start"])
+    first, second = sorted(
+        (json.loads((tmp_path / f"n{i}" / "span.json").read_text()) for i in range(2)), key=lambda s: s["start"]
+    )
     assert first["end"] <= second["start"]  # never two at once
 
 

@@ -23,8 +23,9 @@ from hpc_modatts.train.trainer import Trainer, TrainingDiverged  # noqa: E402
 
 def make_cfg(run_dir: Path, **train) -> ExperimentConfig:
     base = {"epochs": 2, "batch_size": 2, "val_every": 3, "log_every": 1, "seed": 3}
-    return config_from_dict({"name": run_dir.name, "run_root": str(run_dir.parent),
-                             "optim": {"lr": 1e-2}, "train": {**base, **train}})
+    return config_from_dict(
+        {"name": run_dir.name, "run_root": str(run_dir.parent), "optim": {"lr": 1e-2}, "train": {**base, **train}}
+    )
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -84,8 +85,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # the metrics of the killed attempt after step 3 were dropped, then re-logged once
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
-             if "train/dice" in x]
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/dice" in x]
     assert steps == list(range(1, 9))
 
 

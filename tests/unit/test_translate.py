@@ -13,9 +13,9 @@ def _pair(keep: bool) -> CycleTranslators:
 
 
 def test_keep_background_copies_the_inputs_background_and_nothing_else():
-    x_s = torch.rand(2, 1, 32, 48) * 1.6 - 0.8                       # brain intensities, never -1
+    x_s = torch.rand(2, 1, 32, 48) * 1.6 - 0.8  # brain intensities, never -1
     x_t = torch.rand(2, 1, 32, 48) * 1.6 - 0.8
-    x_s[..., :6, :] = -1.0                                           # background rows / columns
+    x_s[..., :6, :] = -1.0  # background rows / columns
     x_t[..., :, -9:] = -1.0
     kept, free = _pair(True), _pair(False)
     free.load_state_dict(kept.state_dict())
@@ -25,8 +25,8 @@ def test_keep_background_copies_the_inputs_background_and_nothing_else():
     for name, x in (("s_to_t", x_s), ("s_cycled", x_s), ("t_to_s", x_t)):
         bg = x <= -1.0
         assert torch.all(out_k[name][bg] == -1.0), name
-        assert not torch.all(out_f[name][bg] == -1.0), name          # a raw generator does not
-        if name != "s_cycled":                                       # (its input differs: X_S')
+        assert not torch.all(out_f[name][bg] == -1.0), name  # a raw generator does not
+        if name != "s_cycled":  # (its input differs: X_S')
             assert torch.equal(out_k[name][~bg], out_f[name][~bg]), name  # brain untouched
     assert torch.equal(synth, out_k["s_to_t"])
     # the segmentation heads see the same features either way on the source side
@@ -37,8 +37,11 @@ def test_an_untranslated_stage_1_is_reported_at_its_selected_step(tmp_path):
     from hpc_modatts.train import fidelity
     from hpc_modatts.train.translate import _selected_validation
 
-    rows = [{"step": 25, "train/loss": 1.0}, {"step": 150, "val/contrast_ratio": 0.10, "val/score": 0.30},
-            {"step": 300, "val/contrast_ratio": 0.05, "val/score": 0.20}]
+    rows = [
+        {"step": 25, "train/loss": 1.0},
+        {"step": 150, "val/contrast_ratio": 0.10, "val/score": 0.30},
+        {"step": 300, "val/contrast_ratio": 0.05, "val/score": 0.20},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     selected = _selected_validation(tmp_path, 150)
     assert selected["step"] == 150

@@ -101,8 +101,11 @@ def test_three_channel_input_and_checkpoint_kinds():
 
 @pytest.mark.parametrize(
     "shape, message",
-    [((1, 2, 32, 32), "expects \\(B, 1, H, W\\)"), ((1, 32, 32), "expects"),
-     ((1, 1, 8, 32), "smaller than the minimum")],
+    [
+        ((1, 2, 32, 32), "expects \\(B, 1, H, W\\)"),
+        ((1, 32, 32), "expects"),
+        ((1, 1, 8, 32), "smaller than the minimum"),
+    ],
 )
 def test_bad_inputs_raise_clear_errors(shape, message):
     with pytest.raises(ValueError, match=message):

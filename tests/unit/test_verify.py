@@ -46,11 +46,11 @@ def test_bad_values_shapes_and_attrs(tmp_path):
     zarr.open_array(str(store / "cases" / "phantom_001" / "brain"), mode="r+")[...] = 0
     case1.create_array("extra", shape=(3, 3, 3), dtype="uint8")
     msgs = {(p.case, p.message.split(" ")[0]) for p in _errors(verify(store))}
-    assert ("phantom_000", "image_t1") in msgs        # NaN (checked before the range)
+    assert ("phantom_000", "image_t1") in msgs  # NaN (checked before the range)
     assert ("phantom_000", "mask") in msgs
-    assert ("phantom_001", "missing") in msgs          # attribute 'norm'
-    assert ("phantom_001", "brain") in msgs            # empty brain
-    assert ("phantom_001", "array") in msgs            # shape mismatch
+    assert ("phantom_001", "missing") in msgs  # attribute 'norm'
+    assert ("phantom_001", "brain") in msgs  # empty brain
+    assert ("phantom_001", "array") in msgs  # shape mismatch
     assert main(["verify", str(store)]) == 1
 
 

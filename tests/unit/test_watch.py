@@ -39,8 +39,12 @@ def failing_stage(cfg: ExperimentConfig) -> Path:
 
 def test_latest_metric_prefers_the_newest_line_and_skips_partial_ones(tmp_path):
     assert latest_metric(tmp_path) == ""  # no metrics.jsonl yet
-    lines = [{"step": 25, "train/loss": 0.9}, {"step": 50, "train/loss": 0.5},
-             {"step": 50, "val/dice": 0.4321, "val/pred_ml": 12.0}, {"step": 75, "train/loss": 0.25}]
+    lines = [
+        {"step": 25, "train/loss": 0.9},
+        {"step": 50, "train/loss": 0.5},
+        {"step": 50, "val/dice": 0.4321, "val/pred_ml": 12.0},
+        {"step": 75, "train/loss": 0.25},
+    ]
     text = "garbage-first-line\n" + "\n".join(json.dumps(r) for r in lines) + '\n{"step": 80, "train/lo'
     (tmp_path / "metrics.jsonl").write_text(text)
     assert latest_metric(tmp_path) == "train/loss 0.250 @75"  # the half-written last line is skipped
@@ -53,10 +57,14 @@ def test_latest_metric_prefers_the_newest_line_and_skips_partial_ones(tmp_path):
 def test_log_mode_prints_one_line_per_state_change():
     script = [
         [{"node": "a", "state": "NOT SUBMITTED"}, {"node": "b", "state": "NOT SUBMITTED"}],
-        [{"node": "a", "state": "RUNNING", "elapsed_s": 5, "metric": "step 1 train/loss 1.000"},
-         {"node": "b", "state": "NOT SUBMITTED"}],
-        [{"node": "a", "state": "RUNNING", "elapsed_s": 9, "metric": "step 2 train/loss 0.500"},
-         {"node": "b", "state": "NOT SUBMITTED"}],
+        [
+            {"node": "a", "state": "RUNNING", "elapsed_s": 5, "metric": "step 1 train/loss 1.000"},
+            {"node": "b", "state": "NOT SUBMITTED"},
+        ],
+        [
+            {"node": "a", "state": "RUNNING", "elapsed_s": 9, "metric": "step 2 train/loss 0.500"},
+            {"node": "b", "state": "NOT SUBMITTED"},
+        ],
         [{"node": "a", "state": "DONE", "elapsed_s": 61}, {"node": "b", "state": "FAILED", "log": "/x/b.err"}],
     ]
     calls = iter(script)
@@ -85,10 +93,18 @@ def test_watch_stops_when_every_node_has_ended():
 def test_local_pipeline_shows_progress_and_status_watch_returns(tmp_path, capsys):
     cfg = make_cfg(tmp_path, timeout_min=2)
     root = tmp_path / "runs" / "exp"
-    nodes = [Node("first", "tests.unit.test_watch:metrics_stage", {"train.pseudo_labels": str(root / "first")},
-                  root / "first"),
-             Node("second", "tests.unit.test_dag:record_stage", {"train.pseudo_labels": str(root / "second")},
-                  root / "second", ("first",))]
+    nodes = [
+        Node(
+            "first", "tests.unit.test_watch:metrics_stage", {"train.pseudo_labels": str(root / "first")}, root / "first"
+        ),
+        Node(
+            "second",
+            "tests.unit.test_dag:record_stage",
+            {"train.pseudo_labels": str(root / "second")},
+            root / "second",
+            ("first",),
+        ),
+    ]
     run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False)
     out = capsys.readouterr().out
     running = [ln for ln in out.splitlines() if "first  RUNNING" in ln and "train/loss" in ln]
