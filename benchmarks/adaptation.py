@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/adaptation.py --seeds 0 --out /tmp/a  # one seed
     .venv/bin/python benchmarks/adaptation.py --budget gpu --parallel  # one GPU: 4x the demo's steps, 3 seeds at once
     .venv/bin/python benchmarks/adaptation.py --budget long          # GPU: 2 mm phantom, longer schedules
+    .venv/bin/python benchmarks/adaptation.py --variants self-supervised-2d m-genseg target-supervised  # other rows
 
 One phantom dataset (``--data-seed``, ``--cases``, the demo's split: T1 annotated -> T2), then the
 whole demo pipeline (``hpc_modatts.demo.run_demo``) once per training seed (``train.seed``; the

@@ -234,7 +234,8 @@ def sacct_times(job_ids: list[str], timeout_s: float = 60) -> dict[str, tuple[fl
 
 
 def test_tiny_whole_pipeline_runs_as_afterok_chained_slurm_jobs(tiny_data, tmp_path):
-    cfg = tiny_config(tmp_path, tiny_data, "tiny", "pipeline.variants=[self-supervised,source-supervised]")
+    # MoDATTS (3D, two stages) beside M-GenSeg (2D, end to end: no stage 1, so it starts at once)
+    cfg = tiny_config(tmp_path, tiny_data, "tiny", "pipeline.variants=[self-supervised,m-genseg]")
     dag = build_dag(cfg)
     assert len(dag) == 9  # translate, synthesize, 2 x (segment, predict, evaluate), 1 round
     t0 = time.time()
@@ -254,7 +255,7 @@ def test_tiny_whole_pipeline_runs_as_afterok_chained_slurm_jobs(tiny_data, tmp_p
     assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), "no two jobs ever ran together"
 
     test_cases = json.loads(Path(cfg.data.split).read_text())["test"]
-    for v in ("self-supervised", "source-supervised"):
+    for v in ("self-supervised", "m-genseg"):
         metrics = json.loads((cfg.run_dir / f"evaluate-{v}" / "metrics.json").read_text())
         assert metrics["summary"]["dice"]["n"] == len(test_cases)
         assert 0.0 <= metrics["summary"]["dice"]["mean"] <= 1.0

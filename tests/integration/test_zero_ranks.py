@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hpc_modatts.distributed.env import free_port
+from tests.toy_task import toy_net
 
 pytestmark = pytest.mark.distributed
 
@@ -22,7 +23,8 @@ _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_
 
 def _clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SUBMITIT_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent), env.get("PYTHONPATH", "")])
+    # the worker imports tests.toy_task (the repository root) and submitit's task process _zero_worker
+    env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent), str(WORKER.parents[2]), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -76,9 +78,6 @@ def test_trainer_on_two_ranks_with_zero3_and_resume(tmp_path):
     first = _launch(tmp_path, 2, "--stage", "3", "--fit", str(run), "--epochs", "1")
     assert first["world_size"] == 2 and first["step"] == 4  # 8 items, global batch 2 -> 4 steps
     payload = torch.load(run / "best_model.pt", weights_only=False)
-    sys.path.insert(0, str(WORKER.parent))
-    from _zero_worker import toy_net
-
     ref = toy_net().state_dict()
     assert {k: v.shape for k, v in payload["models"]["gen"].items()} == {k: v.shape for k, v in ref.items()}
     assert (run / "DONE").is_file()

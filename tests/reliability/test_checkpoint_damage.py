@@ -12,20 +12,16 @@ import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from _zero_worker import ToyTask  # noqa: E402
-
-from hpc_modatts.config import config_from_dict  # noqa: E402
-from hpc_modatts.data.errors import DataError  # noqa: E402
-from hpc_modatts.train.checkpoint import read_pointer  # noqa: E402
-from hpc_modatts.train.trainer import Trainer  # noqa: E402
+from hpc_modatts.config import config_from_dict
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.train.checkpoint import read_pointer
+from hpc_modatts.train.trainer import Trainer
+from tests.toy_task import ToyTask
 
 pytestmark = pytest.mark.reliability
 

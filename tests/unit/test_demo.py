@@ -18,7 +18,7 @@ from hpc_modatts.pipeline.submit import run_pipeline
 from hpc_modatts.runs import atomic_write_json, mark_done, stage_dir
 
 
-def write_metrics(run_dir: Path, variant: str, dices: list[float]) -> None:
+def write_metrics(run_dir: Path, variant: str, dices: list[float], **summary) -> None:
     """An evaluate-<variant>/metrics.json as the evaluate stage writes it (summary part)."""
     mean = sum(dices) / len(dices)
     std = math.sqrt(sum((d - mean) ** 2 for d in dices) / len(dices))
@@ -31,6 +31,7 @@ def write_metrics(run_dir: Path, variant: str, dices: list[float]) -> None:
                 "dice": stat,
                 "hd95": {"mean": 5.0, "std": 1.0, "n": len(dices)},
                 "assd": {"mean": 1.0, "std": 0.5, "n": len(dices)},
+                **summary,
             },
         },
     )
@@ -57,6 +58,16 @@ def test_results_table_reports_each_variant_relative_to_target_supervised(tmp_pa
     text = rendered(table)
     assert "0.700 ± 0.100" in text and "0.200 ± 0.100" in text and "71 %" in text
     assert "MoDATTS semi-supervised" in text and "missing" in text  # no metrics.json: said so, not dropped
+
+
+def test_results_table_marks_a_model_without_a_plausible_validation(tmp_path):
+    write_metrics(tmp_path, "m-genseg", [0.1, 0.2], model_plausible=False)
+    write_metrics(tmp_path, "self-supervised", [0.7, 0.8], model_plausible=True)
+    text = rendered(results_table(tmp_path, ("self-supervised", "m-genseg"))[0])
+    line = next(ln for ln in text.splitlines() if "M-GenSeg" in ln)
+    assert "†" in line and "0.150" in line
+    assert "†" not in next(ln for ln in text.splitlines() if "self-supervised" in ln)
+    assert "no validation was plausible" in text
 
 
 def test_results_table_without_upper_bound_has_no_percentages(tmp_path):

@@ -256,3 +256,17 @@ def test_pipeline_node_draws_pseudo_target_and_genseg_extras(tmp_path):
 def _mkdir(path):
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_models_plausible_reads_the_training_runs_done_markers(tmp_path):
+    from hpc_modatts.infer.evaluate import models_plausible
+    from hpc_modatts.runs import mark_done
+
+    a, b, c = tmp_path / "fold_0", tmp_path / "fold_1", tmp_path / "fold_2"
+    mark_done(a, best_step=3, plausible=True)
+    mark_done(b, best_step=8, plausible=False)  # every validation implausible (Trainer.fit)
+    assert models_plausible([a]) is True
+    assert models_plausible([a, b]) is False  # one fold of the ensemble without a selected model
+    mark_done(c, best_step=3)  # written before the flag existed: plausible unless it says otherwise
+    assert models_plausible([a, c]) is True
+    assert models_plausible([a, tmp_path / "missing"]) is None  # not a finished run: no judgement

@@ -1,4 +1,4 @@
-"""M-GenSeg (``m-genseg``, thesis chapter 4) on a tiny phantom, on CPU with real DeepSpeed engines:
+"""M-GenSeg (``m-genseg``, thesis chapter 4) on a tiny mgenseg_phantom, on CPU with real DeepSpeed engines:
 the model (attention-gated skips, a translation decoder per modality, counts), its DAG node
 without stage 1, end-to-end training on source + target slices, slice-by-slice prediction into
 NIfTI volumes in the original geometry, the evaluate table, bit-exact resume after a kill, and
@@ -14,10 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 from monai.networks.nets.attentionunet import AttentionBlock
 
-from hpc_modatts.config import apply_overrides, config_to_dict, load_config
+from hpc_modatts.config import apply_overrides
 from hpc_modatts.infer import evaluate, predict
 from hpc_modatts.infer.inferer import inferer_from_config
 from hpc_modatts.models.mgenseg import MGenSeg, build_mgenseg
@@ -26,41 +25,11 @@ from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment
 from hpc_modatts.train.best_model import build_model
 from hpc_modatts.train.mgenseg import DOMAINS, MGenSegTask
-from tests.fixtures import assert_segment_resumes_bit_exactly, make_phantom_store, torchrun_two_ranks
-
-DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
+from tests.fixtures import assert_segment_resumes_bit_exactly
 
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    """6 phantom cases, T1 source fully annotated, T2 target unannotated; 24x56 slice windows."""
-    from hpc_modatts.data.splits import make_split
-
-    root = tmp_path_factory.mktemp("mgenseg")
-    nifti, store = make_phantom_store(root, cases=6, seed=0, size="small")
-    split = make_split(store, "t1", "t2", source_labeled=1.0, target_labeled=0.0, val=0.2, test=0.2, seed=0)
-    split.save(root / "split.json")
-    cfg = load_config(
-        DEMO,
-        [
-            f"data.store={store}",
-            f"data.split={root / 'split.json'}",
-            f"run_root={root / 'runs'}",
-            "name=t",
-            "data.patch_size=[24,56,16]",
-            "train.variant=m-genseg",
-            "train.max_steps=2",
-            "train.batch_size=4",
-            "train.val_cases=1",
-            "train.log_every=1",
-            "infer.sw_batch_size=16",
-        ],
-    )
-    return cfg, split, nifti
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -154,8 +123,8 @@ def test_mgenseg_is_a_pipeline_node_without_stage_1(tmp_path):
     assert cfg.final_model_dirs("m-genseg") == [stage_dir(cfg.run_dir, "segment", "m-genseg", 0)]
 
 
-def test_weights_follow_the_thesis_and_sum_to_one(phantom):
-    cfg, split, _ = phantom
+def test_weights_follow_the_thesis_and_sum_to_one(mgenseg_phantom):
+    cfg, split, _ = mgenseg_phantom
     task = MGenSegTask(cfg, split, Path("unused"))
     w = task.weights
     assert set(w) == {"mod_adv", "mod_cyc", "gen_adv", "gen_rec", "gen_lat", "seg"}  # no target masks
@@ -187,13 +156,13 @@ class _GradEngine:
         pass
 
 
-def test_the_translation_dice_trains_the_translator_and_the_target_segmenter(phantom):
+def test_the_translation_dice_trains_the_translator_and_the_target_segmenter(mgenseg_phantom):
     """Only lambda_seg active: Dice(y_S, G_seg^T(E_T(G_T(E_S(S))))) reaches G_T (the source network's
     translation decoder) and the target's encoder and residual/segmentation decoder, never the
     common decoders nor the target's translation decoder G_S (used by T->S and the cycles only)."""
     from torch.utils.data import default_collate
 
-    cfg, split, _ = phantom
+    cfg, split, _ = mgenseg_phantom
     zeros = [f"train.mgenseg_weights.{k}=0" for k in ("mod_adv", "mod_cyc", "gen_adv", "gen_rec", "gen_lat")]
     task = MGenSegTask(apply_overrides(cfg, zeros), split, Path("unused"))
     assert set(task.weights) == {"seg"}
@@ -224,8 +193,8 @@ def test_the_translation_dice_trains_the_translator_and_the_target_segmenter(pha
 
 
 # ----------------------------------------------------------------------------- training
-def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(phantom):
-    cfg, split, nifti = phantom
+def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(mgenseg_phantom):
+    cfg, split, nifti = mgenseg_phantom
     run = segment.run(cfg)
     assert run == stage_dir(cfg.run_dir, "segment", "m-genseg", 0) and (run / "DONE").is_file()
     rows = _metrics(run)
@@ -253,24 +222,7 @@ def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(phantom
     assert set(table) == {"m-genseg"}
 
 
-def test_mgenseg_resumes_bit_exactly_after_a_kill(phantom, tmp_path):
+def test_mgenseg_resumes_bit_exactly_after_a_kill(mgenseg_phantom, tmp_path):
     """Killed during step 3 (latest checkpoint: step 2), resumed: the weights of both engines
     equal those of an uninterrupted run, bit for bit."""
-    assert_segment_resumes_bit_exactly(phantom[0], tmp_path, ["train.batch_size=2"])
-
-
-@pytest.mark.distributed
-@pytest.mark.slow
-def test_two_ranks_zero2_mgenseg(phantom, tmp_path):
-    """2 gloo ranks under torchrun, ZeRO-2: M-GenSeg trains, validates and saves."""
-    cfg, _, _ = phantom
-    data = config_to_dict(
-        apply_overrides(cfg, [f"run_root={tmp_path}", "distributed.zero_stage=2", "train.batch_size=4"])
-    )
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    torchrun_two_ranks("train", "segment", str(path))
-    run = stage_dir(tmp_path / "t", "segment", "m-genseg", 0)
-    assert (run / "DONE").is_file()
-    best = torch.load(run / "best_model.pt", weights_only=False)
-    assert set(best["models"]) == {"gen", "disc"} and best["config"]["distributed"]["zero_stage"] == 2
+    assert_segment_resumes_bit_exactly(mgenseg_phantom[0], tmp_path, ["train.batch_size=2"])

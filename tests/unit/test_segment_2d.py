@@ -13,51 +13,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from hpc_modatts.config import SLICE_VARIANTS, apply_overrides, config_to_dict, load_config
+from hpc_modatts.config import SLICE_VARIANTS, apply_overrides
 from hpc_modatts.data.store import Store
 from hpc_modatts.data.volume_slices import VolumeSliceDataset
 from hpc_modatts.infer import evaluate, predict
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
 from hpc_modatts.runs import stage_dir
-from hpc_modatts.train import segment, segment_variants, self_training, synthesize, translate
-from tests.fixtures import assert_segment_resumes_bit_exactly, make_phantom_store, torchrun_two_ranks
-
-DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
-
-
-def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:
-    """32x32 stage-1 slices; stage 2 on 24x56 slice windows (a whole hemisphere of the 48x56 phantom)."""
-    return [
-        f"data.store={store}",
-        f"data.split={split}",
-        f"run_root={root / 'runs'}",
-        "name=t",
-        "data.slice_size=[32,32]",
-        "data.patch_size=[24,56,16]",
-        "train.max_steps=2",
-        "train.batch_size=4",
-        "train.val_cases=1",
-        "train.log_every=1",
-        "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}",
-        "pipeline.self_training_rounds=1",
-    ]
-
-
-@pytest.fixture(scope="module")
-def chain2d(tmp_path_factory):
-    """translate -> synthesize once (stage 1, unchanged); the 2D variants' runs come in the tests."""
-    from hpc_modatts.data.splits import make_split
-
-    root = tmp_path_factory.mktemp("stages2d")
-    nifti, store = make_phantom_store(root, cases=6, seed=0, size="small")
-    split = make_split(store, "t1", "t2", source_labeled=1.0, target_labeled=0.0, val=0.2, test=0.2, seed=0)
-    split.save(root / "split.json")
-    cfg = load_config(DEMO, tiny_overrides(root, store, root / "split.json"))
-    translate.run(cfg)
-    synthesize.run(cfg)
-    return cfg, split, nifti
+from hpc_modatts.train import segment, segment_variants, self_training
+from tests.fixtures import assert_segment_resumes_bit_exactly
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -211,29 +175,3 @@ def test_2d_semi_supervised_resumes_bit_exactly_after_a_kill(chain2d, tmp_path):
             f"train.translator_run={cfg0.run_dir / 'translate'}",
         ],
     )
-
-
-@pytest.mark.distributed
-@pytest.mark.slow
-def test_two_ranks_zero2_semi_supervised_2d(chain2d, tmp_path):
-    """2 gloo ranks under torchrun, ZeRO-2: MoDATTS-2D semi-supervised trains, validates and saves."""
-    cfg, _, _ = chain2d
-    data = config_to_dict(
-        apply_overrides(
-            cfg,
-            [
-                f"run_root={tmp_path}",
-                "distributed.zero_stage=2",
-                "train.batch_size=4",
-                "train.variant=semi-supervised-2d",
-            ],
-        )
-    )
-    data["train"]["translator_run"] = str(cfg.run_dir / "translate")  # stage 1 of the module's chain
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    torchrun_two_ranks("train", "segment", str(path))
-    run = stage_dir(tmp_path / "t", "segment", "semi-supervised-2d", 0)
-    assert (run / "DONE").is_file()
-    best = torch.load(run / "best_model.pt", weights_only=False)
-    assert set(best["models"]) == {"gen", "disc"} and best["config"]["distributed"]["zero_stage"] == 2

@@ -24,40 +24,7 @@ from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment, segment_variants, self_training, synthesize, translate
 from hpc_modatts.train.genseg_objective import masked_l1
 from hpc_modatts.train.segment_task import SelfTrainingRound
-from tests.fixtures import make_phantom_store, torchrun_two_ranks
-
-DEMO = Path(__file__).resolve().parents[2] / "hpc_modatts" / "configs" / "demo_cpu.yaml"
-
-
-def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:
-    return [
-        f"data.store={store}",
-        f"data.split={split}",
-        f"run_root={root / 'runs'}",
-        "name=t",
-        "data.slice_size=[32,32]",
-        "data.patch_size=[32,32,16]",
-        "train.max_steps=2",
-        "train.batch_size=2",
-        "train.val_cases=1",
-        "train.log_every=1",
-        "train.stage_overrides={translate: {batch_size: 2, weights: {adv: 1, seg: 1, cyc: 10}}}",
-    ]
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """Run translate -> synthesize -> segment -> self-train once; return (cfg, split, paths)."""
-    from hpc_modatts.data.splits import make_split
-
-    root = tmp_path_factory.mktemp("stages")
-    _, store = make_phantom_store(root, cases=6, seed=0, size="small")
-    split = make_split(store, "t1", "t2", source_labeled=0.5, target_labeled=0.5, val=0.2, test=0.0, seed=0)
-    split.save(root / "split.json")
-    cfg = load_config(DEMO, tiny_overrides(root, store, root / "split.json"))
-    out = {"translate": translate.run(cfg), "synth": synthesize.run(cfg), "segment": segment.run(cfg)}
-    out["round_1"] = self_training.run(apply_overrides(cfg, ["train.rounds=1"]))
-    return cfg, split, out
+from tests.chains import DEMO
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -302,30 +269,3 @@ def test_cli_runs_a_stage_and_reports_errors_in_one_line(chain, tmp_path, capsys
     assert len(err) == 1 and "has not finished" in err[0]
     assert main(["train", "translate", str(path), "train.epochz=1"]) == 2
     assert "train.epochz" in capsys.readouterr().err
-
-
-@pytest.mark.distributed
-@pytest.mark.slow
-def test_two_ranks_zero3_translate_synthesize_semi_supervised(chain, tmp_path):
-    """2 gloo ranks under torchrun, ZeRO-3: every rank runs the same forwards (validation panel,
-    GenSeg on mixed A/P batches), synthesis shards cases over ranks without collisions."""
-    cfg, split, _ = chain
-    data = config_to_dict(
-        apply_overrides(
-            cfg,
-            [
-                f"run_root={tmp_path}",
-                "distributed.zero_stage=3",
-                "train.batch_size=4",
-                "train.stage_overrides={translate: {batch_size: 4}}",
-            ],
-        )
-    )
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    for cmd in (["train", "translate"], ["synthesize"], ["train", "segment", "--variant", "semi-supervised"]):
-        torchrun_two_ranks(*cmd, str(path))
-    root = tmp_path / "t"
-    assert Store.open(root / "translate" / "synth.zarr").case_ids == sorted(split.source_train)
-    assert (root / "translate" / synthesize.MARKER).is_file()
-    assert (stage_dir(root, "segment", "semi-supervised", 0) / "DONE").is_file()

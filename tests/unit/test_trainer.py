@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from _zero_worker import ToyTask, toy_net  # noqa: E402
-
-from hpc_modatts.config import ExperimentConfig, config_from_dict  # noqa: E402
-from hpc_modatts.data.errors import DataError  # noqa: E402
-from hpc_modatts.train.best_model import load_best_model  # noqa: E402
-from hpc_modatts.train.checkpoint import read_pointer  # noqa: E402
-from hpc_modatts.train.task import Task  # noqa: E402
-from hpc_modatts.train.trainer import Trainer, TrainingDiverged  # noqa: E402
+from hpc_modatts.config import ExperimentConfig, config_from_dict
+from hpc_modatts.data.errors import DataError
+from hpc_modatts.train.best_model import load_best_model
+from hpc_modatts.train.checkpoint import read_pointer
+from hpc_modatts.train.task import Task
+from hpc_modatts.train.trainer import Trainer, TrainingDiverged
+from tests.toy_task import ToyTask, toy_net
 
 
 def make_cfg(run_dir: Path, **train) -> ExperimentConfig:
@@ -121,6 +117,22 @@ def test_task_without_validation_saves_final_model(tmp_path):
     assert done["best_score"] is None and done["best_step"] == 4
     model, _ = load_best_model(run, None, build_fn=lambda c: toy_net())
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_no_plausible_validation_keeps_the_last_model_and_says_so(tmp_path, caplog):
+    """Every validation rejected by the guards: no checkpoint is selected, the final model is the
+    last step's and DONE records ``plausible: false`` (the evaluate table marks the row)."""
+    run = tmp_path / "implausible"
+    with caplog.at_level("WARNING", logger="hpc_modatts.train.trainer"):
+        Trainer(make_cfg(run), ToyTask(implausible=True), run).fit()
+    done = json.loads((run / "DONE").read_text())
+    assert done["plausible"] is False and done["best_score"] is None and done["best_step"] == 8
+    assert read_pointer(run, "best") is None
+    assert torch.load(run / "best_model.pt", weights_only=False)["step"] == 8
+    assert any("all 3 validation(s) implausible" in r.getMessage() for r in caplog.records)
+    ok = tmp_path / "ok"
+    Trainer(make_cfg(ok), ToyTask(), ok).fit()
+    assert json.loads((ok / "DONE").read_text())["plausible"] is True
 
 
 def test_deepspeed_config_always_sets_clipping_and_follows_the_typed_config():
