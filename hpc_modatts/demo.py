@@ -77,7 +77,8 @@ def results_table(
     run_dir: Path, variants: tuple[str, ...] = VARIANTS, failed: frozenset[str] = frozenset()
 ) -> tuple[Table, dict]:
     """Read each variant's evaluate-<variant>/metrics.json into one table (and a dict);
-    ``failed`` variants (a stage of theirs failed) read "failed" instead of "missing"."""
+    ``failed`` variants (a stage of theirs failed) read "failed" instead of "missing"; a variant
+    whose model had no plausible validation (``model_plausible`` false) is marked "†"."""
     rows: dict[str, dict] = {}
     for v in variants:
         path = stage_dir(run_dir, "evaluate", v) / "metrics.json"
@@ -95,6 +96,9 @@ def results_table(
         return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
     out = {}
+    unselected = [v for v in variants if rows.get(v, {}).get("model_plausible") is False]
+    if unselected:
+        table.caption = "† no validation was plausible (volume guard): the last step's model, not a selected one"
     for v in variants:
         if v not in rows:
             table.add_row(LABELS[v], "failed" if v in failed else "missing", "", "", "", "", "")
@@ -105,7 +109,7 @@ def results_table(
         vol = s.get("volume_ml", {})
         volumes = f"{vol['pred']:.0f} / {vol['ref']:.0f}" if vol.get("ref") is not None else ""
         table.add_row(
-            LABELS[v],
+            LABELS[v] + (" †" if v in unselected else ""),
             fmt(s["dice"]),
             fmt(s["hd95"], 1),
             fmt(s["assd"], 1),

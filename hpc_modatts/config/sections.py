@@ -7,7 +7,7 @@ section 5.5.1 (experimental settings of MoDATTS).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from hpc_modatts.config.checks import ConfigError, check_choice, check_positive
@@ -124,6 +124,10 @@ class OptimConfig:
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={list(betas)} must be two values in [0, 1)")
         self.betas = (betas[0], betas[1])
+
+    def for_engine(self, engine_name: str) -> OptimConfig:
+        """The settings of one engine: the discriminators (``disc``) take ``disc_lr`` when set."""
+        return replace(self, lr=self.disc_lr) if engine_name == "disc" and self.disc_lr else self
         check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         check_positive("optim.grad_clip", self.grad_clip, allow_zero=True)
 

@@ -58,7 +58,16 @@ from hpc_modatts.data.splits import Split
 from hpc_modatts.data.store import Store
 from hpc_modatts.infer.metrics import case_metrics
 from hpc_modatts.infer.predict import EXTRAS
-from hpc_modatts.runs import atomic_path, atomic_write_json, atomic_write_text, is_done, mark_done, stage_dir
+from hpc_modatts.runs import (
+    DONE,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    is_done,
+    mark_done,
+    read_json,
+    stage_dir,
+)
 from hpc_modatts.train.synthesize import load_translator, paths, translate_volume
 
 log = logging.getLogger(__name__)
@@ -173,13 +182,16 @@ def evaluate(
     console: Console | None = None,
     region: str = "whole",
     labels: str | None = None,
+    model_plausible: bool | None = None,
 ) -> Path:
     """Evaluate every case of ``pred`` against ``ref``; write CSV/JSON/panels in ``out``.
 
     ``images``: folder(s) searched in order for ``<case>.nii.gz`` (target) and ``<case>_<name>``
     (``IMAGE_NAMES``); the first folder holding a file wins. ``region``: the tumour region the
     predictions are of; ``labels``: the references' label scheme (None: > 0 is tumour for the
-    whole tumour, detected from the reference values for core / enhancing).
+    whole tumour, detected from the reference values for core / enhancing). ``model_plausible``
+    (pipeline node): False when the predicting model's training had no plausible validation
+    (``Trainer``: DONE ``plausible``), recorded in the summary so tables can mark the row.
     """
     if region not in REGIONS:
         raise DataError(f"--region {region!r} must be one of {', '.join(REGIONS)}")
@@ -216,6 +228,8 @@ def evaluate(
         "pred": float(np.mean([r["pred_ml"] for r in rows])),
         "ref": float(np.mean([r["ref_ml"] for r in rows])),
     }
+    if model_plausible is not None:
+        summary["model_plausible"] = model_plausible
     result = {
         "pred": str(pred),
         "ref": str(ref),
@@ -350,9 +364,19 @@ def run(cfg) -> Path:
         images=out / "images",
         region=cfg.data.region,
         labels=scheme,
+        model_plausible=models_plausible(cfg.final_model_dirs(v)),
     )
     mark_done(out)
     return out
+
+
+def models_plausible(run_dirs: Sequence[Path]) -> bool | None:
+    """False when a model ``predict`` used had no plausible validation (its DONE says
+    ``plausible: false``, ``Trainer.fit``); None when a run folder has no DONE (not ours to judge)."""
+    markers = [Path(d) / DONE for d in run_dirs]
+    if not all(m.is_file() for m in markers):
+        return None
+    return all(read_json(m, "is missing").get("plausible", True) for m in markers)
 
 
 def write_pseudo_targets(cfg, store, source: str, cases: Sequence[str], folder: Path) -> list[str]:

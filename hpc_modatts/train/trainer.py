@@ -12,19 +12,20 @@
    metrics.jsonl/TensorBoard every ``log_every`` steps, rich progress bar on rank 0.
 4. Validation every ``val_every`` steps (0 = each epoch) and at the end, RNG-neutral (the RNG
    states are restored afterwards, so validation never changes training); then the ``latest``
-   checkpoint, and ``best`` + ``best_model.pt`` when the Dice improved.
+   checkpoint, and ``best`` + ``best_model.pt`` when the score improved among plausible validations
+   (a validation the guards call implausible is never a candidate).
 5. Resume: when ``train.resume`` and ``checkpoints/latest`` exists, engines, optimiser, RNG
    states, counters and the position inside the epoch are restored, so the run continues
    exactly as if it had never stopped (bit-exact on CPU with ``data.num_workers: 0``; with
    workers, exact when the dataset seeds its augmentation per sample). A damaged ``latest``
    falls back to the newest checkpoint that loads (``checkpoint.choose_resume_tag``);
    metrics.jsonl keeps only the lines up to the resumed step (none on a fresh start).
-6. The DONE marker (``hpc_modatts.runs.mark_done``) with the best Dice.
+6. The DONE marker (``hpc_modatts.runs.mark_done``) with the best score and ``plausible``: false when
+   every validation was implausible (the final model is then the last step's, not a selected one).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -36,7 +37,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, OptimConfig
+from hpc_modatts.config import ConfigError, ExperimentConfig
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.loaders import RankSampler, make_loader
 from hpc_modatts.distributed.engine import autocast_context, build_engine
@@ -77,18 +78,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_rank_sampler(n: int, seed: int, env: DistEnv, num_samples: int | None) -> Any:
-    """hpc_modatts' RankSampler: deterministic per (seed, epoch, rank), resumable by position."""
-    return RankSampler(n, seed, env.rank, env.world_size, shuffle=True, num_samples=num_samples)
-
-
-def optim_for(ocfg: OptimConfig, engine_name: str) -> OptimConfig:
-    """The optimiser settings of one engine: the discriminators (``disc``) take ``optim.disc_lr``."""
-    if engine_name == "disc" and ocfg.disc_lr:
-        return dataclasses.replace(ocfg, lr=ocfg.disc_lr)
-    return ocfg
-
-
 class Trainer:
     """One loop for every stage: ``Trainer(cfg, task, run_dir).fit() -> run_dir``."""
 
@@ -101,6 +90,7 @@ class Trainer:
         self.select_on: str = getattr(task, "select_on", "dice")
         self.best_score, self.best_step, self.last_saved = -math.inf, -1, -1
         self.last_validated = -1  # checkpoint_every saves without validating
+        self.implausible_validations = 0  # validations the guards rejected as best-checkpoint candidates
         self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
         self._metrics: MetricsLog | None = None
 
@@ -133,7 +123,7 @@ class Trainer:
                 self.frozen_models[name] = model.to(self.env.device).eval().requires_grad_(False)
             else:
                 self.engines[name] = build_engine(
-                    model, optim_for(cfg.optim, name), cfg.distributed, self.env, self.micro, name
+                    model, cfg.optim.for_engine(name), cfg.distributed, self.env, self.micro, name
                 )
         if not self.engines:
             raise ConfigError(f"task {self.task.name}: every model is frozen, nothing to train")
@@ -148,7 +138,9 @@ class Trainer:
         self.dataset = self.task.train_dataset()
         n = len(self.dataset)
         spe = cfg.train.steps_per_epoch
-        self.sampler = make_rank_sampler(n, cfg.train.seed, self.env, spe * cfg.train.batch_size if spe else None)
+        # deterministic per (seed, epoch, rank), resumable by position
+        num_samples = spe * cfg.train.batch_size if spe else None
+        self.sampler = RankSampler(n, cfg.train.seed, self.env.rank, self.env.world_size, num_samples=num_samples)
         self.steps_per_epoch = self.sampler.per_rank // self.micro
         if spe:
             self.steps_per_epoch = min(self.steps_per_epoch, spe)
@@ -188,6 +180,7 @@ class Trainer:
             "sampler": sampler_state,
             "task": self.task.name,
             "validated": self.last_validated == self.step,
+            "implausible_validations": self.implausible_validations,
         }
 
     def _choose_tag(self) -> tuple[str | None, str | None]:
@@ -216,6 +209,7 @@ class Trainer:
         self.best_score = best if best is not None else -math.inf
         self.best_step, self.last_saved = state["best_step"], self.step
         self.last_validated = self.step if state.get("validated", True) else -1
+        self.implausible_validations = state.get("implausible_validations", 0)
         if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
         if self.env.is_main:
@@ -285,6 +279,7 @@ class Trainer:
             metrics is not None and metrics.get("plausible", 1.0) > 0 and metrics[self.select_on] > self.best_score
         )
         if metrics is not None and metrics.get("plausible", 1.0) <= 0:
+            self.implausible_validations += 1
             log.warning(
                 "%s step %d: implausible model (guards), not a best-checkpoint candidate: %s",
                 self.task.name,
@@ -393,7 +388,16 @@ class Trainer:
             while not self._finished():
                 self._run_epoch(progress, bar)
         self._validate_and_save()  # the final state, when the schedule ended between validations
-        if self.best_step < 0:  # a task without validation: the final model is the one to use
+        # no validation (a task without one), or none plausible: the final model is the one to use;
+        # in the second case the run says so (DONE "plausible": false, the evaluate table marks it)
+        plausible = math.isfinite(self.best_score) or self.implausible_validations == 0
+        if not plausible:
+            log.warning(
+                "%s: all %d validation(s) implausible (guards): the final model is the last step's, not a selected one",
+                self.task.name,
+                self.implausible_validations,
+            )
+        if self.best_step < 0:
             self.best_step = self.step
             self._save_best_model()
         self.metrics.close()
@@ -405,6 +409,7 @@ class Trainer:
                 best_step=self.best_step,
                 select_on=self.select_on,
                 best_score=self.best_score if math.isfinite(self.best_score) else None,
+                plausible=plausible,
             )
         barrier()
         return self.run_dir
