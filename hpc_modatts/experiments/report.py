@@ -83,7 +83,8 @@ def aggregate(sweep_dir: str | os.PathLike) -> dict:
         for uid in dict.fromkeys(p["units"][v] for p in points):
             path = sweep_dir / uid / f"evaluate-{v}" / "metrics.json"
             seed = next(p["seed"] for p in points if p["units"][v] == uid)
-            cases = json.loads(path.read_text())["cases"] if path.is_file() else None
+            metrics = json.loads(path.read_text()) if path.is_file() else {}
+            cases = metrics.get("cases")
             per_seed.append(
                 {
                     "variant": v,
@@ -92,6 +93,8 @@ def aggregate(sweep_dir: str | os.PathLike) -> dict:
                     "metrics": str(path),
                     "cases": cases,
                     "dice": _stats([c["dice"] for c in cases])["mean"] if cases else None,
+                    # False: every validation of the model's training was implausible (Trainer.fit)
+                    "model_plausible": metrics.get("summary", {}).get("model_plausible"),
                 }
             )
     ts_dice = {r["seed"]: r["dice"] for r in per_seed if r["variant"] == TS and r["dice"] is not None}
@@ -130,6 +133,7 @@ def aggregate(sweep_dir: str | os.PathLike) -> dict:
         "variants": variants,
         "rows": rows,
         "stage1_warnings": stage1_warnings(sweep_dir),
+        "unselected_models": [f"{r['unit']}/{r['variant']}" for r in per_seed if r["model_plausible"] is False],
         "per_seed": [{k: r[k] for k in ("variant", "unit", "seed", "dice", "metrics")} for r in per_seed],
         "missing": [r["metrics"] for r in per_seed if not r["cases"]],
     }
@@ -218,6 +222,9 @@ def markdown(report: dict) -> str:
     if report.get("stage1_warnings"):
         lines += ["", "Stage 1 did not learn the translation (MoDATTS rows of these points are about that):"]
         lines += [f"- {w}" for w in report["stage1_warnings"]]
+    if report.get("unselected_models"):
+        lines += ["", "No plausible validation (the last step's model, not a selected one; their Dice counts):"]
+        lines += [f"- {u}" for u in report["unselected_models"]]
     if report["missing"]:
         lines += [
             "",
@@ -282,6 +289,8 @@ def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, c
     log_console(console).print(rich_table(rep))
     for w in rep["stage1_warnings"]:
         log.warning("report: %s", w)
+    for u in rep["unselected_models"]:
+        log.warning("report: %s had no plausible validation: its model is the last step's, not a selected one", u)
     for p in rep["figures"]:
         log_console(console).print(f"figure: {p}")
     return out

@@ -143,6 +143,18 @@ def test_report_names_the_points_whose_stage_1_did_not_learn_the_translation(tmp
     assert "Stage 1 did not learn the translation" in (out / "report.md").read_text()
 
 
+def test_report_names_the_runs_whose_model_had_no_plausible_validation(tmp_path):
+    root = make_sweep(tmp_path / "sw")
+    unit = "points/src1_tgt0_seed1"
+    path = root / unit / "evaluate-self-supervised" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    atomic_write_json(path, {**metrics, "summary": {**metrics["summary"], "model_plausible": False}})
+    out = report(root, tmp_path / "out")
+    assert json.loads((out / "report.json").read_text())["unselected_models"] == [f"{unit}/self-supervised"]
+    md = (out / "report.md").read_text()
+    assert "No plausible validation" in md and f"- {unit}/self-supervised" in md
+
+
 def test_report_of_a_folder_that_is_not_a_sweep_names_the_file(tmp_path):
     with pytest.raises(DataError, match="sweep.json does not exist"):
         report(tmp_path)
