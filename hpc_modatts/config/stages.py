@@ -25,7 +25,8 @@ def _merge(base: dict, over: dict) -> dict:
 def stage_config(cfg: ExperimentConfig, stage: str, variant: str | None = None) -> ExperimentConfig:
     """``cfg`` for ``stage`` (and ``variant``, default ``train.variant``): its
     ``train.stage_overrides[stage]`` merged into ``train``, then, for the stages that train a
-    variant (``VARIANT_STAGES``), ``train.variant_overrides[variant]``.
+    variant (``VARIANT_STAGES``), ``train.variant_overrides[variant]`` and that block's own
+    ``stage_overrides[stage]``.
 
     The result has ``train.stage = stage``, ``train.variant = variant`` and no override blocks left,
     so applying it again is a no-op (the CLI and ``pipeline.dag.node_config`` apply it with the
@@ -39,8 +40,9 @@ def stage_config(cfg: ExperimentConfig, stage: str, variant: str | None = None) 
     variant = variant or train["variant"]
     blocks = [(train.pop("stage_overrides", None) or {}).get(stage, {})]
     variant_blocks = train.pop("variant_overrides", None) or {}
-    if stage in VARIANT_STAGES:
-        blocks.append(variant_blocks.get(variant, {}))
+    if stage in VARIANT_STAGES:  # the variant's block, then its own block for this stage
+        variant_block = copy.deepcopy(variant_blocks.get(variant, {}))
+        blocks += [variant_block, (variant_block.pop("stage_overrides", None) or {}).get(stage, {})]
     for block in blocks:
         overrides = copy.deepcopy(block)
         for section in STAGE_SECTIONS:  # optim / model keys of this stage / variant

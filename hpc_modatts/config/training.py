@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from hpc_modatts.config.build import build_section
 from hpc_modatts.config.checks import ConfigError, check_choice, check_positive
@@ -159,12 +159,14 @@ class TrainConfig:
     """Per-variant values, as ``stage_overrides`` but keyed by ``train.variant`` and applied to the
     stages that train a variant (segment, self-train) after the stage's block, e.g. the 2D variants'
     batch in slices: ``{self-supervised-2d: {batch_size: 16}}`` (M-GenSeg's 2D batch is 15, thesis
-    4.3.3; a 3D batch of 2 half volumes is 2 slices in 2D). Command-line overrides still win."""
+    4.3.3; a 3D batch of 2 half volumes is 2 slices in 2D). A variant block may hold its own
+    ``stage_overrides`` (segment / self-train), merged last for that stage: ``{self-supervised-2d:
+    {max_steps: 300, stage_overrides: {self-train: {max_steps: 30}}}}``. Command-line overrides still win."""
 
     def __post_init__(self) -> None:
         check_choice("train.stage", self.stage, STAGES)
         self._check_blocks("stage_overrides", STAGES)
-        self._check_blocks("variant_overrides", VARIANTS)
+        self._check_blocks("variant_overrides", VARIANTS, nested=VARIANT_STAGES)
         check_choice("train.variant", self.variant, VARIANTS)
         for k in ("epochs", "batch_size", "rounds"):
             check_positive(f"train.{k}", getattr(self, k))
@@ -181,17 +183,23 @@ class TrainConfig:
         if isinstance(self.mgenseg_weights, dict):
             self.mgenseg_weights = build_section(MGenSegWeights, self.mgenseg_weights, "train.mgenseg_weights")
 
-    def _check_blocks(self, name: str, choices: tuple[str, ...]) -> None:
+    def _check_blocks(
+        self, name: str, choices: tuple[str, ...], nested: tuple[str, ...] = (), blocks: Any = None
+    ) -> None:
         """Every block of ``train.<name>`` names one of ``choices`` and holds valid ``train.*`` keys
-        and values (``optim`` / ``model`` keys under those names)."""
-        blocks = getattr(self, name)
+        and values (``optim`` / ``model`` keys under those names); with ``nested``, a block may hold
+        its own ``stage_overrides`` for those stages (checked the same way, one level deep)."""
+        blocks = getattr(self, name) if blocks is None else blocks
         if not isinstance(blocks, dict):
-            raise ConfigError(f"train.{name}={blocks!r} must be a mapping {name.split('_')[0]} -> keys")
+            raise ConfigError(f"train.{name}={blocks!r} must be a mapping {name.split('.')[-1].split('_')[0]} -> keys")
         for choice, values in blocks.items():
             check_choice(f"train.{name}", choice, choices)
             key = f"train.{name}.{choice}"
             if not isinstance(values, dict):
                 raise ConfigError(f"{key}={values!r} must be a mapping of train keys")
+            if nested and "stage_overrides" in values:
+                values = dict(values)
+                self._check_blocks(f"{name}.{choice}.stage_overrides", nested, blocks=values.pop("stage_overrides"))
             for bad in BLOCK_KEYS:
                 if bad in values:
                     raise ConfigError(f"{key}.{bad} cannot be set in an override block")

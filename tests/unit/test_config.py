@@ -86,6 +86,17 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
         overrides={"train.stage": "segment", "train.variant": "self-supervised-2d"},
     )
     assert node_config(cfg, node).train.batch_size == 16
+    # a variant block's own per-stage block: the 2D segment stage longer, its self-training round not
+    nested = load_config(
+        p,
+        [
+            "train.variant_overrides={self-supervised-2d: "
+            "{max_steps: 300, stage_overrides: {self-train: {max_steps: 30}}}}"
+        ],
+    )
+    assert stage_config(nested, "segment", "self-supervised-2d").train.max_steps == 300
+    assert stage_config(nested, "self-train", "self-supervised-2d").train.max_steps == 30
+    assert stage_config(nested, "segment", "self-supervised").train.max_steps == 20  # other variant: stage block
 
 
 @pytest.mark.parametrize(
@@ -94,6 +105,14 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
         ("train.variant_overrides.self-supervised-2d.batch_size=0", "train.variant_overrides.self-supervised-2d"),
         ("train.variant_overrides.nnunet.batch_size=4", "train.variant_overrides"),
         ("train.variant_overrides.self-supervised.variant=semi-supervised", "variant cannot be set"),
+        (
+            "train.variant_overrides={m-genseg: {stage_overrides: {translate: {max_steps: 3}}}}",
+            "stage_overrides='translate' is not allowed",
+        ),
+        (
+            "train.variant_overrides={m-genseg: {stage_overrides: {segment: {stage_overrides: {}}}}}",
+            "stage_overrides cannot be set",
+        ),
         ("train.stage_overrides.translate.max_stepz=3", "train.stage_overrides.translate"),
         ("train.stage_overrides.translate.optim.lr=-1", "train.stage_overrides.translate.optim"),
         ("train.stage_overrides.predict.max_steps=3", "train.stage_overrides"),
