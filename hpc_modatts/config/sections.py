@@ -124,12 +124,12 @@ class OptimConfig:
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={list(betas)} must be two values in [0, 1)")
         self.betas = (betas[0], betas[1])
+        check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("optim.grad_clip", self.grad_clip, allow_zero=True)
 
     def for_engine(self, engine_name: str) -> OptimConfig:
         """The settings of one engine: the discriminators (``disc``) take ``disc_lr`` when set."""
         return replace(self, lr=self.disc_lr) if engine_name == "disc" and self.disc_lr else self
-        check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
-        check_positive("optim.grad_clip", self.grad_clip, allow_zero=True)
 
 
 @dataclass

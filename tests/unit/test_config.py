@@ -17,6 +17,9 @@ from hpc_modatts.config import (
 def test_defaults_follow_the_paper():
     cfg = ExperimentConfig()
     assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.5, 0.999) and cfg.optim.amsgrad
+    assert cfg.optim.for_engine("gen") is cfg.optim and cfg.optim.for_engine("disc") is cfg.optim  # no disc_lr
+    two_lr = apply_overrides(cfg, ["optim.disc_lr=4e-4"]).optim
+    assert two_lr.for_engine("disc").lr == 4e-4 and two_lr.for_engine("gen").lr == 1e-4
     assert cfg.train.alpha == 0.6 and cfg.train.rounds == 3
     assert cfg.data.patch_size == (96, 160, 64)
     assert cfg.model.common_fraction == 0.75
@@ -116,6 +119,8 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
         ("train.stage_overrides.translate.max_stepz=3", "train.stage_overrides.translate"),
         ("train.stage_overrides.translate.optim.lr=-1", "train.stage_overrides.translate.optim"),
         ("train.stage_overrides.predict.max_steps=3", "train.stage_overrides"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("optim.grad_clip=-1", "optim.grad_clip"),
         ("train.epoks=3", "train.epoks"),
         ("nope=1", "nope"),
         ("train.weights.foo=1", "train.weights.foo"),
