@@ -45,6 +45,8 @@ def tiny_overrides(root: Path, store: Path, split: Path) -> list[str]:
 def tiny_overrides_2d(root: Path, store: Path, split: Path) -> list[str]:
     """32x32 stage-1 slices; stage 2 on 24x56 slice windows (a whole hemisphere of the 48x56 phantom)."""
     later = ["data.patch_size=[24,56,16]", "train.batch_size=4", "pipeline.self_training_rounds=1"]
+    # the demo config's 2D blocks set 300 steps (variant blocks win over train.*): 2 here too
+    later += [f"train.variant_overrides.{v}.max_steps=2" for v in ("self-supervised-2d", "semi-supervised-2d")]
     return [*tiny_overrides(root, store, split), *later]  # later overrides win
 
 

@@ -193,8 +193,9 @@ def test_the_translation_dice_trains_the_translator_and_the_target_segmenter(mge
 
 
 # ----------------------------------------------------------------------------- training
-def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(mgenseg_phantom):
+def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(mgenseg_phantom, tmp_path):
     cfg, split, nifti = mgenseg_phantom
+    cfg = apply_overrides(cfg, [f"run_root={tmp_path}"])  # the session's fixture stays read-only
     run = segment.run(cfg)
     assert run == stage_dir(cfg.run_dir, "segment", "m-genseg", 0) and (run / "DONE").is_file()
     rows = _metrics(run)

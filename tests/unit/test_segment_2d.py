@@ -103,9 +103,11 @@ def test_2d_variants_are_pipeline_nodes_sharing_stage_1(tmp_path):
 
 # ----------------------------------------------------------------------------- training
 @pytest.mark.parametrize("variant", SLICE_VARIANTS)
-def test_2d_variant_trains_self_trains_and_predicts_in_the_original_geometry(chain2d, variant):
+def test_2d_variant_trains_self_trains_and_predicts_in_the_original_geometry(chain2d, variant, tmp_path):
     cfg, split, nifti = chain2d
-    cfg = apply_overrides(cfg, [f"train.variant={variant}"])
+    # into a run root of its own (the session's chain stays read-only), from the chain's stage 1
+    stage1 = cfg.run_dir / "translate"
+    cfg = apply_overrides(cfg, [f"train.variant={variant}", f"run_root={tmp_path}", f"train.translator_run={stage1}"])
     run = segment.run(cfg)
     assert run == stage_dir(cfg.run_dir, "segment", variant, 0) and (run / "DONE").is_file()
     rows = _metrics(run)

@@ -183,10 +183,12 @@ def test_finished_stages_return_immediately(chain):
 
 
 @pytest.mark.parametrize("variant", ["semi-supervised", "source-supervised", "target-supervised"])
-def test_other_variants_train_a_few_steps(chain, variant):
+def test_other_variants_train_a_few_steps(chain, variant, tmp_path):
     cfg, _, out = chain
-    run = segment.run(apply_overrides(cfg, [f"train.variant={variant}"]))
-    assert run == stage_dir(cfg.run_dir, "segment", variant, 0) and (run / "DONE").is_file()
+    # into a run root of its own (the session's chain stays read-only), from the chain's stage 1
+    own = [f"train.variant={variant}", f"run_root={tmp_path}", f"train.translator_run={out['translate']}"]
+    run = segment.run(apply_overrides(cfg, own))
+    assert run == stage_dir(tmp_path / cfg.name, "segment", variant, 0) and (run / "DONE").is_file()
     rows = _metrics(run)
     train = [r for r in rows if "train/loss" in r]
     assert len(train) == 2 and all(np.isfinite(v) for r in train for v in r.values())
