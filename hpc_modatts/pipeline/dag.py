@@ -35,7 +35,7 @@ STAGE_FN = {
     "segment": "hpc_modatts.train.segment:run",
     "self-train": "hpc_modatts.train.self_training:run",
     "predict": "hpc_modatts.infer.predict:run",
-    "evaluate": "hpc_modatts.infer.evaluate:run",
+    "evaluate": "hpc_modatts.infer.evaluate_node:run",
 }
 """Callable ("module:function", each ``run(cfg) -> Path``) of every stage."""
 

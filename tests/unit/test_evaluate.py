@@ -184,7 +184,7 @@ def test_pipeline_node_draws_pseudo_target_and_genseg_extras(tmp_path):
     from hpc_modatts.config import config_from_dict
     from hpc_modatts.data.splits import Split
     from hpc_modatts.data.store import Store
-    from hpc_modatts.infer.evaluate import run
+    from hpc_modatts.infer.evaluate_node import run
     from hpc_modatts.infer.panels import save_panel
     from hpc_modatts.runs import stage_dir
     from hpc_modatts.train.synthesize import translate_volume
@@ -259,7 +259,7 @@ def _mkdir(path):
 
 
 def test_models_plausible_reads_the_training_runs_done_markers(tmp_path):
-    from hpc_modatts.infer.evaluate import models_plausible
+    from hpc_modatts.infer.evaluate_node import models_plausible
     from hpc_modatts.runs import mark_done
 
     a, b, c = tmp_path / "fold_0", tmp_path / "fold_1", tmp_path / "fold_2"

@@ -1,8 +1,8 @@
-"""M-GenSeg (``m-genseg``, thesis chapter 4) on a tiny mgenseg_phantom, on CPU with real DeepSpeed engines:
+"""M-GenSeg (``m-genseg``, thesis chapter 4) on a tiny phantom, on CPU with real DeepSpeed engines:
 the model (attention-gated skips, a translation decoder per modality, counts), its DAG node
 without stage 1, end-to-end training on source + target slices, slice-by-slice prediction into
-NIfTI volumes in the original geometry, the evaluate table, bit-exact resume after a kill, and
-2 gloo ranks with ZeRO-2 (distributed, slow).
+NIfTI volumes in the original geometry, the evaluate table, bit-exact resume after a kill (2 gloo
+ranks: tests/integration/test_variants_two_ranks.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from monai.networks.nets.attentionunet import AttentionBlock
 
 from hpc_modatts.config import apply_overrides
-from hpc_modatts.infer import evaluate, predict
+from hpc_modatts.infer import evaluate_node, predict
 from hpc_modatts.infer.inferer import inferer_from_config
 from hpc_modatts.models.mgenseg import MGenSeg, build_mgenseg
 from hpc_modatts.models.sizes import build_segmenter
@@ -214,7 +214,7 @@ def test_mgenseg_trains_end_to_end_and_predicts_in_the_original_geometry(mgenseg
         out = nib.load(pred / f"{case}.nii.gz")
         assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
         assert nib.load(pred / f"{case}_healthy.nii.gz").shape == ref.shape  # the target's GenSeg extras
-    ev = evaluate.run(cfg)
+    ev = evaluate_node.run(cfg)
     summary = json.loads((ev / "metrics.json").read_text())["summary"]
     assert summary["dice"]["n"] == len(split.test)
     from hpc_modatts.demo import results_table

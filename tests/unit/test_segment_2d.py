@@ -1,7 +1,7 @@
 """MoDATTS-2D (``self-supervised-2d``, ``semi-supervised-2d``) end to end on a tiny phantom, on CPU
 with real DeepSpeed engines: stage 1 as for 3D, stage 2 on hemisphere slices, a self-training
 round, bit-exact resume after a kill, slice-by-slice prediction restacked into NIfTI volumes in
-the original geometry, the evaluate table; 2 gloo ranks with ZeRO-2 (distributed, slow).
+the original geometry, the evaluate table (2 gloo ranks: tests/integration/test_variants_two_ranks.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from hpc_modatts.config import SLICE_VARIANTS, apply_overrides
 from hpc_modatts.data.store import Store
 from hpc_modatts.data.volume_slices import VolumeSliceDataset
-from hpc_modatts.infer import evaluate, predict
+from hpc_modatts.infer import evaluate_node, predict
 from hpc_modatts.infer.inferer import VolumeInferer, inferer_from_config
 from hpc_modatts.runs import stage_dir
 from hpc_modatts.train import segment, segment_variants, self_training
@@ -136,7 +136,7 @@ def test_2d_variant_trains_self_trains_and_predicts_in_the_original_geometry(cha
         assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
         if variant == "semi-supervised-2d":  # GenSeg extras of a 2D model, restacked too
             assert nib.load(pred / f"{case}_healthy.nii.gz").shape == ref.shape
-    ev = evaluate.run(cfg)
+    ev = evaluate_node.run(cfg)
     summary = json.loads((ev / "metrics.json").read_text())["summary"]
     assert summary["dice"]["n"] == len(split.test)
     from hpc_modatts.demo import results_table
