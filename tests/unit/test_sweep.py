@@ -124,7 +124,7 @@ def test_every_node_config_points_the_stage_at_the_node_folder(tmp_path, store):
                 "segment": stage_dir(c.run_dir, "segment", v, fold),
                 "self_training": stage_dir(c.run_dir, "self-train", v, fold, c.train.round),
                 "predict": stage_dir(c.run_dir, "predict", v),
-                "evaluate": stage_dir(c.run_dir, "evaluate", v),
+                "evaluate_node": stage_dir(c.run_dir, "evaluate", v),
             }
             assert node.run_dir == expected[node.fn.split(":")[0].rsplit(".", 1)[-1]], node.name
             if v == "self-supervised" and u.translator_from:  # MoDATTS points read their group's stage 1
