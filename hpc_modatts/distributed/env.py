@@ -6,7 +6,8 @@ Supported (in detection order):
   MASTER_PORT are in the environment (the deepspeed launcher also appends ``--local_rank=N``
   to argv; ``parse_local_rank_arg`` accepts it).
 * a submitit task (SLURM or ``cluster="local"``): ``submitit.helpers.TorchDistributedEnvironment``
-  exports the rendezvous variables from the job environment.
+  exports the rendezvous variables from the job environment. In a task process submitit
+  started, rendezvous variables inherited from the submitting process are dropped first.
 * a bare ``python``: a world of 1 on 127.0.0.1 and a free port. DeepSpeed otherwise falls into
   MPI discovery and dies on ``import mpi4py`` (docs/architecture.md, "Measured facts").
 
@@ -81,11 +82,28 @@ def _in_submitit_task() -> bool:
         return False
 
 
+def _started_by_submitit() -> bool:
+    """True in a task process that submitit's slurm or local executor started.
+
+    Such a process runs submitit's task runner as ``__main__`` (``python -m
+    submitit.core._submit``), so no launcher stands between submitit and us: rendezvous
+    variables already in its environment were inherited from whoever submitted the job (e.g. a
+    process that had run a single-rank job in-process), never meant for it.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "submitit.core._submit"
+
+
 def _export_rendezvous(argv: list[str] | None) -> str:
     """Make sure the five rendezvous variables exist; return the launcher name."""
     local_rank = parse_local_rank_arg(argv)
     if local_rank is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(local_rank)
+    if _started_by_submitit():
+        # Inherited values would make every task rank 0 of a world of 1 on the submitter's port
+        # (taken: EADDRINUSE); the job environment is the only source of truth here.
+        for key in (*_RENDEZVOUS, "LOCAL_WORLD_SIZE"):
+            os.environ.pop(key, None)
     if all(k in os.environ for k in _RENDEZVOUS):
         return "env"
     if _in_submitit_task():

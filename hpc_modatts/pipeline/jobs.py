@@ -2,9 +2,9 @@
 
 Every job is a ``StageJob``: a ``submitit.helpers.Checkpointable`` that runs the stage API
 (which resumes from its own latest checkpoint) and, on preemption or timeout, is requeued as
-itself. Multi-GPU nodes run one task per GPU; each task exports the torch.distributed
-rendezvous (``TorchDistributedEnvironment``) and then takes the same path as under the
-deepspeed launcher (``hpc_modatts.distributed.init_distributed``).
+itself. Multi-GPU nodes run one task per GPU; in each task ``hpc_modatts.distributed.init_distributed``
+takes the torch.distributed rendezvous from the job (``TorchDistributedEnvironment``), never
+from variables the submitting process happened to have set.
 
 ``submit_slurm`` is the one SLURM submission loop: ``run_pipeline`` and the dry run
 (``hpc_modatts.pipeline.dryrun``, a stand-in sbatch on PATH) both submit through it.
@@ -41,7 +41,6 @@ class StageJob(submitit.helpers.Checkpointable):
         self.cfg = cfg
 
     def __call__(self) -> str:
-        _export_distributed_env()
         if self.node.done:  # requeued after it had finished, or re-run: nothing to do
             return str(self.node.run_dir)
         fn = resolve_callable(self.node.fn)
@@ -50,16 +49,6 @@ class StageJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Preemption / timeout: requeue the same job; the stage resumes from its checkpoint."""
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
-
-
-def _export_distributed_env() -> None:
-    """In a multi-task submitit job, export RANK/WORLD_SIZE/MASTER_* for torch.distributed."""
-    try:
-        env = submitit.JobEnvironment()
-    except RuntimeError:  # not inside a submitit job (e.g. called directly)
-        return
-    if env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 # ----------------------------------------------------------------------------- parameters
