@@ -57,9 +57,12 @@ def genseg_terms(
     x_com = net.decode_common(c, skips)  # X_PA (P samples) / X_AA (A samples)
     x_res = x_com + net.decode_residual(c, u_mix, skips)  # X_PP (P) / X_AP (A)
     rec = masked_l1(x_com, x, is_a) + masked_l1(x_res, x, is_p)
-    c_com, _, _ = net.encode(x_com)  # re-encode X_PA: keeps c_P
-    c_res, u_res, _ = net.encode(x_res)  # re-encode X_AP: keeps c_A, u_AP = u
-    lat = masked_l1(c_com, c, is_p) + masked_l1(c_res, c, is_a) + masked_l1(u_res, u_rand, is_a)
+    # Only X_PA (P samples) and X_AP (A samples) have a latent term: one encoder pass over the
+    # batch holding, per sample, the image its term re-encodes (the encoder is per sample), not
+    # two passes of which half is discarded. Re-encoded X_PA keeps c_P; X_AP keeps c_A, u_AP = u.
+    x_re = torch.where(is_p.view(-1, *[1] * (x.ndim - 1)), x_com, x_res)
+    c_re, u_re, _ = net.encode(x_re)
+    lat = masked_l1(c_re, c, is_p) + masked_l1(c_re, c, is_a) + masked_l1(u_re, u_rand, is_a)
     disc.requires_grad_(False)  # the generator's step: no gradient into the discriminators
     fake_a, fake_p = disc(domains[0], x_com), disc(domains[1], x_res)
     g_a, g_p = pick(fake_a, is_p), pick(fake_p, is_a)

@@ -1,10 +1,13 @@
-"""3D MedFormer: sizes, shapes, padding, errors, gradients, determinism."""
+"""3D MedFormer: sizes, shapes, padding, errors, gradients, determinism, channels-last policy."""
+
+import copy
 
 import pytest
 import torch
 
 from hpc_modatts.config import ConfigError
 from hpc_modatts.models import SEGMENTER_SIZES, MedFormer, build_segmenter, count_parameters
+from hpc_modatts.models.layout import to_channels_last
 from hpc_modatts.models.medformer import MedFormerConfig, pad_to_stride
 from hpc_modatts.models.medformer_blocks import BMDHBlock, ConvBlock
 
@@ -132,3 +135,22 @@ def test_bmdh_block_is_bidirectional_and_linear_in_voxels():
     # map -> feature direction: changing the map changes the features
     out2, _ = block(feat, smap + 1)
     assert not torch.allclose(out, out2)
+
+
+def test_channels_last_policy_feeds_every_conv3d_channels_last_and_changes_no_value():
+    torch.manual_seed(0)
+    plain = build_segmenter("tiny").eval()
+    cl = to_channels_last(to_channels_last(copy.deepcopy(plain)))  # applied twice: one hook per conv
+    seen: list[bool] = []
+
+    def record(conv, args):
+        seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))
+
+    convs = [m for m in cl.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(len(c._forward_pre_hooks) == 1 for c in convs)
+    for c in convs:
+        c.register_forward_pre_hook(record)  # runs after the policy's hook
+    x = _volume()
+    with torch.no_grad():
+        torch.testing.assert_close(cl(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert len(seen) >= len(convs) and all(seen)
