@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def submitit_probe() -> dict:
         "world": env.world_size,
         "launcher": env.launcher,
         "mean_rank": all_reduce_mean({"r": float(env.rank)})["r"],
+        "port": os.environ["MASTER_PORT"],
     }
 
 

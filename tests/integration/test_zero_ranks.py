@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,19 +88,28 @@ def test_trainer_on_two_ranks_with_zero3_and_resume(tmp_path):
     assert any(r.get("event") == "resume" and r["step"] == first["step"] for r in records)
 
 
-def test_submitit_local_executor_two_tasks(tmp_path, monkeypatch):
+def test_submitit_local_executor_two_tasks_ignore_the_rendezvous_their_submitter_had(tmp_path, monkeypatch):
+    """A process that ran a single-rank job in-process keeps RANK=0 / WORLD_SIZE=1 / its port in its
+    environment, and the local executor (like sbatch --export=ALL) hands them to the job's tasks:
+    they must still be ranks 0 and 1 of 2, on a port of their own."""
     import submitit
 
-    for k in _LAUNCH_VARS:
-        monkeypatch.delenv(k, raising=False)
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = str(held.getsockname()[1])
+    leaked = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    for key, value in {**leaked, "MASTER_PORT": port}.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("PYTHONPATH", _clean_env()["PYTHONPATH"])  # the task process imports _zero_worker
     sys.path.insert(0, str(WORKER.parent))
     from _zero_worker import submitit_probe
 
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     ex.update_parameters(tasks_per_node=2, nodes=1, timeout_min=5, cpus_per_task=1)
-    job = ex.submit(submitit_probe)
-    results = sorted(job.results(), key=lambda r: r["rank"])
+    with held:
+        results = sorted(ex.submit(submitit_probe).results(), key=lambda r: r["rank"])
     assert [r["rank"] for r in results] == [0, 1]
     assert all(r["world"] == 2 and r["launcher"] == "submitit" for r in results)
     assert all(r["mean_rank"] == pytest.approx(0.5) for r in results)
+    assert results[0]["port"] == results[1]["port"] != port
