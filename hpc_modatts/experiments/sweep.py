@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from hpc_modatts.experiments.plan import (
 from hpc_modatts.pipeline.dag import MODATTS_VARIANTS
 from hpc_modatts.pipeline.status import slurm_in_flight
 from hpc_modatts.pipeline.submit import EXECUTORS, check_inputs, run_pipeline
+from hpc_modatts.pipeline.waves import default_parallel
 from hpc_modatts.runs import atomic_write_json
 
 __all__ = [
@@ -133,13 +133,6 @@ def _ensure_store(cfg: ExperimentConfig) -> None:
         return
     log.info("sweep: converting %s into %s once for every point", cfg.pipeline.source_dir, cfg.data.store)
     convert(cfg.pipeline.source_dir, cfg.data.store, layout=cfg.pipeline.layout, workers=cfg.pipeline.cpus_per_task)
-
-
-def default_parallel(cfg: ExperimentConfig) -> int:
-    """Local jobs at once: the cores divided by each job's torch threads (0 threads: one job per
-    core at most; the local executor then gives each job cores // jobs alive, see ``with_threads``)."""
-    threads = cfg.distributed.threads_per_rank or 1
-    return max(1, (os.cpu_count() or 1) // threads)
 
 
 def run_sweep(

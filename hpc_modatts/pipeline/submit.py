@@ -26,7 +26,7 @@ from hpc_modatts.pipeline.jobs import StageJob, node_parameters, submit_slurm
 from hpc_modatts.pipeline.record import RECORD_FILE, Recorder
 from hpc_modatts.pipeline.status import pipeline_status
 from hpc_modatts.pipeline.watch import PipelineWatcher
-from hpc_modatts.pipeline.waves import StagesFailed, run_in_waves
+from hpc_modatts.pipeline.waves import StagesFailed, default_parallel, run_in_waves
 from hpc_modatts.presets import apply_preset, available_presets, load_preset
 from hpc_modatts.runs import is_done, mark_done, stage_dir
 
@@ -122,7 +122,8 @@ def run_pipeline(
     submission (``wait=True`` blocks until the last jobs end); local/debug run to the end.
     ``dag`` replaces ``build_dag(cfg)`` (tests use light callables); ``check=False`` skips
     the store/split checks (for such DAGs only). ``max_parallel``: at most this many local
-    jobs at once (None = every ready node). ``in_flight`` (SLURM): node name -> id of a job of
+    jobs at once (None: ``waves.default_parallel``, one per core for ``threads_per_rank: 0``;
+    debug runs one at a time anyway). ``in_flight`` (SLURM): node name -> id of a job of
     an earlier submission still queued or running; that node is not submitted again and its
     dependents wait on that id (a rerun while jobs are in flight submits only what is missing).
     ``watch`` (local/debug): show the jobs while they run (``hpc_modatts.pipeline.watch``).
@@ -147,6 +148,8 @@ def run_pipeline(
     rec = Recorder(root / RECORD_FILE, cfg, executor, dag)
     log.info("pipeline %s: %d nodes, %d pending, executor %s", cfg.name, len(dag), len(pending), executor)
     folder = root / "submitit"
+    if executor == "local" and max_parallel is None:
+        max_parallel = default_parallel(cfg)
     if executor == "slurm":
         jobs = submit_slurm(pending, cfg, preset, folder, rec, in_flight)
         if wait:

@@ -50,7 +50,10 @@ def run_in_waves(
     independent branches still run, then ``StagesFailed`` names every failure. ``debug`` jobs
     run in-process inside ``results()``, one at a time in submission order. ``max_parallel``
     caps the jobs alive at once (a sweep's graph can have dozens of ready nodes; each local
-    job is a whole training process). ``tick`` is called at every poll (the watcher)."""
+    job is a whole training process; ``default_parallel``: one per core); when more nodes are
+    ready than may start, those with the longest chain of stages still below them start first
+    (``chain_lengths``). ``tick`` is called at every poll (the watcher)."""
+    chain = chain_lengths(pending)  # ready nodes start longest-chain first (the critical path)
     finished: set[str] = set()
     failed: dict[str, str] = {}
     skipped: list[str] = []
@@ -61,7 +64,7 @@ def run_in_waves(
             for node in [n for n in left if any(d in failed or d in skipped for d in n.deps)]:
                 skipped.append(node.name)  # topological order: a skipped parent is seen first
                 left.remove(node)
-            ready = [n for n in left if all(d in finished for d in n.deps)]
+            ready = sorted((n for n in left if all(d in finished for d in n.deps)), key=lambda n: -chain[n.name])
             if max_parallel:
                 ready = ready[: max(0, max_parallel - len(running))]
             alive = len(running) + len(ready)
@@ -92,6 +95,35 @@ def run_in_waves(
         raise StagesFailed(failed, skipped)
 
 
+def chain_lengths(pending: list[Node]) -> dict[str, int]:
+    """Per node, the number of stages on the longest chain from it to the end of ``pending``
+    (itself included). The critical path runs through the longest chains: in the demo,
+    translate -> synthesize -> segment -> round -> predict -> evaluate (6) must start before a
+    bound's segment -> predict -> evaluate (3), or the bounds slow it down for their whole life."""
+    children: dict[str, list[str]] = {n.name: [] for n in pending}
+    for n in pending:
+        for d in n.deps:
+            if d in children:
+                children[d].append(n.name)
+    length: dict[str, int] = {}
+    for n in reversed(pending):  # topological order: children come after their parents
+        length[n.name] = 1 + max((length[c] for c in children[n.name]), default=0)
+    return length
+
+
+def local_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_parallel(cfg: ExperimentConfig) -> int:
+    """Local jobs at once: the cores divided by each job's torch threads (0 threads: one job per
+    core at most; the local executor then gives each job cores // jobs alive, see ``with_threads``).
+    More jobs than cores only time-slice the cores, and slow the critical path with them."""
+    threads = cfg.distributed.threads_per_rank or 1
+    return max(1, local_cores() // threads)
+
+
 def with_threads(node: Node, alive: int) -> Node:
     """``node`` with ``distributed.threads_per_rank`` = cores // (jobs alive x its ranks), at least 1.
 
@@ -100,8 +132,7 @@ def with_threads(node: Node, alive: int) -> Node:
     (docs/results.md), and a job started alone, e.g. the last self-training round, gets every
     core. A job keeps its share for its whole life: it cannot know when its neighbours end.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // max(1, alive * node.resources.tasks_per_node))
+    threads = max(1, local_cores() // max(1, alive * node.resources.tasks_per_node))
     return dataclasses.replace(node, overrides={**node.overrides, "distributed.threads_per_rank": threads})
 
 

@@ -16,6 +16,7 @@ from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import SYNTH_MARKER, Dag, Node, build_dag, node_config
 from hpc_modatts.pipeline.status import pipeline_status, print_status
 from hpc_modatts.pipeline.submit import StageJob, StagesFailed, available_presets, run_pipeline
+from hpc_modatts.pipeline.waves import chain_lengths, default_parallel
 from hpc_modatts.runs import is_done, mark_done
 
 
@@ -260,3 +261,17 @@ def test_local_run_warns_when_gpus_per_node_0_would_hide_this_machines_gpu(tmp_p
     assert hidden_gpu_warning(cfg, "slurm") is None and hidden_gpu_warning(cfg, "debug") is None
     gpu_cfg = make_cfg(tmp_path, gpus_per_node=1)
     assert hidden_gpu_warning(gpu_cfg, "local") is None
+
+
+def test_ready_nodes_start_longest_chain_first_within_the_parallel_cap(tmp_path):
+    """The critical path must not queue behind a short branch: short || long1 -> long2 -> long3."""
+    cfg = make_cfg(tmp_path, timeout_min=2)
+    root = tmp_path / "runs" / "exp"
+    fn = "tests.unit.test_dag:threads_stage"
+    spec = (("short", ()), ("long1", ()), ("long2", ("long1",)), ("long3", ("long2",)))
+    nodes = [Node(n, fn, {"train.pseudo_labels": str(root / n)}, root / n, deps) for n, deps in spec]
+    assert chain_lengths(nodes) == {"short": 1, "long1": 3, "long2": 2, "long3": 1}
+    run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False, max_parallel=1)
+    order = [j["node"] for j in json.loads((root / "pipeline.json").read_text())["jobs"]]
+    assert order[0] == "long1" and sorted(order) == sorted(n for n, _ in spec)
+    assert default_parallel(cfg) == len(os.sched_getaffinity(0))  # threads_per_rank 0: one job per core
