@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpc_modatts.config import ExperimentConfig
-from hpc_modatts.pipeline.dag import Node
+from hpc_modatts.pipeline.dag import Node, node_config
 from hpc_modatts.pipeline.jobs import StageJob, make_executor, node_parameters
 from hpc_modatts.pipeline.record import Recorder
 
@@ -51,9 +51,9 @@ def run_in_waves(
     run in-process inside ``results()``, one at a time in submission order. ``max_parallel``
     caps the jobs alive at once (a sweep's graph can have dozens of ready nodes; each local
     job is a whole training process; ``default_parallel``: one per core); when more nodes are
-    ready than may start, those with the longest chain of stages still below them start first
-    (``chain_lengths``). ``tick`` is called at every poll (the watcher)."""
-    chain = chain_lengths(pending)  # ready nodes start longest-chain first (the critical path)
+    ready than may start, those with the most work still below them start first (``chain_work``).
+    ``tick`` is called at every poll (the watcher)."""
+    chain = chain_work(pending, cfg)  # ready nodes start heaviest chain first (the critical path)
     finished: set[str] = set()
     failed: dict[str, str] = {}
     skipped: list[str] = []
@@ -95,20 +95,44 @@ def run_in_waves(
         raise StagesFailed(failed, skipped)
 
 
-def chain_lengths(pending: list[Node]) -> dict[str, int]:
-    """Per node, the number of stages on the longest chain from it to the end of ``pending``
-    (itself included). The critical path runs through the longest chains: in the demo,
-    translate -> synthesize -> segment -> round -> predict -> evaluate (6) must start before a
-    bound's segment -> predict -> evaluate (3), or the bounds slow it down for their whole life."""
+STEP_COST: dict[str, float] = {
+    "translate": 0.55,  # a stage-1 step: 2D translator + discriminators, 8 slices
+    "semi-supervised": 3.5,  # GenSeg: encoder/decoders several times, 3D discriminators
+    "self-supervised-2d": 0.35,
+    "semi-supervised-2d": 1.2,
+    "m-genseg": 1.75,
+}
+"""Relative cost of one optimiser step (a 3D Dice step of the bounds / self-supervised = 1), from
+1-thread step times of the demo configuration (docs/results.md): semi-supervised 2.3 s, a Dice step
+0.65 s, translate 0.37 s. Only the order of the local executor's ready jobs depends on it."""
+LIGHT_STAGE_WORK = 10.0
+"""Work of a stage without optimiser steps (synthesize, predict, evaluate, convert), in Dice steps."""
+
+
+def node_work(node: Node, cfg: ExperimentConfig) -> float:
+    """Expected compute of ``node`` in Dice-step units: optimiser steps x ``STEP_COST``."""
+    stage = node.overrides.get("train.stage")
+    if stage not in ("translate", "segment", "self-train"):
+        return LIGHT_STAGE_WORK
+    train = node_config(cfg, node).train
+    steps = train.max_steps or train.epochs  # epochs alone: the steps per epoch are not known here
+    return steps * STEP_COST.get("translate" if stage == "translate" else train.variant, 1.0) + LIGHT_STAGE_WORK
+
+
+def chain_work(pending: list[Node], cfg: ExperimentConfig) -> dict[str, float]:
+    """Per node, the work on the heaviest chain from it to the end of ``pending`` (itself
+    included). The critical path runs through the heaviest chains: in the demo, translate ->
+    synthesize -> semi-supervised -> its round -> predict -> evaluate must start before a bound
+    or the self-supervised branch, or they slow it down for their whole life."""
     children: dict[str, list[str]] = {n.name: [] for n in pending}
     for n in pending:
         for d in n.deps:
             if d in children:
                 children[d].append(n.name)
-    length: dict[str, int] = {}
+    work: dict[str, float] = {}
     for n in reversed(pending):  # topological order: children come after their parents
-        length[n.name] = 1 + max((length[c] for c in children[n.name]), default=0)
-    return length
+        work[n.name] = node_work(n, cfg) + max((work[c] for c in children[n.name]), default=0.0)
+    return work
 
 
 def local_cores() -> int:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import submitit
 
-from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict
+from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import SYNTH_MARKER, Dag, Node, build_dag, node_config
 from hpc_modatts.pipeline.status import pipeline_status, print_status
 from hpc_modatts.pipeline.submit import StageJob, StagesFailed, available_presets, run_pipeline
-from hpc_modatts.pipeline.waves import chain_lengths, default_parallel
+from hpc_modatts.pipeline.waves import LIGHT_STAGE_WORK, chain_work, default_parallel
 from hpc_modatts.runs import is_done, mark_done
 
 
@@ -270,8 +270,22 @@ def test_ready_nodes_start_longest_chain_first_within_the_parallel_cap(tmp_path)
     fn = "tests.unit.test_dag:threads_stage"
     spec = (("short", ()), ("long1", ()), ("long2", ("long1",)), ("long3", ("long2",)))
     nodes = [Node(n, fn, {"train.pseudo_labels": str(root / n)}, root / n, deps) for n, deps in spec]
-    assert chain_lengths(nodes) == {"short": 1, "long1": 3, "long2": 2, "long3": 1}
+    assert {k: v / LIGHT_STAGE_WORK for k, v in chain_work(nodes, cfg).items()} == {
+        "short": 1,
+        "long1": 3,
+        "long2": 2,
+        "long3": 1,
+    }
     run_pipeline(cfg, executor="local", dag=Dag(nodes), check=False, max_parallel=1)
     order = [j["node"] for j in json.loads((root / "pipeline.json").read_text())["jobs"]]
     assert order[0] == "long1" and sorted(order) == sorted(n for n, _ in spec)
     assert default_parallel(cfg) == len(os.sched_getaffinity(0))  # threads_per_rank 0: one job per core
+
+
+def test_the_demo_dag_starts_translate_then_the_semi_supervised_branch_first(tmp_path):
+    variants = "[source-supervised,self-supervised,semi-supervised,target-supervised]"
+    cfg = load_config("demo_cpu", [f"run_root={tmp_path}", f"pipeline.variants={variants}"])
+    work = chain_work(build_dag(cfg).pending(), cfg)
+    assert max(work, key=work.get) == "translate"
+    segments = sorted((n for n in work if n.startswith("segment/") and "round" not in n), key=work.get)
+    assert segments[-1] == "segment/semi-supervised/fold_0"  # the GenSeg branch: the critical path
