@@ -138,6 +138,12 @@ class TrainConfig:
     """Self-training pseudo-labels in hemispheres weakly labelled healthy (A): ``zero`` them (they
     are known to be wrong; beyond the thesis, see docs/results.md for the ablation) or ``keep``
     them as thresholded (the thesis)."""
+    keep_better_model: bool = True
+    """A self-training round whose validation score is below that of the model it started from
+    hands that model on: its best_model.pt becomes a copy of it and its DONE marker says so
+    (``model_from``). Beyond the thesis, which always takes the round's model: a round fine-tunes
+    on pseudo-labels of the previous model, and a worse validation means it amplified their errors
+    (docs/results.md, "Self-training rounds that validate worse")."""
     init_from: str = ""
     """Run folder whose best model initialises this run (self-training rounds)."""
     translator_run: str = ""

@@ -23,6 +23,7 @@ pseudo-labels. ``hpc-modatts train self-train CONFIG [train.rounds=K]``.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from hpc_modatts.data.store import Store
 from hpc_modatts.distributed.engine import autocast_context, use_bf16
 from hpc_modatts.distributed.env import barrier, init_distributed, shard
 from hpc_modatts.infer.inferer import inferer_from_config
-from hpc_modatts.runs import atomic_write_json, is_done, stage_dir
+from hpc_modatts.runs import DONE, atomic_path, atomic_write_json, is_done, read_json, stage_dir
 from hpc_modatts.train.best_model import BEST_MODEL, load_best_model
 from hpc_modatts.train.guards import voxel_ml, zero_healthy
 from hpc_modatts.train.segment import make_task, volume_bound
@@ -157,10 +158,12 @@ def make_pseudo_labels(cfg: ExperimentConfig, cases: list[str], model_dir: Path,
 def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
     """Self-training round ``i``: pseudo-labels from the previous model, then fine-tuning."""
     run_dir = round_dir(cfg, i)
+    prev = require_done(init_dir(cfg, i, explicit), f"round {i}: model to start from")
     if is_done(run_dir):
         log.info("self-train: round %d %s is DONE, skipping", i, run_dir)
+        if cfg.train.keep_better_model:  # idempotent: completes a decision a crash interrupted
+            keep_better_model(run_dir, prev, init_distributed(cfg.distributed).is_main)
         return run_dir
-    prev = require_done(init_dir(cfg, i, explicit), f"round {i}: model to start from")
     if not (prev / BEST_MODEL).is_file():
         raise ConfigError(f"round {i}: {prev} has no {BEST_MODEL} to start from")
     pl_path = (
@@ -173,7 +176,48 @@ def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
         raise ConfigError("self-training needs unannotated target cases; every target_train case is annotated")
     env = init_distributed(cfg.distributed)
     make_pseudo_labels(cfg_i, unannotated, prev, pl_path, env)
-    return Trainer(cfg_i, task, run_dir, env=env).fit()
+    Trainer(cfg_i, task, run_dir, env=env).fit()
+    if cfg.train.keep_better_model:
+        keep_better_model(run_dir, prev, env.is_main)
+    return run_dir
+
+
+def keep_better_model(run_dir: Path, prev: Path, is_main: bool) -> bool:
+    """If the finished round ``run_dir`` validated worse than ``prev`` (the run it started from),
+    make its best model a copy of ``prev``'s and record it in its DONE; True when it did.
+
+    Both scores are the runs' selected validations (DONE ``best_score``, same cases and metric);
+    an implausible round (DONE ``plausible`` false) counts as worse than a plausible start.
+    Every step is atomic and the decision is taken again from the two DONE markers, so a rerun
+    after a crash between the copy and the marker completes it.
+    """
+    done, before = read_json(run_dir / DONE, "is missing"), read_json(prev / DONE, "is missing")
+    if "model_from" in done:
+        return done["model_from"] != str(run_dir)
+    new, old = done.get("best_score"), before.get("best_score")
+    if before.get("model_from", str(prev)) != str(prev):  # prev itself handed on an earlier model
+        old = before.get("start_score")
+    worse = (
+        old is not None
+        and before.get("plausible", True)
+        and (not done.get("plausible", True) or new is None or new < old)
+    )
+    if is_main:
+        if worse:
+            with atomic_path(run_dir / BEST_MODEL) as tmp:
+                shutil.copyfile(prev / BEST_MODEL, tmp)
+            log.warning(
+                "self-train: %s validated %s, below the %.3f of the model it started from: keeping that model",
+                run_dir.name,
+                "nothing plausible" if new is None else f"{new:.3f}",
+                old,
+            )
+        extra = {"model_from": str(prev if worse else run_dir), "round_score": new, "start_score": old}
+        if worse:  # the model handed on is prev's: so is its plausibility (evaluate reads it here)
+            extra |= {"plausible": before.get("plausible", True), "round_plausible": done.get("plausible", True)}
+        atomic_write_json(run_dir / DONE, {**done, **extra})
+    barrier()
+    return bool(worse)
 
 
 def run(cfg: ExperimentConfig) -> Path:

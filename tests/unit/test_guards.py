@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from hpc_modatts.data.errors import DataError
+from hpc_modatts.runs import DONE, mark_done
+from hpc_modatts.train.best_model import BEST_MODEL
 from hpc_modatts.train.guards import (
     VolumeBound,
     case_volumes,
@@ -15,6 +18,7 @@ from hpc_modatts.train.guards import (
     voxel_ml,
     zero_healthy,
 )
+from hpc_modatts.train.self_training import keep_better_model
 
 
 def _case(shape=(40, 20, 20), split=20):
@@ -67,3 +71,26 @@ def test_pseudo_label_beyond_the_bound_is_refused():
 def test_no_annotation_means_no_bound():
     assert math.isinf(VolumeBound(3.0, 0.0).limit_ml)
     assert not VolumeBound(3.0, 0.0).exceeded(1e9)
+
+
+def _finished_run(folder, model: bytes, **done) -> object:
+    folder.mkdir(parents=True)
+    (folder / BEST_MODEL).write_bytes(model)
+    mark_done(folder, **done)
+    return folder
+
+
+@pytest.mark.parametrize("round_score, kept", [(0.59, True), (0.81, False), (None, True)])
+def test_a_round_that_validates_worse_hands_on_the_model_it_started_from(tmp_path, round_score, kept):
+    prev = _finished_run(tmp_path / "fold_0", b"round 0 weights", best_score=0.79, plausible=True)
+    plausible = round_score is not None
+    run = _finished_run(tmp_path / "round_1", b"round 1 weights", best_score=round_score, plausible=plausible)
+    assert keep_better_model(run, prev, is_main=True) is kept
+    done = json.loads((run / DONE).read_text())
+    assert (run / BEST_MODEL).read_bytes() == (b"round 0 weights" if kept else b"round 1 weights")
+    assert done["model_from"] == str(prev if kept else run) and done["plausible"] is True
+    assert (done["round_score"], done["start_score"]) == (round_score, 0.79)
+    assert keep_better_model(run, prev, is_main=True) is kept  # decided once, read back after
+    # a later round compares with the score of the model the kept round handed on (0.79)
+    nxt = _finished_run(tmp_path / "round_2", b"round 2 weights", best_score=0.7, plausible=True)
+    assert keep_better_model(nxt, run, is_main=True) is (kept or round_score > 0.7)
