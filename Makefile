@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[dev,demo]'
+	$(PY) -m hpc_modatts.distributed   # compile DeepSpeed's comm op now, not in the first job
 	touch $(STAMP)
 
 install: $(STAMP)
