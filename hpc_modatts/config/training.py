@@ -144,6 +144,12 @@ class TrainConfig:
     (``model_from``). Beyond the thesis, which always takes the round's model: a round fine-tunes
     on pseudo-labels of the previous model, and a worse validation means it amplified their errors
     (docs/results.md, "Self-training rounds that validate worse")."""
+    keep_better_margin: float = 0.05
+    """How far below its start model's validation score a round must fall before
+    ``keep_better_model`` hands the start model on. The two scores are means over the same few
+    validation cases (6 in the demo) whose per-case Dice spreads by 0.1-0.16, so differences under
+    ~0.05 (one standard error) are noise: on the demo such a rule kept a round-0 model that
+    validated 0.005 higher and tested 0.11 lower (docs/results.md)."""
     init_from: str = ""
     """Run folder whose best model initialises this run (self-training rounds)."""
     translator_run: str = ""
@@ -181,6 +187,8 @@ class TrainConfig:
         check_positive("train.log_every", self.log_every)
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"train.alpha={self.alpha} must be in (0, 1)")
+        if not 0 <= self.keep_better_margin < 1:
+            raise ConfigError(f"train.keep_better_margin={self.keep_better_margin} must be in [0, 1)")
         if not self.max_volume_factor > 0:
             raise ConfigError(f"train.max_volume_factor={self.max_volume_factor} must be > 0")
         check_choice("train.healthy_pseudo_labels", self.healthy_pseudo_labels, ("zero", "keep"))

@@ -162,7 +162,7 @@ def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
     if is_done(run_dir):
         log.info("self-train: round %d %s is DONE, skipping", i, run_dir)
         if cfg.train.keep_better_model:  # idempotent: completes a decision a crash interrupted
-            keep_better_model(run_dir, prev, init_distributed(cfg.distributed).is_main)
+            keep_better_model(run_dir, prev, init_distributed(cfg.distributed).is_main, cfg.train.keep_better_margin)
         return run_dir
     if not (prev / BEST_MODEL).is_file():
         raise ConfigError(f"round {i}: {prev} has no {BEST_MODEL} to start from")
@@ -178,13 +178,13 @@ def run_round(cfg: ExperimentConfig, i: int, explicit: bool) -> Path:
     make_pseudo_labels(cfg_i, unannotated, prev, pl_path, env)
     Trainer(cfg_i, task, run_dir, env=env).fit()
     if cfg.train.keep_better_model:
-        keep_better_model(run_dir, prev, env.is_main)
+        keep_better_model(run_dir, prev, env.is_main, cfg.train.keep_better_margin)
     return run_dir
 
 
-def keep_better_model(run_dir: Path, prev: Path, is_main: bool) -> bool:
-    """If the finished round ``run_dir`` validated worse than ``prev`` (the run it started from),
-    make its best model a copy of ``prev``'s and record it in its DONE; True when it did.
+def keep_better_model(run_dir: Path, prev: Path, is_main: bool, margin: float = 0.0) -> bool:
+    """If the finished round ``run_dir`` validated more than ``margin`` below ``prev`` (the run it
+    started from), make its best model a copy of ``prev``'s and record it in its DONE; True when it did.
 
     Both scores are the runs' selected validations (DONE ``best_score``, same cases and metric);
     an implausible round (DONE ``plausible`` false) counts as worse than a plausible start.
@@ -200,16 +200,18 @@ def keep_better_model(run_dir: Path, prev: Path, is_main: bool) -> bool:
     worse = (
         old is not None
         and before.get("plausible", True)
-        and (not done.get("plausible", True) or new is None or new < old)
+        and (not done.get("plausible", True) or new is None or new < old - margin)
     )
     if is_main:
         if worse:
             with atomic_path(run_dir / BEST_MODEL) as tmp:
                 shutil.copyfile(prev / BEST_MODEL, tmp)
             log.warning(
-                "self-train: %s validated %s, below the %.3f of the model it started from: keeping that model",
+                "self-train: %s validated %s, more than %.2f below the %.3f of the model it started from: "
+                "keeping that model",
                 run_dir.name,
                 "nothing plausible" if new is None else f"{new:.3f}",
+                margin,
                 old,
             )
         extra = {"model_from": str(prev if worse else run_dir), "round_score": new, "start_score": old}

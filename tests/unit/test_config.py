@@ -128,6 +128,7 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
         ("model.segmenter_size=huge", "model.segmenter_size"),
         ("train.batch_size=two", "train.batch_size"),
         ("train.alpha=1.5", "train.alpha"),
+        ("train.keep_better_margin=-0.1", "train.keep_better_margin"),
         ("pipeline.executor=kubernetes", "pipeline.executor"),
         ("data.patch_size=[32,32]", "data.patch_size"),
     ],

@@ -94,3 +94,11 @@ def test_a_round_that_validates_worse_hands_on_the_model_it_started_from(tmp_pat
     # a later round compares with the score of the model the kept round handed on (0.79)
     nxt = _finished_run(tmp_path / "round_2", b"round 2 weights", best_score=0.7, plausible=True)
     assert keep_better_model(nxt, run, is_main=True) is (kept or round_score > 0.7)
+
+
+@pytest.mark.parametrize("round_score, kept", [(0.785, False), (0.741, False), (0.739, True)])
+def test_a_round_within_the_margin_of_its_start_model_is_handed_on(tmp_path, round_score, kept):
+    prev = _finished_run(tmp_path / "fold_0", b"round 0 weights", best_score=0.79, plausible=True)
+    run = _finished_run(tmp_path / "round_1", b"round 1 weights", best_score=round_score, plausible=True)
+    assert keep_better_model(run, prev, is_main=True, margin=0.05) is kept
+    assert (run / BEST_MODEL).read_bytes() == (b"round 0 weights" if kept else b"round 1 weights")
