@@ -8,10 +8,6 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles its C++ ops on first use: keep the cache inside the venv
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 export OMP_NUM_THREADS ?= 2
-# glibc returns freed tensor memory to the OS and page-faults it back every step: keep it (a GenSeg
-# step 2.2 -> 2.1 s on 1 thread, 1.62 -> 1.38 s on 2; docs/architecture.md "Measured facts")
-export MALLOC_MMAP_THRESHOLD_ ?= 33554432
-export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
 .PHONY: install demo test test-quick test-integration bench lint wheel clean
 

@@ -16,7 +16,13 @@ from hpc_modatts.data.errors import DataError
 from hpc_modatts.pipeline.dag import SYNTH_MARKER, Dag, Node, build_dag, node_config
 from hpc_modatts.pipeline.status import pipeline_status, print_status
 from hpc_modatts.pipeline.submit import StageJob, StagesFailed, available_presets, run_pipeline
-from hpc_modatts.pipeline.waves import LIGHT_STAGE_WORK, chain_work, default_parallel
+from hpc_modatts.pipeline.waves import (
+    LIGHT_STAGE_WORK,
+    LOCAL_JOB_ENV,
+    chain_work,
+    default_parallel,
+    local_job_environment,
+)
 from hpc_modatts.runs import is_done, mark_done
 
 
@@ -289,3 +295,19 @@ def test_the_demo_dag_starts_translate_then_the_semi_supervised_branch_first(tmp
     assert max(work, key=work.get) == "translate"
     segments = sorted((n for n in work if n.startswith("segment/") and "round" not in n), key=work.get)
     assert segments[-1] == "segment/semi-supervised/fold_0"  # the GenSeg branch: the critical path
+
+
+def test_local_jobs_start_with_the_allocator_settings_unless_the_submitter_set_its_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's value wins
+    ex = submitit.AutoExecutor(folder=tmp_path, cluster="local")
+    ex.update_parameters(timeout_min=2)
+    with local_job_environment():
+        jobs = {k: ex.submit(os.getenv, k) for k in LOCAL_JOB_ENV}  # a real subprocess each
+    seen = {k: job.result() for k, job in jobs.items()}
+    assert seen == {
+        "MALLOC_MMAP_THRESHOLD_": LOCAL_JOB_ENV["MALLOC_MMAP_THRESHOLD_"],
+        "MALLOC_TRIM_THRESHOLD_": "12345",
+    }
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ  # the submitter's own environment is unchanged
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
