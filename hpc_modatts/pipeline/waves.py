@@ -28,7 +28,7 @@ LOCAL_JOB_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_":
 """Environment every ``local`` job starts with unless the submitting process sets the variable
 itself: glibc keeps freed tensor memory instead of handing it back to the OS and page-faulting
 it in again at the next step (docs/architecture.md, "Measured facts": a GenSeg step 1.62 -> 1.38
-s on 2 threads; ``make demo`` 10:39 -> 9:04 with the same table). glibc reads it at process start,
+s on 2 threads; ``make demo`` 10:39 -> 9:11 with the same table). glibc reads it at process start,
 so it has to be in the job's environment, not set from inside it."""
 
 
