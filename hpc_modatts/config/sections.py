@@ -101,6 +101,10 @@ class ModelConfig:
         check_positive("model.disc_scales", self.disc_scales)
 
 
+POLY_POWER = 0.9
+"""Exponent of ``optim.decay: poly`` (nnU-Net's PolyLRScheduler)."""
+
+
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
@@ -116,6 +120,10 @@ class OptimConfig:
     disc_lr: float = 0.0
     """Learning rate of the discriminators (engine ``disc``); 0 = ``lr`` as in the thesis. A larger
     value (two time-scale update rule) lets short GAN schedules keep adversarial pressure."""
+    decay: Literal["constant", "poly"] = "constant"
+    """How the learning rate of every engine follows the step: ``constant`` (thesis 5.5.1) or
+    ``poly``, nnU-Net's polynomial decay lr x (1 - step / total_steps)^0.9 to 0 at the last step
+    (short schedules end on a settled model instead of wherever a constant lr leaves it)."""
 
     def __post_init__(self) -> None:
         check_positive("optim.lr", self.lr)
@@ -126,6 +134,15 @@ class OptimConfig:
         self.betas = (betas[0], betas[1])
         check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         check_positive("optim.grad_clip", self.grad_clip, allow_zero=True)
+        check_choice("optim.decay", self.decay, ("constant", "poly"))
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based) of ``total_steps`` (``decay``).
+
+        A pure function of the step, so a resumed run sets exactly the lr it would have had."""
+        if self.decay == "poly" and total_steps > 0:
+            return self.lr * (1.0 - min(step, total_steps) / total_steps) ** POLY_POWER
+        return self.lr
 
     def for_engine(self, engine_name: str) -> OptimConfig:
         """The settings of one engine: the discriminators (``disc``) take ``disc_lr`` when set."""

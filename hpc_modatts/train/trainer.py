@@ -230,8 +230,12 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def _train_step(self, batch: Any) -> dict[str, float]:
         device_batch = move_to_device(batch, self.env.device)
-        for e in self.engines.values():
+        for name, e in self.engines.items():
             e.train()
+            # the lr is a function of the step (optim.decay): set, not stepped, so resume needs no state
+            lr = self.cfg.optim.for_engine(name).lr_at(self.step, self.total_steps)
+            for group in e.optimizer.param_groups:
+                group["lr"] = lr
         with autocast_context(self.bf16, self.env.device):
             raw = self.task.train_step(device_batch, {**self.all_models}, self.step)
         local = {k: loss_value(v) for k, v in raw.items()}
@@ -347,6 +351,7 @@ class Trainer:
     def _run_epoch(self, progress: Any, bar: Any) -> None:
         val_every, log_every = self.cfg.train.val_every, self.cfg.train.log_every
         ckpt_every = self.cfg.train.checkpoint_every
+        decays = self.cfg.optim.decay != "constant"
         if self.pos == 0 and hasattr(self.task, "on_epoch_start"):
             self.task.on_epoch_start(self.epoch)
         for batch in self._loader():
@@ -363,6 +368,7 @@ class Trainer:
                         "epoch": self.epoch,
                         **{f"train/{k}": v for k, v in losses.items()},
                         **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
+                        **({"train/lr": self.cfg.optim.lr_at(self.step - 1, self.total_steps)} if decays else {}),
                     }
                 )
             if val_every and self.step % val_every == 0:
