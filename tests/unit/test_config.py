@@ -20,6 +20,10 @@ def test_defaults_follow_the_paper():
     assert cfg.optim.for_engine("gen") is cfg.optim and cfg.optim.for_engine("disc") is cfg.optim  # no disc_lr
     two_lr = apply_overrides(cfg, ["optim.disc_lr=4e-4"]).optim
     assert two_lr.for_engine("disc").lr == 4e-4 and two_lr.for_engine("gen").lr == 1e-4
+    assert cfg.optim.decay == "constant" and cfg.optim.lr_at(50, 100) == 1e-4
+    poly = apply_overrides(cfg, ["optim.decay=poly"]).optim
+    assert [poly.lr_at(s, 100) for s in (0, 100, 150)] == [1e-4, 0.0, 0.0]
+    assert poly.lr_at(50, 100) == pytest.approx(1e-4 * 0.5**0.9)
     assert cfg.train.alpha == 0.6 and cfg.train.rounds == 3
     assert cfg.data.patch_size == (96, 160, 64)
     assert cfg.model.common_fraction == 0.75
@@ -121,6 +125,7 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
         ("train.stage_overrides.predict.max_steps=3", "train.stage_overrides"),
         ("optim.weight_decay=-0.1", "optim.weight_decay"),
         ("optim.grad_clip=-1", "optim.grad_clip"),
+        ("optim.decay=cosine", "optim.decay"),
         ("train.epoks=3", "train.epoks"),
         ("nope=1", "nope"),
         ("train.weights.foo=1", "train.weights.foo"),

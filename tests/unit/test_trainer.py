@@ -17,10 +17,11 @@ from hpc_modatts.train.trainer import Trainer, TrainingDiverged
 from tests.toy_task import ToyTask, toy_net
 
 
-def make_cfg(run_dir: Path, **train) -> ExperimentConfig:
+def make_cfg(run_dir: Path, decay: str = "constant", **train) -> ExperimentConfig:
     base = {"epochs": 2, "batch_size": 2, "val_every": 3, "log_every": 1, "seed": 3}
+    optim = {"lr": 1e-2, "decay": decay}
     return config_from_dict(
-        {"name": run_dir.name, "run_root": str(run_dir.parent), "optim": {"lr": 1e-2}, "train": {**base, **train}}
+        {"name": run_dir.name, "run_root": str(run_dir.parent), "optim": optim, "train": {**base, **train}}
     )
 
 
@@ -83,6 +84,26 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     # the metrics of the killed attempt after step 3 were dropped, then re-logged once
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/dice" in x]
     assert steps == list(range(1, 9))
+
+
+def test_poly_decay_sets_each_steps_lr_and_a_killed_run_resumes_bit_exact(tmp_path):
+    full = Trainer(make_cfg(tmp_path / "full", decay="poly"), ToyTask(), tmp_path / "full")
+    full.fit()
+    records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["train/lr"] for r in records if "train/lr" in r]
+    assert lrs == pytest.approx([1e-2 * (1 - s / 8) ** 0.9 for s in range(8)])  # step s of 8 (0-based)
+    assert full.engines["gen"].optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 / 8) ** 0.9)
+    constant = Trainer(make_cfg(tmp_path / "constant"), ToyTask(), tmp_path / "constant")
+    constant.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(weights(full).values(), weights(constant).values()))
+    run = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # killed during step 5; latest = step 3
+        Trainer(make_cfg(run, decay="poly"), ToyTask(fail_at_step=5), run).fit()
+    resumed = Trainer(make_cfg(run, decay="poly"), ToyTask(), run)
+    resumed.fit()
+    a, b = weights(full), weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_resume_after_max_steps_continues_the_schedule(tmp_path):
