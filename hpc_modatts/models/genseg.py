@@ -30,7 +30,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from hpc_modatts.models.medformer import EncoderSkips, MedFormerConfig, MedFormerDecoder, MedFormerEncoder
+from hpc_modatts.models.medformer import EncoderSkips, MedFormerConfig, MedFormerDecoder, MedFormerEncoder, crop
 from hpc_modatts.models.medformer_blocks import INSTANCE_NORM, check_dims, conv1, default_norm
 
 NORM_MODES = ("residual", "segmentation")
@@ -124,7 +124,7 @@ class GenSegMedFormer(nn.Module):
     def decode_common(self, c: torch.Tensor, skips: EncoderSkips) -> torch.Tensor:
         """Healthy-looking image (B, C, X, Y, Z) in [-1, 1]."""
         features = self.common_decoder(self.common_in(c), skips)
-        return torch.tanh(self.common_head(features))
+        return torch.tanh(self.common_head(crop(features, skips.shape)))
 
     def decode_residual(self, c: torch.Tensor, u: torch.Tensor, skips: EncoderSkips) -> torch.Tensor:
         """Tumour residual (B, C, X, Y, Z) in [-1, 1] (added to the common image)."""
@@ -143,9 +143,10 @@ class GenSegMedFormer(nn.Module):
         return self.segment(x)
 
     def _shared_decode(self, mode: str, c, u, skips: EncoderSkips) -> torch.Tensor:
-        """Run the residual/segmentation decoder (or the separate one) with `mode`'s norms."""
+        """Run the residual/segmentation decoder (or the separate one) with `mode`'s norms; cropped."""
         decoder = self.res_seg_decoder
         if mode == "segmentation" and self.seg_decoder is not None:  # separate_seg_decoder
             decoder = self.seg_decoder
         with norm_mode(decoder, mode):
-            return decoder(torch.cat([c, u], dim=1), skips)
+            features = decoder(torch.cat([c, u], dim=1), skips)
+        return crop(features, skips.shape)

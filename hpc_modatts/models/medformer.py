@@ -19,13 +19,9 @@ last axis; the semantic map is ``map_size[:2]``): MoDATTS-2D's segmenter (thesis
 comparison" evaluates "a 2D version of MoDATTS" without describing its network; the reference
 MedFormer code the authors ran has a 2D and a 3D model of the same design).
 
-Any spatial shape of at least 16 per axis runs, at its own size: each patch merging pads an odd
-axis by one voxel at its far end (replicating the edge features) and each up stage up-samples
-exactly x2 and crops that voxel off again (`upsample_to`), so outputs come back at the input
-shape. Padding the input up to a multiple of 16 instead (what the reference code's inputs are)
-spent a third of the compute on the demo's 24x56x48 half-volumes (padded 32x64x48) on background:
-forward + backward of the tiny GenSeg segmenter, 1 thread, 1.06 s -> 0.66 s (docs/results.md
-"Per-level padding").
+Inputs whose spatial shape is not a multiple of 16 are padded at the far end of each axis (by
+default with the constant -1, the background value of our images, so padding looks like more
+background; `pad_mode="reflect"` mirrors instead) and every output is cropped back.
 """
 
 from __future__ import annotations
@@ -82,6 +78,10 @@ class MedFormerConfig:
     """Heads of the fusion transformer."""
     expansion: int = 4
     """MBConv expansion in the B-MDH feed-forward."""
+    pad_mode: str = "constant"
+    """How inputs are padded to a multiple of 16: constant (pad_value), reflect or replicate."""
+    pad_value: float = -1.0
+    """Constant used by pad_mode="constant" (-1 = image background)."""
     spatial_dims: int = 3
     """3 = the thesis's 3D MedFormer on (B, C, X, Y, Z); 2 = the same design on axial slices
     (B, C, X, Y) (MoDATTS-2D; ``in_2d``)."""
@@ -118,14 +118,8 @@ class MedFormerConfig:
             raise ValueError(
                 f"MedFormerConfig.map_size={self.map_size} needs {self.spatial_dims} values and >= 2 tokens"
             )
-
-
-def upsample_to(x: torch.Tensor, skip: torch.Tensor, mode: str) -> torch.Tensor:
-    """Exactly x2 up-sampling, then the far end cropped to ``skip``'s shape: undoes a patch
-    merging's far-end padding of odd axes. Interpolating straight to an odd skip size would
-    stretch the grid (2 -> 3 cells: a scale of 1.5, features shifted by up to half a cell)."""
-    up = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
-    return up[(slice(None), slice(None), *(slice(0, s) for s in skip.shape[2:]))]
+        if self.pad_mode not in ("constant", "reflect", "replicate"):
+            raise ValueError(f"MedFormerConfig.pad_mode={self.pad_mode!r} must be constant, reflect or replicate")
 
 
 class ConvDownStage(nn.Module):
@@ -201,7 +195,7 @@ class TransformerUpStage(nn.Module):
         self.gate: nn.Module = PassSkip()
 
     def forward(self, x, skip, smap, skip_map):
-        up = upsample_to(x, skip, self.mode)
+        up = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
         x = torch.cat([up, self.gate(up, skip)], dim=1)
         smap = self.map_reduction(torch.cat([smap, skip_map], dim=1))
         for block in self.blocks:
@@ -222,7 +216,7 @@ class ConvUpStage(nn.Module):
         self.gate: nn.Module = PassSkip()
 
     def forward(self, x, skip):
-        up = upsample_to(x, skip, self.mode)
+        up = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
         return self.convs(torch.cat([up, self.gate(up, skip)], dim=1))
 
 
@@ -231,20 +225,32 @@ class EncoderSkips(NamedTuple):
 
     features: tuple  # x0 (full res, base) .. x3 (1/8), the long skips
     maps: tuple  # fused semantic maps of down stages 2, 3, 4
+    shape: tuple  # spatial shape of the unpadded input, outputs are cropped to it
 
 
-def check_input(x: torch.Tensor, cfg: MedFormerConfig, in_channels: int) -> None:
-    """Validate (B, C, X, Y, Z) ((B, C, X, Y) in 2D): the channel count, and >= 16 voxels per axis
-    with more than one voxel at the 1/16 bottleneck (no padding: module docstring)."""
+def pad_to_stride(x: torch.Tensor, cfg: MedFormerConfig, in_channels: int) -> torch.Tensor:
+    """Validate (B, C, X, Y, Z) ((B, C, X, Y) in 2D) and pad the far end of each axis up to a multiple of 16."""
     if x.dim() != 2 + cfg.spatial_dims or x.shape[1] != in_channels:
         axes = "X, Y, Z" if cfg.spatial_dims == 3 else "X, Y"
         raise ValueError(f"MedFormer expects input (B, {in_channels}, {axes}), got shape {tuple(x.shape)}")
     shape = tuple(x.shape[2:])
-    if min(shape) < STRIDE or math.prod(math.ceil(s / STRIDE) for s in shape) < 2:
+    padded = [math.ceil(s / STRIDE) * STRIDE for s in shape]
+    if min(shape) < STRIDE or math.prod(padded) < 2 * STRIDE**cfg.spatial_dims:
         raise ValueError(
             f"MedFormer input spatial shape {shape} is too small: each axis needs >= {STRIDE} voxels "
             f"and at least one axis > {STRIDE} (the 1/16 bottleneck needs > 1 voxel)"
         )
+    pads = [v for s, p in zip(reversed(shape), reversed(padded)) for v in (0, p - s)]
+    if not any(pads):
+        return x
+    if cfg.pad_mode == "constant":
+        return F.pad(x, pads, mode="constant", value=cfg.pad_value)
+    return F.pad(x, pads, mode=cfg.pad_mode)
+
+
+def crop(x: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Undo `pad_to_stride`: (B, C, X', Y', Z') -> (B, C, *shape) (any number of spatial axes)."""
+    return x[(slice(None), slice(None), *(slice(0, s) for s in shape))]
 
 
 class MedFormerEncoder(nn.Module):
@@ -264,18 +270,18 @@ class MedFormerEncoder(nn.Module):
         self.fusion = SemanticMapFusion(ch[1:4], cfg.fusion_dim, cfg.fusion_depth, cfg.fusion_heads, dims)
 
     def forward(self, x: torch.Tensor):
-        check_input(x, self.cfg, self.in_channels)
-        x0 = self.stem(x)  # (B, base, X, Y, Z)
+        shape = tuple(x.shape[2:])
+        x0 = self.stem(pad_to_stride(x, self.cfg, self.in_channels))  # (B, base, X, Y, Z)
         features, maps = [x0, self.down1(x0)], []  # x1: (B, ch0, X/2, ..)
         for stage in self.down:
             h, smap = stage(features[-1])
             features.append(h)
             maps.append(smap)
-        return features[-1], EncoderSkips(tuple(features[:-1]), tuple(self.fusion(maps)))
+        return features[-1], EncoderSkips(tuple(features[:-1]), tuple(self.fusion(maps)), shape)
 
 
 class MedFormerDecoder(nn.Module):
-    """2 B-MDH up stages + 2 conv up stages. forward(bottleneck, skips) -> (B, channels[7], X, Y, Z)."""
+    """2 B-MDH up stages + 2 conv up stages. forward(bottleneck, skips) -> (B, channels[7], padded X, Y, Z)."""
 
     def __init__(self, cfg: MedFormerConfig, norm: Norm | None = None):
         super().__init__()
@@ -307,4 +313,4 @@ class MedFormer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bottleneck, skips = self.encoder(x)
-        return self.head(self.decoder(bottleneck, skips))
+        return self.head(crop(self.decoder(bottleneck, skips), skips.shape))

@@ -18,7 +18,6 @@ from functools import partial
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.blocks import ChannelSELayer
 from torch import nn
@@ -186,11 +185,6 @@ class PatchMerging(nn.Module):
         self.norm, self.proj = norm(2**dims * cin), DepthwiseSeparableConv(2**dims * cin, cout, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 2X, 2Y, 2Z) -> (B, cout, X, Y, Z)
-        # an odd axis gets one replicated voxel at its far end (cheaper than padding the input to a
-        # multiple of 16: medformer's docstring); the up stages interpolate back to the skip's shape
-        odd = [v for s in reversed(x.shape[2:]) for v in (0, s % 2)]
-        if any(odd):
-            x = F.pad(x, odd, mode="replicate")
         x = rearrange(x, self.pattern, **self.factors)
         return self.proj(self.norm(x))
 

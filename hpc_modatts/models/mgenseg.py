@@ -41,7 +41,7 @@ from torch import nn
 from hpc_modatts.config import ConfigError
 from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
 from hpc_modatts.models.genseg import GenSegMedFormer, SwitchableNorm
-from hpc_modatts.models.medformer import EncoderSkips, MedFormerConfig, MedFormerDecoder
+from hpc_modatts.models.medformer import EncoderSkips, MedFormerConfig, MedFormerDecoder, crop
 from hpc_modatts.models.medformer_blocks import Norm, conv1, default_norm
 from hpc_modatts.models.sizes import SEGMENTER_SIZES
 
@@ -94,7 +94,7 @@ class MGenSegModality(GenSegMedFormer):
         modality, (B, C, X, Y) in [-1, 1]. With ``keep_background`` the voxels of ``x`` at the fill
         value stay background (``model.keep_background``, as stage 1's translators)."""
         features = self.translation_decoder(torch.cat([c, u], dim=1), skips)
-        y = torch.tanh(self.translation_head(features))
+        y = torch.tanh(self.translation_head(crop(features, skips.shape)))
         if not self.keep_background:
             return y
         return torch.where(x <= BACKGROUND + 1e-3, torch.full_like(y, BACKGROUND), y)

@@ -8,8 +8,8 @@ import torch
 from hpc_modatts.config import ConfigError
 from hpc_modatts.models import SEGMENTER_SIZES, MedFormer, build_segmenter, count_parameters
 from hpc_modatts.models.layout import to_channels_last
-from hpc_modatts.models.medformer import MedFormerConfig, upsample_to
-from hpc_modatts.models.medformer_blocks import BMDHBlock, ConvBlock, PatchMerging, default_norm
+from hpc_modatts.models.medformer import MedFormerConfig, pad_to_stride
+from hpc_modatts.models.medformer_blocks import BMDHBlock, ConvBlock
 
 TINY = SEGMENTER_SIZES["tiny"]
 
@@ -48,43 +48,15 @@ def test_multi_channel_input_and_output():
     assert model(_volume((1, 2, 32, 32, 16))).shape == (1, 3, 32, 32, 16)
 
 
-def test_odd_axes_are_padded_per_level_not_at_the_input():
-    """24x56x48 (the demo's half-volume) runs at its own size: the stem sees 24x56x48, not the
-    32x64x48 a multiple of 16 would need; the 1/8 level (3x7x6) merges to 2x4x3."""
-    torch.manual_seed(0)
-    model = MedFormer(TINY)
-    shapes = {}
-
-    def record(name, out):
-        shapes[name] = tuple((out[0] if isinstance(out, tuple) else out).shape[2:])  # returns None: output kept
-
-    hooks = [
-        model.encoder.stem.register_forward_hook(lambda m, i, o: record("stem", o)),
-        model.encoder.down[2].register_forward_hook(lambda m, i, o: record("bottleneck", o)),
-    ]
-    assert model(_volume((1, 1, 24, 56, 48))).shape == (1, 1, 24, 56, 48)
-    for h in hooks:
-        h.remove()
-    assert shapes == {"stem": (24, 56, 48), "bottleneck": (2, 4, 3)}
-
-
-def test_patch_merging_replicates_the_far_edge_of_odd_axes():
-    torch.manual_seed(0)
-    merge = PatchMerging(2, 4, default_norm(3)).eval()
-    x = torch.randn(1, 2, 5, 4, 3)
-    padded = torch.cat([x, x[:, :, -1:]], dim=2)  # X: 5 -> 6 by repeating the last plane
-    padded = torch.cat([padded, padded[..., -1:]], dim=4)  # Z: 3 -> 4
-    with torch.no_grad():
-        assert torch.equal(merge(x), merge(padded))
-    assert merge(x).shape == (1, 4, 3, 2, 2)
-
-
-def test_upsampling_undoes_the_far_end_padding_without_stretching_the_grid():
-    x = torch.randn(1, 3, 2, 4, 3)
-    twice = torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
-    odd = upsample_to(x, torch.zeros(1, 1, 3, 7, 6), "trilinear")
-    assert torch.equal(odd, twice[:, :, :3, :7, :6])  # not a 2 -> 3 stretch: cells stay where they were
-    assert torch.equal(upsample_to(x, torch.zeros(1, 1, 4, 8, 6), "trilinear"), twice)
+def test_padding_uses_background_constant_then_reflect():
+    x = _volume((1, 1, 20, 16, 17))
+    padded = pad_to_stride(x, TINY, 1)
+    assert padded.shape == (1, 1, 32, 16, 32)
+    assert torch.equal(padded[..., :20, :, :17], x)
+    assert torch.all(padded[:, :, 20:] == -1) and torch.all(padded[..., 17:] == -1)
+    reflect = MedFormerConfig(**{**TINY.__dict__, "pad_mode": "reflect"})
+    mirrored = pad_to_stride(x, reflect, 1)
+    assert torch.equal(mirrored[:, :, 20, :, :17], x[:, :, 18])
 
 
 def test_wrong_channel_count_names_the_expected_count():
@@ -108,6 +80,7 @@ def test_too_small_input_names_the_minimum(shape):
         ({"bmdh_blocks": (0, 1, 1, 1, 0, 1, 0, 0)}, r"bmdh_blocks\[4\] must be >= 1"),
         ({"heads": (1, 3, 2, 4, 2, 2, 1, 1)}, "not divisible by heads"),
         ({"map_size": (1, 1, 1)}, ">= 2 tokens"),
+        ({"pad_mode": "wrap"}, "pad_mode"),
     ],
 )
 def test_config_validation(change, message):
