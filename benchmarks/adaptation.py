@@ -22,6 +22,12 @@ the demo's steps, the ``small`` segmenter (``LONG_OVERRIDES``). Both run on a CP
 ``--parallel`` runs the seeds side by side (one process each, the dataset prepared once before):
 on a GPU node the tiny demo jobs leave the GPU and most cores idle, so three seeds take about the
 wall time of one.
+
+To benchmark another commit, run from its worktree AS THE WORKING DIRECTORY
+(``cd /tmp/wt && PYTHONPATH=. /path/to/.venv/bin/python benchmarks/adaptation.py``): the pipeline's
+local jobs start as ``python -m submitit.core._submit`` in the current directory, which ``-m``
+puts ahead of ``PYTHONPATH`` on ``sys.path``, so jobs launched from a checkout import that
+checkout's code (docs/results.md "Per-level padding", caveat).
 """
 
 from __future__ import annotations
