@@ -12,7 +12,7 @@ thesis repeats each BraTS experiment with 3 weight-initialisation seeds). Report
 target-test Dice mean ± std over seeds (each seed's number is the mean over test cases), HD95,
 % of target-supervised, and the mean predicted vs reference tumour volume; for stage 1, at the
 selected checkpoint: the selection score, tumour contrast ratio, appearance, paired correlation, and
-the discriminator accuracy at the first and last validation. Writes ``adaptation.json`` and
+the discriminator accuracy and AUC at the first and last validation. Writes ``adaptation.json`` and
 ``adaptation.md`` into ``--out``.
 
 ``--budget gpu`` fits one short GPU lease (``GPU_OVERRIDES``): the demo's phantom, models and
@@ -79,7 +79,7 @@ LONG_OVERRIDES = [
 
 
 def stage1_summary(translate_dir: Path) -> dict:
-    """Fidelity of the selected stage-1 checkpoint and the discriminator at the first/last validation."""
+    """Fidelity of the selected stage-1 checkpoint; the discriminator (accuracy, AUC) at the first/last validation."""
     rows = [
         json.loads(ln)
         for ln in (translate_dir / "metrics.jsonl").read_text().splitlines()
@@ -87,25 +87,24 @@ def stage1_summary(translate_dir: Path) -> dict:
     ]
     done = json.loads((translate_dir / "DONE").read_text())
     best = next((r for r in rows if r["step"] == done.get("best_step")), rows[-1])
-    keys = ("score", "contrast_ratio", "appearance", "paired_corr", "paired_mae", "disc_accuracy")
+    keys = ("score", "contrast_ratio", "appearance", "paired_corr", "paired_mae", "disc_accuracy", "disc_auc")
     out = {k: best.get(f"val/{k}") for k in keys}
-    out.update(
-        selected_step=best["step"],
-        disc_accuracy_first=rows[0].get("val/disc_accuracy"),
-        disc_accuracy_max=max((r.get("val/disc_accuracy") or 0.0) for r in rows),
-        disc_accuracy_last=rows[-1].get("val/disc_accuracy"),
-    )
+    out["selected_step"] = best["step"]
+    for k in ("disc_accuracy", "disc_auc"):  # the AUC: runs from before it was logged have none
+        out.update({f"{k}_first": rows[0].get(f"val/{k}"), f"{k}_last": rows[-1].get(f"val/{k}")})
+        seen = [r[f"val/{k}"] for r in rows if r.get(f"val/{k}") is not None]
+        out[f"{k}_max"] = max(seen) if seen else None
     return out
 
 
 def stage1_curve(translate_dir: Path) -> list[dict]:
-    """Every stage-1 validation: step, discriminator accuracy, contrast ratio, paired correlation, score."""
+    """Every stage-1 validation: step, discriminator accuracy and AUC, contrast ratio, paired correlation, score."""
     rows = [
         json.loads(ln)
         for ln in (translate_dir / "metrics.jsonl").read_text().splitlines()
         if ln.strip() and '"val/score"' in ln
     ]
-    keys = ("disc_accuracy", "contrast_ratio", "paired_corr", "score")
+    keys = ("disc_accuracy", "disc_auc", "contrast_ratio", "paired_corr", "score")
     return [{"step": r["step"], **{k: r.get(f"val/{k}") for k in keys}} for r in rows]
 
 

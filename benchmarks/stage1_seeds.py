@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-KEYS = ("contrast_ratio", "paired_corr", "disc_accuracy", "score")
+KEYS = ("contrast_ratio", "paired_corr", "disc_accuracy", "disc_auc", "score")
 
 
 def train(out: Path, data: Path, seed: int, setting: str, steps: int, val_every: int) -> list[dict]:
@@ -80,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     results = {f"{s or 'shipped'} seed {seed}": c for (seed, s), c in zip(jobs, curves)}
     (out / "stage1_seeds.json").write_text(json.dumps(results, indent=2))
     lines = [
-        "| run | " + " | ".join(f"step {r['step']}: ratio / corr / D acc" for r in curves[0]) + " |",
+        "| run | " + " | ".join(f"step {r['step']}: ratio / corr / D acc / D AUC" for r in curves[0]) + " |",
         "|---|" + "---|" * len(curves[0]),
     ]
     for name, rows in results.items():
-        cells = [f"{r['contrast_ratio']:.2f} / {r['paired_corr']:.2f} / {r['disc_accuracy']:.2f}" for r in rows]
+        cells = [
+            " / ".join(
+                "—" if r.get(k) is None else f"{r[k]:.2f}"
+                for k in ("contrast_ratio", "paired_corr", "disc_accuracy", "disc_auc")
+            )
+            for r in rows
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (out / "stage1_seeds.md").write_text(text)

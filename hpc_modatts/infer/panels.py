@@ -69,6 +69,7 @@ REPORT_CURVES = (
     ("contrast_ratio", "tumour contrast ratio"),
     ("appearance", "appearance (1 - W1 ratio)"),
     ("disc_accuracy", "discriminator accuracy"),
+    ("disc_auc", "discriminator AUC"),
     ("paired_corr", "paired correlation"),
 )
 
@@ -92,7 +93,7 @@ def save_translation_report(
     for ax, (key, name) in zip(axes[0], curves):
         pts = [(r["step"], r[f"val/{key}"]) for r in records if f"val/{key}" in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
-        if key == "disc_accuracy":
+        if key in ("disc_accuracy", "disc_auc"):  # chance
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         if best_step is not None:
             ax.axvline(best_step, color="red", lw=0.8, ls=":")

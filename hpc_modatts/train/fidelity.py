@@ -11,9 +11,9 @@ voxels only):
   says how much of the target tumour appearance the translator renders (1 = all of it).
 * ``wasserstein``: the 1-Wasserstein distance between the brain intensity distributions of the
   translated volumes and of real target volumes (unpaired: needs no case to exist in both).
-* ``disc_accuracy``: how often the target discriminator tells held-out real target slices from
-  translated source slices (0.5 = chance). A GAN that trains starts high and is pushed back
-  towards chance by the generator.
+* ``disc_accuracy`` / ``disc_auc``: how well the target discriminator tells held-out real target
+  slices from translated source slices, at its decision boundary / by ranking (0.5 = chance).
+  A GAN that trains starts high and is pushed back towards chance by the generator.
 * ``paired_corr`` / ``paired_mae``: only where a case holds both modalities (the phantom,
   co-registered multi-contrast data such as BraTS): correlation and mean absolute error of the
   translated volume against the same case's real target. Never used for selection.
@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from monai.metrics import compute_roc_auc
 from scipy import ndimage as ndi
 from scipy.stats import wasserstein_distance
 
@@ -84,30 +85,36 @@ def paired_fidelity(translated: np.ndarray, real: np.ndarray, brain: np.ndarray)
 
 
 @torch.no_grad()
-def disc_accuracy(
+def disc_separation(
     disc: Callable[[torch.Tensor], list[torch.Tensor]],
     real: np.ndarray,
     fake: np.ndarray,
     device: torch.device | str = "cpu",
     batch: int = 32,
-) -> float:
-    """Balanced accuracy of a multi-scale discriminator on (N, H, W) real vs fake slices.
+) -> dict[str, float]:
+    """How well a multi-scale discriminator tells (N, H, W) real from fake slices (0.5 = chance).
 
-    A slice counts as judged real when the mean of its logits over all scales is > 0 (the hinge
-    loss's decision boundary); 0.5 = chance.
+    A slice's score is the mean of its logits over all scales. ``disc_accuracy``: balanced
+    accuracy with "real" = score > 0 (the hinge loss's decision boundary). ``disc_auc``: the
+    probability that a real slice scores above a fake one (MONAI's ROC AUC), which needs no
+    threshold: a hinge discriminator whose scores are all shifted to one side of 0 reads 0.5 in
+    accuracy however well it ranks, and the AUC still shows the ranking.
     """
 
-    def judged_real(slices: np.ndarray) -> np.ndarray:
+    def scores(slices: np.ndarray) -> torch.Tensor:
         out = []
         for i in range(0, len(slices), batch):
             x = torch.from_numpy(np.ascontiguousarray(slices[i : i + batch], np.float32))[:, None].to(device)
-            logits = torch.stack([m.float().flatten(1).mean(1) for m in disc(x)]).mean(0)  # (B,)
-            out.append((logits > 0).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, bool)
+            out.append(torch.stack([m.float().flatten(1).mean(1) for m in disc(x)]).mean(0).cpu())  # (B,)
+        return torch.cat(out) if out else torch.zeros(0)
 
     if len(real) == 0 or len(fake) == 0:
-        return float("nan")
-    return float(0.5 * (judged_real(real).mean() + (~judged_real(fake)).mean()))
+        return {"disc_accuracy": float("nan"), "disc_auc": float("nan")}
+    s_real, s_fake = scores(real), scores(fake)
+    accuracy = 0.5 * ((s_real > 0).float().mean() + (s_fake <= 0).float().mean())
+    labels = torch.cat([torch.ones(len(s_real)), torch.zeros(len(s_fake))])
+    auc = compute_roc_auc(torch.cat([s_real, s_fake]), labels)
+    return {"disc_accuracy": float(accuracy), "disc_auc": float(auc)}
 
 
 def selection_score(contrast_ratio: float, appearance: float) -> float:

@@ -214,8 +214,8 @@ class TranslateTask(TaskDefaults):
           W1(source, real target) on brain intensities (1 = distributed like the target, 0 = no
           closer than the untranslated source); ``score`` = their mean with the ratio capped at
           1: the checkpoint criterion (``select_on``), needs no paired data.
-        * ``disc_accuracy``: the target discriminator on the real target validation slices vs
-          the translated source slices (0.5 = chance).
+        * ``disc_accuracy`` / ``disc_auc``: the target discriminator on the real target validation
+          slices vs the translated source slices, at its decision boundary / by ranking (0.5 = chance).
         * ``paired_corr`` / ``paired_mae``: validation cases that also hold the source modality
           (phantom, BraTS): translated vs the same case's real target. Reported, never selected on.
         * ``dice`` / ``dice_source``: G_seg^T(E_T(X_T)) on real target slices / G_seg^S on source.
@@ -263,7 +263,7 @@ class TranslateTask(TaskDefaults):
             "real_tumour_contrast": float(np.mean(rc)) if rc else float("nan"),
             "wasserstein": w_trans,
             "appearance": appearance,
-            "disc_accuracy": fidelity.disc_accuracy(
+            **fidelity.disc_separation(
                 lambda x: disc(TARGET, x), np.concatenate(real_slices), np.concatenate(fake_slices), device
             ),
             "score": fidelity.selection_score(ratio, appearance),

@@ -51,3 +51,24 @@ def test_an_untranslated_stage_1_is_reported_at_its_selected_step(tmp_path):
     assert fidelity.translation_warning({"step": 300, "val/contrast_ratio": 0.74}) is None
     assert fidelity.translation_warning({"step": 300, "val/contrast_ratio": float("nan")}) is None
     assert fidelity.translation_warning({}) is None  # no validation cases (CrossMoDA): nothing to judge
+
+
+def test_disc_separation_reads_a_ranking_that_the_decision_boundary_misses():
+    import numpy as np
+
+    from hpc_modatts.train import fidelity
+
+    rng = np.random.default_rng(0)
+    real = rng.uniform(0.5, 1.0, (6, 8, 8)).astype(np.float32)  # brighter slices
+    fake = rng.uniform(-1.0, 0.4, (5, 8, 8)).astype(np.float32)
+
+    def shifted(x: torch.Tensor) -> list[torch.Tensor]:  # two scales; every slice judged real (> 0)
+        return [x + 3.0, torch.nn.functional.avg_pool2d(x, 2) + 3.0]
+
+    out = fidelity.disc_separation(shifted, real, fake, batch=4)  # batches split across the two sets
+    assert out["disc_accuracy"] == 0.5  # all on one side of 0: chance at the boundary
+    assert out["disc_auc"] == 1.0  # but every real slice ranks above every fake one
+    flipped = fidelity.disc_separation(lambda x: [-x], real, fake)
+    assert flipped["disc_accuracy"] == 0.0 and flipped["disc_auc"] == 0.0
+    empty = fidelity.disc_separation(shifted, real, fake[:0])
+    assert np.isnan(empty["disc_accuracy"]) and np.isnan(empty["disc_auc"])
