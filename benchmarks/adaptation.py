@@ -1,10 +1,11 @@
 """Does the adaptation work? The demo pipeline for several training seeds, side by side.
 
-    .venv/bin/python benchmarks/adaptation.py                       # demo budget, seeds 0 1 2 (~25 min on 2 cores)
+    .venv/bin/python benchmarks/adaptation.py                       # demo budget, seeds 0 1 2 (28-45 min on 2 cores)
     .venv/bin/python benchmarks/adaptation.py --seeds 0 --out /tmp/a  # one seed
     .venv/bin/python benchmarks/adaptation.py --budget gpu --parallel  # one GPU: 4x the demo's steps, 3 seeds at once
     .venv/bin/python benchmarks/adaptation.py --budget long          # GPU: 2 mm phantom, longer schedules
     .venv/bin/python benchmarks/adaptation.py --variants self-supervised-2d m-genseg target-supervised  # other rows
+    .venv/bin/python benchmarks/adaptation.py --out /tmp/a optim.lr=2e-3 --seeds 1 2  # overrides BEFORE --seeds
 
 One phantom dataset (``--data-seed``, ``--cases``, the demo's split: T1 annotated -> T2), then the
 whole demo pipeline (``hpc_modatts.demo.run_demo``) once per training seed (``train.seed``; the
@@ -256,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         default=list(DEMO_VARIANTS),
         help="the rows (default: the demo's four 3D rows)",
     )
-    ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides")
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.sub=value",
+        help="extra config overrides, given before --seeds / --variants (which take several values)",
+    )
     args = ap.parse_args(argv)
 
     from hpc_modatts.demo import DEMO_CASES, demo_data
