@@ -93,8 +93,10 @@ def save_translation_report(
     for ax, (key, name) in zip(axes[0], curves):
         pts = [(r["step"], r[f"val/{key}"]) for r in records if f"val/{key}" in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
-        if key in ("disc_accuracy", "disc_auc"):  # chance
+        if key in ("disc_accuracy", "disc_auc"):  # chance, always in view
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+            low, high = ax.get_ylim()
+            ax.set_ylim(min(low, 0.45), max(high, 0.55))
         if best_step is not None:
             ax.axvline(best_step, color="red", lw=0.8, ls=":")
         ax.set_title(name, fontsize=8)
