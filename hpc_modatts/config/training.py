@@ -123,6 +123,18 @@ class TrainConfig:
     """Loss weights before normalisation."""
     mgenseg_weights: MGenSegWeights = field(default_factory=MGenSegWeights)
     """Loss weights of the ``m-genseg`` variant (thesis 4.3.3), before normalisation."""
+    disc_warmup_steps: int = 0
+    """Stage 1: discriminator-only optimiser steps before the generators' first update, counted in
+    ``max_steps`` (0 = none, the thesis). The discriminators first learn real images against the
+    untrained generators' output, so they lead when the generators start. Skipped, with a warning,
+    in a run no longer than it. Not set in the demo: with 50 (and ``adv_ramp_steps`` 100) its
+    discriminator starts at held-out AUC 0.74-0.89 on three seeds, but seed 0's self-supervised
+    test Dice fell 0.769 -> 0.622 (docs/results.md, "The discriminator's held-out ranking")."""
+    adv_ramp_steps: int = 0
+    """Stage 1: the generators' adversarial weight grows linearly over their first N steps after
+    ``disc_warmup_steps`` (step k of N: k/N of ``weights.adv``); 0 = the full weight from the first
+    step (the thesis). After a warm-up, a discriminator that leads at full weight made one demo
+    seed's generator swing and its translation fail (docs/results.md)."""
     rounds: int = 3
     """Self-training rounds k (thesis: 3 rounds of 150 epochs)."""
     round: int = 0
@@ -182,7 +194,17 @@ class TrainConfig:
         check_choice("train.variant", self.variant, VARIANTS)
         for k in ("epochs", "batch_size", "rounds"):
             check_positive(f"train.{k}", getattr(self, k))
-        for k in ("max_steps", "steps_per_epoch", "val_every", "val_cases", "seed", "round", "checkpoint_every"):
+        for k in (
+            "max_steps",
+            "steps_per_epoch",
+            "val_every",
+            "val_cases",
+            "seed",
+            "round",
+            "checkpoint_every",
+            "disc_warmup_steps",
+            "adv_ramp_steps",
+        ):
             check_positive(f"train.{k}", getattr(self, k), allow_zero=True)
         check_positive("train.log_every", self.log_every)
         if not 0.0 < self.alpha < 1.0:

@@ -9,7 +9,9 @@ generators sharing each encoder between a translation decoder and a segmentation
 and one 2D multi-scale discriminator per modality. Losses (Eq. 5.1-5.4): hinge adversarial per
 modality (real X_m vs translated), cycle L1 ||X_S - X_S''|| + ||X_T - X_T''||, soft Dice on the
 annotated source slices for G_seg^S(E_S(X_S)) and G_seg^T(E_T(X_S')); weights adv 1, seg 1,
-cyc 10 normalised to sum 1. ``hpc-modatts train translate CONFIG``.
+cyc 10 normalised to sum 1. Beyond the thesis (both 0 there and in the shipped configs):
+``train.disc_warmup_steps`` discriminator-only steps first, then the generators' adversarial
+weight ramped over ``train.adv_ramp_steps``. ``hpc-modatts train translate CONFIG``.
 """
 
 from __future__ import annotations
@@ -126,6 +128,21 @@ class TranslateTask(TaskDefaults):
         # annotated source cases translated at each validation (as many as validation cases)
         self.fidelity_cases = list(split.source_labeled[: max(1, len(self.val_cases))])
         self._step = 0
+        self.disc_warmup = cfg.train.disc_warmup_steps
+        if 0 < cfg.train.max_steps <= self.disc_warmup:  # e.g. a 2-step smoke run of the demo config
+            log.warning(
+                "translate: train.disc_warmup_steps=%d >= train.max_steps=%d, no warm-up "
+                "(the generators would never train)",
+                self.disc_warmup,
+                cfg.train.max_steps,
+            )
+            self.disc_warmup = 0
+
+    def adv_scale(self, step: int) -> float:
+        """Factor on the generators' adversarial weight at optimiser step ``step`` (0-based):
+        k/N at their k-th step of ``train.adv_ramp_steps`` = N, then 1."""
+        ramp = self.cfg.train.adv_ramp_steps
+        return min(1.0, (step - self.disc_warmup + 1) / ramp) if ramp else 1.0
 
     def batch_ids(self, batch: dict) -> list[str]:
         return paired_case_ids(batch)
@@ -177,6 +194,10 @@ class TranslateTask(TaskDefaults):
         self._step = step + 1  # optimiser steps done after this one (the trainer counts from 0)
         gen, disc = engines["gen"], engines["disc"]
         x_s, x_t = batch[SOURCE]["image"], batch[TARGET]["image"]  # (B, 1, H, W)
+        if step < self.disc_warmup:  # discriminators only, against the generators as they are
+            with torch.no_grad():
+                out = gen(x_s, x_t)
+            return {"disc": self._discriminator_step(disc, x_s, x_t, out)}
         mask, has_mask = batch[SOURCE]["mask"], batch[SOURCE]["has_mask"].bool()
         out = gen(x_s, x_t)
 
@@ -190,19 +211,22 @@ class TranslateTask(TaskDefaults):
         seg = dice_loss(out["seg_s"].float(), mask, has_mask) + dice_loss(
             out["seg_s_translated"].float(), mask, has_mask
         )
-        w = self.weights
-        loss = w["adv"] * adv + w["cyc"] * cyc + w["seg"] * seg
+        w, scale = self.weights, self.adv_scale(step)
+        loss = scale * w["adv"] * adv + w["cyc"] * cyc + w["seg"] * seg
         gen.backward(loss)
         gen.step()
         d_net.requires_grad_(True)
+        d_loss = self._discriminator_step(disc, x_s, x_t, out)
+        return {"loss": loss, "adv": adv, "cyc": cyc, "seg": seg, "disc": d_loss, "adv_scale": scale}
 
-        # discriminator update on detached translations (hinge, Eq. 5.1)
+    def _discriminator_step(self, disc: Any, x_s: torch.Tensor, x_t: torch.Tensor, out: dict) -> torch.Tensor:
+        """One discriminator update on detached translations (hinge, Eq. 5.1); returns its loss."""
         d_loss = hinge_d_loss(disc(TARGET, x_t), disc(TARGET, out["s_to_t"].detach())) + hinge_d_loss(
             disc(SOURCE, x_s), disc(SOURCE, out["t_to_s"].detach())
         )
         disc.backward(d_loss)
         disc.step()
-        return {"loss": loss, "adv": adv, "cyc": cyc, "seg": seg, "disc": d_loss}
+        return d_loss
 
     # ------------------------------------------------------------------ validation
     def validate(self, engines: dict, env: Any) -> dict[str, float] | None:

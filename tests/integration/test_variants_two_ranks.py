@@ -7,6 +7,8 @@ write into their own ``tmp_path``.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -22,7 +24,9 @@ from tests.fixtures import torchrun_two_ranks
 @pytest.mark.slow
 def test_two_ranks_zero3_translate_synthesize_semi_supervised(chain, tmp_path):
     """2 gloo ranks under torchrun, ZeRO-3: every rank runs the same forwards (validation panel,
-    GenSeg on mixed A/P batches), synthesis shards cases over ranks without collisions."""
+    GenSeg on mixed A/P batches), synthesis shards cases over ranks without collisions. Stage 1's
+    first step is a discriminator-only warm-up step (the generators' forward without gradients
+    under ZeRO-3), its second a generator step at half the adversarial weight."""
     cfg, split, _ = chain
     data = config_to_dict(
         apply_overrides(
@@ -31,7 +35,7 @@ def test_two_ranks_zero3_translate_synthesize_semi_supervised(chain, tmp_path):
                 f"run_root={tmp_path}",
                 "distributed.zero_stage=3",
                 "train.batch_size=4",
-                "train.stage_overrides={translate: {batch_size: 4}}",
+                "train.stage_overrides={translate: {batch_size: 4, disc_warmup_steps: 1, adv_ramp_steps: 2}}",
             ],
         )
     )
@@ -40,6 +44,10 @@ def test_two_ranks_zero3_translate_synthesize_semi_supervised(chain, tmp_path):
     for cmd in (["train", "translate"], ["synthesize"], ["train", "segment", "--variant", "semi-supervised"]):
         torchrun_two_ranks(*cmd, str(path))
     root = tmp_path / "t"
+    rows = [json.loads(ln) for ln in (root / "translate" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "train/disc" in r]
+    assert sorted(k for k in train[0] if k.startswith("train/")) == ["train/disc"]  # the warm-up step
+    assert train[1]["train/adv_scale"] == 0.5 and "train/loss" in train[1]
     assert Store.open(root / "translate" / "synth.zarr").case_ids == sorted(split.source_train)
     assert (root / "translate" / synthesize.MARKER).is_file()
     assert (stage_dir(root, "segment", "semi-supervised", 0) / "DONE").is_file()

@@ -72,3 +72,75 @@ def test_disc_separation_reads_a_ranking_that_the_decision_boundary_misses():
     assert flipped["disc_accuracy"] == 0.0 and flipped["disc_auc"] == 0.0
     empty = fidelity.disc_separation(shifted, real, fake[:0])
     assert np.isnan(empty["disc_accuracy"]) and np.isnan(empty["disc_auc"])
+
+
+class _Engine:
+    """The two calls a stage-1 task makes on a DeepSpeed engine (backward, step), on plain Adam."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def step(self) -> None:
+        self.opt.step()
+
+
+def _translate_task(*overrides: str):
+    from pathlib import Path
+
+    from hpc_modatts.config import apply_overrides, load_config, stage_config
+    from hpc_modatts.data.splits import Split
+    from hpc_modatts.train.translate import TranslateTask
+    from tests.chains import DEMO
+
+    cfg = stage_config(apply_overrides(load_config(DEMO), list(overrides)), "translate")
+    return TranslateTask(cfg, Split("t1", "t2", ["a"], ["a"], ["b"], [], ["c"], []), Path("."))
+
+
+def test_discriminator_warmup_leaves_the_generators_alone_then_the_adversarial_weight_ramps():
+    task = _translate_task(
+        "train.stage_overrides.translate.max_steps=10",
+        "train.stage_overrides.translate.disc_warmup_steps=2",
+        "train.stage_overrides.translate.adv_ramp_steps=4",
+    )
+    torch.manual_seed(0)
+    gen = _Engine(CycleTranslators("tiny", keep_background=True))
+    disc = _Engine(task.build(None)["disc"])
+    x = torch.rand(2, 1, 32, 48) * 1.6 - 0.8
+    mask = torch.zeros(2, 1, 32, 48)
+    mask[0, 0, 10:16, 20:28] = 1.0
+    batch = {"source": {"image": x, "mask": mask, "has_mask": torch.ones(2)}, "target": {"image": x.flip(-1)}}
+
+    def params(engine: _Engine) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+
+    g0, d0 = params(gen), params(disc)
+    assert set(task.train_step(batch, {"gen": gen, "disc": disc}, 0)) == {"disc"}
+    assert all(torch.equal(v, params(gen)[k]) for k, v in g0.items())  # generators untouched
+    assert any(not torch.equal(v, params(disc)[k]) for k, v in d0.items())  # discriminators trained
+    task.train_step(batch, {"gen": gen, "disc": disc}, 1)
+    assert all(torch.equal(v, params(gen)[k]) for k, v in g0.items())
+
+    out = task.train_step(batch, {"gen": gen, "disc": disc}, 2)  # the generators' first step: 1/4
+    assert any(not torch.equal(v, params(gen)[k]) for k, v in g0.items())
+    w = task.weights
+    assert out["adv_scale"] == 0.25
+    expected = 0.25 * w["adv"] * out["adv"] + w["cyc"] * out["cyc"] + w["seg"] * out["seg"]
+    assert torch.allclose(out["loss"], expected)
+    assert [task.adv_scale(s) for s in (3, 4, 5, 6, 9)] == [0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_a_run_no_longer_than_the_warmup_trains_the_generators_from_the_first_step():
+    task = _translate_task(
+        "train.stage_overrides.translate.max_steps=2",
+        "train.stage_overrides.translate.disc_warmup_steps=50",
+        "train.stage_overrides.translate.adv_ramp_steps=0",
+    )
+    assert task.disc_warmup == 0 and task.adv_scale(0) == 1.0
