@@ -14,7 +14,8 @@ Modes:
   window grows to the box and MONAI ``sliding_window_inference`` tiles it with patch-sized
   windows (gaussian blending); when it fits, the model sees the one training window directly.
   The outputs of the two halves are pasted back side by side; voxels outside both windows get
-  ``out_fill``.
+  ``out_fill``. The windows of exactly the patch size go through the model as one batch (a
+  batch of one is ~2x slower per window on CPU: ``benchmarks/inferer.py``).
 * ``whole`` (models trained on whole volumes): MONAI ``sliding_window_inference`` over the
   volume.
 
@@ -106,13 +107,22 @@ class VolumeInferer:
         """Outputs of ``predictor`` over the whole (X, Y, Z) ``image`` -> (C, X, Y, Z) float32."""
         if self.slices:
             predictor = _slice_wise(predictor)
-        result: np.ndarray | None = None
-        for w in self.windows(brain, split):
-            x = read_window(image, w.valid, w.start, w.size, FILL, np.float32)  # (*size)
-            t = torch.from_numpy(x)[None, None].to(device)  # (1, 1, *size)
-            if w.size == self.patch_size:  # the training window itself: no blending
-                y = predictor(t).float()
-            else:
+        windows = self.windows(brain, split)
+        inputs = [read_window(image, w.valid, w.start, w.size, FILL, np.float32) for w in windows]  # (*size)
+        outputs: list[np.ndarray | None] = [None] * len(windows)
+        # The windows of the training patch size (both hemispheres, usually) go through the model as
+        # ONE batch: a batch of one takes PyTorch's native 3D convolution instead of oneDNN's (its
+        # heuristic, made for 2D, sends small batch-1 inputs there), ~10x slower for the 4-channel
+        # full-resolution stages on CPU. Every model is per sample (instance norm, no batch terms).
+        direct = [i for i, w in enumerate(windows) if w.size == self.patch_size]
+        if direct:
+            t = torch.from_numpy(np.stack([inputs[i] for i in direct]))[:, None].to(device)  # (N, 1, *patch)
+            y = predictor(t).float().cpu().numpy()  # (N, C, *patch)
+            for k, i in enumerate(direct):
+                outputs[i] = y[k]
+        for i, x in enumerate(inputs):
+            if outputs[i] is None:  # a brain box larger than the patch: tiled, gaussian-blended
+                t = torch.from_numpy(x)[None, None].to(device)  # (1, 1, *size)
                 y = sliding_window_inference(
                     t,
                     roi_size=self.patch_size,
@@ -122,8 +132,11 @@ class VolumeInferer:
                     mode="gaussian",
                     padding_mode="constant",
                     cval=FILL,
-                )
-            y = y[0].cpu().numpy()  # (C, *size)
+                )  # (1, C, *size)
+                outputs[i] = y[0].cpu().numpy()
+        result: np.ndarray | None = None
+        for w, y in zip(windows, outputs):
+            assert y is not None
             if result is None:
                 fill = np.asarray(out_fill, np.float32).reshape(-1, 1, 1, 1)
                 result = np.broadcast_to(fill, (y.shape[0], *image.shape)).astype(np.float32)

@@ -37,8 +37,8 @@ def test_hemisphere_windows_never_see_the_other_side():
         return torch.zeros_like(x)
 
     VolumeInferer((12, 12, 10), hemispheres=True)(predictor, image, brain, split)
-    assert len(seen) == 2
-    left, right = seen
+    assert len(seen) == 1 and seen[0].shape[0] == 2  # both hemisphere windows in one batch
+    left, right = seen[0][:1], seen[0][1:]
     # the left window is centred on x in [2, 10): its columns at x >= split show only the fill value
     lo = (2 + 10) // 2 - 12 // 2  # = 0
     assert torch.all(left[0, 0, split - lo :] == FILL)
@@ -78,7 +78,7 @@ def test_inferer_feeds_exactly_the_training_patch(tmp_path):
     seen = []
 
     def predictor(x):
-        seen.append(x[0].clone())
+        seen.extend(x.clone())
         return torch.zeros_like(x)
 
     VolumeInferer(patch, hemispheres=True)(
@@ -87,3 +87,30 @@ def test_inferer_feeds_exactly_the_training_patch(tmp_path):
     assert len(seen) == 2
     for got, want in zip(seen, expected):
         assert torch.equal(got, want)
+
+
+def test_both_hemispheres_in_one_batch_give_each_window_its_own_result():
+    """The patch-sized windows go through the model as one batch (oneDNN's convolutions, not the
+    slow batch-of-one path); every model is per sample, so each hemisphere's output equals the
+    model run on that window alone, up to convolution-algorithm rounding."""
+    from hpc_modatts.models.layout import to_channels_last
+    from hpc_modatts.models.sizes import build_segmenter
+
+    image, brain, split = _volume(shape=(32, 32, 16), split=16)
+    brain[:] = 1  # each hemisphere's window is the hemisphere itself
+    torch.manual_seed(0)
+    model = to_channels_last(build_segmenter("tiny", genseg=True)).eval()
+    inferer = VolumeInferer((16, 32, 16), hemispheres=True)
+    calls = []
+
+    def predictor(x):
+        calls.append(x.shape[0])
+        return torch.sigmoid(model(x))
+
+    batched = inferer(predictor, image, brain, split)
+    assert calls == [2]
+    with torch.no_grad():
+        for w in inferer.windows(brain, split):
+            lo, hi = w.valid[0]
+            alone = torch.sigmoid(model(torch.from_numpy(image[lo:hi])[None, None]))[0, 0].numpy()
+            np.testing.assert_allclose(batched[0, lo:hi], alone, atol=1e-5)
