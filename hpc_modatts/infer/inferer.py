@@ -15,7 +15,7 @@ Modes:
   windows (gaussian blending); when it fits, the model sees the one training window directly.
   The outputs of the two halves are pasted back side by side; voxels outside both windows get
   ``out_fill``. The windows of exactly the patch size go through the model as one batch (a
-  batch of one is ~2x slower per window on CPU: ``benchmarks/inferer.py``).
+  batch of one is ~2.5x slower per window on CPU: ``benchmarks/inferer.py``).
 * ``whole`` (models trained on whole volumes): MONAI ``sliding_window_inference`` over the
   volume.
 
