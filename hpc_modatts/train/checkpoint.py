@@ -180,6 +180,13 @@ def read_trainer_state(folder: Path) -> dict:
     for key in ("best_score", "best_dice"):  # "best_dice": checkpoints written before select_on
         if state.get(key) is not None and (not isinstance(state[key], (int, float)) or isinstance(state[key], bool)):
             raise DataError(f"{path}: {key!r} must be a number or null")
+    total, best = state.get("total_steps"), state.get("best_metrics")  # written since train.extend_fraction
+    if total is not None and (not isinstance(total, int) or isinstance(total, bool)):
+        raise DataError(f"{path}: 'total_steps' must be an integer, got {total!r}")
+    if best is not None and not (
+        isinstance(best, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in best.values())
+    ):
+        raise DataError(f"{path}: 'best_metrics' must map metric names to numbers")
     return state
 
 

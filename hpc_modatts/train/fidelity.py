@@ -149,5 +149,5 @@ def translation_warning(metrics: dict) -> str | None:
     return (
         f"stage 1 did not learn the translation: tumour contrast ratio {ratio:.2f} at the selected step "
         f"{metrics.get('step')} (< {MIN_CONTRAST_RATIO}); stage-2 models trained on this pseudo-target are "
-        "unlikely to find tumours: train longer, try another seed, or check the modality pair"
+        "unlikely to find tumours: train longer (train.extend_fraction), try another seed, or check the modality pair"
     )

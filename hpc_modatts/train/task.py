@@ -40,6 +40,8 @@ Optional members (defaults in ``TaskDefaults``; a task need not inherit from it)
         # "package.module:function" and kwargs that rebuild model ``name`` for inference;
         # stored in best_model.pt so ``load_best_model(run_dir, name)`` needs no build_fn.
     on_epoch_start(epoch) -> None        # e.g. to re-draw pseudo-target pairs
+    wants_more_steps(best) -> bool       # with train.extend_fraction: is the best validation so far
+                                         # (its metrics, {} when none) not good enough yet?
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ class TaskDefaults:
     def on_epoch_start(self, epoch: int) -> None:
         return None
 
+    def wants_more_steps(self, best: dict[str, float]) -> bool:
+        return False
+
 
 def task_batch_ids(task: Any, batch: Any) -> list[str]:
     fn = getattr(task, "batch_ids", None)
@@ -103,6 +108,11 @@ def task_batch_ids(task: Any, batch: Any) -> list[str]:
 
 def task_frozen(task: Any) -> set[str]:
     return set(getattr(task, "frozen", None) or ())
+
+
+def task_wants_more_steps(task: Any, best: dict[str, float]) -> bool:
+    fn = getattr(task, "wants_more_steps", None)
+    return bool(fn(best)) if callable(fn) else False
 
 
 def task_collate(task: Any):

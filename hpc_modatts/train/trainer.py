@@ -63,6 +63,7 @@ from hpc_modatts.train.task import (
     task_collate,
     task_frozen,
     task_model_factory,
+    task_wants_more_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Trainer:
         # the best checkpoint maximises task.select_on (default "dice") among plausible validations
         self.select_on: str = getattr(task, "select_on", "dice")
         self.best_score, self.best_step, self.last_saved = -math.inf, -1, -1
+        self.best_metrics: dict[str, float] = {}  # the best validation's metrics (train.extend_fraction)
         self.last_validated = -1  # checkpoint_every saves without validating
         self.implausible_validations = 0  # validations the guards rejected as best-checkpoint candidates
         self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
@@ -151,6 +153,13 @@ class Trainer:
             )
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+        self.extend_limit = min(total, self.total_steps + round(cfg.train.extend_fraction * self.total_steps))
+        if cfg.train.extend_fraction and (not cfg.train.val_every or cfg.optim.decay != "constant"):
+            # it grows the schedule val_every steps at a time; a decaying lr would need the final length
+            raise ConfigError(
+                f"task {self.task.name}: train.extend_fraction={cfg.train.extend_fraction} needs train.val_every > 0 "
+                f"and optim.decay=constant (got {cfg.train.val_every}, {cfg.optim.decay})"
+            )
 
     def _loader(self) -> DataLoader:
         """This epoch's loader on the rank's indices, skipping the batches already trained."""
@@ -181,6 +190,8 @@ class Trainer:
             "task": self.task.name,
             "validated": self.last_validated == self.step,
             "implausible_validations": self.implausible_validations,
+            "total_steps": self.total_steps,
+            "best_metrics": self.best_metrics,
         }
 
     def _choose_tag(self) -> tuple[str | None, str | None]:
@@ -210,6 +221,9 @@ class Trainer:
         self.best_step, self.last_saved = state["best_step"], self.step
         self.last_validated = self.step if state.get("validated", True) else -1
         self.implausible_validations = state.get("implausible_validations", 0)
+        self.best_metrics = dict(state.get("best_metrics") or {})  # numbers: checked by read_trainer_state
+        # a run that had extended its schedule goes on to where it had decided to (train.extend_fraction)
+        self.total_steps = max(self.total_steps, min(int(state.get("total_steps") or 0), self.extend_limit))
         if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
         if self.env.is_main:
@@ -292,6 +306,7 @@ class Trainer:
             )
         if improved and metrics is not None:
             self.best_score, self.best_step = metrics[self.select_on], self.step
+            self.best_metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
         if self.last_saved != self.step:
             ckpt.save_checkpoint(
                 self.run_dir, self.step, self.engines, self._trainer_state(), self.cfg, self.env, best=improved
@@ -348,6 +363,24 @@ class Trainer:
     def _finished(self) -> bool:
         return self.step >= self.total_steps or self.epoch >= self.cfg.train.epochs
 
+    def _extend(self) -> bool:
+        """``train.extend_fraction``: at the end of the schedule, validate, then add ``val_every`` more
+        steps when the task finds the best validation not good enough and the budget allows."""
+        if self.step >= self.extend_limit or self.epoch >= self.cfg.train.epochs:
+            return False
+        self._validate_and_save()
+        if not task_wants_more_steps(self.task, self.best_metrics):
+            return False
+        self.total_steps = min(self.step + self.cfg.train.val_every, self.extend_limit)
+        log.info(
+            "%s: best validation not good enough at step %d, training on to step %d",
+            self.task.name,
+            self.step,
+            self.total_steps,
+        )
+        self._log({"event": "extend", "step": self.step, "total_steps": self.total_steps})
+        return True
+
     def _run_epoch(self, progress: Any, bar: Any) -> None:
         val_every, log_every = self.cfg.train.val_every, self.cfg.train.log_every
         ckpt_every = self.cfg.train.checkpoint_every
@@ -391,8 +424,12 @@ class Trainer:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not self.env.is_main) as progress:
             bar = progress.add_task(self.task.name, total=self.total_steps, completed=self.step)
-            while not self._finished():
-                self._run_epoch(progress, bar)
+            while True:
+                while not self._finished():
+                    self._run_epoch(progress, bar)
+                if not self._extend():
+                    break
+                progress.update(bar, total=self.total_steps)
         self._validate_and_save()  # the final state, when the schedule ended between validations
         # no validation (a task without one), or none plausible: the final model is the one to use;
         # in the second case the run says so (DONE "plausible": false, the evaluate table marks it)

@@ -144,6 +144,13 @@ class TranslateTask(TaskDefaults):
         ramp = self.cfg.train.adv_ramp_steps
         return min(1.0, (step - self.disc_warmup + 1) / ramp) if ramp else 1.0
 
+    def wants_more_steps(self, best: dict[str, float]) -> bool:
+        """``train.extend_fraction``: train on while the translation selected for synthesis renders the
+        tumours with less than ``train.extend_until_contrast`` of the real target contrast (or no
+        validation was selected yet). Needs no paired data: validation cases only."""
+        ratio = best.get("contrast_ratio", math.nan)
+        return not (math.isfinite(ratio) and ratio >= self.cfg.train.extend_until_contrast)
+
     def batch_ids(self, batch: dict) -> list[str]:
         return paired_case_ids(batch)
 

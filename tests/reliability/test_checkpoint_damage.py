@@ -96,6 +96,11 @@ def add_exploit(path: Path, marker: Path) -> None:
     torch.save(obj, path)
 
 
+def edit_trainer_json(run: Path, **values) -> None:
+    path = ckpt(run, STEP3) / "trainer.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
 MODEL_STATES = Path("gen") / "mp_rank_00_model_states.pt"
 DAMAGE = {  # name: (damage(run, marker), tag resumed from)
     "model states truncated": (lambda r, m: truncate(ckpt(r, STEP3) / MODEL_STATES), STEP2),
@@ -107,6 +112,7 @@ DAMAGE = {  # name: (damage(run, marker), tag resumed from)
     "rng file truncated": (lambda r, m: truncate(ckpt(r, STEP3) / "rng_rank0.pt"), STEP2),
     "trainer.json not JSON": (lambda r, m: (ckpt(r, STEP3) / "trainer.json").write_text('{"step": 3,'), STEP2),
     "trainer.json missing": (lambda r, m: (ckpt(r, STEP3) / "trainer.json").unlink(), STEP2),
+    "trainer.json best_metrics not numbers": (lambda r, m: edit_trainer_json(r, best_metrics={"dice": "1"}), STEP2),
     "latest names a missing step": (lambda r, m: (r / "checkpoints" / "latest").write_text("step_00000009\n"), STEP3),
     "code pickled in the rng file": (lambda r, m: torch.save(Exploit(m), ckpt(r, STEP3) / "rng_rank0.pt"), STEP2),
     "code pickled in DeepSpeed's model states": (lambda r, m: add_exploit(ckpt(r, STEP3) / MODEL_STATES, m), STEP2),

@@ -136,6 +136,8 @@ def test_variant_block_applies_to_its_variant_after_the_stage_block_and_the_comm
         ("train.keep_better_margin=-0.1", "train.keep_better_margin"),
         ("train.stage_overrides.translate.disc_warmup_steps=-5", "disc_warmup_steps"),
         ("train.adv_ramp_steps=-1", "train.adv_ramp_steps"),
+        ("train.stage_overrides.translate.extend_fraction=-1", "extend_fraction"),
+        ("train.extend_until_contrast=1.5", "train.extend_until_contrast"),
         ("pipeline.executor=kubernetes", "pipeline.executor"),
         ("data.patch_size=[32,32]", "data.patch_size"),
     ],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpc_modatts.config import ExperimentConfig, config_from_dict
+from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.train.best_model import load_best_model
 from hpc_modatts.train.checkpoint import read_pointer
@@ -206,3 +206,75 @@ def test_checkpoint_every_bounds_lost_work_and_resume_stays_exact(tmp_path):
         assert torch.equal(a[k], b[k]), k
     done_resumed, done_full = (json.loads((d / "DONE").read_text()) for d in (run, tmp_path / "full"))
     assert done_resumed["best_score"] == done_full["best_score"]
+
+
+class PickyTask(ToyTask):
+    """Wants more steps while the best validation Dice is below ``until``; records what it was shown."""
+
+    def __init__(self, until: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.until, self.seen = until, []
+
+    def wants_more_steps(self, best: dict) -> bool:
+        self.seen.append(dict(best))
+        return best.get("dice", 0.0) < self.until
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_extend_fraction_trains_on_while_the_task_wants_more_exactly_like_a_longer_run(tmp_path):
+    longer = Trainer(make_cfg(tmp_path / "longer", val_every=2, max_steps=8), ToyTask(), tmp_path / "longer")
+    longer.fit()
+    val = {r["step"]: r["val/dice"] for r in records(tmp_path / "longer") if "val/dice" in r}
+    run, task = tmp_path / "extended", PickyTask(until=1.1)  # never good enough: the whole budget
+    extended = Trainer(make_cfg(run, val_every=2, max_steps=4, extend_fraction=1.0), task, run)
+    extended.fit()
+    assert extended.step == 8
+    # asked at the end of the schedule and of each extension, with the best validation so far
+    assert [s["dice"] for s in task.seen] == [max(val[2], val[4]), max(val[2], val[4], val[6])]
+    assert [(r["step"], r["total_steps"]) for r in records(run) if r.get("event") == "extend"] == [(4, 6), (6, 8)]
+    assert {r["step"]: r["val/dice"] for r in records(run) if "val/dice" in r} == val
+    a, b = weights(longer), weights(extended)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((run / "DONE").read_text())["steps"] == 8
+    content = PickyTask(until=0.0)  # good enough at once: the planned schedule
+    run = tmp_path / "content"
+    assert Trainer(make_cfg(run, val_every=2, max_steps=4, extend_fraction=1.0), content, run).fit()
+    assert json.loads((run / "DONE").read_text())["steps"] == 4 and len(content.seen) == 1
+
+
+def test_a_killed_extended_run_resumes_to_the_extended_schedule_bit_exact(tmp_path):
+    longer = Trainer(make_cfg(tmp_path / "longer", val_every=2, max_steps=8), ToyTask(), tmp_path / "longer")
+    longer.fit()
+    val = {r["step"]: r["val/dice"] for r in records(tmp_path / "longer") if "val/dice" in r}
+    cfg = {"val_every": 2, "max_steps": 4, "extend_fraction": 1.0, "checkpoint_every": 1}
+    inside = tmp_path / "inside"  # killed during step 8, inside the extension 6 -> 8; latest = step 7
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_cfg(inside, **cfg), PickyTask(1.1, fail_at_step=7), inside).fit()
+    assert read_pointer(inside, "latest") == "step_00000007"
+    # the checkpoint holds the extended schedule: a task content at once still trains to step 8
+    resumed = Trainer(make_cfg(inside, **cfg), PickyTask(until=0.0), inside)
+    resumed.fit()
+    boundary = tmp_path / "boundary"  # killed during step 7: latest = step 6, saved before extending
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_cfg(boundary, **cfg), PickyTask(1.1, fail_at_step=6), boundary).fit()
+    assert read_pointer(boundary, "latest") == "step_00000006"
+    task = PickyTask(1.1)  # the decision is made again, from the best validation the checkpoint kept
+    again = Trainer(make_cfg(boundary, **cfg), task, boundary)
+    again.fit()
+    assert task.seen[0]["dice"] == max(val[2], val[4], val[6])
+    for run in (resumed, again):
+        assert run.step == 8
+        a, b = weights(longer), weights(run)
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("train, decay", [({"val_every": 0}, "constant"), ({"val_every": 2}, "poly")])
+def test_extend_fraction_needs_validations_and_a_constant_lr(tmp_path, train, decay):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="extend_fraction"):
+        Trainer(make_cfg(run, decay=decay, max_steps=4, extend_fraction=1.0, **train), PickyTask(1.1), run).fit()

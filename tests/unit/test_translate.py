@@ -144,3 +144,17 @@ def test_a_run_no_longer_than_the_warmup_trains_the_generators_from_the_first_st
         "train.stage_overrides.translate.adv_ramp_steps=0",
     )
     assert task.disc_warmup == 0 and task.adv_scale(0) == 1.0
+
+
+def test_stage_1_wants_more_steps_until_the_selected_translation_reaches_the_contrast_target():
+    from types import SimpleNamespace
+
+    from hpc_modatts.config import ExperimentConfig
+    from hpc_modatts.train.translate import TranslateTask
+
+    task = SimpleNamespace(cfg=ExperimentConfig())  # extend_until_contrast 0.6
+    wants = [
+        TranslateTask.wants_more_steps(task, best)
+        for best in ({}, {"contrast_ratio": 0.29}, {"contrast_ratio": float("nan")}, {"contrast_ratio": 0.6})
+    ]
+    assert wants == [True, True, True, False]
