@@ -147,9 +147,12 @@ class TranslateTask(TaskDefaults):
     def wants_more_steps(self, best: dict[str, float]) -> bool:
         """``train.extend_fraction``: train on while the translation selected for synthesis renders the
         tumours with less than ``train.extend_until_contrast`` of the real target contrast (or no
-        validation was selected yet). Needs no paired data: validation cases only."""
-        ratio = best.get("contrast_ratio", math.nan)
-        return not (math.isfinite(ratio) and ratio >= self.cfg.train.extend_until_contrast)
+        validation was selected yet). Needs no paired data: validation cases only. Without a ratio
+        (no tumour to measure in the validation cases) more steps cannot tell: no extension."""
+        if not best:
+            return True
+        ratio = best.get("contrast_ratio", math.nan)  # the trainer keeps finite metrics only
+        return math.isfinite(ratio) and ratio < self.cfg.train.extend_until_contrast
 
     def batch_ids(self, batch: dict) -> list[str]:
         return paired_case_ids(batch)

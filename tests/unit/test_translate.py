@@ -1,6 +1,7 @@
 """Stage-1 translators: the background of the input is the background of every translation."""
 
 import json
+import math
 
 import torch
 
@@ -153,8 +154,6 @@ def test_stage_1_wants_more_steps_until_the_selected_translation_reaches_the_con
     from hpc_modatts.train.translate import TranslateTask
 
     task = SimpleNamespace(cfg=ExperimentConfig())  # extend_until_contrast 0.6
-    wants = [
-        TranslateTask.wants_more_steps(task, best)
-        for best in ({}, {"contrast_ratio": 0.29}, {"contrast_ratio": float("nan")}, {"contrast_ratio": 0.6})
-    ]
-    assert wants == [True, True, True, False]
+    bests = ({}, {"contrast_ratio": 0.29}, {"contrast_ratio": 0.6}, {"score": 0.5}, {"contrast_ratio": math.nan})
+    wants = [TranslateTask.wants_more_steps(task, best) for best in bests]
+    assert wants == [True, True, False, False, False]  # nothing selected yet / too faint / good / no ratio
