@@ -7,7 +7,7 @@
 2. Deterministic sampling: ``RankSampler(len, seed, rank, world, num_samples)`` re-drawn per
    epoch; the micro batch per rank is ``train.batch_size // world_size``.
 3. Each step: ``task.train_step`` (forward, backward and step inside ``autocast_context`` when
-   the engines train in bf16), loss terms averaged over ranks, NaN/Inf -> ``TrainingDiverged``,
+   the engines train in bf16), loss terms averaged over ranks, NaN/Inf -> ``step_health.TrainingDiverged``,
    steps DeepSpeed skipped on non-finite gradients -> a warning and ``train/skipped_steps``,
    metrics.jsonl/TensorBoard every ``log_every`` steps, rich progress bar on rank 0.
 4. Validation every ``val_every`` steps (0 = each epoch) and at the end, RNG-neutral (the RNG
@@ -42,19 +42,14 @@ from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.loaders import RankSampler, make_loader
 from hpc_modatts.distributed.engine import autocast_context, build_engine
 from hpc_modatts.distributed.engine import unwrap as unwrap_model
-from hpc_modatts.distributed.env import (
-    DistEnv,
-    all_gather_object,
-    all_reduce_mean,
-    barrier,
-    broadcast_object,
-    init_distributed,
-)
+from hpc_modatts.distributed.env import DistEnv, all_reduce_mean, barrier, broadcast_object, init_distributed
 from hpc_modatts.models.layout import to_channels_last
 from hpc_modatts.runs import mark_done, prepare_run_dir
 from hpc_modatts.train import checkpoint as ckpt
 from hpc_modatts.train.best_model import save_best_model
 from hpc_modatts.train.metrics_log import MetricsLog
+from hpc_modatts.train.selection import BestValidation
+from hpc_modatts.train.step_health import SkippedSteps, raise_diverged
 from hpc_modatts.train.task import (
     Task,
     loss_value,
@@ -67,10 +62,6 @@ from hpc_modatts.train.task import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss term became NaN/Inf: ``step N: loss term 'X' is nan (cases: a, b)``."""
 
 
 def seed_everything(seed: int) -> None:
@@ -88,12 +79,10 @@ class Trainer:
         self.frozen_models: dict[str, torch.nn.Module] = {}
         self.step = self.epoch = self.pos = 0
         # the best checkpoint maximises task.select_on (default "dice") among plausible validations
-        self.select_on: str = getattr(task, "select_on", "dice")
-        self.best_score, self.best_step, self.last_saved = -math.inf, -1, -1
-        self.best_metrics: dict[str, float] = {}  # the best validation's metrics (train.extend_fraction)
+        self.best = BestValidation(select_on=getattr(task, "select_on", "dice"))
+        self.last_saved = -1
         self.last_validated = -1  # checkpoint_every saves without validating
-        self.implausible_validations = 0  # validations the guards rejected as best-checkpoint candidates
-        self.skipped_steps = 0  # optimiser steps DeepSpeed skipped, all engines
+        self.skipped = SkippedSteps()  # optimiser steps DeepSpeed skipped, all engines
         self._metrics: MetricsLog | None = None
 
     @property
@@ -183,15 +172,11 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.pos,
-            "best_score": self.best_score if math.isfinite(self.best_score) else None,
-            "select_on": self.select_on,
-            "best_step": self.best_step,
+            **self.best.state(),
             "sampler": sampler_state,
             "task": self.task.name,
             "validated": self.last_validated == self.step,
-            "implausible_validations": self.implausible_validations,
             "total_steps": self.total_steps,
-            "best_metrics": self.best_metrics,
         }
 
     def _choose_tag(self) -> tuple[str | None, str | None]:
@@ -216,12 +201,9 @@ class Trainer:
             return
         state = ckpt.load_checkpoint(self.run_dir, tag, self.engines, self.env)
         self.step, self.epoch, self.pos = state["step"], state["epoch"], state["batch_in_epoch"]
-        best = state.get("best_score", state.get("best_dice"))  # "best_dice": checkpoints before 0.2
-        self.best_score = best if best is not None else -math.inf
-        self.best_step, self.last_saved = state["best_step"], self.step
+        self.best.load(state)
+        self.last_saved = self.step
         self.last_validated = self.step if state.get("validated", True) else -1
-        self.implausible_validations = state.get("implausible_validations", 0)
-        self.best_metrics = dict(state.get("best_metrics") or {})  # numbers: checked by read_trainer_state
         # a run that had extended its schedule goes on to where it had decided to (train.extend_fraction)
         self.total_steps = max(self.total_steps, min(int(state.get("total_steps") or 0), self.extend_limit))
         if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
@@ -255,36 +237,9 @@ class Trainer:
         local = {k: loss_value(v) for k, v in raw.items()}
         mean = all_reduce_mean(local)
         if not all(math.isfinite(v) for v in mean.values()):
-            self._diverged(local, batch)
-        self._check_skipped_steps()
+            raise_diverged(self.step, local, lambda: task_batch_ids(self.task, batch))
+        self.skipped.check(self.engines, self.step)  # the running count goes to metrics.jsonl
         return mean
-
-    def _check_skipped_steps(self) -> None:
-        """Warn when DeepSpeed skipped an optimiser step (non-finite gradients, ZeRO 1-2).
-
-        The losses can stay finite while a step is skipped, so this is the only trace of it;
-        the running count goes to metrics.jsonl as ``train/skipped_steps``.
-        """
-        total = sum(int(getattr(e, "skipped_steps", 0)) for e in self.engines.values())
-        if total > self.skipped_steps:
-            log.warning(
-                "step %d: DeepSpeed skipped %d optimiser step(s) on non-finite gradients (%d in total)",
-                self.step,
-                total - self.skipped_steps,
-                total,
-            )
-        self.skipped_steps = total
-
-    def _diverged(self, local: dict[str, float], batch: Any) -> None:
-        """Raise the same one-line TrainingDiverged on every rank, naming the bad cases."""
-        bad = sorted(k for k, v in local.items() if not math.isfinite(v))
-        report = all_gather_object((bad, [local[k] for k in bad], task_batch_ids(self.task, batch) if bad else []))
-        terms = [(t, v) for b, vals, _ in report for t, v in zip(b, vals)]
-        term, value = terms[0] if terms else ("?", float("nan"))
-        cases = [c for b, _, ids in report if b for c in ids]
-        raise TrainingDiverged(
-            f"step {self.step}: loss term '{term}' is {value} (cases: {', '.join(dict.fromkeys(cases)) or 'unknown'})"
-        )
 
     # ------------------------------------------------------------------ validation
     def _validate_and_save(self) -> None:
@@ -293,20 +248,7 @@ class Trainer:
             return
         metrics = self._validate()
         self.last_validated = self.step
-        improved = (
-            metrics is not None and metrics.get("plausible", 1.0) > 0 and metrics[self.select_on] > self.best_score
-        )
-        if metrics is not None and metrics.get("plausible", 1.0) <= 0:
-            self.implausible_validations += 1
-            log.warning(
-                "%s step %d: implausible model (guards), not a best-checkpoint candidate: %s",
-                self.task.name,
-                self.step,
-                {k: round(v, 3) for k, v in metrics.items()},
-            )
-        if improved and metrics is not None:
-            self.best_score, self.best_step = metrics[self.select_on], self.step
-            self.best_metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        improved = metrics is not None and self.best.consider(metrics, self.step, self.task.name)
         if self.last_saved != self.step:
             ckpt.save_checkpoint(
                 self.run_dir, self.step, self.engines, self._trainer_state(), self.cfg, self.env, best=improved
@@ -338,10 +280,10 @@ class Trainer:
         metrics = broadcast_object(metrics)
         if metrics is None:
             return None
-        if self.select_on not in metrics:
+        if self.best.select_on not in metrics:
             raise ValueError(
                 f"task {self.task.name}: validate() must return its selection metric "
-                f"{self.select_on!r}, got {sorted(metrics)}"
+                f"{self.best.select_on!r}, got {sorted(metrics)}"
             )
         metrics = {k: float(v) for k, v in metrics.items()}
         self._log({"step": self.step, "epoch": self.epoch, **{f"val/{k}": v for k, v in metrics.items()}})
@@ -355,7 +297,7 @@ class Trainer:
             self.cfg,
             factories,
             self.step,
-            self.best_score if math.isfinite(self.best_score) else None,
+            self.best.score_or_none,
             self.task.name,
         )
 
@@ -369,7 +311,7 @@ class Trainer:
         if self.step >= self.extend_limit or self.epoch >= self.cfg.train.epochs:
             return False
         self._validate_and_save()
-        if not task_wants_more_steps(self.task, self.best_metrics):
+        if not task_wants_more_steps(self.task, self.best.metrics):
             return False
         self.total_steps = min(self.step + self.cfg.train.val_every, self.extend_limit)
         log.info(
@@ -400,7 +342,7 @@ class Trainer:
                         "step": self.step,
                         "epoch": self.epoch,
                         **{f"train/{k}": v for k, v in losses.items()},
-                        **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
+                        **({"train/skipped_steps": self.skipped.total} if self.skipped.total else {}),
                         **({"train/lr": self.cfg.optim.lr_at(self.step - 1, self.total_steps)} if decays else {}),
                     }
                 )
@@ -419,7 +361,7 @@ class Trainer:
         """Train (or resume) to the end of the schedule; return the run folder."""
         self._setup()
         self._resume()
-        self.skipped_steps = sum(int(getattr(e, "skipped_steps", 0)) for e in self.engines.values())  # restored
+        self.skipped.reset(self.engines)  # the engines' counters came back with the checkpoint
         self.metrics.open_tensorboard()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not self.env.is_main) as progress:
@@ -433,15 +375,15 @@ class Trainer:
         self._validate_and_save()  # the final state, when the schedule ended between validations
         # no validation (a task without one), or none plausible: the final model is the one to use;
         # in the second case the run says so (DONE "plausible": false, the evaluate table marks it)
-        plausible = math.isfinite(self.best_score) or self.implausible_validations == 0
+        plausible = self.best.found or self.best.implausible == 0
         if not plausible:
             log.warning(
                 "%s: all %d validation(s) implausible (guards): the final model is the last step's, not a selected one",
                 self.task.name,
-                self.implausible_validations,
+                self.best.implausible,
             )
-        if self.best_step < 0:
-            self.best_step = self.step
+        if self.best.step < 0:
+            self.best.step = self.step
             self._save_best_model()
         self.metrics.close()
         if self.env.is_main:
@@ -449,9 +391,9 @@ class Trainer:
                 self.run_dir,
                 task=self.task.name,
                 steps=self.step,
-                best_step=self.best_step,
-                select_on=self.select_on,
-                best_score=self.best_score if math.isfinite(self.best_score) else None,
+                best_step=self.best.step,
+                select_on=self.best.select_on,
+                best_score=self.best.score_or_none,
                 plausible=plausible,
             )
         barrier()

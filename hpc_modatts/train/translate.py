@@ -395,7 +395,7 @@ def run(cfg: ExperimentConfig) -> Path:
     trainer.fit()
     if trainer.env.is_main:
         write_report(cfg, split, run_dir)
-        warning = fidelity.translation_warning(_selected_validation(run_dir, trainer.best_step))
+        warning = fidelity.translation_warning(_selected_validation(run_dir, trainer.best.step))
         if warning:
             log.warning("translate: %s", warning)
     return run_dir

@@ -108,7 +108,7 @@ def _fit(out: Path, stage: int, run_dir: Path, epochs: int) -> None:
     env = current_env()
     if env.is_main:
         out.write_text(
-            json.dumps({"step": trainer.step, "world_size": env.world_size, "best_score": trainer.best_score})
+            json.dumps({"step": trainer.step, "world_size": env.world_size, "best_score": trainer.best.score})
         )
 
 

@@ -12,8 +12,9 @@ from hpc_modatts.config import ConfigError, ExperimentConfig, config_from_dict
 from hpc_modatts.data.errors import DataError
 from hpc_modatts.train.best_model import load_best_model
 from hpc_modatts.train.checkpoint import read_pointer
+from hpc_modatts.train.step_health import TrainingDiverged
 from hpc_modatts.train.task import Task
-from hpc_modatts.train.trainer import Trainer, TrainingDiverged
+from hpc_modatts.train.trainer import Trainer
 from tests.toy_task import ToyTask, toy_net
 
 
