@@ -75,6 +75,17 @@ def test_disc_separation_reads_a_ranking_that_the_decision_boundary_misses():
     assert np.isnan(empty["disc_accuracy"]) and np.isnan(empty["disc_auc"])
 
 
+def test_the_stage_1_selection_score_is_the_weaker_of_contrast_and_appearance():
+    from hpc_modatts.train import fidelity
+
+    # split 5's case: a matched histogram with almost no tumour must not beat a visible tumour
+    no_tumour, tumour = fidelity.selection_score(0.13, 0.76), fidelity.selection_score(0.41, 0.45)
+    assert no_tumour == 0.13 and tumour == 0.41 and tumour > no_tumour
+    assert fidelity.selection_score(1.4, 0.9) == 0.9  # brighter than the real tumour is no better
+    assert fidelity.selection_score(-0.2, 0.8) == -0.2  # inverted tumour (untranslated T1 -> T2)
+    assert fidelity.selection_score(float("nan"), 0.8) == -1.0  # no ratio measurable: never preferred
+
+
 class _Engine:
     """The two calls a stage-1 task makes on a DeepSpeed engine (backward, step), on plain Adam."""
 
