@@ -131,7 +131,7 @@ def selection_score(contrast_ratio: float, appearance: float) -> float:
     tumour (a run selected contrast 0.13 / appearance 0.76 over 0.41 / 0.45 and its self-supervised
     segmenter found no tumour). Over the 103 stage-1 runs measured, the two criteria picked
     different checkpoints in 11, and in all 11 this one picked the state closer to the true target
-    (paired correlation, never used for selection; docs/results.md "Stage-1 selection").
+    (paired correlation, never used for selection; docs/results.md "a selection that keeps the tumour").
 
     The thesis synthesises with the LAST translator state after 200 epochs; with shorter schedules
     the last state is wherever the adversarial game happens to be, so the pipeline synthesises with
