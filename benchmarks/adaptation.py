@@ -45,6 +45,7 @@ import numpy as np
 
 from hpc_modatts.config import TABLE_ORDER
 from hpc_modatts.demo_defaults import VARIANTS as DEMO_VARIANTS
+from hpc_modatts.host import describe_host, host_facts
 
 ON_GPU = "pipeline.gpus_per_node=1"
 """Training jobs ask for one GPU: the local executor sets CUDA_VISIBLE_DEVICES to the GPUs a job asks
@@ -171,9 +172,10 @@ def finite_or_none(obj):
     return obj
 
 
-def markdown(agg: dict, seeds: list[int], budget: str) -> str:
+def markdown(agg: dict, seeds: list[int], budget: str, machine: str = "") -> str:
     lines = [
-        f"Budget `{budget}`, training seeds {seeds} (mean ± std over seeds of the per-seed test mean).",
+        f"Budget `{budget}`, training seeds {seeds} (mean ± std over seeds of the per-seed test mean)"
+        + (f" on {machine}." if machine else "."),
         "",
         "| method | Dice | HD95 (mm) | % of target-sup. | pred. volume (ml) | ref. volume (ml) |",
         "|---|---|---|---|---|---|",
@@ -235,12 +237,6 @@ def run_seed(
         return {"variants": {}, "stage1": {}, "stage1_curve": [], "seconds": time.time() - t0, "error": repr(e)}
 
 
-def device_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_adaptation", help="output folder (one sub-folder per seed)")
@@ -288,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "budget": args.budget,
             "overrides": extra,
-            "device": device_name(),
+            "machine": host_facts(),
             "parallel": args.parallel,
             "wall_seconds": time.time() - t0,
             "seeds": per_seed,
@@ -296,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     (out / "adaptation.json").write_text(json.dumps(record, indent=2, allow_nan=False, default=str))
-    text = markdown(agg, args.seeds, args.budget)
+    text = markdown(agg, args.seeds, args.budget, describe_host(record["machine"]))
     (out / "adaptation.md").write_text(text)
     print(text)
     return 0

@@ -29,6 +29,7 @@ from hpc_modatts.data.phantom import make_phantom
 from hpc_modatts.data.splits import make_split
 from hpc_modatts.data.verify import verify
 from hpc_modatts.demo_defaults import CHOICES, DEMO_CASES, VARIANTS
+from hpc_modatts.host import describe_host, host_facts
 from hpc_modatts.pipeline.record import load_record
 from hpc_modatts.pipeline.submit import run_pipeline
 from hpc_modatts.pipeline.waves import StagesFailed
@@ -222,8 +223,11 @@ def run_demo(
     elapsed = time.time() - t0
     console.print(stage_table(jobs))
     console.print(table)
+    # the table is reproducible only on CPUs with the same kernel path (host.py): say which one made it
+    machine = host_facts()
     console.print(
-        f"demo finished in {elapsed / 60:.1f} min (data {t_data:.0f} s); panels in {cfg.run_dir}/evaluate-*/panels/"
+        f"demo finished in {elapsed / 60:.1f} min (data {t_data:.0f} s) on {describe_host(machine)}; "
+        f"panels in {cfg.run_dir}/evaluate-*/panels/"
     )
     atomic_write_json(
         out / "results.json",
@@ -237,6 +241,7 @@ def run_demo(
             "seed": seed,
             "config": config,
             "failed": dict(failure.failed) if failure else {},
+            "machine": machine,
         },
     )
     rec = Console(record=True, width=120, file=io.StringIO())

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from hpc_modatts.config import ConfigError, DistributedConfig
+from hpc_modatts.host import local_cores
 
 _RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _ENV: "DistEnv | None" = None
@@ -143,8 +144,7 @@ def _set_threads(dcfg: DistributedConfig, local_world: int) -> int:
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
         n = int(os.environ["OMP_NUM_THREADS"])
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        n = max(1, cores // max(1, local_world))
+        n = max(1, local_cores() // max(1, local_world))
     torch.set_num_threads(n)
     return n
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpc_modatts.config import ExperimentConfig
+from hpc_modatts.host import local_cores
 from hpc_modatts.pipeline.dag import Node, node_config
 from hpc_modatts.pipeline.jobs import StageJob, make_executor, node_parameters
 from hpc_modatts.pipeline.record import Recorder
@@ -157,11 +158,6 @@ def chain_work(pending: list[Node], cfg: ExperimentConfig) -> dict[str, float]:
     for n in reversed(pending):  # topological order: children come after their parents
         work[n.name] = node_work(n, cfg) + max((work[c] for c in children[n.name]), default=0.0)
     return work
-
-
-def local_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_parallel(cfg: ExperimentConfig) -> int:
