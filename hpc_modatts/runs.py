@@ -4,6 +4,7 @@ Layout of one experiment (nnU-Net-style hand-off through folders)::
 
     <run_root>/<name>/
         translate/                 stage 1 (checkpoints/, metrics.jsonl, config.yaml, DONE)
+        translate/restart_<k>/     stage 1 trained again with seed + k (train.restarts; DONE names the one used)
         translate/synth.zarr       pseudo-target volumes written by synthesis (DONE_synthesize)
         segment-<variant>/fold_<k>/            stage 2
         segment-<variant>/fold_<k>/round_<i>/  self-training rounds
@@ -18,6 +19,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -131,6 +133,19 @@ def mark_done(run_dir: str | os.PathLike, marker: str = DONE, **info: Any) -> Pa
 
 def is_done(run_dir: str | os.PathLike, marker: str = DONE) -> bool:
     return (Path(run_dir) / marker).is_file()
+
+
+def translator_dir(run_dir: str | os.PathLike) -> Path:
+    """The stage-1 attempt synthesis uses: ``translate/`` itself, or the ``translate/restart_<k>/``
+    that its DONE marker names (``train.restarts``). The name is checked, never taken as a path."""
+    run_dir = Path(run_dir)
+    done = read_json(run_dir / DONE, "does not exist: stage 1 has not finished") if is_done(run_dir) else {}
+    name = done.get("attempt", "") if isinstance(done, dict) else ""
+    if not name:
+        return run_dir
+    if not (isinstance(name, str) and re.fullmatch(r"restart_[1-9][0-9]{0,2}", name)):
+        raise DataError(f"{run_dir / DONE}: attempt {name!r} is not a stage-1 restart folder (restart_<k>)")
+    return run_dir / name
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, cfg: Any | None = None) -> Path:

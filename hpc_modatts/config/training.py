@@ -149,6 +149,14 @@ class TrainConfig:
     """Stage 1 with ``extend_fraction``: the tumour contrast ratio (pseudo-target / real target,
     ``hpc_modatts.train.fidelity``) at which the selected translation is good enough to stop at
     ``max_steps``; 0.6 is issue 8's fidelity target."""
+    restarts: int = 0
+    """Stage 1: when the selected translation still keeps less than ``extend_until_contrast`` of the
+    real target tumour's contrast at the end of its schedule (extension included), train it again
+    from scratch with ``train.seed`` + k in ``translate/restart_<k>/`` (k = 1..restarts, stopping at
+    the first that reaches it); synthesis uses the attempt with the highest selection score
+    (validation cases only, no paired data). 0 = one attempt (the thesis). Beyond the thesis: on the
+    demo phantom one training seed ended below the target on 2 of 7 data splits, another seed on none
+    (docs/results.md, "Stage 1 restarts")."""
     rounds: int = 3
     """Self-training rounds k (thesis: 3 rounds of 150 epochs)."""
     round: int = 0
@@ -218,6 +226,7 @@ class TrainConfig:
             "checkpoint_every",
             "disc_warmup_steps",
             "adv_ramp_steps",
+            "restarts",
         ):
             check_positive(f"train.{k}", getattr(self, k), allow_zero=True)
         check_positive("train.log_every", self.log_every)

@@ -40,7 +40,7 @@ from hpc_modatts.data.slices import fit_slices, map_slices, unfit_slices
 from hpc_modatts.data.store import Store
 from hpc_modatts.distributed.engine import autocast_context, use_bf16
 from hpc_modatts.distributed.env import barrier, init_distributed, shard
-from hpc_modatts.runs import DONE, mark_done, stage_dir
+from hpc_modatts.runs import DONE, mark_done, stage_dir, translator_dir
 from hpc_modatts.train.best_model import BEST_MODEL, load_best_model
 
 log = logging.getLogger(__name__)
@@ -51,17 +51,19 @@ _DROP_ATTRS = ("complete", "has_mask", "shape")
 
 # ----------------------------------------------------------------------------- the translator
 def load_translator(run_dir: str | Path) -> tuple[nn.Module, ExperimentConfig, int]:
-    """The stage-1 translator selected by its run (``best_model.pt``), eval mode: (model, config, step).
+    """The stage-1 translator selected by its run (``best_model.pt`` of ``translate/`` or of the
+    restart its DONE marker names), eval mode: (model, config, step).
 
     ``load_best_model`` reads it weights-only with an allow-listed factory (docs/reliability.md);
     the step comes from the run's DONE marker (-1 when it has none or it is unreadable).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / BEST_MODEL).is_file():
+    model_dir = translator_dir(run_dir)  # translate/, or the restart its DONE marker selected
+    if not (model_dir / BEST_MODEL).is_file():
         raise DataError(
-            f"{run_dir}: no {BEST_MODEL} (the translator has not finished a validation); train the translator first"
+            f"{model_dir}: no {BEST_MODEL} (the translator has not finished a validation); train the translator first"
         )
-    model, cfg = load_best_model(run_dir, "gen")
+    model, cfg = load_best_model(model_dir, "gen")
     step = -1
     if (run_dir / DONE).is_file():
         try:

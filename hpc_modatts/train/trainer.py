@@ -44,7 +44,7 @@ from hpc_modatts.distributed.engine import autocast_context, build_engine
 from hpc_modatts.distributed.engine import unwrap as unwrap_model
 from hpc_modatts.distributed.env import DistEnv, all_reduce_mean, barrier, broadcast_object, init_distributed
 from hpc_modatts.models.layout import to_channels_last
-from hpc_modatts.runs import mark_done, prepare_run_dir
+from hpc_modatts.runs import DONE, mark_done, prepare_run_dir
 from hpc_modatts.train import checkpoint as ckpt
 from hpc_modatts.train.best_model import save_best_model
 from hpc_modatts.train.metrics_log import MetricsLog
@@ -73,8 +73,11 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """One loop for every stage: ``Trainer(cfg, task, run_dir).fit() -> run_dir``."""
 
-    def __init__(self, cfg: ExperimentConfig, task: Task, run_dir: str | Path, env: DistEnv | None = None) -> None:
-        self.cfg, self.task, self.run_dir, self._env = cfg, task, Path(run_dir), env
+    def __init__(
+        self, cfg: ExperimentConfig, task: Task, run_dir: str | Path, env: DistEnv | None = None, marker: str = DONE
+    ) -> None:
+        # marker: the file fit() writes at the end (another name when the stage has more to do after it)
+        self.cfg, self.task, self.run_dir, self._env, self.marker = cfg, task, Path(run_dir), env, marker
         self.engines: dict[str, Any] = {}
         self.frozen_models: dict[str, torch.nn.Module] = {}
         self.step = self.epoch = self.pos = 0
@@ -389,6 +392,7 @@ class Trainer:
         if self.env.is_main:
             mark_done(
                 self.run_dir,
+                self.marker,
                 task=self.task.name,
                 steps=self.step,
                 best_step=self.best.step,

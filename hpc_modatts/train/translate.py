@@ -36,13 +36,15 @@ from hpc_modatts.data.slices import brain_slices, fit_slices, map_slices
 from hpc_modatts.data.store import IMAGE_FILL as BACKGROUND
 from hpc_modatts.data.store import Store
 from hpc_modatts.distributed.engine import unwrap
+from hpc_modatts.distributed.env import init_distributed
 from hpc_modatts.infer.metrics import dice_of
 from hpc_modatts.losses import dice_loss, hinge_d_loss, hinge_g_loss, l1, normalise_weights
 from hpc_modatts.models.discriminator import DiscriminatorPair
 from hpc_modatts.models.sizes import build_translator
-from hpc_modatts.runs import is_done, stage_dir
+from hpc_modatts.runs import DONE, is_done, stage_dir, translator_dir
 from hpc_modatts.train import fidelity
 from hpc_modatts.train.best_model import build_model, load_best_model
+from hpc_modatts.train.stage1_restarts import selected_step, selected_validation, train_attempts
 from hpc_modatts.train.synthesize import translate_volume
 from hpc_modatts.train.task import TaskDefaults
 from hpc_modatts.train.trainer import Trainer
@@ -362,9 +364,10 @@ def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 
     from hpc_modatts.infer.panels import save_translation_report  # matplotlib: loaded only to draw
 
     store = Store.open(cfg.data.store)
-    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    done = json.loads((run_dir / "DONE").read_text())
-    model, _ = load_best_model(run_dir, "gen")
+    model_dir = translator_dir(run_dir)  # translate/, or the restart synthesis uses (train.restarts)
+    records = [json.loads(ln) for ln in (model_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    done = json.loads((run_dir / DONE).read_text())
+    model, _ = load_best_model(model_dir, "gen")
     size, src, tgt = cfg.data.slice_size, split.source, split.target
     rows = []
     for case in (split.source_labeled or split.source_train)[:cases]:
@@ -377,13 +380,21 @@ def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 
             row[f"{other} real {tgt}" + ("" if other == case else " (another case)")] = store.read_image(other, tgt)
         rows.append({k: fit_slices(v[:, :, z : z + 1], size, -1.0)[0] for k, v in row.items()})
     return save_translation_report(
-        run_dir / "report.png", records, rows, title=f"stage 1 {src}->{tgt}", best_step=done.get("best_step")
+        run_dir / "report.png",
+        records,
+        rows,
+        title=f"stage 1 {src}->{tgt}" + ("" if model_dir == run_dir else f", {model_dir.name}"),
+        best_step=done.get("best_step"),
     )
 
 
 # ----------------------------------------------------------------------------- stage
 def run(cfg: ExperimentConfig) -> Path:
-    """Train the translator; returns ``<run_root>/<name>/translate`` (skips when DONE)."""
+    """Train the translator; returns ``<run_root>/<name>/translate`` (skips when DONE).
+
+    With ``train.restarts`` a translation that ends below the contrast target is trained again from
+    scratch (seed + k, in ``translate/restart_<k>/``) and DONE names the attempt synthesis uses.
+    """
     cfg = stage_config(cfg, "translate")
     run_dir = stage_dir(cfg.run_dir, "translate")
     if is_done(run_dir):
@@ -391,17 +402,15 @@ def run(cfg: ExperimentConfig) -> Path:
         return run_dir
     open_store(cfg.data.store)
     split = load_split(cfg, use_fold=False)  # one translator for every fold
-    trainer = Trainer(cfg, TranslateTask(cfg, split, run_dir), run_dir)
-    trainer.fit()
-    if trainer.env.is_main:
+    env = init_distributed(cfg.distributed)
+    if cfg.train.restarts:
+        selected = train_attempts(cfg, run_dir, env, lambda c, d: TranslateTask(c, split, d))
+    else:
+        Trainer(cfg, TranslateTask(cfg, split, run_dir), run_dir, env).fit()
+        selected = run_dir
+    if env.is_main:
         write_report(cfg, split, run_dir)
-        warning = fidelity.translation_warning(_selected_validation(run_dir, trainer.best.step))
+        warning = fidelity.translation_warning(selected_validation(selected, selected_step(selected)))
         if warning:
             log.warning("translate: %s", warning)
     return run_dir
-
-
-def _selected_validation(run_dir: Path, step: int) -> dict:
-    """The metrics.jsonl validation row of the selected checkpoint (the last one if none matches)."""
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val/' in ln]
-    return next((r for r in rows if r.get("step") == step), rows[-1] if rows else {})

@@ -17,10 +17,11 @@ import torch
 import yaml
 
 from hpc_modatts.config import ConfigError, apply_overrides, config_to_dict, load_config, stage_config
+from hpc_modatts.data.errors import DataError
 from hpc_modatts.data.slices import fit_slices, unfit_slices
 from hpc_modatts.data.store import Store
 from hpc_modatts.losses import pooled_dice_loss
-from hpc_modatts.runs import stage_dir
+from hpc_modatts.runs import stage_dir, translator_dir
 from hpc_modatts.train import segment, segment_variants, self_training, synthesize, translate
 from hpc_modatts.train.genseg_objective import masked_l1
 from hpc_modatts.train.segment_task import SelfTrainingRound
@@ -45,6 +46,44 @@ def test_translate_writes_done_checkpoints_metrics_and_panel(chain):
     assert (run / "panels" / "step_00000002.png").stat().st_size > 1000
     saved = load_config(run / "config.yaml")
     assert saved.train.stage == "translate" and saved.train.stage_overrides == {}
+
+
+def test_stage_1_restarts_below_the_contrast_target_and_synthesis_uses_the_selected_attempt(chain, tmp_path):
+    cfg, _, _ = chain
+    # a target no 2-step translation reaches: every attempt is below it, so both are trained
+    own = apply_overrides(cfg, [f"run_root={tmp_path}", "train.restarts=1", "train.extend_until_contrast=1.0"])
+    run = translate.run(own)
+    done = json.loads((run / "DONE").read_text())
+    attempts = done["attempts"]
+    assert [a["dir"] for a in attempts] == [".", "restart_1"]
+    assert [a["seed"] for a in attempts] == [own.train.seed, own.train.seed + 1]
+    assert all(a["contrast_ratio"] < 1.0 for a in attempts)  # the premise: both below the target
+    assert (run / "DONE_attempt").is_file() and (run / "restart_1" / "DONE").is_file()
+    # the two attempts are different trainings (seed + 1), and DONE names the higher-scoring one
+    assert _metrics(run)[0]["train/loss"] != _metrics(run / "restart_1")[0]["train/loss"]
+    best = max(attempts, key=lambda a: a["score"])
+    assert done["attempt"] == best["dir"].strip(".") and done["best_step"] == best["best_step"]
+    assert translator_dir(run) == run / best["dir"]
+    model, _, step = synthesize.load_translator(run)
+    selected = torch.load(translator_dir(run) / "best_model.pt", weights_only=False)["models"]["gen"]
+    assert step == best["best_step"] and all(torch.equal(v, selected[k]) for k, v in model.state_dict().items())
+    assert (run / "report.png").stat().st_size > 1000
+    # a requeue after the attempts finished: no attempt is trained again, the choice is the same
+    mtimes = {p: (p / "metrics.jsonl").stat().st_mtime_ns for p in (run, run / "restart_1")}
+    (run / "DONE").unlink()
+    assert translate.run(own) == run
+    assert {p: (p / "metrics.jsonl").stat().st_mtime_ns for p in mtimes} == mtimes
+    assert json.loads((run / "DONE").read_text())["attempt"] == done["attempt"]
+
+
+def test_a_translator_run_names_only_a_restart_folder(tmp_path):
+    (tmp_path / "DONE").write_text(json.dumps({"attempt": "../../elsewhere"}))
+    with pytest.raises(DataError, match="restart_<k>"):
+        translator_dir(tmp_path)
+    (tmp_path / "DONE").write_text(json.dumps({"attempt": "restart_2"}))
+    assert translator_dir(tmp_path) == tmp_path / "restart_2"
+    (tmp_path / "DONE").write_text(json.dumps({"best_step": 3}))
+    assert translator_dir(tmp_path) == tmp_path
 
 
 def test_translate_weights_are_normalised():

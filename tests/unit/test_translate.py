@@ -36,7 +36,7 @@ def test_keep_background_copies_the_inputs_background_and_nothing_else():
 
 def test_an_untranslated_stage_1_is_reported_at_its_selected_step(tmp_path):
     from hpc_modatts.train import fidelity
-    from hpc_modatts.train.translate import _selected_validation
+    from hpc_modatts.train.stage1_restarts import selected_validation as _selected_validation
 
     rows = [
         {"step": 25, "train/loss": 1.0},
