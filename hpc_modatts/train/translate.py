@@ -11,12 +11,13 @@ modality (real X_m vs translated), cycle L1 ||X_S - X_S''|| + ||X_T - X_T''||, s
 annotated source slices for G_seg^S(E_S(X_S)) and G_seg^T(E_T(X_S')); weights adv 1, seg 1,
 cyc 10 normalised to sum 1. Beyond the thesis (both 0 there and in the shipped configs):
 ``train.disc_warmup_steps`` discriminator-only steps first, then the generators' adversarial
-weight ramped over ``train.adv_ramp_steps``. ``hpc-modatts train translate CONFIG``.
+weight ramped over ``train.adv_ramp_steps``; ``train.restarts`` trains a translation that ends below
+the contrast target again with another seed (``stage1_restarts.py``). ``report.png``:
+``translate_report.py``. ``hpc-modatts train translate CONFIG``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -41,13 +42,14 @@ from hpc_modatts.infer.metrics import dice_of
 from hpc_modatts.losses import dice_loss, hinge_d_loss, hinge_g_loss, l1, normalise_weights
 from hpc_modatts.models.discriminator import DiscriminatorPair
 from hpc_modatts.models.sizes import build_translator
-from hpc_modatts.runs import DONE, is_done, stage_dir, translator_dir
+from hpc_modatts.runs import is_done, stage_dir
 from hpc_modatts.train import fidelity
-from hpc_modatts.train.best_model import build_model, load_best_model
+from hpc_modatts.train.best_model import build_model
 from hpc_modatts.train.stage1_restarts import selected_step, selected_validation, train_attempts
 from hpc_modatts.train.synthesize import translate_volume
 from hpc_modatts.train.task import TaskDefaults
 from hpc_modatts.train.trainer import Trainer
+from hpc_modatts.train.translate_report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -355,37 +357,6 @@ class TranslateTask(TaskDefaults):
                 cols,
                 title=f"{case} z={z} ({self.split.source}->{self.split.target})",
             )
-
-
-# ----------------------------------------------------------------------------- report
-def write_report(cfg: ExperimentConfig, split: Any, run_dir: Path, cases: int = 3) -> Path:
-    """``report.png``: validation curves and source / pseudo-target / real target slices of the
-    selected translator (the one synthesis uses), for a few annotated source cases."""
-    from hpc_modatts.infer.panels import save_translation_report  # matplotlib: loaded only to draw
-
-    store = Store.open(cfg.data.store)
-    model_dir = translator_dir(run_dir)  # translate/, or the restart synthesis uses (train.restarts)
-    records = [json.loads(ln) for ln in (model_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    done = json.loads((run_dir / DONE).read_text())
-    model, _ = load_best_model(model_dir, "gen")
-    size, src, tgt = cfg.data.slice_size, split.source, split.target
-    rows = []
-    for case in (split.source_labeled or split.source_train)[:cases]:
-        image, brain, mask = store.read_image(case, src), store.read_brain(case), store.read_mask(case)
-        pseudo = translate_volume(model, image, brain, size, torch.device("cpu"))
-        z = int(np.argmax(mask.sum(axis=(0, 1)))) if mask is not None else image.shape[2] // 2
-        row = {f"{case} {src}": image, f"pseudo-{tgt}": pseudo}
-        other = case if tgt in store.modalities(case) else (split.val[0] if split.val else None)
-        if other is not None:
-            row[f"{other} real {tgt}" + ("" if other == case else " (another case)")] = store.read_image(other, tgt)
-        rows.append({k: fit_slices(v[:, :, z : z + 1], size, -1.0)[0] for k, v in row.items()})
-    return save_translation_report(
-        run_dir / "report.png",
-        records,
-        rows,
-        title=f"stage 1 {src}->{tgt}" + ("" if model_dir == run_dir else f", {model_dir.name}"),
-        best_step=done.get("best_step"),
-    )
 
 
 # ----------------------------------------------------------------------------- stage
